@@ -1,0 +1,279 @@
+"""Teachers behind the student interface: frozen, always in eval mode.
+
+Specs understood by :func:`load_teacher` (and :func:`mobileclip.create_model`):
+
+* ``open_clip:<arch>`` — random weights (tests, architecture work)
+* ``open_clip:<arch>:<pretrained tag>`` — open_clip downloads (needs network)
+* ``open_clip:<arch>:/path/to/weights.{safetensors,pt,bin}`` — a local file, read safely
+* ``hf:<local dir or hub id>`` — a transformers ``CLIPModel``
+* a directory written by :func:`mobileclip.save_checkpoint`, or a registered model name
+* from Python, any ``nn.Module`` with ``encode_image`` / ``encode_text``, passed with its
+  own ``preprocess`` and ``tokenizer`` (:func:`wrap_teacher`).
+
+The teacher's own preprocessing and tokenizer always come with it.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, TokenizerConfig
+from .errors import TeacherError
+from .model import CLIPMixin
+from .tokenizer import Tokenizer
+from .transforms import ImagePreprocess
+
+DEFAULT_TEACHER_LOGIT_SCALE = math.log(100.0)
+
+
+class CallableTokenizer:
+    """Adapts any ``texts -> LongTensor`` callable to the :class:`~mobileclip.tokenizer.Tokenizer` interface."""
+
+    def __init__(self, fn: Callable, context_length: int, name: str) -> None:
+        self._fn, self.context_length, self.name = fn, context_length, name
+
+    def __call__(self, texts):
+        if isinstance(texts, str):
+            texts = [texts]
+        out = self._fn(list(texts))
+        return out if isinstance(out, torch.Tensor) else torch.as_tensor(out)
+
+    def __repr__(self) -> str:
+        return f"CallableTokenizer({self.name}, context_length={self.context_length})"
+
+
+class Teacher(CLIPMixin, nn.Module):
+    """A frozen CLIP behind the student interface. ``train()`` keeps it in eval mode."""
+
+    def __init__(self, model: nn.Module, preprocess: Callable, tokenizer: Callable, name: str,
+                 encode_image: Optional[Callable] = None, encode_text: Optional[Callable] = None,
+                 logit_scale: Optional[float] = None, embed_dim: Optional[int] = None,
+                 image_size: Optional[int] = None, context_length: Optional[int] = None) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name = name
+        self._encode_image = encode_image or _normalize_optional(model.encode_image)
+        self._encode_text = encode_text or _normalize_optional(model.encode_text)
+        if logit_scale is None:
+            own = getattr(model, "logit_scale", None)
+            logit_scale = float(own.detach().reshape(-1)[0]) if isinstance(own, torch.Tensor) \
+                else DEFAULT_TEACHER_LOGIT_SCALE
+        # A buffer, not a parameter: the teacher's temperature is fixed.
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)), persistent=False)
+        self.embed_dim = embed_dim
+        self.image_size = image_size
+        self.context_length = context_length if context_length is not None else getattr(tokenizer, "context_length", None)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        # A teacher is never put into training mode (dropout, BN statistics), whatever the trainer asks.
+        return super().train(False)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        x = self._encode_image(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        x = self._encode_text(tokens)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, embed_dim={self.embed_dim}, image_size={self.image_size}"
+
+
+def _normalize_optional(fn: Callable) -> Callable:
+    """Call ``fn`` unnormalized when it takes ``normalize``; the wrapper normalizes itself."""
+    try:
+        takes = "normalize" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return (lambda x: fn(x, normalize=False)) if takes else fn
+
+
+def wrap_teacher(module: nn.Module, preprocess: Callable, tokenizer: Callable, name: Optional[str] = None,
+                 logit_scale: Optional[float] = None, embed_dim: Optional[int] = None,
+                 image_size: Optional[int] = None) -> Teacher:
+    """Bring your own teacher: any module with ``encode_image`` and ``encode_text``.
+
+    ``logit_scale`` is the log of the similarity scale; when omitted, the module's own
+    ``logit_scale`` is used, else ln(100).
+    """
+    for attr in ("encode_image", "encode_text"):
+        if not callable(getattr(module, attr, None)):
+            raise TeacherError(f"{type(module).__name__} has no {attr}(); a teacher needs encode_image and encode_text")
+    if not callable(preprocess) or not callable(tokenizer):
+        raise TeacherError("wrap_teacher needs the teacher's own preprocess and tokenizer callables")
+    return Teacher(module, preprocess, tokenizer, name or type(module).__name__, logit_scale=logit_scale,
+                   embed_dim=embed_dim, image_size=image_size)
+
+
+# --------------------------------------------------------------------------- open_clip
+
+def _open_clip_arch(arch: str) -> None:
+    import open_clip
+
+    known = open_clip.list_models()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=5)
+        raise TeacherError(
+            f"open_clip has no architecture {arch!r}" + (f"; did you mean {close}?" if close else "")
+            + " Run `mobileclip models` for the list."
+        )
+
+
+def load_open_clip_teacher(arch: str, pretrained: Optional[str] = None) -> Teacher:
+    import open_clip
+
+    from .checkpoint import load_state_into, load_weights
+
+    _open_clip_arch(arch)
+    weights_file = None
+    tag = None
+    if pretrained:
+        if Path(pretrained).expanduser().is_file():
+            weights_file = Path(pretrained).expanduser()
+        elif any(sep in pretrained for sep in ("/", os.sep)) or pretrained.endswith(
+                (".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
+            raise TeacherError(f"weights file {pretrained!r} for open_clip:{arch} does not exist")
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            if pretrained not in tags:
+                raise TeacherError(f"open_clip:{arch} has no pretrained tag {pretrained!r}; known tags: {tags}")
+            tag = pretrained
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
+    except Exception as e:  # network failures surface as many exception types
+        if tag is None:
+            raise
+        raise TeacherError(
+            f"could not get the pretrained weights {tag!r} for open_clip:{arch} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}). Without network access, download the checkpoint elsewhere "
+            f"and pass its path: open_clip:{arch}:/path/to/open_clip_model.safetensors"
+        ) from e
+    if weights_file is not None:
+        load_state_into(model, load_weights(weights_file), str(weights_file))
+    tok = open_clip.get_tokenizer(arch)
+    context = int(getattr(tok, "context_length", None) or open_clip.get_model_config(arch)["text_cfg"].get(
+        "context_length", 77))
+    cfg = open_clip.get_model_config(arch)
+    image_size = cfg["vision_cfg"].get("image_size", 224)
+    image_size = image_size if isinstance(image_size, int) else image_size[0]
+    return Teacher(model, preprocess, CallableTokenizer(tok, context, f"open_clip:{arch}"),
+                   f"open_clip:{arch}" + (f":{pretrained}" if pretrained else ""),
+                   embed_dim=cfg.get("embed_dim"), image_size=image_size)
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+def load_hf_teacher(path_or_id: str) -> Teacher:
+    """A transformers ``CLIPModel`` from a local directory (or a hub id, with network)."""
+    from transformers import CLIPModel
+
+    local = Path(path_or_id).expanduser()
+    try:
+        model = CLIPModel.from_pretrained(str(local) if local.is_dir() else path_or_id,
+                                          local_files_only=local.is_dir())
+    except (OSError, ValueError) as e:
+        where = "directory" if local.is_dir() else "hub id (needs network)"
+        raise TeacherError(f"could not load a transformers CLIPModel from {where} {path_or_id!r}: "
+                           f"{str(e).splitlines()[0][:300]}") from e
+    vcfg, tcfg = model.config.vision_config, model.config.text_config
+    context = int(tcfg.max_position_embeddings)
+    mean, std, interpolation = OPENAI_MEAN, OPENAI_STD, "bicubic"
+    pp = local / "preprocessor_config.json"
+    if local.is_dir() and pp.is_file():
+        spec = json.loads(pp.read_text())
+        mean = tuple(spec.get("image_mean", mean))
+        std = tuple(spec.get("image_std", std))
+        interpolation = {2: "bilinear", 3: "bicubic", 0: "nearest"}.get(spec.get("resample", 3), "bicubic")
+    preprocess = ImagePreprocess(PreprocessConfig(int(vcfg.image_size), mean, std, interpolation, "shortest"))
+    tokenizer = _hf_tokenizer(local if local.is_dir() else path_or_id, context, int(tcfg.vocab_size))
+
+    def image_fn(images):
+        return _tensor(model.get_image_features(pixel_values=images))
+
+    def text_fn(tokens):
+        return _tensor(model.get_text_features(input_ids=tokens))
+
+    return Teacher(model, preprocess, tokenizer, f"hf:{path_or_id}", encode_image=image_fn, encode_text=text_fn,
+                   embed_dim=int(model.config.projection_dim), image_size=int(vcfg.image_size))
+
+
+def _tensor(out: Any) -> torch.Tensor:
+    # transformers 5 returns a model output object; 4.x a tensor.
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.pooler_output if getattr(out, "pooler_output", None) is not None else out[0]
+
+
+def _hf_tokenizer(source: Union[Path, str], context: int, vocab_size: int):
+    has_files = isinstance(source, Path) and any((source / f).is_file() for f in (
+        "tokenizer.json", "vocab.json", "tokenizer_config.json"))
+    if has_files or not isinstance(source, Path):
+        from transformers import AutoTokenizer
+
+        try:
+            hf_tok = AutoTokenizer.from_pretrained(str(source), local_files_only=isinstance(source, Path))
+        except (OSError, ValueError) as e:
+            raise TeacherError(f"could not load the tokenizer of {source}: {str(e).splitlines()[0][:300]}") from e
+
+        def fn(texts):
+            return hf_tok(texts, padding="max_length", truncation=True, max_length=context,
+                          return_tensors="pt")["input_ids"]
+
+        return CallableTokenizer(fn, context, f"hf:{source}")
+    # A directory with weights only: CLIP checkpoints share the CLIP BPE vocabulary.
+    if vocab_size < 49408:
+        raise TeacherError(
+            f"{source} has no tokenizer files and its vocabulary ({vocab_size}) is smaller than CLIP's BPE "
+            "(49408); save the tokenizer beside the model (tokenizer.save_pretrained)"
+        )
+    return Tokenizer(TokenizerConfig("clip-bpe", context))
+
+
+# --------------------------------------------------------------------------- dispatch
+
+def is_teacher_spec(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(("open_clip:", "hf:"))
+
+
+def load_teacher(spec: Union[str, nn.Module], preprocess: Optional[Callable] = None,
+                 tokenizer: Optional[Callable] = None, device: Union[str, torch.device, None] = None) -> Teacher:
+    """Load a frozen teacher from a spec string, a checkpoint directory, or a module."""
+    if isinstance(spec, Teacher):
+        teacher = spec
+    elif isinstance(spec, nn.Module):
+        if preprocess is None or tokenizer is None:
+            raise TeacherError("a teacher module needs its own preprocess and tokenizer: "
+                               "load_teacher(module, preprocess=..., tokenizer=...)")
+        teacher = wrap_teacher(spec, preprocess, tokenizer)
+    elif not isinstance(spec, str) or not spec:
+        raise TeacherError(f"a teacher spec must be a non-empty string or a module, got {spec!r}")
+    elif spec.startswith("open_clip:"):
+        parts = spec.split(":", 2)
+        if not parts[1]:
+            raise TeacherError("open_clip teacher spec is open_clip:<arch>[:<pretrained tag or file>]")
+        teacher = load_open_clip_teacher(parts[1], parts[2] if len(parts) > 2 and parts[2] else None)
+    elif spec.startswith("hf:"):
+        if not spec[3:]:
+            raise TeacherError("Hugging Face teacher spec is hf:<local dir or hub id>")
+        teacher = load_hf_teacher(spec[3:])
+    else:
+        from .factory import create_model
+
+        model, pp, tok = create_model(spec)
+        teacher = Teacher(model, pp, tok, spec, embed_dim=model.embed_dim, image_size=model.image_size)
+    return teacher.to(device) if device is not None else teacher

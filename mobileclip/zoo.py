@@ -1,0 +1,121 @@
+"""The model registry: every student (and the demo's teacher architecture) by name.
+
+Each entry is a function whose body is data, as in timm's ``@register_model``. Adding a
+model is one function here; the tests are parametrized over :func:`list_models`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .config import (
+    IDENTITY_MEAN, IDENTITY_STD, OPENAI_MEAN, OPENAI_STD, ImageTowerConfig, ModelConfig,
+    PreprocessConfig, TextTowerConfig, TokenizerConfig,
+)
+from .errors import UnknownModelError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build_config: Callable[[], ModelConfig]
+    role: str  # "student" or "demo-teacher"
+    # Published parameter counts in millions (image tower, text tower), checked by a test.
+    published_params_m: Optional[tuple] = None
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(role: str = "student", published_params_m: Optional[tuple] = None):
+    def deco(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+        name = fn().name
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, fn, role, published_params_m)
+        return fn
+
+    return deco
+
+
+def list_models(role: Optional[str] = None) -> list[str]:
+    """Registered model names (students and the demo teacher), sorted."""
+    return sorted(n for n, e in _REGISTRY.items() if role is None or e.role == role)
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}. Registered models: {', '.join(list_models())}. "
+            "Teachers are named open_clip:<arch>[:<tag or file>] or hf:<dir or hub id>; "
+            "a directory holding config.json + model.safetensors loads a saved checkpoint."
+        ) from None
+
+
+def get_model_config(name: str) -> ModelConfig:
+    return get_entry(name).build_config()
+
+
+def _cfg(name: str, embed_dim: int, image: ImageTowerConfig, text: TextTowerConfig,
+         mean=IDENTITY_MEAN, std=IDENTITY_STD, interpolation="bilinear", description="") -> ModelConfig:
+    return ModelConfig(
+        name=name, embed_dim=embed_dim, image=image, text=text,
+        preprocess=PreprocessConfig(image.image_size, mean, std, interpolation, "shortest"),
+        tokenizer=TokenizerConfig("clip-bpe", text.context_length),
+        description=description,
+    )
+
+
+# --- MobileCLIP (Vasu et al., CVPR 2024): image towers are timm's MCi; mean 0 / std 1. ---
+
+@register(published_params_m=(11.4, 42.4))
+def mobileclip_s0() -> ModelConfig:
+    return _cfg("mobileclip-s0", 512,
+                ImageTowerConfig("fastvit_mci0", 256),
+                TextTowerConfig(variant="mct", width=512, heads=8, layers=4, causal=False),
+                description="MCi0 image tower + MCt text tower (RepMixer around 4 transformer layers)")
+
+
+@register(published_params_m=(21.5, 63.4))
+def mobileclip_s1() -> ModelConfig:
+    return _cfg("mobileclip-s1", 512,
+                ImageTowerConfig("fastvit_mci1", 256),
+                TextTowerConfig(variant="base", width=512, heads=8, layers=12, causal=False),
+                description="MCi1 image tower + 12-layer non-causal text transformer")
+
+
+@register(published_params_m=(35.7, 63.4))
+def mobileclip_s2() -> ModelConfig:
+    return _cfg("mobileclip-s2", 512,
+                ImageTowerConfig("fastvit_mci2", 256),
+                TextTowerConfig(variant="base", width=512, heads=8, layers=12, causal=False),
+                description="MCi2 image tower + 12-layer non-causal text transformer")
+
+
+@register(published_params_m=(86.3, 63.4))
+def mobileclip_b() -> ModelConfig:
+    return _cfg("mobileclip-b", 512,
+                ImageTowerConfig("vit_base_mci_224", 224),
+                TextTowerConfig(variant="base", width=512, heads=8, layers=12, causal=True),
+                description="ViT-B/16 with convolutional stem + 12-layer causal text transformer")
+
+
+# --- Small models for the embedded CPU demo (64 px images, 16-token context). ---
+
+@register()
+def mobileclip_tiny() -> ModelConfig:
+    return _cfg("mobileclip-tiny", 256,
+                ImageTowerConfig("fastvit_t8", 64),
+                TextTowerConfig(variant="mct", width=256, heads=4, layers=2, context_length=16, causal=False),
+                description="demo student: FastViT-T8 at 64 px + a small MCt text tower")
+
+
+@register(role="demo-teacher")
+def clip_vit_tiny() -> ModelConfig:
+    return _cfg("clip-vit-tiny", 256,
+                ImageTowerConfig("vit_tiny_patch16_224", 64, timm_kwargs={"patch_size": 8}),
+                TextTowerConfig(variant="base", width=256, heads=4, layers=4, context_length=16, causal=True),
+                mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic",
+                description="demo teacher architecture: ViT-Ti/8 at 64 px + a 4-layer causal text transformer")
