@@ -1,0 +1,144 @@
+"""Teachers behind the student interface: open_clip, Hugging Face, own checkpoints, any module."""
+import pytest
+import torch
+from PIL import Image
+
+import mobileclip
+from mobileclip.teachers import Teacher
+
+
+@pytest.fixture(scope="module")
+def vit_b32():
+    return mobileclip.load_teacher("open_clip:ViT-B-32")
+
+
+def _check_frozen_eval(teacher):
+    assert isinstance(teacher, Teacher)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    teacher.train()
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+
+
+def test_open_clip_teacher(vit_b32):
+    import open_clip
+
+    t = vit_b32
+    _check_frozen_eval(t)
+    assert t.embed_dim == 512 and t.image_size == 224 and t.context_length == 77
+    img = t.preprocess(Image.new("RGB", (300, 200), (200, 30, 30)))
+    assert img.shape == (3, 224, 224)
+    tokens = t.tokenizer(["a photo of a dog", "a cat"])
+    assert torch.equal(tokens, open_clip.get_tokenizer("ViT-B-32")(["a photo of a dog", "a cat"]))
+    with torch.no_grad():
+        out = t(img[None].repeat(2, 1, 1, 1), tokens)
+        ref_img = torch.nn.functional.normalize(t.model.encode_image(img[None]), dim=-1)
+    assert out["image_features"].shape == (2, 512) and out["text_features"].shape == (2, 512)
+    assert torch.allclose(out["image_features"][0], ref_img[0], atol=1e-6)
+    assert out["logit_scale"].item() == pytest.approx(t.model.logit_scale.exp().item(), rel=1e-6)
+    # The teacher's embeddings carry no autograd graph.
+    assert not out["image_features"].requires_grad
+
+
+def test_open_clip_teacher_from_local_file(tmp_path, vit_b32):
+    from safetensors.torch import save_file
+
+    state = {k: v.clone() + 0.01 for k, v in vit_b32.model.state_dict().items()}
+    f = tmp_path / "vitb32.safetensors"
+    save_file(state, str(f))
+    t = mobileclip.load_teacher(f"open_clip:ViT-B-32:{f}")
+    assert torch.equal(t.model.visual.conv1.weight, state["visual.conv1.weight"])
+    # The same through create_model(name, pretrained=file).
+    m, _, _ = mobileclip.create_model("open_clip:ViT-B-32", pretrained=str(f))
+    assert torch.equal(m.model.visual.conv1.weight, state["visual.conv1.weight"])
+
+
+def test_open_clip_teacher_errors(tmp_path):
+    with pytest.raises(mobileclip.TeacherError, match="did you mean"):
+        mobileclip.load_teacher("open_clip:ViT-B-33")
+    with pytest.raises(mobileclip.TeacherError, match="no pretrained tag 'nope'.*openai"):
+        mobileclip.load_teacher("open_clip:ViT-B-32:nope")
+    with pytest.raises(mobileclip.TeacherError, match="does not exist"):
+        mobileclip.load_teacher(f"open_clip:ViT-B-32:{tmp_path}/missing.pt")
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=32),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=64, patch_size=16),
+        projection_dim=48,
+    )
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("hfclip")
+    CLIPModel(cfg).save_pretrained(d)
+    return d
+
+
+def test_hf_teacher(hf_dir):
+    from transformers import CLIPModel
+
+    t = mobileclip.load_teacher(f"hf:{hf_dir}")
+    _check_frozen_eval(t)
+    assert t.embed_dim == 48 and t.image_size == 64 and t.context_length == 32
+    img = t.preprocess(Image.new("RGB", (80, 64), (10, 120, 200)))
+    assert img.shape == (3, 64, 64)
+    tokens = t.tokenizer(["a small blue square", "a red circle"])
+    assert tokens.shape == (2, 32)
+    with torch.no_grad():
+        feats = t.encode_image(img[None])
+        text = t.encode_text(tokens)
+        ref = CLIPModel.from_pretrained(hf_dir).eval()
+        ref_img = ref.get_image_features(pixel_values=img[None])
+        ref_txt = ref.get_text_features(input_ids=tokens)
+    assert torch.allclose(feats, torch.nn.functional.normalize(ref_img, dim=-1), atol=1e-5)
+    assert torch.allclose(text, torch.nn.functional.normalize(ref_txt, dim=-1), atol=1e-5)
+    assert t.logit_scale.item() == pytest.approx(ref.logit_scale.item())
+
+
+def test_hf_teacher_missing_dir(tmp_path):
+    with pytest.raises(mobileclip.TeacherError, match="could not load"):
+        mobileclip.load_teacher(f"hf:{tmp_path}")
+
+
+def test_own_checkpoint_as_teacher(tmp_path):
+    model, _, _ = mobileclip.create_model("mobileclip-tiny")
+    mobileclip.save_checkpoint(model, tmp_path / "ck")
+    t = mobileclip.load_teacher(str(tmp_path / "ck"))
+    _check_frozen_eval(t)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(t.encode_image(x), model.encode_image(x), atol=1e-6)
+    assert t.tokenizer.context_length == 16
+
+
+class _BYO(torch.nn.Module):
+    """A user's own teacher: encode_* without a `normalize` argument, no logit_scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.img = torch.nn.Linear(3, 8)
+        self.emb = torch.nn.EmbeddingBag(49408, 8)
+
+    def encode_image(self, x):
+        return self.img(x.mean(dim=(2, 3)))
+
+    def encode_text(self, tokens):
+        return self.emb(tokens)
+
+
+def test_bring_your_own_teacher():
+    tok = mobileclip.Tokenizer()
+    t = mobileclip.load_teacher(_BYO(), preprocess=lambda im: torch.zeros(3, 8, 8), tokenizer=tok)
+    _check_frozen_eval(t)
+    out = t(torch.rand(2, 3, 8, 8), tok(["a", "b"]))
+    assert out["image_features"].shape == (2, 8)
+    assert torch.allclose(out["image_features"].norm(dim=-1), torch.ones(2))
+    assert out["logit_scale"].item() == pytest.approx(100.0)
+    with pytest.raises(mobileclip.TeacherError, match="preprocess and tokenizer"):
+        mobileclip.load_teacher(_BYO())
+    with pytest.raises(mobileclip.TeacherError, match="no encode_image"):
+        mobileclip.wrap_teacher(torch.nn.Linear(2, 2), lambda x: x, tok)
