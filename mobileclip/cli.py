@@ -47,9 +47,10 @@ def cmd_models(args) -> int:
     for r in rows:
         print(f"{r['name']:<38} {r['role']:<13} {str(r['image_size'] or '?'):>5} {str(r['context_length'] or '?'):>4} "
               f"{str(r['embed_dim'] or '?'):>5} {_fmt_m(r.get('image_params')):>12} {_fmt_m(r.get('text_params')):>11}")
-    print("\nTeachers: open_clip:<arch>[:<pretrained tag or weights file>] (open_clip archs above), "
-          "hf:<dir or hub id> for a transformers CLIPModel, or any checkpoint directory. "
-          "'?' = needs a Hugging Face text tower to count.")
+    print("\nTeachers: open_clip:<arch>[:<pretrained tag or weights file>] for any open_clip architecture"
+          + (" (leave out --students-only to list them)" if args.students_only else
+             " ('?': needs a Hugging Face text tower to count)")
+          + ", hf:<dir or hub id> for a transformers CLIPModel, or any checkpoint directory.")
     return 0
 
 
