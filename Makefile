@@ -6,7 +6,6 @@ PIP     := $(VPY) -m pip
 # The torch/torchvision pair that installs from local disk on this project's machines
 # (a newer unpinned torch would pull a multi-GB CUDA build). Override: make TORCH_PINS=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-STAMP   := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: demo test test-slow install clean
 
