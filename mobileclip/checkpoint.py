@@ -49,12 +49,16 @@ def atomic_write_json(path: Union[str, Path], data: dict) -> None:
         f.write("\n")
 
 
-def _state_dict_for_save(model: nn.Module) -> dict:
-    # Unwrap DDP / torch.compile wrappers instead of stripping prefixes afterwards.
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    model = getattr(model, "_orig_mod", model)
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / torch.compile wrappers (unwrap instead of stripping key prefixes)."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif type(model).__name__ == "DistributedDataParallel" and isinstance(getattr(model, "module", None),
+                                                                               nn.Module):
+            model = model.module
+        else:
+            return model
 
 
 def is_reparameterized(model: nn.Module) -> bool:
@@ -71,7 +75,7 @@ def save_checkpoint(model: nn.Module, directory: Union[str, Path], extra: dict |
     from . import __version__
     from .model import CLIP, count_params
 
-    inner = getattr(model, "_orig_mod", getattr(model, "module", model))
+    inner = unwrap(model)
     if not isinstance(inner, CLIP):
         raise CheckpointError(
             f"save_checkpoint saves this package's students (mobileclip.model.CLIP), got {type(inner).__name__}. "
@@ -79,7 +83,7 @@ def save_checkpoint(model: nn.Module, directory: Union[str, Path], extra: dict |
         )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = _state_dict_for_save(inner)
+    state = {k: v.detach().contiguous().cpu() for k, v in inner.state_dict().items()}
     import timm
     import open_clip
 

@@ -33,8 +33,13 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path]] 
         spec = f"{name}:{pretrained}" if pretrained and name.startswith("open_clip:") and name.count(":") == 1 else name
         teacher = load_teacher(spec, device=device)
         return teacher, teacher.preprocess, teacher.tokenizer
+    from .zoo import list_models
+
     path = Path(name).expanduser()
-    if path.is_dir() or (("/" in name or name.startswith(".")) and not path.exists()):
+    # A checkpoint directory wins; then a registered name; anything path-like is a checkpoint
+    # that load_checkpoint reports clearly as missing or incomplete.
+    if (path / CONFIG_NAME).is_file() or (name not in list_models() and (
+            path.is_dir() or "/" in name or name.startswith("."))):
         model = load_checkpoint(path)
     else:
         model = CLIP(get_model_config(name))

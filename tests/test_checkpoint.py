@@ -123,3 +123,14 @@ def test_checkpoint_errors(tmp_path):
         mobileclip.create_model("clip-vit-tiny", pretrained=tmp_path / "tiny")
     with pytest.raises(mobileclip.CheckpointError, match="saves this package's students"):
         mobileclip.save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "lin")
+
+
+def test_save_unwraps_compiled_model(tmp_path):
+    from mobileclip.checkpoint import unwrap
+
+    model, _, _ = mobileclip.create_model("mobileclip-tiny")
+    compiled = torch.compile(model)  # wrapping only; nothing is compiled until it is called
+    assert unwrap(compiled) is model
+    mobileclip.save_checkpoint(compiled, tmp_path / "ck")
+    loaded = mobileclip.load_checkpoint(tmp_path / "ck")
+    assert loaded.state_dict().keys() == model.state_dict().keys()  # no "_orig_mod." prefixes

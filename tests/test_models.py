@@ -128,3 +128,35 @@ def test_config_rejects_unknown_keys_and_bad_values():
     cfg["text"]["heads"] = 7
     with pytest.raises(mobileclip.ConfigError, match="not divisible"):
         mobileclip.ModelConfig.from_dict(cfg)
+
+
+def test_import_is_lazy_and_light():
+    import subprocess
+    import sys
+
+    code = "import sys, mobileclip; assert 'torch' not in sys.modules, 'torch imported'; print(mobileclip.__version__)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_registry_name_wins_over_a_same_named_folder_without_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mobileclip-tiny").mkdir()  # e.g. an output folder named after the model
+    model, _, _ = mobileclip.create_model("mobileclip-tiny")
+    assert model.cfg.name == "mobileclip-tiny"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
+@pytest.mark.parametrize("name", MODELS)
+def test_cuda_bf16_autocast_matches_fp32(name):
+    model, _, tokenizer = mobileclip.create_model(name, device="cuda")
+    images, tokens = _inputs(model, tokenizer)
+    images, tokens = images.cuda(), tokens.cuda()
+    with torch.no_grad():
+        ref = model(images, tokens)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model(images, tokens)
+    for k in ("image_features", "text_features"):
+        cos = torch.nn.functional.cosine_similarity(ref[k].float(), low[k].float(), dim=-1)
+        assert torch.isfinite(low[k]).all() and cos.min() > 0.99
