@@ -119,6 +119,10 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
             raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
         return tuple(float(v) for v in value)
+    if tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return list(value)
     if tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

@@ -1,0 +1,153 @@
+"""The trainer's typed config: YAML plus ``key=value`` overrides, validated before any work."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import yaml
+
+from mobileclip.config import from_dict
+from mobileclip.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "captions"] = "synthetic"
+    path: str = ""  # caption file (.csv/.tsv/.jsonl) for source=captions
+    image_root: str = ""
+    size: int = 10000  # synthetic: number of training images
+    image_size: int = 64  # synthetic: rendered size
+    two_object_prob: float = 0.35
+    cache: str = ""  # teacher cache directory; when set, teachers are read from it, never run
+    workers: int = 2
+
+
+@dataclass
+class AugConfig:
+    scale: tuple = (0.5, 1.0)
+    ratio: tuple = (0.75, 1.3333333)
+    flip_prob: float = 0.5
+
+
+@dataclass
+class LossConfig:
+    clip: float = 1.0
+    siglip: float = 0.0
+    kd: float = 0.0
+    feature: float = 0.0
+    icl: float = 0.0
+    local_loss: bool = False
+
+    def weights(self) -> dict:
+        return {k: getattr(self, k) for k in ("clip", "siglip", "kd", "feature", "icl")}
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps; 0 = only at the end
+    size: int = 360  # synthetic held-out images per split
+    data: str = ""  # an image folder for zero-shot instead of the synthetic held-out splits
+    captions: str = ""  # a caption file for retrieval
+
+
+@dataclass
+class TrainConfig:
+    student: str = "mobileclip-tiny"
+    teachers: list = field(default_factory=list)  # teacher specs, run online when data.cache is empty
+    out: str = "runs/distill"
+    steps: int = 200
+    batch_size: int = 64  # global, across processes and accumulation
+    accum_steps: int = 1
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    device: str = "auto"
+    log_every: int = 10
+    ckpt_every: int = 100
+    max_bad_steps: int = 20  # non-finite losses tolerated (each skips its step) before aborting
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    d[keys[-1]] = value
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """YAML file (optional) + ``key=value`` overrides (values parsed as YAML: ``3``, ``1e-3``,
+    ``true``, ``[a, b]``). Unknown keys and bad values are errors naming the valid choices."""
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {path!r} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} is not key=value")
+        k, v = ov.split("=", 1)
+        _set(data, k.strip(), yaml.safe_load(v) if v.strip() else "")
+    if isinstance(data.get("teachers"), str):
+        data["teachers"] = [data["teachers"]]
+    cfg = from_dict(TrainConfig, data)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    def bad(key, msg):
+        return ConfigError(f"{key}: {msg}")
+
+    for key in ("steps", "batch_size", "accum_steps", "log_every", "ckpt_every"):
+        if getattr(cfg, key) <= 0:
+            raise bad(key, "must be positive")
+    if cfg.batch_size % cfg.accum_steps:
+        raise bad("accum_steps", f"must divide batch_size ({cfg.batch_size})")
+    if not all(isinstance(t, str) for t in cfg.teachers):
+        raise bad("teachers", "must be a list of teacher specs (open_clip:..., hf:..., a checkpoint dir)")
+    w = cfg.losses.weights()
+    if any(v < 0 for v in w.values()):
+        raise bad("losses", "weights must be >= 0")
+    if not any(w.values()):
+        raise bad("losses", "every loss weight is zero")
+    needs_teacher = [k for k in ("kd", "feature", "icl") if w[k]]
+    if needs_teacher and not (cfg.teachers or cfg.data.cache):
+        raise bad("losses", f"{needs_teacher} need a teacher: set data.cache=DIR or teachers=[SPEC]")
+    if cfg.data.source == "captions" and not cfg.data.path and not cfg.data.cache:
+        raise bad("data.path", "source=captions needs data.path (a .csv/.tsv/.jsonl)")
+    if cfg.data.path and not cfg.data.cache and not Path(cfg.data.path).is_file():
+        raise bad("data.path", f"{cfg.data.path!r} does not exist")
+    if cfg.data.cache and not (Path(cfg.data.cache) / "manifest.json").is_file():
+        raise bad("data.cache", f"{cfg.data.cache!r} is not a teacher cache (no manifest.json)")
+    if not 0 <= cfg.aug.flip_prob <= 1:
+        raise bad("aug.flip_prob", "must be within [0, 1]")
+    if cfg.eval.data and not Path(cfg.eval.data).is_dir():
+        raise bad("eval.data", f"{cfg.eval.data!r} is not a directory")

@@ -1,0 +1,212 @@
+"""Training data: image–caption pair sources, replayable augmentations, and the batches
+the trainer consumes.
+
+A *pair source* is indexable: ``source.load(i) -> (PIL image or None, [captions])``, with a
+``spec()`` dict that rebuilds it (stored in a teacher cache's manifest). Sources:
+the synthetic generator, and CSV/TSV/JSONL caption files. (WebDataset shards: see the
+README's status note.)
+
+Augmentations are random resized crops (and optional horizontal flips) described by five
+numbers relative to the image — ``x0, y0, w, h, flip`` — drawn deterministically from
+``(seed, index, k)``. The teacher cache stores them, so the trainer replays the exact crop
+the teacher saw; each model then applies its *own* preprocessing to the crop.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mobileclip.errors import ConfigError, DatasetError
+from mobileclip.transforms import load_image, to_rgb
+
+AUG_FIELDS = ("x0", "y0", "w", "h", "flip")
+
+
+# ------------------------------------------------------------------ pair sources
+
+class SyntheticPairs:
+    def __init__(self, split: str = "train", size: int = 10000, image_size: int = 64, seed: int = 0,
+                 two_object_prob: float = 0.35) -> None:
+        from mobileclip.data.synthetic import SyntheticGenerator
+
+        self.args = dict(split=split, size=size, image_size=image_size, seed=seed, two_object_prob=two_object_prob)
+        self.gen = SyntheticGenerator(split, image_size, seed, two_object_prob)
+        self.size = size
+        self.n_captions = self.gen.n_captions
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, i: int):
+        s = self.gen[i]
+        return Image.fromarray(s.image), s.captions
+
+    def spec(self) -> dict:
+        return {"kind": "synthetic", **self.args}
+
+
+class CaptionPairs:
+    """One sample per row of a CSV/TSV/JSONL (rows may share an image)."""
+
+    def __init__(self, path: str, image_root: Optional[str] = None) -> None:
+        from mobileclip.data import CaptionDataset
+
+        self.ds = CaptionDataset(path, image_root=image_root or None)
+        self.args = dict(path=str(Path(path).resolve()), image_root=str(self.ds.image_root.resolve()))
+        self.n_captions = 1
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def load(self, i: int):
+        path, caption = self.ds.items[i]
+        try:
+            return load_image(path), [caption]
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            return None, [caption]
+
+    def spec(self) -> dict:
+        return {"kind": "captions", **self.args}
+
+
+def source_from_spec(spec: dict):
+    kind = spec.get("kind")
+    args = {k: v for k, v in spec.items() if k != "kind"}
+    if kind == "synthetic":
+        return SyntheticPairs(**args)
+    if kind == "captions":
+        return CaptionPairs(**args)
+    raise ConfigError(f"unknown data source kind {kind!r}; known: ['synthetic', 'captions']")
+
+
+# ------------------------------------------------------------------ augmentations
+
+def sample_aug(seed: int, index: int, k: int, scale: Sequence[float], ratio: Sequence[float],
+               flip_prob: float, aspect: float) -> np.ndarray:
+    """RandomResizedCrop-style box (relative coordinates) + flip flag for augmentation k of
+    sample ``index``; ``aspect`` is the image's width / height."""
+    rng = np.random.default_rng([seed, index, k])
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        area = rng.uniform(scale[0], scale[1])
+        r = math.exp(rng.uniform(*log_r))
+        # relative w, h such that (w*W)/(h*H) = r and w*h = area
+        w = math.sqrt(area * r / aspect)
+        h = math.sqrt(area * aspect / r)
+        if 0 < w <= 1 and 0 < h <= 1:
+            x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+            break
+    else:  # fall back to the whole image
+        x0, y0, w, h = 0.0, 0.0, 1.0, 1.0
+    flip = float(rng.random() < flip_prob)
+    return np.array([x0, y0, w, h, flip], dtype=np.float32)
+
+
+def apply_aug(im: Image.Image, params: np.ndarray) -> Image.Image:
+    """Crop (and flip) a PIL image by relative augmentation parameters."""
+    x0, y0, w, h, flip = (float(v) for v in params)
+    W, H = im.size
+    box = (round(x0 * W), round(y0 * H), round((x0 + w) * W), round((y0 + h) * H))
+    box = (box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1))
+    out = to_rgb(im).crop(box)
+    return out.transpose(Image.FLIP_LEFT_RIGHT) if flip >= 0.5 else out
+
+
+# ------------------------------------------------------------------ training samples
+
+class TrainSamples(torch.utils.data.Dataset):
+    """What the trainer reads for sample ``i`` at step-dependent augmentation/caption choice.
+
+    Items are dicts (or ``None`` for an unreadable image, dropped by :func:`collate_train`):
+
+    * ``image`` — the student's input for the chosen augmentation, ``tokens`` — the chosen
+      caption through the student's tokenizer;
+    * with a ``cache``: ``t_image`` / ``t_text`` — cached teacher embeddings ``[T, Dt]``;
+    * with online ``teachers``: ``t_inputs_<k>`` / ``t_tokens_<k>`` — the same crop and
+      caption through teacher k's own preprocessing and tokenizer.
+    """
+
+    def __init__(self, source, student_preprocess: Callable, student_tokenizer: Callable, seed: int,
+                 aug: dict, cache=None, teachers: Sequence = ()) -> None:
+        self.source, self.pp, self.tok = source, student_preprocess, student_tokenizer
+        self.seed, self.aug, self.cache, self.teachers = seed, aug, cache, list(teachers)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def choice(self, i: int, epoch: int) -> tuple[int, int]:
+        """Which augmentation and which caption sample ``i`` uses in ``epoch``."""
+        rng = np.random.default_rng([self.seed, 7, epoch, i])
+        n_aug = self.cache.augs if self.cache is not None else 1 << 30
+        return int(rng.integers(n_aug)), int(rng.integers(1 << 30))
+
+    def __getitem__(self, key):
+        i, epoch = key
+        im, captions = self.source.load(i)
+        if im is None or (self.cache is not None and not self.cache.ok(i)):
+            return {"skip": i}
+        k, c = self.choice(i, epoch)
+        caption = captions[c % len(captions)]
+        if self.cache is not None:
+            params = self.cache.aug(i, k)
+        else:
+            params = sample_aug(self.seed + 1000 * epoch, i, 0, self.aug["scale"], self.aug["ratio"],
+                                self.aug["flip_prob"], im.size[0] / im.size[1])
+        crop = apply_aug(im, params)
+        item = {"index": i, "image": self.pp(crop), "tokens": self.tok([caption])[0]}
+        if self.cache is not None:
+            item["t_image"] = torch.from_numpy(self.cache.image_embedding(i, k).astype(np.float32))
+            item["t_text"] = torch.from_numpy(self.cache.text_embedding(i, c % len(captions)).astype(np.float32))
+        for t, teacher in enumerate(self.teachers):
+            item[f"t_inputs_{t}"] = teacher.preprocess(crop)
+            item[f"t_tokens_{t}"] = teacher.tokenizer([caption])[0]
+        return item
+
+
+def collate_train(items: list) -> dict:
+    """Stack readable items; unreadable ones are dropped and their indices returned."""
+    kept = [x for x in items if "skip" not in x]
+    batch = {"skipped": [x["skip"] for x in items if "skip" in x]}
+    if kept:
+        for key in kept[0]:
+            vals = [x[key] for x in kept]
+            batch[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
+    return batch
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Yields, for each optimizer step from ``start_step``, this rank's list of ``(index, epoch)``.
+
+    The global batch of step ``s`` is a slice of a permutation seeded by ``(seed, epoch)``,
+    so the data a step sees depends only on the step number: resuming at step ``k`` replays
+    exactly what an uninterrupted run would have seen.
+    """
+
+    def __init__(self, n: int, global_batch: int, steps: int, seed: int, rank: int = 0, world: int = 1,
+                 start_step: int = 0) -> None:
+        if global_batch > n:
+            raise ConfigError(f"batch size {global_batch} is larger than the dataset ({n} samples)")
+        if global_batch % world:
+            raise ConfigError(f"batch size {global_batch} is not divisible by the {world} processes")
+        self.n, self.b, self.steps, self.seed = n, global_batch, steps, seed
+        self.rank, self.world, self.start = rank, world, start_step
+        self.per_epoch = n // global_batch  # drop the ragged tail of each epoch
+
+    def indices_for_step(self, step: int) -> list:
+        epoch, pos = divmod(step, self.per_epoch)
+        perm = np.random.default_rng([self.seed, 11, epoch]).permutation(self.n)
+        glob = perm[pos * self.b:(pos + 1) * self.b]
+        per = self.b // self.world
+        return [(int(i), epoch) for i in glob[self.rank * per:(self.rank + 1) * per]]
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            yield self.indices_for_step(step)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)

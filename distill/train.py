@@ -1,0 +1,458 @@
+"""The distillation trainer: ``mobileclip distill`` and ``mobileclip.distill.train(config)``.
+
+Straight-line code in sections. One optimizer step:
+
+1. the rank's share of the global batch arrives (data depends only on the step number);
+2. student features for every micro-batch; teacher features from the cache (or, online,
+   from the frozen teachers);
+3. the losses over the *whole* accumulated, all-rank batch; with accumulation this is
+   GradCache (Gao et al. 2021): features first without a graph, the loss and its gradient
+   w.r.t. the features once, then each micro-batch is recomputed with a graph and
+   back-propagated with its slice of that gradient. The gradients equal those of one big
+   batch, so contrastive negatives and distillation targets span the accumulated batch;
+4. gradients averaged across ranks, clipped, AdamW step, cosine schedule, logit scale
+   clamped to ln(100). A non-finite loss or gradient skips the step and is counted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from mobileclip.checkpoint import atomic_write, atomic_write_json, save_checkpoint, unwrap
+from mobileclip.errors import ConfigError, MobileCLIPError
+
+from .cache import TeacherCache, teacher_dim
+from .config import TrainConfig
+from .data import CaptionPairs, StepBatches, SyntheticPairs, TrainSamples, collate_train, source_from_spec
+from .losses import StudentOut, TeacherOut, build_losses, max_logit_scale
+
+
+class TrainingError(MobileCLIPError):
+    """Training cannot go on (too many non-finite steps, ...)."""
+
+
+# ------------------------------------------------------------------ distributed helpers
+
+class DistEnv:
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.initialized_here = False
+
+    def setup(self, device: torch.device) -> None:
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.initialized_here = True
+
+    def teardown(self) -> None:
+        if self.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def gather(x: torch.Tensor, world: int, with_grad: bool) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0 (rank order)."""
+    if world == 1:
+        return x
+    if with_grad:
+        import torch.distributed.nn.functional as dnf
+
+        return torch.cat(dnf.all_gather(x), dim=0)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_grads(params: list, world: int) -> None:
+    """Average gradients over ranks with one flat all-reduce."""
+    if world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+# ------------------------------------------------------------------ building blocks
+
+def resolve_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    return cfg.precision
+
+
+def build_source(cfg: TrainConfig):
+    d = cfg.data
+    if d.source == "synthetic":
+        return SyntheticPairs("train", d.size, d.image_size, cfg.seed, d.two_object_prob)
+    return CaptionPairs(d.path, d.image_root or None)
+
+
+def param_groups(modules: list, weight_decay: float) -> list:
+    """AdamW groups: no weight decay on norms, biases, scales and the logit scale (1-D params)."""
+    decay, no_decay = [], []
+    for m in modules:
+        for name, p in m.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "logit_scale" in name or "logit_bias" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio``."""
+    w = cfg.optim.warmup_steps
+    if step < w:
+        return (step + 1) / w
+    progress = (step - w) / max(1, cfg.steps - w)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * cos
+
+
+def _split(batch: dict, n: int) -> list:
+    keys = [k for k in batch if k != "skipped"]
+    size = batch[keys[0]].shape[0]
+    bounds = [round(i * size / n) for i in range(n + 1)]
+    return [{k: batch[k][bounds[i]:bounds[i + 1]] for k in keys} for i in range(n) if bounds[i + 1] > bounds[i]]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None) -> None:
+        from mobileclip.factory import create_model
+        from mobileclip.teachers import load_teacher
+
+        self.cfg = cfg
+        self.env = DistEnv()
+        self.device = resolve_device(cfg, self.env)
+        self.env.setup(self.device)
+        self.precision = resolve_precision(cfg, self.device)
+        torch.manual_seed(cfg.seed + self.env.rank)
+
+        # --- models and data
+        self.student, self.preprocess, self.tokenizer = create_model(cfg.student)
+        self.student.to(self.device).train()
+        self.cache = TeacherCache(cfg.data.cache) if cfg.data.cache else None
+        if self.cache is not None:
+            self.source = source_from_spec(self.cache.manifest["dataset"])
+            self.teachers = []  # a trainer reading a cache never runs the teacher
+            teacher_dims = self.cache.teacher_dims
+            self.teacher_scales = torch.tensor(self.cache.teacher_logit_scales, device=self.device)
+        else:
+            self.source = build_source(cfg)
+            self.teachers = [load_teacher(s, device=self.device) for s in cfg.teachers]
+            teacher_dims = [teacher_dim(t, self.device) for t in self.teachers]
+            self.teacher_scales = torch.tensor([float(t.logit_scale.exp()) for t in self.teachers],
+                                               device=self.device)
+        self.losses = build_losses(cfg.losses.weights(), self.student.embed_dim, teacher_dims or [0],
+                                   cfg.losses.local_loss).to(self.device)
+        self.weights = cfg.losses.weights()
+        self.dataset = TrainSamples(self.source, self.preprocess, self.tokenizer, cfg.seed, dataclass_dict(cfg.aug),
+                                    cache=self.cache, teachers=self.teachers)
+
+        # --- optimisation
+        self.params = [p for m in (self.student, self.losses) for p in m.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(param_groups([self.student, self.losses], cfg.optim.weight_decay),
+                                     lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.encode_image = self.student.encode_image
+        self.encode_text = self.student.encode_text
+        if cfg.compile:
+            self.encode_image = torch.compile(self.student.encode_image)
+            self.encode_text = torch.compile(self.student.encode_text)
+
+        self.out = Path(cfg.out)
+        self.step = 0
+        self.bad_steps = 0
+        self.skipped_images: list = []
+        if resume:
+            self.load_state(Path(resume))
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "bad_steps": self.bad_steps, "skipped_images": self.skipped_images,
+            "model": unwrap(self.student).state_dict(), "losses": self.losses.state_dict(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def save_state(self, name: str = "last") -> Path:
+        """Atomically replace ``out/<name>/`` with the full training state."""
+        final = self.out / name
+        tmp = self.out / f".{name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(self.state_dict(), tmp / "train_state.pt")
+        save_checkpoint(self.student, tmp / "student")
+        (tmp / "train_config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        old = self.out / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_state(self, path: Path) -> None:
+        if path.is_dir() and not (path / "train_state.pt").is_file() and (path / "last").is_dir():
+            path = path / "last"
+        if not (path / "train_state.pt").is_file():
+            old = path.parent / f".{path.name}.old"  # a crash between the two renames of save_state
+            if (old / "train_state.pt").is_file():
+                path = old
+            else:
+                raise TrainingError(f"cannot resume: {str(path)!r} holds no train_state.pt "
+                                    "(pass a run's out dir or its last/ checkpoint)")
+        state = torch.load(path / "train_state.pt", map_location=self.device, weights_only=True)
+        unwrap(self.student).load_state_dict(state["model"])
+        self.losses.load_state_dict(state["losses"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.step, self.bad_steps = int(state["step"]), int(state["bad_steps"])
+        self.skipped_images = list(state["skipped_images"])
+        if self.env.main:
+            print(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------ one step
+    def autocast(self):
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return nullcontext()
+
+    def student_features(self, chunk: dict):
+        with self.autocast():
+            img = self.encode_image(chunk["image"], normalize=True)
+            txt = self.encode_text(chunk["tokens"], normalize=True)
+        return img.float(), txt.float()
+
+    @torch.no_grad()
+    def teacher_features(self, chunk: dict) -> Optional[tuple]:
+        if self.cache is not None:
+            ti = F.normalize(chunk["t_image"].float(), dim=-1).transpose(0, 1)  # [T, b, D]
+            tt = F.normalize(chunk["t_text"].float(), dim=-1).transpose(0, 1)
+            return ti, tt
+        if not self.teachers:
+            return None
+        imgs, txts = [], []
+        for t, teacher in enumerate(self.teachers):
+            with self.autocast():
+                imgs.append(teacher.encode_image(chunk[f"t_inputs_{t}"], normalize=True).float())
+                txts.append(teacher.encode_text(chunk[f"t_tokens_{t}"], normalize=True).float())
+        return torch.stack(imgs), torch.stack(txts)
+
+    def loss_terms(self, img: torch.Tensor, txt: torch.Tensor, teacher: Optional[tuple]) -> tuple:
+        w = self.env.world
+        s = StudentOut(gather(img, w, True), gather(txt, w, True), self.student.logit_scale.exp(),
+                       self.student.logit_bias)
+        t = None
+        if teacher is not None:
+            ti = gather(teacher[0].transpose(0, 1).contiguous(), w, False).transpose(0, 1)
+            tt = gather(teacher[1].transpose(0, 1).contiguous(), w, False).transpose(0, 1)
+            t = TeacherOut(ti, tt, self.teacher_scales)
+        terms = {}
+        for name, mod in self.losses.items():
+            kwargs = {}
+            if name == "clip" and self.cfg.losses.local_loss and w > 1:
+                n = img.shape[0]
+                kwargs["rows"] = slice(self.env.rank * n, (self.env.rank + 1) * n)
+            terms.update(mod(s, t, **kwargs))
+        total = sum(self.weights[k.removesuffix("_loss")] * v for k, v in terms.items())
+        extra = {}
+        if t is not None:
+            with torch.no_grad():  # student-teacher agreement: same image->text argmax within the batch
+                s_arg = (s.image_features @ s.text_features.T).argmax(1)
+                t_arg = (t.image_features[0] @ t.text_features[0].T).argmax(1)
+                extra["agreement"] = float((s_arg == t_arg).float().mean())
+        return total, terms, extra
+
+    def train_step(self, batch: dict) -> dict:
+        A = self.cfg.accum_steps
+        chunks = _split(batch, A)
+        self.opt.zero_grad(set_to_none=True)
+        teacher = [self.teacher_features(c) for c in chunks]
+        t_all = None
+        if teacher[0] is not None:
+            t_all = (torch.cat([t[0] for t in teacher], 1), torch.cat([t[1] for t in teacher], 1))
+        if len(chunks) == 1:
+            img, txt = self.student_features(chunks[0])
+            total, terms, extra = self.loss_terms(img, txt, t_all)
+            finite = not any_rank(not torch.isfinite(total).item(), self.env.world, self.device)
+            if finite:
+                self.scaler.scale(total).backward()
+        else:
+            # GradCache: features without a graph, the loss once, then per-chunk backward.
+            rng = []
+            feats = []
+            with torch.no_grad():
+                for c in chunks:
+                    rng.append(torch.get_rng_state())
+                    feats.append(self.student_features(c))
+            img = torch.cat([f[0] for f in feats]).requires_grad_()
+            txt = torch.cat([f[1] for f in feats]).requires_grad_()
+            total, terms, extra = self.loss_terms(img, txt, t_all)
+            finite = not any_rank(not torch.isfinite(total).item(), self.env.world, self.device)
+            if finite:
+                self.scaler.scale(total).backward()
+                off = 0
+                for c, state in zip(chunks, rng):
+                    n = c["image"].shape[0]
+                    torch.set_rng_state(state)  # replay dropout / drop-path exactly
+                    ci, ct = self.student_features(c)
+                    torch.autograd.backward([ci, ct], [img.grad[off:off + n], txt.grad[off:off + n]])
+                    off += n
+        grad_norm = float("nan")
+        if finite:
+            all_reduce_grads(self.params, self.env.world)
+            self.scaler.unscale_(self.opt)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip))
+            finite = math.isfinite(grad_norm) or self.precision == "fp16"  # the scaler handles fp16 overflow
+        if finite:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            with torch.no_grad():
+                self.student.logit_scale.clamp_(0, max_logit_scale())
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            if self.bad_steps > self.cfg.max_bad_steps:
+                raise TrainingError(
+                    f"{self.bad_steps} steps had a non-finite loss or gradient (limit max_bad_steps="
+                    f"{self.cfg.max_bad_steps}); lower optim.lr, raise optim.warmup_steps, or use precision=fp32")
+        self.sched.step()
+        row = {k: float(v.detach()) for k, v in terms.items()}
+        row.update(loss=float(total.detach()), finite=finite, grad_norm=grad_norm, **extra)
+        return row
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict:
+        from .evaluate import evaluate_student
+
+        was = self.student.training
+        self.student.eval()
+        try:
+            return evaluate_student(unwrap(self.student), self.preprocess, self.tokenizer, self.cfg, self.source,
+                                    self.device)
+        finally:
+            self.student.train(was)
+
+    # ------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        cfg, env = self.cfg, self.env
+        if env.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        sampler = StepBatches(len(self.source), cfg.batch_size, cfg.steps, cfg.seed, env.rank, env.world, self.step)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=cfg.data.workers, collate_fn=collate_train,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if cfg.data.workers else None)
+        metrics_path = self.out / "metrics.jsonl"
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="distill", disable=not (cfg.progress and env.main),
+                   dynamic_ncols=True)
+        t_last, n_last = time.time(), 0
+        data_time = 0.0
+        t_data = time.time()
+        eval_rows = []
+        for batch in loader:
+            data_time += time.time() - t_data
+            self.skipped_images.extend(batch["skipped"])
+            batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                     for k, v in batch.items()}
+            if "image" not in batch:  # every image of this batch was unreadable
+                self.step += 1
+                self.sched.step()
+                continue
+            row = self.train_step(batch)
+            self.step += 1
+            n_last += cfg.batch_size
+            if env.main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                now = time.time()
+                row.update(step=self.step, lr=self.opt.param_groups[0]["lr"],
+                           logit_scale=float(self.student.logit_scale.detach().exp()),
+                           samples_per_s=n_last / (now - t_last), data_wait_s=data_time,
+                           skipped_images=len(self.skipped_images), bad_steps=self.bad_steps)
+                t_last, n_last, data_time = now, 0, 0.0
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.1e}",
+                                sps=f"{row['samples_per_s']:.0f}")
+            bar.update(1)
+            if env.main and cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
+                ev = {"step": self.step, **self.evaluate()}
+                eval_rows.append(ev)
+                with open(self.out / "eval.jsonl", "a") as f:
+                    f.write(json.dumps(ev) + "\n")
+            if env.main and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
+                self.save_state()
+            t_data = time.time()
+        bar.close()
+        summary = {"steps": self.step, "bad_steps": self.bad_steps, "skipped_images": len(self.skipped_images),
+                   "skipped_examples": self.skipped_images[:20]}
+        if env.main:
+            self.save_state()
+            final = save_checkpoint(self.student, self.out / "student",
+                                    extra={"train_config": cfg.to_dict()})
+            ev = {"step": self.step, **self.evaluate()}
+            with open(self.out / "eval.jsonl", "a") as f:
+                f.write(json.dumps(ev) + "\n")
+            summary.update(eval=ev, student=str(final))
+            atomic_write_json(self.out / "summary.json", summary)
+            if self.skipped_images:
+                print(f"distill: {len(self.skipped_images)} unreadable images were skipped "
+                      f"(e.g. sample {self.skipped_images[0]})")
+        env.teardown()
+        return summary
+
+
+def dataclass_dict(x) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(x)
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None) -> dict:
+    """Run a distillation (or plain CLIP) training job; returns its summary."""
+    return Trainer(cfg, resume).fit()
