@@ -71,9 +71,13 @@ def gather(x: torch.Tensor, world: int, with_grad: bool) -> torch.Tensor:
     if world == 1:
         return x
     if with_grad:
+        import warnings
+
         import torch.distributed.nn.functional as dnf
 
-        return torch.cat(dnf.all_gather(x), dim=0)
+        with warnings.catch_warnings():  # deprecated in favour of a private API; still correct
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(dnf.all_gather(x), dim=0)
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
@@ -163,7 +167,7 @@ class Trainer:
         self.device = resolve_device(cfg, self.env)
         self.env.setup(self.device)
         self.precision = resolve_precision(cfg, self.device)
-        torch.manual_seed(cfg.seed + self.env.rank)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
         # --- models and data
         self.student, self.preprocess, self.tokenizer = create_model(cfg.student)
@@ -183,6 +187,10 @@ class Trainer:
         self.losses = build_losses(cfg.losses.weights(), self.student.embed_dim, teacher_dims or [0],
                                    cfg.losses.local_loss).to(self.device)
         self.weights = cfg.losses.weights()
+        if self.env.world > 1:  # as DDP does: every rank starts from rank 0's weights
+            for t in [*self.student.state_dict().values(), *self.losses.state_dict().values()]:
+                dist.broadcast(t, src=0)
+        torch.manual_seed(cfg.seed + self.env.rank)  # rank-specific randomness from here on
         self.dataset = TrainSamples(self.source, self.preprocess, self.tokenizer, cfg.seed, dataclass_dict(cfg.aug),
                                     cache=self.cache, teachers=self.teachers)
 
@@ -252,6 +260,9 @@ class Trainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.step, self.bad_steps = int(state["step"]), int(state["bad_steps"])
+        # The learning rate follows this config's schedule (it may extend the run's `steps`).
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            group["lr"] = base * lr_factor(self.step, self.cfg)
         self.skipped_images = list(state["skipped_images"])
         if self.env.main:
             print(f"resumed from {path} at step {self.step}")

@@ -116,6 +116,39 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from .distill import load_config, train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary.get("eval", {}), indent=2))
+        print(f"student checkpoint: {summary.get('student')}")
+    return 0
+
+
+def cmd_cache_teacher(args) -> int:
+    import torch
+
+    from .distill.cache import build_cache
+    from .distill.data import CaptionPairs, SyntheticPairs
+    from .teachers import load_teacher
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = _device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    if args.data == "synthetic":
+        source = SyntheticPairs("train", args.size, args.image_size, args.seed, args.two_object_prob)
+    else:
+        source = CaptionPairs(args.data, args.image_root)
+    teachers = [load_teacher(t, device=device) for t in args.teacher]
+    build_cache(teachers, source, args.out, augs=args.augs, shard_size=args.shard_size, batch_size=args.batch_size,
+                seed=args.seed, scale=tuple(args.scale), flip_prob=args.flip_prob, device=device, rank=rank,
+                world=world, num_workers=args.workers)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -160,6 +193,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--two-object-prob", type=float, default=0.0)
     s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("distill", help="train a student (distillation and/or contrastive losses)")
+    s.add_argument("--config", default=None, help="YAML config; keys as in mobileclip.distill.TrainConfig")
+    s.add_argument("--resume", default=None, help="a run's out dir or its last/ checkpoint")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student=mobileclip-s0 losses.kd=0.75")
+    s.set_defaults(func=cmd_distill)
+
+    s = sub.add_parser("cache-teacher", help="run teachers once over a dataset with K augmentations; store embeddings")
+    s.add_argument("--teacher", action="append", required=True,
+                   help="teacher spec (repeat for an ensemble): open_clip:ARCH[:TAG|FILE], hf:DIR, checkpoint dir")
+    s.add_argument("--data", required=True, help="'synthetic' or a caption file (.csv/.tsv/.jsonl)")
+    s.add_argument("--image-root", default=None)
+    s.add_argument("--out", required=True)
+    s.add_argument("--augs", type=int, default=4, help="augmentations per image (K)")
+    s.add_argument("--shard-size", type=int, default=1024)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    s.add_argument("--device", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.0), help="crop area range")
+    s.add_argument("--flip-prob", type=float, default=0.5)
+    s.add_argument("--size", type=int, default=10000, help="synthetic: number of images")
+    s.add_argument("--image-size", type=int, default=64, help="synthetic: rendered size")
+    s.add_argument("--two-object-prob", type=float, default=0.35)
+    s.set_defaults(func=cmd_cache_teacher)
 
     s = sub.add_parser("demo", help="the embedded end-to-end demo (no downloads)")
     s.add_argument("--out", default="runs/demo")

@@ -1,0 +1,239 @@
+"""The trainer: loss goes down, exact resume, accumulation = big batch, DDP = one process,
+the teacher cache round trip, mismatched teacher/student inputs, corrupt images, config errors."""
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mobileclip
+from mobileclip.distill import TeacherCache, Trainer, build_cache, load_config, train
+from mobileclip.distill.data import CaptionPairs, SyntheticPairs, apply_aug, sample_aug
+from mobileclip.errors import ConfigError
+
+BASE = ["student=mobileclip-tiny", "batch_size=16", "data.size=256", "data.workers=0", "log_every=1",
+        "progress=false", "eval.size=36", "aug.flip_prob=0.0", "optim.warmup_steps=2"]
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(None, BASE + [f"out={tmp_path}"] + list(extra))
+
+
+def _metrics(path):
+    return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_cpu_run_loss_goes_down(tmp_path):
+    summary = train(_cfg(tmp_path, "steps=30", "optim.lr=2e-3", "batch_size=32", "data.size=1024"))
+    rows = _metrics(tmp_path)
+    first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
+    assert last < first - 0.1, (first, last)
+    assert summary["bad_steps"] == 0 and (tmp_path / "student" / "model.safetensors").is_file()
+    assert {"zeroshot_top1", "zeroshot_novel_top1", "retrieval_R@1"} <= set(summary["eval"])
+    m, _, _ = mobileclip.create_model(str(tmp_path / "student"))  # a core checkpoint
+    assert m.cfg.name == "mobileclip-tiny"
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(_cfg(a, "steps=6"))
+    # The same run, killed during step 5 (its last checkpoint is from step 3).
+    killed = Trainer(_cfg(b, "steps=6", "ckpt_every=3"))
+    orig = killed.train_step
+
+    def dies_at_step_5(batch):
+        if killed.step == 4:
+            raise KeyboardInterrupt("killed")
+        return orig(batch)
+
+    killed.train_step = dies_at_step_5
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    assert len(_metrics(b)) == 4
+    (b / "metrics.jsonl").write_text("".join(x + "\n" for x in (b / "metrics.jsonl").read_text().splitlines()[:3]))
+    Trainer(_cfg(b, "steps=6", "ckpt_every=3"), resume=str(b)).fit()
+    la = [r["loss"] for r in _metrics(a)]
+    lb = [r["loss"] for r in _metrics(b)]
+    assert len(lb) == 6 and np.allclose(la, lb, rtol=1e-5, atol=1e-6), (la, lb)
+    sa = mobileclip.load_checkpoint(a / "student").state_dict()
+    sb = mobileclip.load_checkpoint(b / "student").state_dict()
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+
+
+def _grads_after_one_step(tmp_path, accum, extra=()):
+    cfg = load_config(None, ["student=clip-vit-tiny", "batch_size=16", "data.size=64", "data.workers=0",
+                             "progress=false", "aug.flip_prob=0.0", f"accum_steps={accum}", "steps=1",
+                             f"out={tmp_path}", "losses.clip=1.0", *extra])
+    tr = Trainer(cfg)
+    from mobileclip.distill.data import StepBatches, collate_train
+
+    batch = collate_train([tr.dataset[k] for k in StepBatches(64, 16, 1, cfg.seed).indices_for_step(0)])
+    tr.opt.step = lambda *a, **k: None  # keep the gradients, skip the update
+    tr.train_step(batch)
+    return {n: p.grad.clone() for n, p in tr.student.named_parameters() if p.grad is not None}
+
+
+def test_accumulation_gives_the_big_batch_gradients(tmp_path):
+    # clip-vit-tiny has LayerNorm only: micro-batches cannot differ through BatchNorm statistics.
+    g1 = _grads_after_one_step(tmp_path / "one", 1)
+    g4 = _grads_after_one_step(tmp_path / "four", 4)
+    assert g1.keys() == g4.keys() and "logit_scale" in g1
+    for k in g1:
+        assert torch.allclose(g1[k], g4[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_teacher_cache_round_trip(tmp_path):
+    teacher = mobileclip.load_teacher("clip-vit-tiny")
+    source = SyntheticPairs("train", size=10, image_size=48, seed=0)
+    build_cache([teacher], source, tmp_path / "c", augs=3, shard_size=4, batch_size=6, seed=5,
+                scale=(0.5, 1.0), flip_prob=0.5, progress=False)
+    cache = TeacherCache(tmp_path / "c")
+    assert cache.manifest["num_shards"] == 3 and cache.augs == 3 and cache.manifest["captions"] == 3
+    assert cache.manifest["teachers"][0]["name"] == "clip-vit-tiny"
+    i, k = 6, 2
+    params = cache.aug(i, k)
+    im, caps = source.load(i)
+    assert np.allclose(params, sample_aug(5, i, k, (0.5, 1.0), (3 / 4, 4 / 3), 0.5, 1.0))
+    with torch.no_grad():
+        ref = teacher.encode_image(teacher.preprocess(apply_aug(im, params))[None])[0].numpy()
+        ref_t = teacher.encode_text(teacher.tokenizer([caps[1]]))[0].numpy()
+    assert np.abs(cache.image_embedding(i, k)[0] - ref).max() < 2e-3  # fp16 storage
+    assert np.abs(cache.text_embedding(i, 1)[0] - ref_t).max() < 2e-3
+    # Resume: a killed run left shard 1 missing; rebuilding makes only that one.
+    import shutil
+
+    shutil.rmtree(tmp_path / "c" / "shard_00001")
+    before = os.stat(tmp_path / "c" / "shard_00000" / "img_0.npy").st_mtime_ns
+    with pytest.raises(Exception, match="incomplete"):
+        TeacherCache(tmp_path / "c")
+    build_cache([teacher], source, tmp_path / "c", augs=3, shard_size=4, batch_size=6, seed=5, progress=False)
+    assert os.stat(tmp_path / "c" / "shard_00000" / "img_0.npy").st_mtime_ns == before
+    assert np.allclose(TeacherCache(tmp_path / "c").aug(i, k), params)
+    with pytest.raises(Exception, match="different"):
+        build_cache([teacher], source, tmp_path / "c", augs=2, shard_size=4, progress=False)
+
+
+def test_training_from_cache_never_runs_the_teacher(tmp_path, monkeypatch):
+    teacher = mobileclip.load_teacher("clip-vit-tiny")
+    build_cache([teacher], SyntheticPairs("train", size=64, image_size=64), tmp_path / "c", augs=2,
+                shard_size=32, progress=False, flip_prob=0.0)
+
+    def forbidden(*a, **k):
+        raise AssertionError("a teacher was loaded while training from a cache")
+
+    monkeypatch.setattr("mobileclip.teachers.load_teacher", forbidden)
+    summary = train(_cfg(tmp_path / "run", "steps=3", f"data.cache={tmp_path / 'c'}", "losses.kd=1.0",
+                         "losses.feature=0.5", "losses.icl=0.5", "losses.clip=0.25"))
+    rows = _metrics(tmp_path / "run")
+    assert {"kd_loss", "feature_loss", "icl_loss", "clip_loss", "agreement"} <= set(rows[-1])
+    assert summary["bad_steps"] == 0
+
+
+def test_online_teacher_with_other_tokenizer_and_image_size(tmp_path):
+    """open_clip ViT-B-32 (224 px, 77 tokens, OpenAI mean/std) teaching a 64 px / 16-token student."""
+    cfg = _cfg(tmp_path, "steps=2", "batch_size=4", "teachers=[open_clip:ViT-B-32]", "losses.kd=1.0",
+               "losses.feature=1.0")
+    tr = Trainer(cfg)
+    item = tr.dataset[(0, 0)]
+    assert item["image"].shape == (3, 64, 64) and item["tokens"].shape == (16,)
+    assert item["t_inputs_0"].shape == (3, 224, 224) and item["t_tokens_0"].shape == (77,)
+    # Same crop, each through its own preprocessing: the teacher's view is the resized student's view.
+    assert not torch.allclose(item["t_inputs_0"].mean(), item["image"].mean())
+    summary = tr.fit()
+    rows = _metrics(tmp_path)
+    assert "kd_loss" in rows[-1] and summary["bad_steps"] == 0
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    rows = ["image,caption"]
+    for i in range(20):
+        Image.fromarray(np.full((32, 32, 3), i * 10, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,grey level {i}")
+    (tmp_path / "3.png").write_bytes(b"not a png at all")
+    (tmp_path / "7.png").unlink()  # missing
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(None, BASE + [f"out={tmp_path / 'run'}", "data.source=captions",
+                                    f"data.path={tmp_path / 'pairs.csv'}", "batch_size=10", "steps=4"])
+    summary = train(cfg)
+    # 4 steps x 10 = 2 epochs over 20 rows: each bad image is met twice.
+    assert summary["skipped_images"] == 4 and set(summary["skipped_examples"]) == {3, 7}
+    assert summary["bad_steps"] == 0
+
+
+def test_nan_loss_skips_then_aborts(tmp_path, monkeypatch):
+    from mobileclip.distill.train import TrainingError
+
+    cfg = _cfg(tmp_path, "steps=5", "max_bad_steps=2")
+    tr = Trainer(cfg)
+    orig = tr.loss_terms
+
+    def nan_terms(*a):
+        total, terms, extra = orig(*a)
+        return total * float("nan"), terms, extra
+
+    tr.loss_terms = nan_terms
+    before = {k: v.clone() for k, v in tr.student.state_dict().items()}
+    with pytest.raises(TrainingError, match="non-finite.*max_bad_steps=2"):
+        tr.fit()
+    assert tr.bad_steps == 3
+    after = tr.student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['losses.kdd'\]"):
+        load_config(None, ["losses.kdd=1"])
+    with pytest.raises(ConfigError, match="'sgd' is not one of"):
+        load_config(None, ["precision=sgd"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(None, ["data.source=captions", "data.path=/no/such/file.csv"])
+    with pytest.raises(ConfigError, match="need a teacher"):
+        load_config(None, ["losses.kd=1.0"])
+    with pytest.raises(ConfigError, match="not a teacher cache"):
+        load_config(None, [f"data.cache={tmp_path}"])
+    with pytest.raises(ConfigError, match="must divide"):
+        load_config(None, ["batch_size=10", "accum_steps=3"])
+    (tmp_path / "c.yaml").write_text("steps: 5\noptim:\n  lr: 3e-4\n")
+    cfg = load_config(str(tmp_path / "c.yaml"), ["optim.lr=1e-3"])
+    assert cfg.steps == 5 and cfg.optim.lr == 1e-3
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out, result):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from mobileclip.distill.data import StepBatches, collate_train
+
+    cfg = load_config(None, ["student=clip-vit-tiny", "batch_size=16", "data.size=64", "data.workers=0",
+                             "progress=false", "aug.flip_prob=0.0", "steps=1", f"out={out}", "device=cpu"])
+    tr = Trainer(cfg)
+    keys = StepBatches(64, 16, 1, cfg.seed, rank=rank, world=world).indices_for_step(0)
+    assert len(keys) == 8
+    tr.opt.step = lambda *a, **k: None  # keep the (all-reduced) gradients
+    tr.train_step(collate_train([tr.dataset[k] for k in keys]))
+    if rank == 0:
+        torch.save({n: p.grad.clone() for n, p in tr.student.named_parameters() if p.grad is not None}, result)
+    tr.env.teardown()
+
+
+@pytest.mark.timeout(600)
+def test_two_process_gloo_equals_one_process(tmp_path):
+    """Two ranks with 8 samples each give the gradients of one process with all 16."""
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    one = _grads_after_one_step(tmp_path / "one", 1)
+    assert ddp.keys() == one.keys() and "logit_scale" in one
+    for k in one:
+        assert torch.allclose(one[k], ddp[k], rtol=1e-4, atol=1e-7), k
