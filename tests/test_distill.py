@@ -237,3 +237,17 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     assert ddp.keys() == one.keys() and "logit_scale" in one
     for k in one:
         assert torch.allclose(one[k], ddp[k], rtol=1e-4, atol=1e-7), k
+
+
+def test_demo_pipeline_quick(tmp_path):
+    """The demo end to end (teacher -> cache -> distilled and clip-only students -> report), few steps."""
+    from mobileclip.demo import run_demo
+
+    report = run_demo(tmp_path, quick=True)
+    assert [r["model"] for r in report["rows"]] == ["teacher", "student, distilled", "student, clip loss only"]
+    assert (tmp_path / "report.md").is_file() and json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert (tmp_path / "cache" / "manifest.json").is_file()
+    cfg = (tmp_path / "distilled" / "train_config.yaml").read_text()
+    assert "cache:" in cfg and str(tmp_path / "cache") in cfg
+    rows = _metrics(tmp_path / "distilled")
+    assert "kd_loss" in rows[-1] and "kd_loss" not in _metrics(tmp_path / "clip_only")[-1]

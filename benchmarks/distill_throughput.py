@@ -1,0 +1,143 @@
+"""Training throughput with the teacher read from the cache vs run online.
+
+    .venv/bin/python -m mobileclip.benchmarks.distill_throughput [--student mobileclip-s0] [--batch 16]
+        [--teachers open_clip:ViT-B-32 open_clip:ViT-L-14] [--steps 3] [--out benchmarks/results]
+
+Same student and batch in every row, measured side by side in one run:
+
+* ``student only``  — the student's own step (clip loss), the floor;
+* ``cache: T``      — distillation (kd + clip) reading teacher T's cached embeddings;
+* ``online: T``     — the same losses with teacher T run in the loop.
+
+Each step is split into data (waiting for the loader), teacher forward, and student
+step (forward, loss, backward, optimizer). Teachers have random weights: speed does not
+depend on them. Writes ``distill_throughput.json`` and ``.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _measure(trainer, steps: int, warmup: int = 1) -> dict:
+    """Time ``warmup + steps`` optimizer steps, split into data / teacher / student."""
+    from mobileclip.distill.data import StepBatches, collate_train
+
+    cfg = trainer.cfg
+    sampler = StepBatches(len(trainer.source), cfg.batch_size, warmup + steps, cfg.seed)
+    loader = torch.utils.data.DataLoader(trainer.dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
+                                         collate_fn=collate_train)
+    rows = []
+    orig_teacher = trainer.teacher_features
+    spent = {"teacher": 0.0}
+
+    def timed_teacher(chunk):
+        t = time.perf_counter()
+        out = orig_teacher(chunk)
+        spent["teacher"] += time.perf_counter() - t
+        return out
+
+    trainer.teacher_features = timed_teacher
+    it = iter(loader)
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        spent["teacher"] = 0.0
+        trainer.train_step(batch)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            rows.append({"data": t1 - t0, "teacher": spent["teacher"], "student": t2 - t1 - spent["teacher"],
+                         "total": t2 - t0})
+    trainer.teacher_features = orig_teacher
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    mean["samples_per_s"] = cfg.batch_size / mean["total"]
+    return mean
+
+
+def main() -> None:
+    from mobileclip.distill import Trainer, build_cache, load_config
+    from mobileclip.distill.data import SyntheticPairs
+    from mobileclip.teachers import load_teacher
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", default="mobileclip-s0")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--image-size", type=int, default=256, help="synthetic image size (the student's input size)")
+    ap.add_argument("--teachers", nargs="+", default=["open_clip:ViT-B-32", "open_clip:ViT-L-14"])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    n = args.batch * (args.steps + 1)
+    common = [f"student={args.student}", f"batch_size={args.batch}", f"data.size={n}",
+              f"data.image_size={args.image_size}", f"data.workers={args.workers}", "progress=false",
+              f"steps={args.steps + 1}", "aug.flip_prob=0.0"]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(load_config(None, common + [f"out={tmp}/s", "losses.clip=1.0"]))
+        results.append({"mode": "student only", **_measure(tr, args.steps)})
+        print(results[-1])
+        for spec in args.teachers:
+            cache = Path(tmp) / spec.replace(":", "_")
+            t = time.perf_counter()
+            build_cache([load_teacher(spec)], SyntheticPairs("train", n, args.image_size, seed=0), cache, augs=1,
+                        shard_size=n, batch_size=args.batch, flip_prob=0.0, num_workers=args.workers,
+                        progress=False)
+            cache_s = time.perf_counter() - t
+            tr = Trainer(load_config(None, common + [f"out={tmp}/c", f"data.cache={cache}", "losses.kd=1.0",
+                                                     "losses.clip=1.0"]))
+            results.append({"mode": f"cache: {spec}", "cache_build_s": cache_s, **_measure(tr, args.steps)})
+            print(results[-1])
+            tr = Trainer(load_config(None, common + [f"out={tmp}/o", f"teachers=[{spec}]", "losses.kd=1.0",
+                                                     "losses.clip=1.0"]))
+            results.append({"mode": f"online: {spec}", **_measure(tr, args.steps)})
+            print(results[-1])
+    base = results[0]["total"]
+    for r in results:
+        r["step_vs_student_only"] = r["total"] / base
+    import open_clip
+    import timm
+
+    env = {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "torch": torch.__version__, "timm": timm.__version__, "open_clip": open_clip.__version__,
+           "date": time.strftime("%Y-%m-%d")}
+    cmd = ("python -m mobileclip.benchmarks.distill_throughput --student " + args.student + f" --batch {args.batch}"
+           f" --image-size {args.image_size} --steps {args.steps} --teachers " + " ".join(args.teachers))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distill_throughput.json").write_text(json.dumps({"command": cmd, "environment": env,
+                                                             "rows": results}, indent=2) + "\n")
+    lines = ["# Distillation step: teacher from the cache vs online", "",
+             f"`{cmd}` on {env['cpu']} ({env['cores']} cores, {env['torch_threads']} torch threads), torch "
+             f"{env['torch']}, {env['date']}. Student `{args.student}` at {args.image_size} px, batch {args.batch}, "
+             f"mean of {args.steps} steps after 1 warm-up; random weights.", "",
+             "| mode | samples/s | step s | data s | teacher s | student s | step / student-only |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['mode']} | {r['samples_per_s']:.2f} | {r['total']:.2f} | {r['data']:.2f} | {r['teacher']:.2f} | "
+              f"{r['student']:.2f} | {r['step_vs_student_only']:.2f}x |" for r in results]
+    (out / "distill_throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
