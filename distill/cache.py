@@ -69,10 +69,9 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
     # Embedding sizes and temperatures, from one forward when the teacher does not say.
     meta = []
     for t in teachers:
-        assert isinstance(t, Teacher)
-        with torch.no_grad():
-            dim = t.embed_dim or int(t.encode_text(t.tokenizer(["a"]).to(device)).shape[-1])
-        meta.append({"name": t.name, "embed_dim": int(dim), "logit_scale": float(t.logit_scale.exp())})
+        if not isinstance(t, Teacher):
+            raise ConfigError(f"build_cache takes loaded teachers (mobileclip.load_teacher), got {type(t).__name__}")
+        meta.append({"name": t.name, "embed_dim": teacher_dim(t, device), "logit_scale": float(t.logit_scale.exp())})
     manifest = {
         "format_version": FORMAT_VERSION, "teachers": meta, "dataset": source.spec(), "num_samples": n,
         "augs": augs, "captions": source.n_captions, "shard_size": shard_size, "num_shards": n_shards,
@@ -174,14 +173,12 @@ def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob,
     return out
 
 
-_DIMS: dict = {}
-
-
+@torch.no_grad()
 def teacher_dim(teacher, device) -> int:
-    key = id(teacher)
-    if key not in _DIMS:
-        _DIMS[key] = teacher.embed_dim or int(teacher.encode_text(teacher.tokenizer(["a"]).to(device)).shape[-1])
-    return _DIMS[key]
+    """The teacher's embedding size; measured with one text forward when it does not say."""
+    if not teacher.embed_dim:
+        teacher.embed_dim = int(teacher.encode_text(teacher.tokenizer(["a"]).to(device)).shape[-1])
+    return int(teacher.embed_dim)
 
 
 class TeacherCache:

@@ -143,6 +143,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("losses", f"{needs_teacher} need a teacher: set data.cache=DIR or teachers=[SPEC]")
     if cfg.data.source == "captions" and not cfg.data.path and not cfg.data.cache:
         raise bad("data.path", "source=captions needs data.path (a .csv/.tsv/.jsonl)")
+    if cfg.teachers and cfg.data.cache:
+        raise bad("teachers", "set either teachers (run online) or data.cache (read from a cache), not both")
     if cfg.data.path and not cfg.data.cache and not Path(cfg.data.path).is_file():
         raise bad("data.path", f"{cfg.data.path!r} does not exist")
     if cfg.data.cache and not (Path(cfg.data.cache) / "manifest.json").is_file():

@@ -62,3 +62,16 @@ def test_console_script_and_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "mobileclip", "models", "--students-only"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "mobileclip-s0" in r.stdout
+
+
+def test_cache_teacher_then_distill_cli(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["cache-teacher", "--teacher", "clip-vit-tiny", "--data", "synthetic", "--size", "32", "--augs", "2",
+                 "--shard-size", "16", "--out", str(cache), "--workers", "0", "--flip-prob", "0"]) == 0
+    assert (cache / "shard_00001" / "img_0.npy").is_file()
+    out = tmp_path / "run"
+    assert main(["distill", f"out={out}", "student=mobileclip-tiny", f"data.cache={cache}", "steps=2",
+                 "batch_size=8", "data.workers=0", "losses.kd=1.0", "progress=false", "eval.size=36"]) == 0
+    assert (out / "student" / "model.safetensors").is_file()
+    assert main(["distill", "losses.kdd=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err

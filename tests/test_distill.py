@@ -194,6 +194,8 @@ def test_config_errors(tmp_path):
         load_config(None, ["losses.kd=1.0"])
     with pytest.raises(ConfigError, match="not a teacher cache"):
         load_config(None, [f"data.cache={tmp_path}"])
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(None, ["teachers=[open_clip:ViT-B-32]", f"data.cache={tmp_path}"])
     with pytest.raises(ConfigError, match="must divide"):
         load_config(None, ["batch_size=10", "accum_steps=3"])
     (tmp_path / "c.yaml").write_text("steps: 5\noptim:\n  lr: 3e-4\n")
