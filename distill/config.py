@@ -14,8 +14,8 @@ from mobileclip.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    source: Literal["synthetic", "captions"] = "synthetic"
-    path: str = ""  # caption file (.csv/.tsv/.jsonl) for source=captions
+    source: Literal["synthetic", "captions", "webdataset"] = "synthetic"
+    path: str = ""  # caption file (.csv/.tsv/.jsonl) for source=captions; shard pattern for webdataset
     image_root: str = ""
     size: int = 10000  # synthetic: number of training images
     image_size: int = 64  # synthetic: rendered size
@@ -141,11 +141,12 @@ def _validate(cfg: TrainConfig) -> None:
     needs_teacher = [k for k in ("kd", "feature", "icl") if w[k]]
     if needs_teacher and not (cfg.teachers or cfg.data.cache):
         raise bad("losses", f"{needs_teacher} need a teacher: set data.cache=DIR or teachers=[SPEC]")
-    if cfg.data.source == "captions" and not cfg.data.path and not cfg.data.cache:
-        raise bad("data.path", "source=captions needs data.path (a .csv/.tsv/.jsonl)")
+    if cfg.data.source in ("captions", "webdataset") and not cfg.data.path and not cfg.data.cache:
+        raise bad("data.path", f"source={cfg.data.source} needs data.path (a .csv/.tsv/.jsonl file, or a shard "
+                               "pattern like shards/{000..099}.tar)")
     if cfg.teachers and cfg.data.cache:
         raise bad("teachers", "set either teachers (run online) or data.cache (read from a cache), not both")
-    if cfg.data.path and not cfg.data.cache and not Path(cfg.data.path).is_file():
+    if cfg.data.source == "captions" and cfg.data.path and not cfg.data.cache and not Path(cfg.data.path).is_file():
         raise bad("data.path", f"{cfg.data.path!r} does not exist")
     if cfg.data.cache and not (Path(cfg.data.cache) / "manifest.json").is_file():
         raise bad("data.cache", f"{cfg.data.cache!r} is not a teacher cache (no manifest.json)")

@@ -3,8 +3,8 @@ the trainer consumes.
 
 A *pair source* is indexable: ``source.load(i) -> (PIL image or None, [captions])``, with a
 ``spec()`` dict that rebuilds it (stored in a teacher cache's manifest). Sources:
-the synthetic generator, and CSV/TSV/JSONL caption files. (WebDataset shards: see the
-README's status note.)
+the synthetic generator, CSV/TSV/JSONL caption files, and WebDataset ``.tar`` shards
+(indexed once, then read by random access).
 
 Augmentations are random resized crops (and optional horizontal flips) described by five
 numbers relative to the image — ``x0, y0, w, h, flip`` — drawn deterministically from
@@ -74,6 +74,102 @@ class CaptionPairs:
         return {"kind": "captions", **self.args}
 
 
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
+CAPTION_EXTS = ("txt", "caption", "json")
+
+
+class WebDatasetPairs:
+    """Image-caption pairs from WebDataset ``.tar`` shards, e.g. ``shards/{000..099}.tar``.
+
+    Files are grouped into samples by key the way the ``webdataset`` library does
+    (``base_plus_ext``: ``abc.jpg`` + ``abc.txt`` → sample ``abc``); the image is the first
+    of ``jpg/jpeg/png/webp/...``, the caption a ``.txt`` (or ``.json`` with a ``caption`` /
+    ``text`` field). The shards are indexed once (tar headers only: member offsets and
+    sizes), so any sample can be read by position — which the teacher cache and exact
+    resume need. A sample whose image cannot be decoded is skipped and counted like any
+    other unreadable image; a sample without an image or caption is left out of the index.
+    """
+
+    def __init__(self, shards: str) -> None:
+        import tarfile
+
+        from braceexpand import braceexpand
+        from webdataset.tariterators import base_plus_ext
+
+        self.args = dict(shards=shards)
+        self.paths = [str(Path(p).expanduser()) for p in braceexpand(shards)]
+        missing = [p for p in self.paths if not Path(p).is_file()]
+        if missing:
+            raise DatasetError(f"{len(missing)} of {len(self.paths)} shards of {shards!r} do not exist "
+                               f"(first: {missing[0]})")
+        self.index: list[tuple] = []  # (shard, image offset, image size, caption offset, caption size, ext)
+        self.incomplete = 0
+        for s, path in enumerate(self.paths):
+            groups: dict = {}
+            try:
+                with tarfile.open(path, "r:") as tf:
+                    for m in tf:
+                        if not m.isfile():
+                            continue
+                        key, ext = base_plus_ext(m.name)
+                        if key is None:
+                            continue
+                        groups.setdefault(key, {})[ext.lower()] = (m.offset_data, m.size)
+            except tarfile.TarError as e:
+                raise DatasetError(f"shard {path!r} is not a readable tar file ({e})") from e
+            for key, files in groups.items():
+                img = next((e for e in IMAGE_EXTS if e in files), None)
+                cap = next((e for e in CAPTION_EXTS if e in files), None)
+                if img is None or cap is None:
+                    self.incomplete += 1
+                    continue
+                self.index.append((s, *files[img], *files[cap], cap))
+        if not self.index:
+            raise DatasetError(f"no image-caption samples in {shards!r} (looked for {IMAGE_EXTS} + .txt/.json)")
+        self.n_captions = 1
+        self._files: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _read(self, shard: int, offset: int, size: int) -> bytes:
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = open(self.paths[shard], "rb")
+        f.seek(offset)
+        return f.read(size)
+
+    def load(self, i: int):
+        import io
+        import json
+
+        shard, io_, is_, co, cs, cap_ext = self.index[i]
+        raw = self._read(shard, co, cs).decode("utf-8", errors="replace")
+        if cap_ext == "json":
+            try:
+                obj = json.loads(raw)
+                raw = obj.get("caption") or obj.get("text") or ""
+            except (json.JSONDecodeError, AttributeError):
+                raw = ""
+        try:
+            from PIL import ImageOps
+
+            with Image.open(io.BytesIO(self._read(shard, io_, is_))) as im:
+                im.load()
+                image = to_rgb(ImageOps.exif_transpose(im))
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            image = None
+        return image, [raw.strip()]
+
+    def spec(self) -> dict:
+        return {"kind": "webdataset", **self.args}
+
+    def __getstate__(self):  # file handles are reopened in each DataLoader worker
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        return state
+
+
 def source_from_spec(spec: dict):
     kind = spec.get("kind")
     args = {k: v for k, v in spec.items() if k != "kind"}
@@ -81,7 +177,9 @@ def source_from_spec(spec: dict):
         return SyntheticPairs(**args)
     if kind == "captions":
         return CaptionPairs(**args)
-    raise ConfigError(f"unknown data source kind {kind!r}; known: ['synthetic', 'captions']")
+    if kind == "webdataset":
+        return WebDatasetPairs(**args)
+    raise ConfigError(f"unknown data source kind {kind!r}; known: ['synthetic', 'captions', 'webdataset']")
 
 
 # ------------------------------------------------------------------ augmentations

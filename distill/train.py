@@ -35,7 +35,9 @@ from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .cache import TeacherCache, teacher_dim
 from .config import TrainConfig
-from .data import CaptionPairs, StepBatches, SyntheticPairs, TrainSamples, collate_train, source_from_spec
+from .data import (
+    CaptionPairs, StepBatches, SyntheticPairs, TrainSamples, WebDatasetPairs, collate_train, source_from_spec,
+)
 from .losses import StudentOut, TeacherOut, build_losses, max_logit_scale
 
 
@@ -126,6 +128,8 @@ def build_source(cfg: TrainConfig):
     d = cfg.data
     if d.source == "synthetic":
         return SyntheticPairs("train", d.size, d.image_size, cfg.seed, d.two_object_prob)
+    if d.source == "webdataset":
+        return WebDatasetPairs(d.path)
     return CaptionPairs(d.path, d.image_root or None)
 
 

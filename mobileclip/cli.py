@@ -131,7 +131,7 @@ def cmd_cache_teacher(args) -> int:
     import torch
 
     from .distill.cache import build_cache
-    from .distill.data import CaptionPairs, SyntheticPairs
+    from .distill.data import CaptionPairs, SyntheticPairs, WebDatasetPairs
     from .teachers import load_teacher
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -140,6 +140,8 @@ def cmd_cache_teacher(args) -> int:
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     if args.data == "synthetic":
         source = SyntheticPairs("train", args.size, args.image_size, args.seed, args.two_object_prob)
+    elif args.data.endswith(".tar") or "{" in args.data:
+        source = WebDatasetPairs(args.data)
     else:
         source = CaptionPairs(args.data, args.image_root)
     teachers = [load_teacher(t, device=device) for t in args.teacher]
@@ -203,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cache-teacher", help="run teachers once over a dataset with K augmentations; store embeddings")
     s.add_argument("--teacher", action="append", required=True,
                    help="teacher spec (repeat for an ensemble): open_clip:ARCH[:TAG|FILE], hf:DIR, checkpoint dir")
-    s.add_argument("--data", required=True, help="'synthetic' or a caption file (.csv/.tsv/.jsonl)")
+    s.add_argument("--data", required=True,
+                   help="'synthetic', a caption file (.csv/.tsv/.jsonl), or WebDataset shards ('shards/{000..099}.tar')")
     s.add_argument("--image-root", default=None)
     s.add_argument("--out", required=True)
     s.add_argument("--augs", type=int, default=4, help="augmentations per image (K)")

@@ -253,3 +253,72 @@ def test_demo_pipeline_quick(tmp_path):
     assert "cache:" in cfg and str(tmp_path / "cache") in cfg
     rows = _metrics(tmp_path / "distilled")
     assert "kd_loss" in rows[-1] and "kd_loss" not in _metrics(tmp_path / "clip_only")[-1]
+
+
+def _write_shards(root, n_shards=2, per_shard=6, corrupt=(), no_caption=()):
+    import io
+    import tarfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    k = 0
+    for s in range(n_shards):
+        with tarfile.open(root / f"{s:03d}.tar", "w") as tf:
+            for _ in range(per_shard):
+                buf = io.BytesIO()
+                Image.fromarray(np.full((24, 32, 3), 10 * k, np.uint8)).save(buf, "PNG")
+                data = b"garbage" if k in corrupt else buf.getvalue()
+                files = [(f"s{k:04d}.png", data)]
+                if k not in no_caption:
+                    files.append((f"s{k:04d}.txt", f"grey image number {k}".encode()))
+                for name, payload in files:
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tf.addfile(info, io.BytesIO(payload))
+                k += 1
+    return str(root) + "/{000..%03d}.tar" % (n_shards - 1)
+
+
+def test_webdataset_shards_as_a_source(tmp_path):
+    from mobileclip.distill.data import WebDatasetPairs
+
+    pattern = _write_shards(tmp_path / "shards", corrupt={4}, no_caption={9})
+    src = WebDatasetPairs(pattern)
+    assert len(src) == 11 and src.incomplete == 1  # the sample without a caption is left out
+    im, caps = src.load(0)
+    assert im.size == (32, 24) and caps == ["grey image number 0"]
+    assert src.load(4)[0] is None  # undecodable image: skipped by the trainer
+    with pytest.raises(mobileclip.DatasetError, match="do not exist"):
+        WebDatasetPairs(str(tmp_path / "shards" / "{000..005}.tar"))
+    # Cache over the shards, then train from the cache: the corrupt image is skipped and counted.
+    teacher = mobileclip.load_teacher("clip-vit-tiny")
+    build_cache([teacher], src, tmp_path / "c", augs=1, shard_size=8, progress=False, flip_prob=0.0)
+    cache = TeacherCache(tmp_path / "c")
+    assert cache.manifest["dataset"] == {"kind": "webdataset", "shards": pattern} and not cache.ok(4)
+    summary = train(load_config(None, BASE + [f"out={tmp_path / 'run'}", f"data.cache={tmp_path / 'c'}",
+                                              "batch_size=11", "steps=2", "losses.kd=1.0"]))
+    assert summary["skipped_images"] == 2 and summary["skipped_examples"] == [4, 4]
+    # And online, straight from the shards.
+    summary = train(load_config(None, BASE + [f"out={tmp_path / 'run2'}", "data.source=webdataset",
+                                              f"data.path={pattern}", "batch_size=11", "steps=1"]))
+    assert summary["skipped_images"] == 1
+
+
+def test_data_is_deterministic_across_workers_and_ranks(tmp_path):
+    from mobileclip.distill.data import StepBatches, collate_train
+
+    tr = Trainer(_cfg(tmp_path, "steps=3"))
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(tr.dataset, batch_sampler=StepBatches(256, 16, 3, 0),
+                                             num_workers=workers, collate_fn=collate_train)
+        return list(loader)
+
+    a, b = batches(0), batches(2)
+    for x, y in zip(a, b):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["tokens"], y["tokens"])
+    glob = StepBatches(256, 16, 3, 0).indices_for_step(2)
+    parts = [StepBatches(256, 16, 3, 0, rank=r, world=4).indices_for_step(2) for r in range(4)]
+    assert sum(parts, []) == glob and len({i for p in parts for i, _ in p}) == 16
+    # A new epoch is a new permutation, and augmentation choices change with it.
+    e0, e1 = StepBatches(256, 16, 32, 0).indices_for_step(0), StepBatches(256, 16, 32, 0).indices_for_step(16)
+    assert e1[0][1] == 1 and [i for i, _ in e0] != [i for i, _ in e1]
