@@ -17,24 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _measure(trainer, steps: int, warmup: int = 1) -> dict:
@@ -117,10 +105,11 @@ def main() -> None:
     import open_clip
     import timm
 
-    env = {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "torch": torch.__version__, "timm": timm.__version__, "open_clip": open_clip.__version__,
-           "date": time.strftime("%Y-%m-%d")}
+    from mobileclip.benchmarks.common import environment
+
+    env = environment(torch_threads=torch.get_num_threads(),
+                      cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                      torch=torch.__version__, timm=timm.__version__, open_clip=open_clip.__version__)
     cmd = ("python -m mobileclip.benchmarks.distill_throughput --student " + args.student + f" --batch {args.batch}"
            f" --image-size {args.image_size} --steps {args.steps} --teachers " + " ".join(args.teachers))
     out = Path(args.out)

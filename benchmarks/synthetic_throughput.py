@@ -9,24 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
+from mobileclip.benchmarks.common import environment
 from mobileclip.data.synthetic import SyntheticGenerator
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(image_size: int, seconds: float, two_object_prob: float) -> dict:
@@ -54,8 +43,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     rows = [measure(s, args.seconds, 0.35) for s in (64, 128, 256)]
-    env = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-           "numpy": np.__version__, "processes": 1, "date": time.strftime("%Y-%m-%d")}
+    env = environment(numpy=np.__version__, processes=1)
     result = {"benchmark": "synthetic_throughput", "command": "python -m mobileclip.benchmarks.synthetic_throughput",
               "environment": env, "rows": rows}
     out = Path(args.out)
