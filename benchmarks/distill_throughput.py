@@ -12,6 +12,11 @@ Same student and batch in every row, measured side by side in one run:
 Each step is split into data (waiting for the loader), teacher forward, and student
 step (forward, loss, backward, optimizer). Teachers have random weights: speed does not
 depend on them. Writes ``distill_throughput.json`` and ``.md``.
+
+On a GPU: ``--precision bf16 --compile --batch 256 --teachers`` (no teachers: the
+student's own step only) also reports the model FLOP utilisation: training FLOPs per
+sample (3x the forward, counted with ``torch.utils.flop_counter``) times samples/s over
+the GPU's peak dense bf16 FLOP/s (known GPUs, or ``--peak-tflops``).
 """
 from __future__ import annotations
 
@@ -61,6 +66,31 @@ def _measure(trainer, steps: int, warmup: int = 1) -> dict:
     return mean
 
 
+# Peak dense bf16 tensor-core FLOP/s (TFLOP/s) from the vendors' data sheets (SXM parts).
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
+
+
+def known_peak_tflops():
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def train_flops_per_sample(student: str) -> float:
+    """3x the forward FLOPs of one image + one caption (backward is about twice the forward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import mobileclip
+
+    model, _, tok = mobileclip.create_model(student)
+    x = torch.zeros(1, 3, model.image_size, model.image_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.encode_image(x)
+        model.encode_text(tok(["a photo of a dog"]))
+    return 3.0 * counter.get_total_flops()
+
+
 def main() -> None:
     from mobileclip.distill import Trainer, build_cache, load_config
     from mobileclip.distill.data import SyntheticPairs
@@ -70,15 +100,19 @@ def main() -> None:
     ap.add_argument("--student", default="mobileclip-s0")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--image-size", type=int, default=256, help="synthetic image size (the student's input size)")
-    ap.add_argument("--teachers", nargs="+", default=["open_clip:ViT-B-32", "open_clip:ViT-L-14"])
+    ap.add_argument("--teachers", nargs="*", default=["open_clip:ViT-B-32", "open_clip:ViT-L-14"])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the student's encoders")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense FLOP/s of the device, in TFLOP/s")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     n = args.batch * (args.steps + 1)
     common = [f"student={args.student}", f"batch_size={args.batch}", f"data.size={n}",
               f"data.image_size={args.image_size}", f"data.workers={args.workers}", "progress=false",
-              f"steps={args.steps + 1}", "aug.flip_prob=0.0"]
+              f"steps={args.steps + 1}", "aug.flip_prob=0.0", f"precision={args.precision}",
+              f"compile={str(args.compile).lower()}"]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(load_config(None, common + [f"out={tmp}/s", "losses.clip=1.0"]))
@@ -100,8 +134,12 @@ def main() -> None:
             results.append({"mode": f"online: {spec}", **_measure(tr, args.steps)})
             print(results[-1])
     base = results[0]["total"]
+    flops = train_flops_per_sample(args.student)
+    peak = args.peak_tflops or known_peak_tflops()
     for r in results:
         r["step_vs_student_only"] = r["total"] / base
+        r["student_train_gflops_per_sample"] = flops / 1e9
+        r["mfu"] = flops * r["samples_per_s"] / (peak * 1e12) if peak else None
     import open_clip
     import timm
 
@@ -111,7 +149,8 @@ def main() -> None:
                       cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                       torch=torch.__version__, timm=timm.__version__, open_clip=open_clip.__version__)
     cmd = ("python -m mobileclip.benchmarks.distill_throughput --student " + args.student + f" --batch {args.batch}"
-           f" --image-size {args.image_size} --steps {args.steps} --teachers " + " ".join(args.teachers))
+           f" --image-size {args.image_size} --steps {args.steps} --precision {args.precision}"
+           + (" --compile" if args.compile else "") + " --teachers " + " ".join(args.teachers))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "distill_throughput.json").write_text(json.dumps({"command": cmd, "environment": env,
@@ -120,10 +159,13 @@ def main() -> None:
              f"`{cmd}` on {env['cpu']} ({env['cores']} cores, {env['torch_threads']} torch threads), torch "
              f"{env['torch']}, {env['date']}. Student `{args.student}` at {args.image_size} px, batch {args.batch}, "
              f"mean of {args.steps} steps after 1 warm-up; random weights.", "",
-             "| mode | samples/s | step s | data s | teacher s | student s | step / student-only |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"Precision {args.precision}, compile {args.compile}; student training FLOPs "
+             f"{flops / 1e9:.2f} GFLOP/sample" + (f"; MFU against {peak} TFLOP/s peak." if peak else "."), "",
+             "| mode | samples/s | step s | data s | teacher s | student s | step / student-only | MFU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['mode']} | {r['samples_per_s']:.2f} | {r['total']:.2f} | {r['data']:.2f} | {r['teacher']:.2f} | "
-              f"{r['student']:.2f} | {r['step_vs_student_only']:.2f}x |" for r in results]
+              f"{r['student']:.2f} | {r['step_vs_student_only']:.2f}x | "
+              + (f"{100 * r['mfu']:.1f}% |" if r["mfu"] is not None else "— |") for r in results]
     (out / "distill_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -227,12 +227,14 @@ class TeacherCache:
         return np.asarray(a["aug"][r, k])
 
     def image_embedding(self, i: int, k: int) -> np.ndarray:
+        """All teachers' embeddings of augmentation k, concatenated (split by :attr:`teacher_dims`)."""
         a, r = self._arrays(i)
-        return np.stack([a[f"img_{t}"][r, k] for t in range(self.num_teachers)])
+        return np.concatenate([a[f"img_{t}"][r, k] for t in range(self.num_teachers)])
 
     def text_embedding(self, i: int, c: int) -> np.ndarray:
+        """All teachers' embeddings of caption c, concatenated (split by :attr:`teacher_dims`)."""
         a, r = self._arrays(i)
-        return np.stack([a[f"txt_{t}"][r, c] for t in range(self.num_teachers)])
+        return np.concatenate([a[f"txt_{t}"][r, c] for t in range(self.num_teachers)])
 
     def __getstate__(self):  # memmaps are reopened in each DataLoader worker
         state = dict(self.__dict__)

@@ -6,8 +6,8 @@ sums the terms with weights from the config.
 * :class:`StudentOut` — L2-normalized student image/text features ``[N, D]`` over the
   whole (accumulated, all-rank) batch, the exponentiated ``logit_scale`` and optional
   ``logit_bias``.
-* :class:`TeacherOut` — normalized teacher features ``[T, N, Dt]`` for ``T`` teachers
-  (an ensemble), and each teacher's exponentiated logit scale ``[T]``.
+* :class:`TeacherOut` — normalized teacher features, one ``[N, D_t]`` tensor per teacher
+  (an ensemble; sizes may differ), and each teacher's exponentiated logit scale ``[T]``.
 
 Adding a loss is one class here plus one ``@register_loss`` line.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,8 @@ class StudentOut:
 
 @dataclass
 class TeacherOut:
-    image_features: torch.Tensor  # [T, N, Dt]
-    text_features: torch.Tensor  # [T, N, Dt]
+    image_features: Sequence[torch.Tensor]  # per teacher [N, D_t] (a stacked [T, N, D] tensor works too)
+    text_features: Sequence[torch.Tensor]
     logit_scale: torch.Tensor  # [T], exponentiated
 
 
@@ -111,9 +111,9 @@ class KDLoss(nn.Module):
         super().__init__()
 
     def forward(self, s: StudentOut, t: TeacherOut) -> dict:
-        ti = torch.einsum("tnd,tmd->tnm", t.image_features, t.text_features) * t.logit_scale[:, None, None]
-        p_i2t = ti.softmax(dim=2).mean(dim=0)
-        p_t2i = ti.transpose(1, 2).softmax(dim=2).mean(dim=0)
+        logits = [t.logit_scale[k] * t.image_features[k] @ t.text_features[k].T for k in range(len(t.image_features))]
+        p_i2t = torch.stack([x.softmax(dim=1) for x in logits]).mean(dim=0)
+        p_t2i = torch.stack([x.T.softmax(dim=1) for x in logits]).mean(dim=0)
         si = s.logit_scale * s.image_features @ s.text_features.T
         return {"kd_loss": (_kl_rows(p_i2t, si) + _kl_rows(p_t2i, si.T)) / 2}
 
@@ -144,11 +144,11 @@ class FeatureLoss(nn.Module):
 
     def forward(self, s: StudentOut, t: TeacherOut) -> dict:
         total = 0.0
-        for k in range(t.image_features.shape[0]):
+        for k in range(len(t.image_features)):
             si, st = self.proj(s.image_features, k), self.proj(s.text_features, k)
             total = total + ((si - t.image_features[k]) ** 2).sum(-1).mean() \
                 + ((st - t.text_features[k]) ** 2).sum(-1).mean()
-        return {"feature_loss": total / (2 * t.image_features.shape[0])}
+        return {"feature_loss": total / (2 * len(t.image_features))}
 
 
 @register_loss("icl")
@@ -163,12 +163,12 @@ class ICLLoss(nn.Module):
     def forward(self, s: StudentOut, t: TeacherOut) -> dict:
         total = 0.0
         labels = _labels(s.image_features.shape[0], s.image_features.device)
-        for k in range(t.image_features.shape[0]):
+        for k in range(len(t.image_features)):
             si, st = self.proj(s.image_features, k), self.proj(s.text_features, k)
             a = s.logit_scale * si @ t.text_features[k].T
             b = s.logit_scale * st @ t.image_features[k].T
             total = total + (F.cross_entropy(a, labels) + F.cross_entropy(b, labels)) / 2
-        return {"icl_loss": total / t.image_features.shape[0]}
+        return {"icl_loss": total / len(t.image_features)}
 
 
 def build_losses(weights: dict, student_dim: int, teacher_dims: list, local_loss: bool = False) -> nn.ModuleDict:

@@ -286,9 +286,10 @@ class Trainer:
 
     @torch.no_grad()
     def teacher_features(self, chunk: dict) -> Optional[tuple]:
-        if self.cache is not None:
-            ti = F.normalize(chunk["t_image"].float(), dim=-1).transpose(0, 1)  # [T, b, D]
-            tt = F.normalize(chunk["t_text"].float(), dim=-1).transpose(0, 1)
+        if self.cache is not None:  # [b, sum of teacher dims] -> one [b, D_t] per teacher
+            dims = self.cache.teacher_dims
+            ti = [F.normalize(x.float(), dim=-1) for x in chunk["t_image"].split(dims, dim=1)]
+            tt = [F.normalize(x.float(), dim=-1) for x in chunk["t_text"].split(dims, dim=1)]
             return ti, tt
         if not self.teachers:
             return None
@@ -297,7 +298,7 @@ class Trainer:
             with self.autocast():
                 imgs.append(teacher.encode_image(chunk[f"t_inputs_{t}"], normalize=True).float())
                 txts.append(teacher.encode_text(chunk[f"t_tokens_{t}"], normalize=True).float())
-        return torch.stack(imgs), torch.stack(txts)
+        return imgs, txts
 
     def loss_terms(self, img: torch.Tensor, txt: torch.Tensor, teacher: Optional[tuple]) -> tuple:
         w = self.env.world
@@ -305,9 +306,8 @@ class Trainer:
                        self.student.logit_bias)
         t = None
         if teacher is not None:
-            ti = gather(teacher[0].transpose(0, 1).contiguous(), w, False).transpose(0, 1)
-            tt = gather(teacher[1].transpose(0, 1).contiguous(), w, False).transpose(0, 1)
-            t = TeacherOut(ti, tt, self.teacher_scales)
+            t = TeacherOut([gather(x, w, False) for x in teacher[0]], [gather(x, w, False) for x in teacher[1]],
+                           self.teacher_scales)
         terms = {}
         for name, mod in self.losses.items():
             kwargs = {}
@@ -330,8 +330,9 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         teacher = [self.teacher_features(c) for c in chunks]
         t_all = None
-        if teacher[0] is not None:
-            t_all = (torch.cat([t[0] for t in teacher], 1), torch.cat([t[1] for t in teacher], 1))
+        if teacher[0] is not None:  # per teacher, the micro-batches concatenated
+            t_all = tuple([torch.cat([c[side][k] for c in teacher]) for k in range(len(teacher[0][side]))]
+                          for side in (0, 1))
         if len(chunks) == 1:
             img, txt = self.student_features(chunks[0])
             total, terms, extra = self.loss_terms(img, txt, t_all)

@@ -124,3 +124,20 @@ def test_build_losses_validates():
         build_losses({"kdd": 1.0}, 8, [8])
     with pytest.raises(ConfigError, match="every loss weight is zero"):
         build_losses({"clip": 0.0}, 8, [8])
+
+
+def test_ensemble_of_different_sizes():
+    s, t1 = _inputs(d=8, dt=8, teachers=1, seed=1)
+    _, t2 = _inputs(d=8, dt=12, teachers=1, seed=2)
+    t = TeacherOut([t1.image_features[0], t2.image_features[0]], [t1.text_features[0], t2.text_features[0]],
+                   torch.tensor([30.0, 50.0]))
+    kd = LOSSES["kd"]()(s, t)["kd_loss"]
+    l1 = t.logit_scale[0] * t.image_features[0] @ t.text_features[0].T
+    l2 = t.logit_scale[1] * t.image_features[1] @ t.text_features[1].T
+    p = (l1.softmax(1) + l2.softmax(1)) / 2
+    q = (l1.T.softmax(1) + l2.T.softmax(1)) / 2
+    sl = s.logit_scale * s.image_features @ s.text_features.T
+    ref = ((p * (p.log() - sl.log_softmax(1))).sum(1).mean() + (q * (q.log() - sl.T.log_softmax(1))).sum(1).mean()) / 2
+    assert kd.item() == pytest.approx(ref.item(), rel=1e-5)
+    feat = LOSSES["feature"](student_dim=8, teacher_dims=[8, 12])
+    assert feat(s, t)["feature_loss"].item() > 0
