@@ -112,7 +112,7 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
             try:
                 value = float(value)
             except ValueError:
-                pass
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
