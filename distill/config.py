@@ -138,7 +138,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("losses", "weights must be >= 0")
     if not any(w.values()):
         raise bad("losses", "every loss weight is zero")
-    needs_teacher = [k for k in ("kd", "feature", "icl") if w[k]]
+    from .losses import TEACHER_LOSSES
+
+    needs_teacher = sorted(k for k in TEACHER_LOSSES if w.get(k))
     if needs_teacher and not (cfg.teachers or cfg.data.cache):
         raise bad("losses", f"{needs_teacher} need a teacher: set data.cache=DIR or teachers=[SPEC]")
     if cfg.data.source in ("captions", "webdataset") and not cfg.data.path and not cfg.data.cache:
