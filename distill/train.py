@@ -69,9 +69,19 @@ class DistEnv:
 
 
 def gather(x: torch.Tensor, world: int, with_grad: bool) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (rank order)."""
+    """Concatenate ``x`` from every rank along dim 0 (rank order).
+
+    Ranks may hold different numbers of rows (an unreadable image dropped on one rank):
+    rows are padded to the largest count for the collective and trimmed afterwards.
+    """
     if world == 1:
         return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(v.item()) for v in sizes]
+    longest = max(sizes)
+    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, longest - x.shape[0])) if x.shape[0] < longest else x
     if with_grad:
         import warnings
 
@@ -79,10 +89,11 @@ def gather(x: torch.Tensor, world: int, with_grad: bool) -> torch.Tensor:
 
         with warnings.catch_warnings():  # deprecated in favour of a private API; still correct
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.cat(dnf.all_gather(x), dim=0)
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+            parts = dnf.all_gather(padded.contiguous())
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:k] for p, k in zip(parts, sizes)], dim=0)
 
 
 def all_reduce_grads(params: list, world: int) -> None:
@@ -312,8 +323,10 @@ class Trainer:
         for name, mod in self.losses.items():
             kwargs = {}
             if name == "clip" and self.cfg.losses.local_loss and w > 1:
-                n = img.shape[0]
-                kwargs["rows"] = slice(self.env.rank * n, (self.env.rank + 1) * n)
+                # this rank's rows: every rank's count, in rank order, from the gathered sizes
+                sizes = gather(torch.tensor([img.shape[0]], device=img.device), w, False).tolist()
+                start = sum(sizes[:self.env.rank])
+                kwargs["rows"] = slice(start, start + sizes[self.env.rank])
             terms.update(mod(s, t, **kwargs))
         total = sum(self.weights[k.removesuffix("_loss")] * v for k, v in terms.items())
         extra = {}
@@ -343,9 +356,10 @@ class Trainer:
             # GradCache: features without a graph, the loss once, then per-chunk backward.
             rng = []
             feats = []
+            cuda = self.device.type == "cuda"
             with torch.no_grad():
                 for c in chunks:
-                    rng.append(torch.get_rng_state())
+                    rng.append((torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None))
                     feats.append(self.student_features(c))
             img = torch.cat([f[0] for f in feats]).requires_grad_()
             txt = torch.cat([f[1] for f in feats]).requires_grad_()
@@ -354,9 +368,11 @@ class Trainer:
             if finite:
                 self.scaler.scale(total).backward()
                 off = 0
-                for c, state in zip(chunks, rng):
+                for c, (state, cuda_state) in zip(chunks, rng):
                     n = c["image"].shape[0]
                     torch.set_rng_state(state)  # replay dropout / drop-path exactly
+                    if cuda_state is not None:
+                        torch.cuda.set_rng_state(cuda_state, self.device)
                     ci, ct = self.student_features(c)
                     torch.autograd.backward([ci, ct], [img.grad[off:off + n], txt.grad[off:off + n]])
                     off += n

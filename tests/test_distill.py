@@ -362,3 +362,29 @@ def test_ensemble_cache_built_by_two_ranks(tmp_path):
     summary = train(_cfg(tmp_path / "run", "steps=2", "batch_size=6", f"data.cache={tmp_path / 'c'}",
                          "losses.kd=1.0", "losses.feature=1.0"))
     assert summary["bad_steps"] == 0 and "feature_loss" in _metrics(tmp_path / "run")[-1]
+
+
+def _gather_worker(rank, world, port, result):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch.distributed as dist
+
+    from mobileclip.distill.train import gather
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    x = torch.full((2 + rank, 3), float(rank + 1), requires_grad=True)  # rank 0: 2 rows, rank 1: 3 rows
+    g = gather(x, world, with_grad=True)
+    (g * torch.arange(g.shape[0]).float()[:, None]).sum().backward()
+    if rank == 0:
+        torch.save({"g": g.detach(), "grad": x.grad}, result)
+    dist.destroy_process_group()
+
+
+def test_gather_handles_ranks_with_different_batch_sizes(tmp_path):
+    """After an unreadable image is dropped on one rank, the ranks' batches differ in size."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_worker, args=(2, _free_port(), str(tmp_path / "g.pt")), nprocs=2, join=True)
+    out = torch.load(tmp_path / "g.pt", weights_only=True)
+    assert out["g"][:, 0].tolist() == [1, 1, 2, 2, 2]
+    # d/dx of sum(row_index * g) summed over both ranks' identical losses: 2 x row index.
+    assert out["grad"][:, 0].tolist() == [0.0, 2.0]
