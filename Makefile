@@ -19,15 +19,18 @@ $(VENV)/.installed-%: pyproject.toml | $(VPY)
 	$(PIP) install -e ".[$*]"
 	touch $@
 
-install: $(VENV)/.installed-dev
+# The extras `make demo` and `make test` install (tensorrt never: it is not on PyPI).
+EXTRAS ?= dev,onnx
 
-demo: $(VENV)/.installed-dev
+install: $(VENV)/.installed-$(EXTRAS)
+
+demo: $(VENV)/.installed-$(EXTRAS)
 	$(VENV)/bin/mobileclip demo
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-$(EXTRAS)
 	$(VPY) -m pytest -q
 
-test-slow: $(VENV)/.installed-dev
+test-slow: $(VENV)/.installed-$(EXTRAS)
 	$(VPY) -m pytest -q -m slow
 
 clean:

@@ -151,6 +151,35 @@ def cmd_cache_teacher(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    try:
+        m = export(args.model, args.out, fmt=args.format, precision=args.precision, fixed_batch=args.fixed_batch,
+                   exporter=args.exporter, token_dtype=args.token_dtype, max_batch=args.max_batch, data=args.data,
+                   allow_mismatch=args.allow_mismatch, seed=args.seed)
+    except ImportError as e:
+        raise MobileCLIPError(f"export needs the onnx extra: pip install 'mobileclip[onnx]' ({e})") from e
+    p = m["parity"]
+    print(f"wrote {args.out}: {', '.join(a['file'] for a in m['artifacts'].values())}; parity "
+          + ("passed" if p["passed"] else "FAILED: " + "; ".join(p["misses"]))
+          + f" (zero-shot top-1 agreement {100 * p['top1_agreement']:.1f}%)")
+    return 0 if p["passed"] else 1
+
+
+def cmd_validate(args) -> int:
+    from .export import validate
+
+    r = validate(args.bundle, data=args.data, allow_mismatch=args.allow_mismatch, max_batch=args.max_batch)
+    for tower in ("image", "text"):
+        for row in r[tower]:
+            print(f"{tower:5} batch {row['batch']:4}: min cosine {row['min_cosine']:.7f}  "
+                  f"mean {row['mean_cosine']:.7f}  max-abs {row['max_abs_diff']:.2e}")
+    print(f"zero-shot top-1 agreement {100 * r['top1_agreement']:.1f}%; parity "
+          + ("passed" if r["passed"] else "FAILED: " + "; ".join(r["misses"])))
+    return 0 if r["passed"] else 1
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -221,6 +250,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=64, help="synthetic: rendered size")
     s.add_argument("--two-object-prob", type=float, default=0.35)
     s.set_defaults(func=cmd_cache_teacher)
+
+    s = sub.add_parser("export", help="export both towers to a bundle and check parity with PyTorch")
+    s.add_argument("model", help="checkpoint directory, or a registered name (random weights, seeded by --seed)")
+    s.add_argument("--format", default="onnx", choices=["onnx"])
+    s.add_argument("--precision", default="fp32", choices=["fp32"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--fixed-batch", type=int, default=0, help="a fixed batch size instead of a dynamic one")
+    s.add_argument("--max-batch", type=int, default=32, help="largest batch the parity check runs")
+    s.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"])
+    s.add_argument("--token-dtype", default="int32", choices=["int32", "int64"])
+    s.add_argument("--data", default=None, help="image folder for the parity check (default: synthetic images)")
+    s.add_argument("--allow-mismatch", action="store_true", help="exit 0 even when parity fails")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("validate", help="re-check a bundle against PyTorch; non-zero exit when it fails")
+    s.add_argument("bundle")
+    s.add_argument("--data", default=None, help="image folder (default: synthetic images)")
+    s.add_argument("--max-batch", type=int, default=32)
+    s.add_argument("--allow-mismatch", action="store_true")
+    s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("demo", help="the embedded end-to-end demo (no downloads)")
     s.add_argument("--out", default="runs/demo")

@@ -1,0 +1,69 @@
+"""ONNX export of the two towers (fp32), with ``torch.onnx.export``.
+
+The torch.export-based exporter (``dynamo=True``) is the default; ``exporter="legacy"``
+uses the TorchScript-based one. Each tower is one self-contained file with a dynamic
+batch axis (or a fixed batch on request); tokens are int32 by default (int64 optional)
+and outputs are L2-normalized embeddings named ``image_embedding`` / ``text_embedding``.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+OPSET = 18
+IMAGE_IN, TEXT_IN = "image", "tokens"
+IMAGE_OUT, TEXT_OUT = "image_embedding", "text_embedding"
+
+
+class ImageTower(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(image, normalize=True)
+
+
+class TextTower(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens.long(), normalize=True)
+
+
+def export_tower(tower: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
+                 dynamic_batch: bool = True, exporter: str = "dynamo") -> None:
+    if exporter not in ("dynamo", "legacy"):
+        raise ValueError(f"unknown exporter {exporter!r}; choose 'dynamo' or 'legacy'")
+    tower.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            dyn = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+            torch.onnx.export(tower, (example,), str(path), dynamo=True, input_names=[input_name],
+                              output_names=[output_name], dynamic_shapes=dyn, opset_version=OPSET,
+                              external_data=False)
+        else:
+            axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
+            torch.onnx.export(tower, (example,), str(path), dynamo=False, input_names=[input_name],
+                              output_names=[output_name], dynamic_axes=axes, opset_version=OPSET)
+
+
+def io_spec(path: Path) -> dict:
+    """Input/output names, shapes (symbolic dims as strings) and dtypes of an ONNX file."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def one(v):
+        t = v.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    return {"inputs": [one(v) for v in m.graph.input], "outputs": [one(v) for v in m.graph.output],
+            "opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))}
