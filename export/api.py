@@ -16,7 +16,7 @@ from mobileclip.errors import ConfigError
 from .bundle import FORMAT_VERSION, commit_dir, load_manifest, write_manifest
 from .validate import ParityError, check, run_parity
 
-FORMATS = {"onnx": ("fp32",)}  # format -> precisions available today
+FORMATS = {"onnx": ("fp32", "fp16")}  # format -> precisions available today
 
 
 def load_source(source: dict):
@@ -29,12 +29,14 @@ def load_source(source: dict):
     return reparameterize(model, inplace=True), preprocess, tokenizer
 
 
-def _ort_session(path: Path):
+def _ort_session(path: Path, precision: str = "fp32"):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    # ORT 1.31 can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
+    disabled = ["NchwcTransformer"] if precision == "fp16" else None
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
 
 
 def _runner(session, name: str, fixed: int = 0):
@@ -71,7 +73,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
     from mobileclip import __version__
     from mobileclip.reparam import unfolded_branches
 
-    from .onnx import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, export_tower, io_spec
+    from .onnx import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, export_tower, io_spec, to_fp16
 
     if fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r} is not available; choose from {sorted(FORMATS)}")
@@ -97,6 +99,10 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
     tok_example = tokenizer(["a photo of a dog", "a cat"] * b)[:b].to(getattr(torch, token_dtype))
     export_tower(TextTower(ref), tok_example, tmp / "text.onnx", TEXT_IN, TEXT_OUT,
                  dynamic_batch=not fixed_batch, exporter=exporter)
+    extra = {}
+    if precision == "fp16":
+        extra = to_fp16(tmp / "image.onnx")
+        to_fp16(tmp / "text.onnx")
     shutil.copy(tokenizer.vocab_path, tmp / tokenizer.vocab_path.name)
     import onnx
     import onnxruntime
@@ -111,9 +117,9 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
         "logit_scale": float(ref.logit_scale.detach().exp()),
         "artifacts": {
             "image": {"file": "image.onnx", "backend": "onnx", "precision": precision, "exporter": exporter,
-                      **io_spec(tmp / "image.onnx")},
+                      **io_spec(tmp / "image.onnx"), **extra},
             "text": {"file": "text.onnx", "backend": "onnx", "precision": precision, "exporter": exporter,
-                     **io_spec(tmp / "text.onnx")},
+                     **io_spec(tmp / "text.onnx"), **extra},
         },
         "tools": {"mobileclip": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                   "onnxruntime": onnxruntime.__version__},
@@ -131,8 +137,8 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
 
 def _parity(directory: Path, manifest: dict, ref, preprocess, tokenizer, batches, images) -> dict:
     arts = manifest["artifacts"]
-    img = _ort_session(directory / arts["image"]["file"])
-    txt = _ort_session(directory / arts["text"]["file"])
+    img = _ort_session(directory / arts["image"]["file"], arts["image"]["precision"])
+    txt = _ort_session(directory / arts["text"]["file"], arts["text"]["precision"])
     dtype = np.int32 if manifest["tokenizer"]["token_dtype"] == "int32" else np.int64
     fixed = [d for d in arts["image"]["inputs"][0]["shape"][:1] if isinstance(d, int)]
     fixed = fixed[0] if fixed else 0

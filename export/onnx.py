@@ -54,6 +54,23 @@ def export_tower(tower: nn.Module, example: torch.Tensor, path: Path, input_name
                               output_names=[output_name], dynamic_axes=axes, opset_version=OPSET)
 
 
+# Kept in fp32 in fp16 graphs: normalizations, softmax and reductions overflow or lose
+# too much precision in half (LayerNorm variance, softmax sums, the L2 norm of the output).
+FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "Pow", "Sqrt",
+            "Div", "Erf"]
+
+
+def to_fp16(path: Path) -> dict:
+    """Convert an fp32 ONNX file to fp16 in place, keeping fp32 inputs/outputs and :data:`FP32_OPS`."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path))
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS)
+    onnx.save(half, str(path))
+    return {"kept_fp32_ops": FP32_OPS}
+
+
 def io_spec(path: Path) -> dict:
     """Input/output names, shapes (symbolic dims as strings) and dtypes of an ONNX file."""
     import onnx

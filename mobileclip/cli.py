@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="export both towers to a bundle and check parity with PyTorch")
     s.add_argument("model", help="checkpoint directory, or a registered name (random weights, seeded by --seed)")
     s.add_argument("--format", default="onnx", choices=["onnx"])
-    s.add_argument("--precision", default="fp32", choices=["fp32"])
+    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="fp16 keeps fp32 inputs/outputs and LayerNorm/Softmax/reductions in fp32")
     s.add_argument("--out", required=True)
     s.add_argument("--fixed-batch", type=int, default=0, help="a fixed batch size instead of a dynamic one")
     s.add_argument("--max-batch", type=int, default=32, help="largest batch the parity check runs")

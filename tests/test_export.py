@@ -109,3 +109,20 @@ def test_cli_export_validate_and_errors(tmp_path, capsys, synth_folder):
     assert json.loads((out / "parity.json").read_text())["images"] == 4
     assert main(["validate", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_fp16_bundle(tmp_path):
+    out = tmp_path / "fp16"
+    m = export("mobileclip-tiny", out, precision="fp16", max_batch=8)
+    assert m["parity"]["passed"] and m["artifacts"]["image"]["precision"] == "fp16"
+    assert "LayerNormalization" in m["artifacts"]["text"]["kept_fp32_ops"]
+    parity = json.loads((out / "parity.json").read_text())
+    assert all(0.999 <= r["min_cosine"] < 1.0 - 1e-9 for r in parity["image"] + parity["text"])  # really fp16
+    g = onnx.load(str(out / "text.onnx")).graph
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in g.initializer)
+    assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 in and out
+    # LayerNormalization runs in fp32: its scale initializer is fp32.
+    names = {i.name: i.data_type for i in g.initializer}
+    ln = [n for n in g.node if n.op_type == "LayerNormalization"]
+    assert ln and all(names.get(n.input[1], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for n in ln)
