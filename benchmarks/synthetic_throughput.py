@@ -49,7 +49,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "synthetic_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Synthetic data generator throughput (one process, one core)", "",
+    lines = ["# Synthetic data generator throughput (one process, one core)", "",
              f"`{result['command']}` on {env['cpu']} ({env['cores']} cores), Python {env['python']}, "
              f"numpy {env['numpy']}, {env['date']}.", "",
              "| image size | images/s | p50 ms | p90 ms | p99 ms |", "|---:|---:|---:|---:|---:|"]

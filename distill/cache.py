@@ -19,17 +19,15 @@ never runs a teacher.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mobileclip.checkpoint import atomic_write_json
+from mobileclip.checkpoint import atomic_write_json, replace_dir, temp_dir_for
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .data import apply_aug, sample_aug
@@ -97,12 +95,10 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
         arrays = _build_shard(teachers, source, range(lo, hi), augs, seed, scale, ratio, flip_prob, device,
                               batch_size, num_workers)
         skipped += int((~arrays["ok"]).sum())
-        tmp = out / f".{_shard_dir(out, s).name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = temp_dir_for(_shard_dir(out, s))
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr)
-        os.replace(tmp, _shard_dir(out, s))
+        replace_dir(tmp, _shard_dir(out, s))
         done += hi - lo
         bar.update(hi - lo)
     bar.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,7 +29,9 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from mobileclip.checkpoint import atomic_write, atomic_write_json, save_checkpoint, unwrap
+from mobileclip.checkpoint import (
+    atomic_write_json, old_dir_for, replace_dir, save_checkpoint, temp_dir_for, unwrap,
+)
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .cache import TeacherCache, teacher_dim
@@ -240,26 +241,17 @@ class Trainer:
 
     def save_state(self, name: str = "last") -> Path:
         """Atomically replace ``out/<name>/`` with the full training state."""
-        final = self.out / name
-        tmp = self.out / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = temp_dir_for(self.out / name)
         torch.save(self.state_dict(), tmp / "train_state.pt")
         save_checkpoint(self.student, tmp / "student")
         (tmp / "train_config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        old = self.out / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        return replace_dir(tmp, self.out / name)
 
     def load_state(self, path: Path) -> None:
         if path.is_dir() and not (path / "train_state.pt").is_file() and (path / "last").is_dir():
             path = path / "last"
         if not (path / "train_state.pt").is_file():
-            old = path.parent / f".{path.name}.old"  # a crash between the two renames of save_state
+            old = old_dir_for(path)  # a crash between the two renames of save_state
             if (old / "train_state.pt").is_file():
                 path = old
             else:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -13,7 +12,9 @@ import torch
 
 from mobileclip.errors import ConfigError
 
-from .bundle import FORMAT_VERSION, commit_dir, load_manifest, write_manifest
+from mobileclip.checkpoint import replace_dir, temp_dir_for
+
+from .bundle import FORMAT_VERSION, load_manifest, write_manifest
 from .validate import ParityError, check, run_parity
 
 FORMATS = {"onnx": ("fp32", "fp16")}  # format -> precisions available today
@@ -87,10 +88,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
         raise RuntimeError(f"train-time branches left after reparameterization: {unfolded_branches(ref)[:5]}")
     cfg = ref.cfg
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_dir_for(out)
     t0 = time.time()
     b = fixed_batch or 2
     s = cfg.image.image_size
@@ -129,7 +127,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
     report = _parity(tmp, manifest, ref, preprocess, tokenizer, batches, _images(data, max(batches)))
     manifest["parity"] = {k: report[k] for k in ("passed", "misses", "top1_agreement")}
     write_manifest(tmp, manifest)
-    commit_dir(tmp, out)
+    replace_dir(tmp, out)
     if not report["passed"] and not allow_mismatch:
         raise ParityError(f"{out}: parity check failed: " + "; ".join(report["misses"]), report)
     return manifest

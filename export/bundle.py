@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Union
 
@@ -41,17 +40,6 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     tmp = directory / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, directory / MANIFEST)
-
-
-def commit_dir(tmp: Path, final: Path) -> Path:
-    """Move a finished bundle directory into place, replacing an old one only at the end."""
-    old = final.parent / f".{final.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def load_manifest(directory: Union[str, Path], verify: bool = True) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,33 @@ def atomic_write(path: Union[str, Path], mode: str = "wb") -> Iterator:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def temp_dir_for(final: Union[str, Path]) -> Path:
+    """An empty temporary directory beside ``final``, to be moved into place by :func:`replace_dir`."""
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def old_dir_for(final: Union[str, Path]) -> Path:
+    """Where :func:`replace_dir` parks the previous ``final`` while swapping (left behind only by a crash)."""
+    final = Path(final)
+    return final.parent / f".{final.name}.old"
+
+
+def replace_dir(tmp: Union[str, Path], final: Union[str, Path]) -> Path:
+    """Move a finished directory into place; an existing ``final`` is removed only after the swap."""
+    final = Path(final)
+    old = old_dir_for(final)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def atomic_write_json(path: Union[str, Path], data: dict) -> None:

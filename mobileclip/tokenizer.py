@@ -18,7 +18,7 @@ class Tokenizer:
     """
 
     def __init__(self, cfg: TokenizerConfig | None = None) -> None:
-        from open_clip.tokenizer import SimpleTokenizer, DEFAULT_CONTEXT_LENGTH  # noqa: F401
+        from open_clip.tokenizer import SimpleTokenizer
 
         self.cfg = cfg or TokenizerConfig()
         if self.cfg.name != "clip-bpe":

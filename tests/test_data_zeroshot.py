@@ -9,8 +9,7 @@ from PIL import Image
 
 import mobileclip
 from mobileclip.data import (
-    HELDOUT_COMBOS, CaptionDataset, ImageFolderDataset, SyntheticDataset, SyntheticGenerator, classnames,
-    heldout_classnames,
+    HELDOUT_COMBOS, CaptionDataset, ImageFolderDataset, SyntheticDataset, SyntheticGenerator, heldout_classnames,
 )
 from mobileclip.zeroshot import TEMPLATES, build_classifier, evaluate_retrieval, evaluate_zeroshot, recall_at_k, \
     topk_correct

@@ -11,7 +11,7 @@ from PIL import Image
 
 import mobileclip
 from mobileclip.distill import TeacherCache, Trainer, build_cache, load_config, train
-from mobileclip.distill.data import CaptionPairs, SyntheticPairs, apply_aug, sample_aug
+from mobileclip.distill.data import SyntheticPairs, apply_aug, sample_aug
 from mobileclip.errors import ConfigError
 
 BASE = ["student=mobileclip-tiny", "batch_size=16", "data.size=256", "data.workers=0", "log_every=1",
