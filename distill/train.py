@@ -62,6 +62,7 @@ class DistEnv:
 
     def teardown(self) -> None:
         if self.initialized_here and dist.is_initialized():
+            dist.barrier()  # no rank tears down while another is still in a collective
             dist.destroy_process_group()
 
     @property

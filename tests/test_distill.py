@@ -376,6 +376,7 @@ def _gather_worker(rank, world, port, result):
     (g * torch.arange(g.shape[0]).float()[:, None]).sum().backward()
     if rank == 0:
         torch.save({"g": g.detach(), "grad": x.grad}, result)
+    dist.barrier()
     dist.destroy_process_group()
 
 
