@@ -85,17 +85,35 @@ def gather(x: torch.Tensor, world: int, with_grad: bool) -> torch.Tensor:
     longest = max(sizes)
     padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, longest - x.shape[0])) if x.shape[0] < longest else x
     if with_grad:
-        import warnings
-
-        import torch.distributed.nn.functional as dnf
-
-        with warnings.catch_warnings():  # deprecated in favour of a private API; still correct
-            warnings.simplefilter("ignore", FutureWarning)
-            parts = dnf.all_gather(padded.contiguous())
+        parts = _GatherWithGrad.apply(padded.contiguous()).split(longest)
     else:
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded.contiguous())
     return torch.cat([p[:k] for p, k in zip(parts, sizes)], dim=0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums every rank's gradient for this rank's rows.
+
+    Needed when the ranks' losses differ (``local_loss``): this rank's rows are negatives in
+    the other ranks' losses. Unlike ``torch.distributed.nn.all_gather`` the graph holds no
+    reference to the process group (the default group is used when backward runs), and the
+    backward is one all-reduce, which every backend supports (gloo has no reduce-scatter).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows = (dist.get_rank() * x.shape[0], x.shape[0])
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start, n = ctx.rows
+        return grad[start:start + n]
 
 
 def all_reduce_grads(params: list, world: int) -> None:

@@ -209,14 +209,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, out, result):
+def _ddp_worker(rank, world, port, out, result, extra=()):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from mobileclip.distill.data import StepBatches, collate_train
 
     cfg = load_config(None, ["student=clip-vit-tiny", "batch_size=16", "data.size=64", "data.workers=0",
-                             "progress=false", "aug.flip_prob=0.0", "steps=1", f"out={out}", "device=cpu"])
+                             "progress=false", "aug.flip_prob=0.0", "steps=1", f"out={out}", "device=cpu",
+                             *extra])
     tr = Trainer(cfg)
     keys = StepBatches(64, 16, 1, cfg.seed, rank=rank, world=world).indices_for_step(0)
     assert len(keys) == 8
@@ -228,12 +229,19 @@ def _ddp_worker(rank, world, port, out, result):
 
 
 @pytest.mark.timeout(600)
-def test_two_process_gloo_equals_one_process(tmp_path):
-    """Two ranks with 8 samples each give the gradients of one process with all 16."""
+@pytest.mark.parametrize("local_loss", [False, True])
+def test_two_process_gloo_equals_one_process(tmp_path, local_loss):
+    """Two ranks with 8 samples each give the gradients of one process with all 16.
+
+    With ``local_loss`` each rank scores only its own rows against everything gathered, so
+    the gathered rows' gradients must come back from the other rank's loss too.
+    """
     import torch.multiprocessing as mp
 
     port = _free_port()
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    extra = (f"losses.local_loss={str(local_loss).lower()}",)
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), extra), nprocs=2,
+             join=True)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     one = _grads_after_one_step(tmp_path / "one", 1)
     assert ddp.keys() == one.keys() and "logit_scale" in one
@@ -376,6 +384,7 @@ def _gather_worker(rank, world, port, result):
     (g * torch.arange(g.shape[0]).float()[:, None]).sum().backward()
     if rank == 0:
         torch.save({"g": g.detach(), "grad": x.grad}, result)
+    del g, x
     dist.barrier()
     dist.destroy_process_group()
 
