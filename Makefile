@@ -20,7 +20,7 @@ $(VENV)/.installed-%: pyproject.toml | $(VPY)
 	touch $@
 
 # The extras `make demo` and `make test` install (tensorrt never: it is not on PyPI).
-EXTRAS ?= dev,onnx
+EXTRAS ?= dev,onnx,coreml
 
 install: $(VENV)/.installed-$(EXTRAS)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -10,38 +11,34 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from mobileclip.checkpoint import replace_dir, temp_dir_for
 from mobileclip.errors import ConfigError
 
-from mobileclip.checkpoint import replace_dir, temp_dir_for
-
 from .bundle import FORMAT_VERSION, load_manifest, write_manifest
+from .source import ExportSource, load_source, resolve_spec
 from .validate import ParityError, check, run_parity
 
-FORMATS = {"onnx": ("fp32", "fp16")}  # format -> precisions available today
+FORMATS = {"onnx": ("fp32", "fp16", "int8"), "coreml": ("fp32", "fp16", "int8"),
+           "tensorrt": ("fp32", "fp16", "int8")}
+QUANT_METHODS = ("auto", "dynamic", "static")
 
 
-def load_source(source: dict):
-    """The PyTorch reference of a bundle: its checkpoint, or the registry model at its seed."""
-    from mobileclip.factory import create_model
-    from mobileclip.reparam import reparameterize
+# ------------------------------------------------------------------ runners (numpy in, numpy out)
 
-    torch.manual_seed(int(source.get("seed", 0)))
-    model, preprocess, tokenizer = create_model(source["model"])
-    return reparameterize(model, inplace=True), preprocess, tokenizer
-
-
-def _ort_session(path: Path, precision: str = "fp32"):
+def _ort_session(path: Path, precision: str = "fp32", threads: int = 0):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
     # ORT 1.31 can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
     disabled = ["NchwcTransformer"] if precision == "fp16" else None
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
 
 
 def _runner(session, name: str, fixed: int = 0):
-    """numpy in, numpy out; a fixed-batch artifact is run in chunks, the last one padded."""
+    """A fixed-batch artifact is run in chunks, the last one padded."""
     def run(x):
         if not fixed:
             return session.run(None, {name: x})[0]
@@ -57,6 +54,38 @@ def _runner(session, name: str, fixed: int = 0):
     return run
 
 
+class _SessionLike:
+    """Adapts a plain callable to the ``session.run`` interface of :func:`_runner`."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def run(self, _outputs, feeds: dict):
+        return [self.fn(next(iter(feeds.values())))]
+
+
+def _fixed_batch(entry: dict) -> int:
+    dim = entry["inputs"][0]["shape"][0]
+    return dim if isinstance(dim, int) and dim > 0 else 0
+
+
+def _tower_runner(directory: Path, entry: dict):
+    backend, name, fixed = entry["backend"], entry["inputs"][0]["name"], _fixed_batch(entry)
+    if backend == "onnx":
+        return _runner(_ort_session(directory / entry["file"], entry["precision"]), name, fixed)
+    if backend == "tensorrt":
+        from .tensorrt import TRTRunner
+
+        return _runner(_SessionLike(TRTRunner(directory / entry["file"])), name, fixed)
+    if backend == "coreml":
+        from .coreml import coreml_predictor
+
+        return _runner(_SessionLike(coreml_predictor(directory / entry["file"])), name, fixed)
+    raise ConfigError(f"unknown backend {backend!r} in the bundle manifest")
+
+
+# ------------------------------------------------------------------ inputs
+
 def _images(data: Optional[str], n: int):
     if not data:
         return None
@@ -64,90 +93,247 @@ def _images(data: Optional[str], n: int):
     from mobileclip.transforms import load_image
 
     ds = ImageFolderDataset(data)
-    return [load_image(p) for p, _ in ds.samples[:n]]
+    out = []
+    for p, _ in ds.samples:
+        if len(out) >= n:
+            break
+        try:
+            out.append(load_image(p))
+        except OSError:  # unreadable image: skipped
+            continue
+    return out or None
+
+
+def _batches(fixed: int, max_batch: int) -> tuple:
+    return (fixed,) if fixed else (1, max(2, max_batch // 4), max_batch)
+
+
+# ------------------------------------------------------------------ export
+
+def _check_args(fmt: str, precision: str, quant: str, calib: Optional[str], token_dtype: str, out: Path,
+                overwrite: bool, compress: str, max_batch: int, fixed_batch: int) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"format {fmt!r} is not known; choose from {sorted(FORMATS)}")
+    if precision not in FORMATS[fmt]:
+        raise ConfigError(f"precision {precision!r} is not available for {fmt}; choose from {list(FORMATS[fmt])}")
+    if quant not in QUANT_METHODS:
+        raise ConfigError(f"quantization {quant!r} is not known; choose from {list(QUANT_METHODS)}")
+    if quant != "auto" and precision != "int8":
+        raise ConfigError(f"--quant {quant} applies to --precision int8 only")
+    if precision == "int8" and quant == "static" and not calib:
+        raise ConfigError("static int8 quantization needs calibration images: pass --calib <image folder> "
+                          "(real images, one sub-folder per class), or use --quant dynamic")
+    if fmt == "tensorrt" and precision == "int8" and not calib:
+        raise ConfigError("TensorRT int8 is built from a QDQ ONNX calibrated on real images: pass --calib "
+                          "<image folder>")
+    if calib and precision != "int8":
+        raise ConfigError("--calib applies to --precision int8 only")
+    if token_dtype not in ("int32", "int64"):
+        raise ConfigError(f"token dtype {token_dtype!r}: choose int32 or int64")
+    if fmt == "coreml" and token_dtype != "int32":
+        raise ConfigError("Core ML takes int32 tokens only")
+    if compress != "none" and fmt != "coreml":
+        raise ConfigError("--compress (weight palettization / int8) applies to --format coreml only")
+    if max_batch < 1 or fixed_batch < 0:
+        raise ConfigError("--max-batch must be >= 1 and --fixed-batch >= 0")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
 
 
 def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str = "fp32", fixed_batch: int = 0,
            exporter: str = "dynamo", token_dtype: str = "int32", max_batch: int = 32, data: Optional[str] = None,
-           allow_mismatch: bool = False, seed: int = 0) -> dict:
-    """Export ``model`` (a registry name, seeded, or a checkpoint directory) to a bundle in ``out``."""
-    from mobileclip import __version__
+           calib: Optional[str] = None, calib_size: int = 64, quant: str = "auto", compress: str = "none",
+           overwrite: bool = False, allow_mismatch: bool = False, seed: int = 0,
+           workspace_gb: float = 4.0, timing_cache: Optional[str] = None) -> dict:
+    """Export ``model`` to a bundle in ``out`` and check it against PyTorch.
+
+    ``model``: a registry name (random weights at ``seed``), a checkpoint directory,
+    ``open_clip:<arch>[:<tag or file>]`` or ``hf:<CLIPModel directory>``.
+    """
+    out = Path(out)
+    _check_args(fmt, precision, quant, calib, token_dtype, out, overwrite, compress, max_batch, fixed_batch)
+    if fmt == "tensorrt":
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()  # before any work: a clear error where TensorRT or a GPU is missing
+    elif fmt == "coreml":
+        from .coreml import require_coremltools
+
+        require_coremltools()
+    src = load_source(resolve_spec(model, seed))
     from mobileclip.reparam import unfolded_branches
 
-    from .onnx import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, export_tower, io_spec, to_fp16
-
-    if fmt not in FORMATS:
-        raise ConfigError(f"format {fmt!r} is not available; choose from {sorted(FORMATS)}")
-    if precision not in FORMATS[fmt]:
-        raise ConfigError(f"precision {precision!r} is not available for {fmt} yet; available: {FORMATS[fmt]}")
-    if token_dtype not in ("int32", "int64"):
-        raise ConfigError("token dtype must be int32 or int64")
-    source = {"model": str(Path(model).resolve()) if Path(model).is_dir() else model, "seed": seed}
-    ref, preprocess, tokenizer = load_source(source)
-    if unfolded_branches(ref):
-        raise RuntimeError(f"train-time branches left after reparameterization: {unfolded_branches(ref)[:5]}")
-    cfg = ref.cfg
-    out = Path(out)
+    if unfolded_branches(src.model):
+        raise RuntimeError(f"train-time branches left after reparameterization: {unfolded_branches(src.model)[:5]}")
     tmp = temp_dir_for(out)
-    t0 = time.time()
-    b = fixed_batch or 2
-    s = cfg.image.image_size
-    export_tower(ImageTower(ref), torch.rand(b, 3, s, s), tmp / "image.onnx", IMAGE_IN, IMAGE_OUT,
-                 dynamic_batch=not fixed_batch, exporter=exporter)
-    tok_example = tokenizer(["a photo of a dog", "a cat"] * b)[:b].to(getattr(torch, token_dtype))
-    export_tower(TextTower(ref), tok_example, tmp / "text.onnx", TEXT_IN, TEXT_OUT,
-                 dynamic_batch=not fixed_batch, exporter=exporter)
-    extra = {}
-    if precision == "fp16":
-        extra = to_fp16(tmp / "image.onnx")
-        to_fp16(tmp / "text.onnx")
-    shutil.copy(tokenizer.vocab_path, tmp / tokenizer.vocab_path.name)
-    import onnx
-    import onnxruntime
-
-    manifest = {
-        "format_version": FORMAT_VERSION, "model": cfg.name, "source": source, "embed_dim": cfg.embed_dim,
-        "image_size": s, "mean": list(cfg.preprocess.mean), "std": list(cfg.preprocess.std),
-        "resize": {"mode": cfg.preprocess.resize_mode, "interpolation": cfg.preprocess.interpolation,
-                   "crop": "center"},
-        "tokenizer": {"name": cfg.tokenizer.name, "vocab_file": tokenizer.vocab_path.name,
-                      "context_length": cfg.text.context_length, "token_dtype": token_dtype},
-        "logit_scale": float(ref.logit_scale.detach().exp()),
-        "artifacts": {
-            "image": {"file": "image.onnx", "backend": "onnx", "precision": precision, "exporter": exporter,
-                      **io_spec(tmp / "image.onnx"), **extra},
-            "text": {"file": "text.onnx", "backend": "onnx", "precision": precision, "exporter": exporter,
-                     **io_spec(tmp / "text.onnx"), **extra},
-        },
-        "tools": {"mobileclip": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__},
-        "export_seconds": round(time.time() - t0, 2),
-    }
-    batches = (fixed_batch,) if fixed_batch else (1, max(2, max_batch // 4), max_batch)
-    report = _parity(tmp, manifest, ref, preprocess, tokenizer, batches, _images(data, max(batches)))
-    manifest["parity"] = {k: report[k] for k in ("passed", "misses", "top1_agreement")}
-    write_manifest(tmp, manifest)
-    replace_dir(tmp, out)
+    try:
+        t0 = time.time()
+        if fmt == "coreml":
+            arts = _export_coreml(src, tmp, precision, compress, fixed_batch or max_batch)
+        else:
+            arts = _export_onnx(src, tmp, fmt, precision, fixed_batch, exporter, token_dtype, calib, calib_size,
+                                quant, seed)
+            if fmt == "tensorrt":
+                arts = _build_tensorrt(tmp, arts, fixed_batch or max_batch, workspace_gb, timing_cache)
+        for f in src.tokenizer_files:
+            shutil.copy(f, tmp / Path(f).name)
+        manifest = _manifest(src, arts, token_dtype, time.time() - t0)
+        report = _parity(tmp, manifest, src, _batches(fixed_batch, max_batch), _images(data, max_batch))
+        manifest["parity"] = _parity_summary(report)
+        write_manifest(tmp, manifest)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if not report["passed"] and not allow_mismatch:
         raise ParityError(f"{out}: parity check failed: " + "; ".join(report["misses"]), report)
     return manifest
 
 
-def _parity(directory: Path, manifest: dict, ref, preprocess, tokenizer, batches, images) -> dict:
+def _export_onnx(src: ExportSource, tmp: Path, fmt: str, precision: str, fixed_batch: int, exporter: str,
+                 token_dtype: str, calib: Optional[str], calib_size: int, quant: str, seed: int) -> dict:
+    from .onnx import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, export_tower, io_spec, \
+        optimize_offline, to_fp16
+
+    b = fixed_batch or 2
+    s = src.image_size
+    export_tower(ImageTower(src.model), torch.rand(b, 3, s, s), tmp / "image.onnx", IMAGE_IN, IMAGE_OUT,
+                 dynamic_batch=not fixed_batch, exporter=exporter)
+    tok = src.tokenizer(["a photo of a dog", "a cat"] * b)[:b].to(getattr(torch, token_dtype))
+    export_tower(TextTower(src.model), tok, tmp / "text.onnx", TEXT_IN, TEXT_OUT, dynamic_batch=not fixed_batch,
+                 exporter=exporter)
+    info = {t: {"file": f"{t}.onnx", "backend": "onnx", "precision": precision, "exporter": exporter}
+            for t in ("image", "text")}
+    for t in ("image", "text"):
+        info[t].update(optimize_offline(tmp / f"{t}.onnx"))
+    if precision == "fp16":
+        for t in ("image", "text"):
+            info[t].update(to_fp16(tmp / f"{t}.onnx"))
+    elif precision == "int8":
+        _quantize(src, tmp, info, fmt, calib, calib_size, quant, seed)
+    for t in ("image", "text"):
+        info[t].update(io_spec(tmp / info[t]["file"]))
+    return info
+
+
+def _quantize(src: ExportSource, tmp: Path, info: dict, fmt: str, calib: Optional[str], calib_size: int,
+              quant: str, seed: int) -> None:
+    """int8 towers: the image tower static QDQ when calibration images are given, else dynamic.
+
+    The text tower is quantized dynamically for ONNX Runtime (its MatMuls are where the time
+    goes, and per-call activation scales suit variable-length prompts). For TensorRT, which
+    runs QDQ graphs only, the image tower is QDQ with symmetric activations and the text
+    tower is fp16.
+    """
+    from .onnx import IMAGE_IN, to_fp16
+    from .quantize import calibration_images, quantize_dynamic_onnx, quantize_static_onnx
+
+    method = "static" if quant == "static" or (quant == "auto" and calib) else "dynamic"
+    fp32 = tmp / "image.fp32.onnx"
+    shutil.move(tmp / "image.onnx", fp32)
+    if method == "static":
+        samples, meta = calibration_images(calib, src.preprocess, calib_size, seed)
+        q = quantize_static_onnx(fp32, tmp / "image.onnx", IMAGE_IN, samples,
+                                 symmetric_activations=fmt == "tensorrt")
+        q["quantization"].update(meta)
+    else:
+        q = quantize_dynamic_onnx(fp32, tmp / "image.onnx")
+    fp32.unlink()
+    info["image"].update(q)
+    if fmt == "tensorrt":
+        info["text"].update(to_fp16(tmp / "text.onnx"), precision="fp16")
+        return
+    fp32 = tmp / "text.fp32.onnx"
+    shutil.move(tmp / "text.onnx", fp32)
+    info["text"].update(quantize_dynamic_onnx(fp32, tmp / "text.onnx"))
+    fp32.unlink()
+
+
+def _build_tensorrt(tmp: Path, arts: dict, max_batch: int, workspace_gb: float, timing_cache: Optional[str]) -> dict:
+    from .tensorrt import build_engine
+
+    out = {}
+    for t, entry in arts.items():
+        eng = build_engine(tmp / entry["file"], tmp / f"{t}.engine", max_batch=max_batch, workspace_gb=workspace_gb,
+                           timing_cache=Path(timing_cache) if timing_cache else None)
+        out[t] = {**entry, **eng, "onnx": entry["file"], "file": f"{t}.engine", "backend": "tensorrt"}
+    return out
+
+
+def _export_coreml(src: ExportSource, tmp: Path, precision: str, compress: str, max_batch: int) -> dict:
+    from .coreml import export_coreml
+    from .onnx import ImageTower, TextTower
+
+    if precision == "int8" and compress == "none":
+        compress = "int8"
+    return export_coreml(ImageTower(src.model), TextTower(src.model), tmp, image_size=src.image_size,
+                         mean=src.mean, std=src.std, context_length=src.context_length,
+                         precision="fp32" if precision == "fp32" else "fp16", compress=compress,
+                         max_batch=max_batch)
+
+
+def _manifest(src: ExportSource, arts: dict, token_dtype: str, seconds: float) -> dict:
+    from mobileclip import __version__
+
+    tools = {"mobileclip": __version__, "torch": torch.__version__}
+    for mod in ("onnx", "onnxruntime", "coremltools", "tensorrt"):
+        m = sys.modules.get(mod)
+        if m is not None and hasattr(m, "__version__"):
+            tools[mod] = m.__version__
+    return {
+        "format_version": FORMAT_VERSION, "model": src.name, "source": src.spec, "source_kind": src.kind,
+        "embed_dim": src.embed_dim, "image_size": src.image_size, "mean": list(src.mean), "std": list(src.std),
+        "resize": src.resize, "tokenizer": dict(src.tokenizer_info, token_dtype=token_dtype),
+        "logit_scale": src.logit_scale, "artifacts": arts, "tools": tools, "export_seconds": round(seconds, 2),
+    }
+
+
+# ------------------------------------------------------------------ parity
+
+def _parity_summary(report: dict) -> dict:
+    return {k: report[k] for k in ("passed", "misses", "top1_agreement", "mode") if k in report}
+
+
+def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images) -> dict:
     arts = manifest["artifacts"]
-    img = _ort_session(directory / arts["image"]["file"], arts["image"]["precision"])
-    txt = _ort_session(directory / arts["text"]["file"], arts["text"]["precision"])
-    dtype = np.int32 if manifest["tokenizer"]["token_dtype"] == "int32" else np.int64
-    fixed = [d for d in arts["image"]["inputs"][0]["shape"][:1] if isinstance(d, int)]
-    fixed = fixed[0] if fixed else 0
-    report = run_parity(ref, preprocess, tokenizer, _runner(img, arts["image"]["inputs"][0]["name"], fixed),
-                        _runner(txt, arts["text"]["inputs"][0]["name"], fixed), batches=batches, images=images,
-                        token_dtype=dtype)
-    report["misses"] = check(report, arts["image"]["precision"])
+    precision = {t: arts[t]["precision"] for t in ("image", "text")}
+    if arts["image"]["backend"] == "coreml" and sys.platform != "darwin":
+        report = _coreml_static_checks(directory, manifest, src, batches)
+    else:
+        dtype = np.int32 if manifest["tokenizer"]["token_dtype"] == "int32" else np.int64
+        report = run_parity(src.model, src.preprocess, src.tokenizer, _tower_runner(directory, arts["image"]),
+                            _tower_runner(directory, arts["text"]), batches=batches, images=images,
+                            token_dtype=dtype)
+        report["mode"] = "predictions"
+        report["misses"] = check(report, precision)
     report["passed"] = not report["misses"]
-    report["precision"] = arts["image"]["precision"]
+    report["precision"] = precision
     (directory / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _coreml_static_checks(directory: Path, manifest: dict, src: ExportSource, batches) -> dict:
+    """Off macOS Core ML cannot predict: check the spec, and run the graph in PyTorch fp16."""
+    from .coreml import check_spec, fp16_overflow_check
+    from .onnx import ImageTower, TextTower
+    from .validate import parity_prompts, synthetic_images
+
+    arts = manifest["artifacts"]
+    misses = []
+    for t in ("image", "text"):
+        misses += [f"{t}: {m}" for m in check_spec(directory / arts[t]["file"], arts[t])]
+    n = max(batches)
+    x = torch.stack([src.preprocess(im) for im in synthetic_images(n, src.image_size)])
+    tokens = src.tokenizer(parity_prompts(src.tokenizer, n))
+    fp16 = {}
+    for t, tower, inp in (("image", ImageTower(src.model), x), ("text", TextTower(src.model), tokens)):
+        fp16[t] = fp16_overflow_check(tower, inp)
+        if arts[t]["precision"] != "fp32":
+            if not fp16[t].get("finite", False):
+                misses.append(f"{t}: non-finite output when run in fp16 in PyTorch")
+            if fp16[t].get("masks"):
+                misses.append(f"{t}: fp16-unsafe mask constants {fp16[t]['masks'][:3]}")
+    return {"mode": "spec+fp16-check (Core ML predictions need macOS)", "image": [], "text": [],
+            "fp16_check": fp16, "misses": misses, "top1_agreement": None}
 
 
 def validate(bundle: Union[str, Path], data: Optional[str] = None, allow_mismatch: bool = False,
@@ -155,11 +341,10 @@ def validate(bundle: Union[str, Path], data: Optional[str] = None, allow_mismatc
     """Re-run parity for an existing bundle against its PyTorch source; rewrites parity.json."""
     bundle = Path(bundle)
     manifest = load_manifest(bundle)
-    ref, preprocess, tokenizer = load_source(manifest["source"])
-    fixed = [d for d in manifest["artifacts"]["image"]["inputs"][0]["shape"][:1] if isinstance(d, int)]
-    batches = (fixed[0],) if fixed else (1, max(2, max_batch // 4), max_batch)
-    report = _parity(bundle, manifest, ref, preprocess, tokenizer, batches, _images(data, max(batches)))
-    manifest["parity"] = {k: report[k] for k in ("passed", "misses", "top1_agreement")}
+    src = load_source(manifest["source"])
+    fixed = _fixed_batch(manifest["artifacts"]["image"])
+    report = _parity(bundle, manifest, src, _batches(fixed, max_batch), _images(data, max_batch))
+    manifest["parity"] = _parity_summary(report)
     write_manifest(bundle, manifest)
     if not report["passed"] and not allow_mismatch:
         raise ParityError(f"{bundle}: parity check failed: " + "; ".join(report["misses"]), report)

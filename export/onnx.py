@@ -84,3 +84,26 @@ def io_spec(path: Path) -> dict:
 
     return {"inputs": [one(v) for v in m.graph.input], "outputs": [one(v) for v in m.graph.output],
             "opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))}
+
+
+def optimize_offline(path: Path) -> dict:
+    """Apply ONNX Runtime's *basic* graph optimizations offline, in place.
+
+    Basic rewrites (constant folding, redundant-node elimination, Conv+BN/Add/Mul fusion
+    into standard ops) keep the graph in standard ONNX ops, so the file still runs on any
+    ONNX runtime and on TensorRT. Extended fusions (com.microsoft contrib ops) and layout
+    transforms (NCHWc) are specific to ONNX Runtime and the CPU it runs on: those are left
+    to session creation on the target device.
+    """
+    import os
+
+    import onnxruntime as ort
+
+    tmp = path.with_name(path.name + ".opt")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(tmp)
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    os.replace(tmp, path)
+    return {"offline_optimization": "onnxruntime basic (portable)"}

@@ -151,20 +151,29 @@ def cmd_cache_teacher(args) -> int:
     return 0
 
 
+def _parity_line(p: dict) -> str:
+    agree = p.get("top1_agreement")
+    return (("passed" if p["passed"] else "FAILED: " + "; ".join(p["misses"]))
+            + (f" (zero-shot top-1 agreement {100 * agree:.1f}%)" if agree is not None else "")
+            + (f" [{p['mode']}]" if p.get("mode") and p["mode"] != "predictions" else ""))
+
+
 def cmd_export(args) -> int:
     from .export import export
 
     try:
         m = export(args.model, args.out, fmt=args.format, precision=args.precision, fixed_batch=args.fixed_batch,
                    exporter=args.exporter, token_dtype=args.token_dtype, max_batch=args.max_batch, data=args.data,
-                   allow_mismatch=args.allow_mismatch, seed=args.seed)
-    except ImportError as e:
-        raise MobileCLIPError(f"export needs the onnx extra: pip install 'mobileclip[onnx]' ({e})") from e
-    p = m["parity"]
+                   calib=args.calib, calib_size=args.calib_size, quant=args.quant, compress=args.compress,
+                   overwrite=args.overwrite, allow_mismatch=args.allow_mismatch, seed=args.seed,
+                   workspace_gb=args.workspace_gb, timing_cache=args.timing_cache)
+    except ModuleNotFoundError as e:
+        extra = {"coremltools": "coreml", "tensorrt": "tensorrt"}.get(e.name, "onnx")
+        raise MobileCLIPError(f"export --format {args.format} needs the {extra} extra: "
+                              f"pip install 'mobileclip[{extra}]' ({e})") from e
     print(f"wrote {args.out}: {', '.join(a['file'] for a in m['artifacts'].values())}; parity "
-          + ("passed" if p["passed"] else "FAILED: " + "; ".join(p["misses"]))
-          + f" (zero-shot top-1 agreement {100 * p['top1_agreement']:.1f}%)")
-    return 0 if p["passed"] else 1
+          + _parity_line(m["parity"]))
+    return 0 if m["parity"]["passed"] else 1
 
 
 def cmd_validate(args) -> int:
@@ -175,8 +184,7 @@ def cmd_validate(args) -> int:
         for row in r[tower]:
             print(f"{tower:5} batch {row['batch']:4}: min cosine {row['min_cosine']:.7f}  "
                   f"mean {row['mean_cosine']:.7f}  max-abs {row['max_abs_diff']:.2e}")
-    print(f"zero-shot top-1 agreement {100 * r['top1_agreement']:.1f}%; parity "
-          + ("passed" if r["passed"] else "FAILED: " + "; ".join(r["misses"])))
+    print("parity " + _parity_line(r))
     return 0 if r["passed"] else 1
 
 
@@ -252,15 +260,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_cache_teacher)
 
     s = sub.add_parser("export", help="export both towers to a bundle and check parity with PyTorch")
-    s.add_argument("model", help="checkpoint directory, or a registered name (random weights, seeded by --seed)")
-    s.add_argument("--format", default="onnx", choices=["onnx"])
-    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
-                   help="fp16 keeps fp32 inputs/outputs and LayerNorm/Softmax/reductions in fp32")
+    s.add_argument("model", help="checkpoint directory; a registered name (random weights, seeded by --seed); "
+                                 "open_clip:<arch>[:<tag or weights file>]; or hf:<CLIPModel directory>")
+    s.add_argument("--format", default="onnx", choices=["onnx", "coreml", "tensorrt"])
+    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="fp16 keeps fp32 inputs/outputs and LayerNorm/Softmax/reductions in fp32; int8: see --quant")
     s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--fixed-batch", type=int, default=0, help="a fixed batch size instead of a dynamic one")
-    s.add_argument("--max-batch", type=int, default=32, help="largest batch the parity check runs")
+    s.add_argument("--max-batch", type=int, default=32,
+                   help="largest batch the parity check runs (and TensorRT's profile / Core ML's range allow)")
     s.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"])
     s.add_argument("--token-dtype", default="int32", choices=["int32", "int64"])
+    s.add_argument("--quant", default="auto", choices=["auto", "dynamic", "static"],
+                   help="int8 method for the image tower: static QDQ calibrated on --calib, or dynamic; "
+                        "auto = static when --calib is given")
+    s.add_argument("--calib", default=None, help="image folder for static int8 calibration (real images)")
+    s.add_argument("--calib-size", type=int, default=64, help="calibration images to use")
+    s.add_argument("--compress", default="none",
+                   choices=["none", "palettize4", "palettize6", "palettize8", "int8"],
+                   help="Core ML weight compression")
+    s.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit")
+    s.add_argument("--timing-cache", default=None, help="TensorRT timing cache file, reused across builds")
     s.add_argument("--data", default=None, help="image folder for the parity check (default: synthetic images)")
     s.add_argument("--allow-mismatch", action="store_true", help="exit 0 even when parity fails")
     s.add_argument("--seed", type=int, default=0)

@@ -33,3 +33,21 @@ def synth_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     write_synthetic(root, 72, split="val", seed=3, two_object_prob=0.0)
     return root
+
+
+@pytest.fixture(scope="session")
+def hf_clip_dir(tmp_path_factory):
+    """A small transformers CLIPModel with random weights, saved without tokenizer files."""
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=32),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=64, patch_size=16),
+        projection_dim=48,
+    )
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("hfclip")
+    CLIPModel(cfg).save_pretrained(d)
+    return d

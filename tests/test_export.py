@@ -25,8 +25,9 @@ def test_bundle_contents_and_manifest(bundle):
     assert sorted(p.name for p in bundle.iterdir()) == sorted(
         ["image.onnx", "text.onnx", "manifest.json", "parity.json", "bpe_simple_vocab_16e6.txt.gz"])
     assert m["embed_dim"] == 256 and m["image_size"] == 64 and m["mean"] == [0.0, 0.0, 0.0]
-    assert m["tokenizer"] == {"name": "clip-bpe", "vocab_file": "bpe_simple_vocab_16e6.txt.gz",
-                              "context_length": 16, "token_dtype": "int32"}
+    assert m["tokenizer"] == {"name": "clip-bpe", "vocab_file": "bpe_simple_vocab_16e6.txt.gz", "pad_id": 0,
+                              "lowercase": True, "context_length": 16, "token_dtype": "int32"}
+    assert m["source"] == {"model": "mobileclip-tiny", "seed": 0} and m["source_kind"] == "mobileclip"
     img, txt = m["artifacts"]["image"], m["artifacts"]["text"]
     assert img["inputs"][0] == {"name": "image", "shape": ["batch", 3, 64, 64], "dtype": "float32"}
     assert txt["inputs"][0] == {"name": "tokens", "shape": ["batch", 16], "dtype": "int32"}
@@ -126,3 +127,157 @@ def test_fp16_bundle(tmp_path):
     names = {i.name: i.data_type for i in g.initializer}
     ln = [n for n in g.node if n.op_type == "LayerNormalization"]
     assert ln and all(names.get(n.input[1], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for n in ln)
+
+
+def test_int8_dynamic_bundle(tmp_path):
+    """No calibration set: both towers dynamic int8 (MatMul/Gemm), convolutions left in fp32."""
+    from mobileclip.export.quantize import op_counts
+
+    # Random weights: the 36 class prompts score as near-ties, so zero-shot argmax agreement is
+    # not meaningful here (the demo checks it on a trained student); the cosines must pass.
+    m = export("mobileclip-tiny", tmp_path / "dyn", precision="int8", max_batch=8, allow_mismatch=True)
+    img, txt = m["artifacts"]["image"], m["artifacts"]["text"]
+    assert img["quantization"]["method"] == txt["quantization"]["method"] == "dynamic"
+    _only_top1_misses(m["parity"])
+    ops = op_counts(tmp_path / "dyn" / "text.onnx")
+    assert ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) > 0  # weight MatMuls; QK^T stays
+    assert "ConvInteger" not in op_counts(tmp_path / "dyn" / "image.onnx")  # slow on CPU: not used
+    assert (tmp_path / "dyn" / "text.onnx").stat().st_size < 0.5 * _fp32_size("text")
+
+
+_SIZES = {}
+
+
+def _only_top1_misses(parity):
+    assert all(m.startswith("zero-shot top-1 agreement") and "near-ties" in m for m in parity["misses"])
+    assert parity["passed"] == (not parity["misses"])
+
+
+def _fp32_size(tower):
+    return _SIZES[tower]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fp32_sizes(bundle):
+    for t in ("image", "text"):
+        _SIZES[t] = (bundle / f"{t}.onnx").stat().st_size
+
+
+def test_int8_static_bundle_calibrated_on_real_images(tmp_path, synth_folder, capsys):
+    from mobileclip.cli import main
+    from mobileclip.export.quantize import op_counts
+
+    out = tmp_path / "st"
+    main(["export", "mobileclip-tiny", "--out", str(out), "--precision", "int8", "--calib", str(synth_folder),
+          "--calib-size", "16", "--max-batch", "8", "--data", str(synth_folder), "--allow-mismatch"])
+    m = load_manifest(out)
+    _only_top1_misses(m["parity"])
+    q = m["artifacts"]["image"]["quantization"]
+    assert q["method"] == "static" and q["format"] == "QDQ" and q["calibration_images"] == 16
+    ops = op_counts(out / "image.onnx")
+    assert ops["QuantizeLinear"] > 10 and ops["DequantizeLinear"] > 10
+    parity = json.loads((out / "parity.json").read_text())
+    assert all(0.99 <= r["min_cosine"] < 1 - 1e-7 for r in parity["image"])  # really quantized, and close
+    assert (out / "image.onnx").stat().st_size < 0.5 * _fp32_size("image")
+
+
+def test_export_argument_errors(tmp_path, bundle):
+    from mobileclip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="format 'tflite' is not known"):
+        export("mobileclip-tiny", tmp_path / "a", fmt="tflite")
+    with pytest.raises(ConfigError, match="precision 'int4'"):
+        export("mobileclip-tiny", tmp_path / "a", precision="int4")
+    with pytest.raises(ConfigError, match="needs calibration images: pass --calib"):
+        export("mobileclip-tiny", tmp_path / "a", precision="int8", quant="static")
+    with pytest.raises(ConfigError, match="calibration folder .* does not exist"):
+        export("mobileclip-tiny", tmp_path / "a", precision="int8", calib=str(tmp_path / "nope"))
+    before = sorted(p.name for p in bundle.iterdir())
+    with pytest.raises(ConfigError, match="already exists; pass --overwrite"):
+        export("mobileclip-tiny", bundle)
+    assert sorted(p.name for p in bundle.iterdir()) == before and load_manifest(bundle)
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a.tmp*"))
+
+
+def test_corrupted_artifact_trips_the_parity_check(bundle, tmp_path):
+    """A bundle whose checksums are right but whose weights are wrong fails parity."""
+    import shutil
+
+    from mobileclip.export.bundle import write_manifest
+
+    copy = tmp_path / "corrupt"
+    shutil.copytree(bundle, copy)
+    model = onnx.load(str(copy / "text.onnx"))
+    init = max(model.graph.initializer, key=lambda t: np.prod(t.dims))  # the largest weight
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr.reshape(-1)[::7] *= -3.0
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(model, str(copy / "text.onnx"))
+    write_manifest(copy, json.loads((copy / "manifest.json").read_text()))  # re-sign: checksums pass
+    with pytest.raises(ParityError, match="text batch 1: min cosine"):
+        validate(copy, max_batch=4)
+
+
+@pytest.mark.parametrize("spec", ["open_clip:ViT-B-32", "open_clip:MobileCLIP-S1", "hf"])
+def test_third_party_models_export_with_fp32_parity(spec, tmp_path, hf_clip_dir):
+    spec = f"hf:{hf_clip_dir}" if spec == "hf" else spec
+    m = export(spec, tmp_path / "b", max_batch=2)
+    assert m["parity"]["passed"] and m["source"]["model"] == spec
+    assert m["source_kind"] == ("hf" if spec.startswith("hf:") else "open_clip")
+    assert m["tokenizer"]["name"] == "clip-bpe" and (tmp_path / "b" / m["tokenizer"]["vocab_file"]).is_file()
+    report = validate(tmp_path / "b", max_batch=2)  # re-creates the same random model from the seed
+    assert report["passed"] and min(r["min_cosine"] for r in report["image"] + report["text"]) >= 0.99999
+
+
+def test_parity_thresholds_per_precision_and_tower():
+    from mobileclip.export.validate import check
+
+    def report(img_cos, txt_cos, top1):
+        row = lambda c: {"batch": 1, "min_cosine": c, "finite": True}  # noqa: E731
+        return {"image": [row(img_cos)], "text": [row(txt_cos)], "top1_agreement": top1}
+
+    assert check(report(0.999995, 0.999995, 1.0), "fp32") == []
+    assert check(report(0.99998, 0.999995, 1.0), "fp32") == ["image batch 1: min cosine 0.999980 < 0.99999"]
+    assert check(report(0.9995, 0.9995, 0.5), "fp16") == []  # no top-1 requirement above int8
+    assert check(report(0.995, 0.995, 0.99), "int8") == []
+    miss = check(report(0.995, 0.995, 0.97), "int8")
+    assert len(miss) == 1 and "top-1 agreement 0.9700 < 0.98" in miss[0] and "near-ties" in miss[0]
+    assert "near-ties" not in check(report(0.98, 0.995, 0.97), "int8")[-1]  # a cosine miss: no tie hint
+    # TensorRT int8: image int8, text fp16 -> text held to 0.999
+    assert check(report(0.995, 0.9985, 1.0), {"image": "int8", "text": "fp16"}) == [
+        "text batch 1: min cosine 0.998500 < 0.999"]
+    bad = report(0.995, 0.995, 1.0)
+    bad["text"][0]["finite"] = False
+    assert check(bad, "int8") == ["text batch 1: non-finite output"]
+
+
+def test_tensorrt_format_without_tensorrt_is_a_clear_error(tmp_path):
+    from mobileclip.errors import ConfigError
+    from mobileclip.export.tensorrt import tensorrt_available
+
+    ok, reason = tensorrt_available()
+    if ok:
+        pytest.skip("TensorRT is available here: the error path cannot be exercised")
+    with pytest.raises(ConfigError, match="TensorRT"):
+        export("mobileclip-tiny", tmp_path / "trt", fmt="tensorrt")
+    assert not (tmp_path / "trt").exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_bundle(tmp_path, synth_folder, precision):
+    from mobileclip.export.tensorrt import tensorrt_available
+
+    ok, reason = tensorrt_available()
+    if not ok:
+        pytest.skip(reason)
+    calib = str(synth_folder) if precision == "int8" else None
+    m = export("mobileclip-tiny", tmp_path / "trt", fmt="tensorrt", precision=precision, max_batch=8, calib=calib,
+               timing_cache=str(tmp_path / "timing.cache"), allow_mismatch=precision == "int8")
+    img, txt = m["artifacts"]["image"], m["artifacts"]["text"]
+    assert img["backend"] == "tensorrt" and img["file"] == "image.engine" and img["onnx"] == "image.onnx"
+    assert txt["precision"] == "fp16" and (tmp_path / "timing.cache").is_file()
+    parity = json.loads((tmp_path / "trt" / "parity.json").read_text())
+    assert [r["batch"] for r in parity["image"]] == [1, 2, 8]
+    assert all(r["min_cosine"] >= 0.999 for r in parity["text"])
+    assert validate(tmp_path / "trt", max_batch=8, allow_mismatch=precision == "int8")["image"]

@@ -62,20 +62,8 @@ def test_open_clip_teacher_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=32),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=64, patch_size=16),
-        projection_dim=48,
-    )
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("hfclip")
-    CLIPModel(cfg).save_pretrained(d)
-    return d
+def hf_dir(hf_clip_dir):
+    return hf_clip_dir
 
 
 def test_hf_teacher(hf_dir):
