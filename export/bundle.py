@@ -35,8 +35,9 @@ def sha256(path: Union[str, Path]) -> str:
 
 def write_manifest(directory: Path, manifest: dict) -> None:
     """Checksum every file in ``directory`` (but the manifest) into the manifest and write it."""
-    manifest["files"] = {p.name: sha256(p) for p in sorted(directory.iterdir())
-                         if p.is_file() and p.name != MANIFEST}
+    # Every file, at any depth (a Core ML .mlpackage is a directory), by relative path.
+    manifest["files"] = {p.relative_to(directory).as_posix(): sha256(p) for p in sorted(directory.rglob("*"))
+                         if p.is_file() and p.relative_to(directory).as_posix() not in (MANIFEST, f".{MANIFEST}.tmp")}
     tmp = directory / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, directory / MANIFEST)

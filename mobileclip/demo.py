@@ -12,7 +12,11 @@ No pretrained CLIP can be downloaded here, so the demo makes its own teacher:
 4. trains the same student for the same steps on the same images with the ``clip`` loss
    alone (the baseline);
 5. evaluates all three on held-out images, on held-out colour–shape pairs, and for
-   retrieval, and writes ``runs/demo/report.md`` and ``report.json``.
+   retrieval;
+6. exports the distilled student to ONNX fp32, ONNX int8 (static QDQ image tower
+   calibrated on training images, dynamic int8 text tower) and Core ML fp16 (when
+   coremltools is installed), checks each against PyTorch on held-out images, and writes
+   ``runs/demo/report.md`` and ``report.json`` with parity and size.
 """
 from __future__ import annotations
 
@@ -52,12 +56,12 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         teacher_args, student_args, common, n_student = (teacher_args + shrink, student_args + shrink,
                                                          common + shrink, 128)
 
-    print(f"[1/4] training the demo teacher ({TEACHER}) with the clip loss")
+    print(f"[1/5] training the demo teacher ({TEACHER}) with the clip loss")
     t = time.time()
     results["teacher"] = train(load_config(None, common + teacher_args + [f"out={out / 'teacher'}"]))
     times["teacher"] = time.time() - t
 
-    print(f"[2/4] caching the teacher's embeddings: {n_student} images x {CACHE_AUGS} augmentations")
+    print(f"[2/5] caching the teacher's embeddings: {n_student} images x {CACHE_AUGS} augmentations")
     t = time.time()
     teacher = load_teacher(str(out / "teacher" / "student"))
     build_cache([teacher], SyntheticPairs("train", n_student, 64, seed=0), out / "cache", augs=CACHE_AUGS,
@@ -65,14 +69,14 @@ def run_demo(out: Path, quick: bool = False) -> dict:
                 num_workers=0 if quick else 2, progress=not quick)
     times["cache"] = time.time() - t
 
-    print(f"[3/4] distilling {STUDENT} from the cache (kd + feature + clip)")
+    print(f"[3/5] distilling {STUDENT} from the cache (kd + feature + clip)")
     t = time.time()
     results["distilled"] = train(load_config(None, common + student_args + [
         f"out={out / 'distilled'}", f"data.cache={out / 'cache'}",
         "losses.kd=1.0", "losses.feature=1.0", "losses.clip=0.25"]))
     times["distilled"] = time.time() - t
 
-    print(f"[4/4] baseline: the same {STUDENT}, same images and steps, clip loss only")
+    print(f"[4/5] baseline: the same {STUDENT}, same images and steps, clip loss only")
     t = time.time()
     results["clip_only"] = train(load_config(None, common + student_args + [
         f"out={out / 'clip_only'}", f"data.size={n_student}", "losses.clip=1.0"]))
@@ -86,8 +90,13 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         rows.append({"model": label, "arch": arch, "params_m": p["total"] / 1e6, "train_s": times[key],
                      "zeroshot_top1": ev["zeroshot_top1"], "zeroshot_novel_top1": ev["zeroshot_novel_top1"],
                      "retrieval_R@1": ev["retrieval_R@1"]})
+    print("[5/5] exporting the distilled student (ONNX fp32 and int8, Core ML) and checking parity")
+    t = time.time()
+    exports = export_student(out / "distilled" / "student", out, quick)
+    times_export = time.time() - t
     report = {"rows": rows, "cache_s": times["cache"], "training_total_s": sum(times.values()),
-              "chance_top1": 1 / 36, "teacher_note": "a small ViT CLIP trained here on synthetic data (no downloads)"}
+              "chance_top1": 1 / 36, "teacher_note": "a small ViT CLIP trained here on synthetic data (no downloads)",
+              "exports": exports, "export_s": times_export}
     atomic_write_json(out / "report.json", report)
     md = [
         "# mobileclip demo report", "",
@@ -104,11 +113,69 @@ def run_demo(out: Path, quick: bool = False) -> dict:
            f"{100 * r['retrieval_R@1']:.1f}% |" for r in rows]
     md += ["", f"Chance: {100 / 36:.1f}% top-1. Cache build: {times['cache']:.0f} s. Training part in all: "
            f"{report['training_total_s']:.0f} s.", ""]
+    md += export_table(exports, times_export)
     with atomic_write(out / "report.md", "w") as f:
         f.write("\n".join(md))
     print("\n".join(md))
     print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
     return report
+
+
+def export_student(student: Path, out: Path, quick: bool = False) -> list:
+    """Export ``student`` to the demo's bundles and check each against PyTorch on held-out images.
+
+    A parity miss does not stop the demo: it is recorded in the report (and the bundle's
+    ``parity.json``) for the reader to see.
+    """
+    from .data import write_synthetic
+    from .export import export
+
+    data = out / "data"
+    write_synthetic(data / "heldout", 16 if quick else 64, split="val", seed=1)
+    write_synthetic(data / "calib", 16 if quick else 64, split="train", seed=2)
+    jobs = [("ONNX", "onnx", "fp32", {}), ("ONNX", "onnx", "int8", {"calib": str(data / "calib")})]
+    try:
+        import coremltools  # noqa: F401
+
+        jobs.append(("Core ML", "coreml", "fp16", {}))
+    except ImportError:
+        print("coremltools is not installed (pip install 'mobileclip[coreml]'): skipping the Core ML export")
+    rows = []
+    for label, fmt, precision, extra in jobs:
+        dest = out / "bundles" / f"{fmt}-{precision}"
+        m = export(str(student), dest, fmt=fmt, precision=precision, max_batch=8, data=str(data / "heldout"),
+                   overwrite=True, allow_mismatch=True, **extra)
+        parity = json.loads((dest / "parity.json").read_text())
+        size = sum(_size(dest / a["file"]) for a in m["artifacts"].values())
+        cos = {t: min((r["min_cosine"] for r in parity[t]), default=None) for t in ("image", "text")}
+        rows.append({"bundle": str(dest), "format": label, "precision": precision, "mb": size / 1e6,
+                     "passed": parity["passed"], "misses": parity["misses"], "mode": parity.get("mode"),
+                     "image_min_cosine": cos["image"], "text_min_cosine": cos["text"],
+                     "top1_agreement": parity.get("top1_agreement")})
+        print(f"  {label} {precision}: {size / 1e6:.1f} MB, parity " + ("passed" if parity["passed"] else
+                                                                          "FAILED: " + "; ".join(parity["misses"])))
+    return rows
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def export_table(rows: list, seconds: float) -> list:
+    def num(v, fmt):
+        return format(v, fmt) if v is not None else "—"
+
+    md = ["## The distilled student, exported", "",
+          f"Checked against PyTorch on held-out images ({seconds:.0f} s for all exports and checks). Core ML "
+          "cannot run off macOS: there the check is the model spec plus the same graph run in fp16 in PyTorch.", "",
+          "| bundle | precision | size | image min cosine | text min cosine | zero-shot top-1 agreement | parity |",
+          "|---|---|---:|---:|---:|---:|---|"]
+    md += [f"| {r['format']} | {r['precision']} | {r['mb']:.1f} MB | {num(r['image_min_cosine'], '.5f')} | "
+           f"{num(r['text_min_cosine'], '.5f')} | "
+           + (f"{100 * r['top1_agreement']:.1f}%" if r["top1_agreement"] is not None else "—") + " | "
+           + ("passed" if r["passed"] else "FAILED: " + "; ".join(r["misses"]))
+           + (f" ({r['mode']})" if r["mode"] and r["mode"] != "predictions" else "") + " |" for r in rows]
+    return md + [""]
 
 
 if __name__ == "__main__":

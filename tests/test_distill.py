@@ -261,6 +261,11 @@ def test_demo_pipeline_quick(tmp_path):
     assert "cache:" in cfg and str(tmp_path / "cache") in cfg
     rows = _metrics(tmp_path / "distilled")
     assert "kd_loss" in rows[-1] and "kd_loss" not in _metrics(tmp_path / "clip_only")[-1]
+    ex = {(r["format"], r["precision"]): r for r in report["exports"]}
+    assert ex[("ONNX", "fp32")]["passed"] and ex[("ONNX", "fp32")]["image_min_cosine"] >= 0.99999
+    assert ex[("ONNX", "int8")]["image_min_cosine"] >= 0.99 and ex[("ONNX", "int8")]["mb"] < ex[("ONNX", "fp32")]["mb"]
+    assert (tmp_path / "bundles" / "onnx-int8" / "manifest.json").is_file()
+    assert "## The distilled student, exported" in (tmp_path / "report.md").read_text()
 
 
 def _write_shards(root, n_shards=2, per_shard=6, corrupt=(), no_caption=()):

@@ -281,3 +281,46 @@ def test_tensorrt_bundle(tmp_path, synth_folder, precision):
     assert [r["batch"] for r in parity["image"]] == [1, 2, 8]
     assert all(r["min_cosine"] >= 0.999 for r in parity["text"])
     assert validate(tmp_path / "trt", max_batch=8, allow_mismatch=precision == "int8")["image"]
+
+
+def test_coreml_bundle_through_the_cli(tmp_path, capsys):
+    pytest.importorskip("coremltools", reason="the coreml extra is not installed")
+    import sys
+
+    from mobileclip.cli import main
+    from mobileclip.errors import ConfigError
+
+    out = tmp_path / "cm"
+    assert main(["export", "mobileclip-tiny", "--format", "coreml", "--precision", "fp16", "--compress",
+                 "palettize8", "--out", str(out), "--max-batch", "4"]) == 0
+    m = load_manifest(out)
+    img, txt = m["artifacts"]["image"], m["artifacts"]["text"]
+    assert img["file"] == "image.mlpackage" and img["backend"] == "coreml" and img["precision"] == "fp16"
+    assert img["inputs"][0]["type"] == "image" and txt["inputs"][0]["dtype"] == "int32"
+    assert txt["compression"] == "palettize8" and txt["minimum_deployment_target"] == "iOS17"
+    # mlpackages are directories: their files are checksummed too
+    assert any(k.startswith("image.mlpackage/") for k in m["files"]), sorted(m["files"])[:5]
+    parity = json.loads((out / "parity.json").read_text())
+    if sys.platform != "darwin":
+        assert parity["mode"].startswith("spec+fp16-check") and parity["passed"]
+        assert parity["fp16_check"]["text"]["min_cosine"] >= 0.999
+    assert main(["validate", str(out)]) == 0
+    weights = next(k for k in m["files"] if k.startswith("text.mlpackage/") and "weight" in k)
+    with open(out / weights, "r+b") as f:  # flip one byte inside the package
+        f.seek(100)
+        b = f.read(1)
+        f.seek(100)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="does not match its checksum"):
+        load_manifest(out)
+    with pytest.raises(ConfigError, match="int32 tokens only"):
+        export("mobileclip-tiny", tmp_path / "x", fmt="coreml", token_dtype="int64")
+    with pytest.raises(ConfigError, match="applies to --format coreml only"):
+        export("mobileclip-tiny", tmp_path / "x", compress="int8")
+
+
+@pytest.mark.macos
+@pytest.mark.skipif(__import__("sys").platform != "darwin", reason="Core ML predictions (MLModel.predict) need macOS")
+def test_coreml_bundle_predictions_match_pytorch(tmp_path):
+    m = export("mobileclip-tiny", tmp_path / "cm", fmt="coreml", precision="fp16", max_batch=4)
+    assert m["parity"]["mode"] == "predictions" and m["parity"]["passed"]
