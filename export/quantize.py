@@ -72,11 +72,27 @@ class _Reader:
         self.i = 0
 
 
+STATIC_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def grouped_convs(path: Path) -> list:
+    """Names of the grouped (depthwise) convolutions of an ONNX graph."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node
+            if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
 def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndarray,
-                         calibration: str = "minmax", op_types: Optional[Sequence[str]] = None,
-                         symmetric_activations: bool = False) -> dict:
+                         calibration: str = "minmax", op_types: Sequence[str] = STATIC_OPS,
+                         symmetric_activations: bool = False, keep_grouped_convs: bool = True) -> dict:
     """QDQ int8 with activation ranges calibrated on ``samples`` (real inputs, first axis = batch).
 
+    Only ``op_types`` (Conv/MatMul/Gemm) are quantized: Q/DQ pairs around element-wise ops
+    cost more than they save. ``keep_grouped_convs`` leaves depthwise convolutions in fp32:
+    ONNX Runtime's int8 depthwise kernels are slower than its fp32 ones (measured on
+    MobileCLIP-S0's image tower, 2-core AVX-512 VNNI CPU: all convs int8 1.14x fp32 latency,
+    depthwise kept fp32 0.67x; benchmarks/results/export_latency.md has the current numbers).
     ``symmetric_activations`` (int8 activations with zero point 0) is what TensorRT wants;
     ONNX Runtime's CPU kernels are fastest with uint8 activations (the default).
     """
@@ -95,12 +111,14 @@ def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndar
     with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
         prepare(Path(src), pre)
+        excluded = grouped_convs(pre) if keep_grouped_convs else []
         quantize_static(str(pre), str(dst), _Reader(input_name, samples), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(op_types) if op_types else None, per_channel=True,
+                        op_types_to_quantize=list(op_types), nodes_to_exclude=excluded, per_channel=True,
                         activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
                         extra_options=extra)
     return {"quantization": {"method": "static", "format": "QDQ", "calibration": calibration,
-                             "calibration_samples": int(len(samples)), "weights": "int8 per-channel",
+                             "calibration_samples": int(len(samples)), "op_types": list(op_types),
+                             "kept_fp32_grouped_convs": len(excluded), "weights": "int8 per-channel",
                              "activations": "int8 symmetric" if symmetric_activations else "uint8"}}
 
 
