@@ -1,4 +1,4 @@
-"""Export: bundles of the two towers (ONNX today), each proven to match PyTorch (``mobileclip.export``)."""
+"""Export: bundles of the two towers (ONNX, Core ML, TensorRT), each proven to match PyTorch (``mobileclip.export``)."""
 from .api import export, validate
 from .bundle import BundleError, load_manifest
 from .validate import ParityError

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-OPSET = 18
+# Opset 20 has a native Gelu op. At opset 18 the dynamo exporter spells GELU as Div/Erf/Mul/Add
+# in an order ONNX Runtime does not re-fuse: MobileCLIP-S0's image tower ran 15% slower.
+OPSET = 20
 IMAGE_IN, TEXT_IN = "image", "tokens"
 IMAGE_OUT, TEXT_OUT = "image_embedding", "text_embedding"
 
