@@ -20,7 +20,7 @@ $(VENV)/.installed-%: pyproject.toml | $(VPY)
 	touch $@
 
 # The extras `make demo` and `make test` install (tensorrt never: it is not on PyPI).
-EXTRAS ?= dev,onnx,coreml
+EXTRAS ?= dev,onnx,coreml,runtime,bench
 
 install: $(VENV)/.installed-$(EXTRAS)
 

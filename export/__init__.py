@@ -1,6 +1,17 @@
-"""Export: bundles of the two towers (ONNX, Core ML, TensorRT), each proven to match PyTorch (``mobileclip.export``)."""
-from .api import export, validate
-from .bundle import BundleError, load_manifest
-from .validate import ParityError
+"""Export: bundles of the two towers (ONNX, Core ML, TensorRT), each proven to match PyTorch (``mobileclip.export``).
 
-__all__ = ["BundleError", "ParityError", "export", "load_manifest", "validate"]
+Names are imported lazily (PEP 562), so ``mobileclip.export.bundle`` can be used where torch
+is not installed (the runtime reads bundles without it).
+"""
+from importlib import import_module
+
+_EXPORTS = {"export": ".api", "validate": ".api", "BundleError": ".bundle", "load_manifest": ".bundle",
+            "ParityError": ".validate"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
