@@ -9,7 +9,9 @@ on a shared machine hits all cases alike); p50/p90/p99 in ms. Cases:
 * ``mobileclip-s0`` towers exported by ``mobileclip export``: fp32, int8 static QDQ
   (image tower, calibrated on synthetic images), int8 dynamic; and PyTorch eager (the
   same reparameterized model, same thread count);
-* open_clip ``ViT-B-32`` exported the same way (fp32, int8 dynamic) and in PyTorch eager;
+* open_clip ``ViT-B-32`` exported the same way (fp32, int8 dynamic), fp32 after ONNX
+  Runtime's transformer fusions (the optimizer behind optimum's ``ORTOptimizer``), and in
+  PyTorch eager;
 * a transformers ``CLIPModel`` with ViT-B/32 sizes: our export (two towers) against
   optimum-onnx's export of the same model (one graph computing both embeddings), plain
   and after optimum's ``ORTOptimizer`` (level 2 fusions) when optimum-onnx is installed.
@@ -130,14 +132,19 @@ def main() -> None:
             add(f"mobileclip-s0 {tower} ONNX {label}", _ort_case(work / bundle / name, {inp: x}, args.threads),
                 bundle, tower, name)
         add(f"mobileclip-s0 {tower} PyTorch eager", eager(s0.model, f"encode_{tower}", x))
+    fusion_notes = []
     for tower, x, name, inp in (("image", img224, "image.onnx", "image"), ("text", tok77, "text.onnx", "tokens")):
         for bundle in ("vit-fp32", "vit-int8-dynamic"):
             label = bundle.replace("vit-", "").replace("-dynamic", " dynamic")
             add(f"ViT-B-32 {tower} ONNX {label}", _ort_case(work / bundle / name, {inp: x}, args.threads),
                 bundle, tower, name)
+        fused = _transformer_fusions(work / "vit-fp32" / name, work / f"vit-{tower}-fused.onnx", fusion_notes)
+        if fused is not None:
+            add(f"ViT-B-32 {tower} ONNX fp32 + ORT transformer fusions", _ort_case(fused, {inp: x}, args.threads))
         add(f"ViT-B-32 {tower} PyTorch eager", eager(vit.model, f"encode_{tower}", x))
 
     hf_note = _hf_cases(work, add, img224, tok77, args.threads)
+    hf_note = " ".join([hf_note] + fusion_notes)
     print(f"timing {len(cases)} cases: {args.rounds} rounds x {args.iters} calls, batch 1, {args.threads} threads")
     stats = _time(cases, args.rounds, args.iters)
     rows = [{"case": k, **stats[k], **meta[k]} for k in cases]
@@ -196,6 +203,21 @@ def main() -> None:
         md += ["", hf_note]
     (out / "export_latency.md").write_text("\n".join(md) + "\n")
     print(f"wrote {out / 'export_latency.md'}")
+
+
+def _transformer_fusions(src: Path, dst: Path, notes: list):
+    """ONNX Runtime's transformer optimizer (what optimum's ORTOptimizer runs) on our export."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        model = optimize_model(str(src), model_type="clip", num_heads=0, hidden_size=0)
+        model.save_model_to_file(str(dst))
+    except Exception as e:  # reported in the results, not hidden
+        notes.append(f"ORT transformer fusions failed on {src.name}: {type(e).__name__}: {str(e)[:150]}")
+        return None
+    fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+    notes.append(f"ORT transformer fusions on ViT-B-32 {src.stem}: {fused}.")
+    return dst
 
 
 def _hf_cases(work: Path, add, img: np.ndarray, tok: np.ndarray, threads: int) -> str:
