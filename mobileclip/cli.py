@@ -294,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-mismatch", action="store_true")
     s.set_defaults(func=cmd_validate)
 
+    from .runtime.commands import add_commands as add_runtime_commands
+
+    add_runtime_commands(sub)  # classify, index, search: the torch-free runtime
+
     s = sub.add_parser("demo", help="the embedded end-to-end demo (no downloads)")
     s.add_argument("--out", default="runs/demo")
     s.set_defaults(func=cmd_demo)

@@ -1,0 +1,378 @@
+"""Run a bundle without torch: ONNX Runtime sessions, Pillow/numpy preprocessing, the pure-python BPE.
+
+``load(bundle_dir)`` verifies the manifest and every file's sha256, opens one ONNX Runtime
+session per tower and returns a :class:`RuntimeModel`. Preprocessing is
+:mod:`mobileclip.transforms` (Pillow + numpy) configured from the manifest — the same
+code the PyTorch side uses — so the tensors are the same.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from mobileclip.config import PreprocessConfig
+from mobileclip.errors import MobileCLIPError
+from mobileclip.export.bundle import BundleError, load_manifest
+from mobileclip.transforms import load_image, preprocess_array
+
+from .tokenizer import ClipBPE, tokenizer_from_manifest
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+RESIZE_MODES = ("shortest", "squash")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+ImageLike = Union[str, Path, Image.Image, np.ndarray]
+
+
+class RuntimeBackendError(MobileCLIPError):
+    """The bundle's artifacts are for a backend the torch-free runtime does not run."""
+
+
+class RuntimeInputError(MobileCLIPError, ValueError):
+    """An argument given to the runtime is not usable (empty label list, wrong array type, ...)."""
+
+
+class ImageReadError(MobileCLIPError):
+    """An image file is missing or cannot be decoded."""
+
+    def __init__(self, path: Union[str, Path], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path!r}: {reason}")
+
+
+# ------------------------------------------------------------------ images
+
+def read_image(path: Union[str, Path]) -> Image.Image:
+    """Open an image file as RGB with its EXIF orientation applied; :class:`ImageReadError` names the file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ImageReadError(p, "the file does not exist")
+    if not p.is_file():
+        raise ImageReadError(p, "not a file")
+    try:
+        return load_image(p)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise ImageReadError(p, f"not a decodable image ({type(e).__name__}: {e})") from e
+
+
+def to_pil(image: ImageLike) -> Image.Image:
+    """A path, PIL image or ``uint8`` array (``HW``, ``HWC`` with 1/3/4 channels) as a PIL image."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise RuntimeInputError(f"image arrays must be uint8 HWC (0..255), got dtype {image.dtype}; convert "
+                                    "with (x * 255).clip(0, 255).astype(np.uint8) for floats in [0, 1]")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim == 2:
+            return Image.fromarray(image, "L")
+        if image.ndim == 3 and image.shape[2] in (3, 4):
+            return Image.fromarray(np.ascontiguousarray(image), "RGB" if image.shape[2] == 3 else "RGBA")
+        raise RuntimeInputError(f"image arrays must be HW or HWC with 1, 3 or 4 channels, got shape {image.shape}")
+    raise RuntimeInputError(f"an image must be a file path, a PIL image or a uint8 array, got {type(image).__name__}")
+
+
+class Preprocessor:
+    """Image → ``float32 [3, S, S]``: RGB (EXIF-rotated for files, transparency on white), resize, crop, mean/std.
+
+    Exactly :func:`mobileclip.transforms.preprocess_array` with the bundle's settings.
+    """
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float],
+                 interpolation: str = "bilinear", mode: str = "shortest", crop: str = "center") -> None:
+        if mode not in RESIZE_MODES:
+            raise RuntimeBackendError(f"resize mode {mode!r} is not supported by the runtime; supported: "
+                                      f"{list(RESIZE_MODES)}")
+        if interpolation not in INTERPOLATIONS:
+            raise RuntimeBackendError(f"interpolation {interpolation!r} is not supported by the runtime; "
+                                      f"supported: {list(INTERPOLATIONS)}")
+        if crop != "center":
+            raise RuntimeBackendError(f"crop {crop!r} is not supported by the runtime; supported: ['center']")
+        if len(mean) != 3 or len(std) != 3:
+            raise BundleError(f"mean/std need 3 values each, got {list(mean)} / {list(std)}")
+        self.cfg = PreprocessConfig(int(image_size), tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                                    interpolation, mode)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Preprocessor":
+        try:
+            resize = manifest["resize"]
+            return cls(manifest["image_size"], manifest["mean"], manifest["std"], resize["interpolation"],
+                       resize["mode"], resize.get("crop", "center"))
+        except KeyError as e:
+            raise BundleError(f"the bundle manifest has no {e.args[0]!r}; re-export the bundle") from e
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    def __call__(self, image: ImageLike) -> np.ndarray:
+        return preprocess_array(to_pil(image), self.cfg)
+
+    def batch(self, images: Sequence[ImageLike]) -> np.ndarray:
+        s = self.cfg.image_size
+        if not images:
+            return np.zeros((0, 3, s, s), np.float32)
+        return np.stack([self(im) for im in images])
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return f"Preprocessor(size={c.image_size}, resize={c.resize_mode}, interpolation={c.interpolation})"
+
+
+# ------------------------------------------------------------------ sessions
+
+def _ort_session(path: Path, precision: str, providers: Optional[Sequence[str]], threads: int):
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise RuntimeBackendError("the runtime needs onnxruntime: pip install onnxruntime") from e
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    # ORT 1.31 can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
+    disabled = ["NchwcTransformer"] if precision == "fp16" else None
+    try:
+        return ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]),
+                                    disabled_optimizers=disabled)
+    except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        raise BundleError(f"ONNX Runtime cannot load {str(path)!r}: {e}") from e
+
+
+def check_backend(directory: Path, role: str, entry: dict) -> None:
+    backend = entry.get("backend") if isinstance(entry, dict) else None
+    if backend != "onnx":
+        raise RuntimeBackendError(
+            f"the {role} tower of bundle {str(directory)!r} is a {backend!r} artifact; mobileclip.runtime "
+            "runs ONNX bundles only (ONNX Runtime). Export an ONNX bundle of the same model with "
+            "`mobileclip export <model> --format onnx --out <dir>`, or use `mobileclip bench` for "
+            f"{backend} artifacts")
+
+
+class _Tower:
+    """One ONNX tower: numpy in, numpy out; a fixed-batch graph is run in chunks, the last one padded."""
+
+    def __init__(self, directory: Path, role: str, entry: dict, providers, threads: int) -> None:
+        check_backend(directory, role, entry)
+        try:
+            self.file = directory / entry["file"]
+            spec_in = entry["inputs"][0]
+        except (KeyError, IndexError, TypeError) as e:
+            raise BundleError(f"the manifest entry of the {role} tower of {str(directory)!r} is incomplete "
+                              f"({e!r}); re-export the bundle") from e
+        self.session = _ort_session(self.file, entry.get("precision", "fp32"), providers, threads)
+        names = [i.name for i in self.session.get_inputs()]
+        if spec_in.get("name") not in names:
+            raise BundleError(f"{str(self.file)!r} has inputs {names}, the manifest says {spec_in.get('name')!r}; "
+                              "re-export the bundle")
+        self.input_name = spec_in["name"]
+        self.input_shape = list(spec_in.get("shape", []))
+        dim = self.input_shape[0] if self.input_shape else None
+        self.fixed_batch = dim if isinstance(dim, int) and dim > 0 else 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if not self.fixed_batch:
+            return self.session.run(None, {self.input_name: x})[0]
+        outs = []
+        n = self.fixed_batch
+        for i in range(0, len(x), n):
+            chunk = x[i:i + n]
+            pad = n - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            outs.append(self.session.run(None, {self.input_name: chunk})[0][: n - pad])
+        return np.concatenate(outs)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def bundle_fingerprint(manifest: dict) -> str:
+    """sha256 over the image and text artifacts' checksums: which towers produced an embedding."""
+    files, arts = manifest.get("files", {}), manifest.get("artifacts", {})
+    try:
+        digests = [files[arts[t]["file"]] for t in ("image", "text")]
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"the bundle manifest has no checksum for an artifact ({e!r}); re-export the bundle") from e
+    return hashlib.sha256(":".join(digests).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------ the model
+
+def _is_single_image(x) -> bool:
+    return isinstance(x, (str, Path, Image.Image)) or (isinstance(x, np.ndarray) and x.ndim in (2, 3))
+
+
+def _as_image_list(images) -> list:
+    if _is_single_image(images):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return list(images)
+        raise RuntimeInputError(f"image arrays must be HW, HWC or a batch NHWC, got shape {images.shape}")
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    raise RuntimeInputError(f"images must be a path, a PIL image, a uint8 array or a list of those, got "
+                            f"{type(images).__name__}")
+
+
+def check_templates(templates: Optional[Iterable[str]]) -> list:
+    templates = list(DEFAULT_TEMPLATES if templates is None else templates)
+    if not templates:
+        raise RuntimeInputError("the template list is empty; give at least one template such as 'a photo of a {}.'")
+    bad = [t for t in templates if not isinstance(t, str) or "{}" not in t]
+    if bad:
+        raise RuntimeInputError(f"every template needs '{{}}' where the label goes; these do not: {bad[:3]}")
+    return templates
+
+
+class RuntimeModel:
+    """A loaded bundle. ``encode_image`` / ``encode_text`` return L2-normalized ``float32 [N, D]``."""
+
+    def __init__(self, directory: Union[str, Path], manifest: dict, providers: Optional[Sequence[str]] = None,
+                 threads: int = 0, batch_size: int = 32) -> None:
+        self.directory = Path(directory)
+        self.manifest = manifest
+        try:
+            arts = manifest["artifacts"]
+            entries = {t: arts[t] for t in ("image", "text")}
+            self.name = str(manifest["model"])
+            self.embed_dim = int(manifest["embed_dim"])
+            self.logit_scale = float(manifest["logit_scale"])
+            token_dtype = manifest["tokenizer"].get("token_dtype", "int32")
+        except (KeyError, TypeError, AttributeError) as e:
+            raise BundleError(f"the manifest of {str(self.directory)!r} lacks {e!r}; re-export the bundle") from e
+        if token_dtype not in ("int32", "int64"):
+            raise BundleError(f"token dtype {token_dtype!r} in the manifest: expected int32 or int64")
+        if batch_size < 1:
+            raise RuntimeInputError(f"batch_size must be >= 1, got {batch_size}")
+        self.token_dtype = np.dtype(token_dtype)
+        self.fingerprint = bundle_fingerprint(manifest)
+        self.preprocess = Preprocessor.from_manifest(manifest)
+        self.tokenizer: ClipBPE = tokenizer_from_manifest(self.directory, manifest["tokenizer"])
+        # Backends are checked for both towers before any session is created.
+        for role, entry in entries.items():
+            check_backend(self.directory, role, entry)
+        self.image_tower = _Tower(self.directory, "image", entries["image"], providers, threads)
+        self.text_tower = _Tower(self.directory, "text", entries["text"], providers, threads)
+        shape = self.image_tower.input_shape
+        if len(shape) == 4 and shape[2:] != [self.preprocess.image_size] * 2:
+            raise BundleError(f"the image tower takes {shape[2:]} images, the manifest's image_size is "
+                              f"{self.preprocess.image_size}; re-export the bundle")
+        self.batch_size = self.image_tower.fixed_batch or int(batch_size)
+        self._class_cache: dict = {}
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.tokenizer.context_length
+
+    # -------------------------------------------------------------- encoders
+
+    def encode_pixels(self, x: np.ndarray) -> np.ndarray:
+        """Preprocessed ``float32 [N, 3, S, S]`` → normalized embeddings ``[N, D]``."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != (3, self.image_size, self.image_size):
+            raise RuntimeInputError(f"pixels must be float32 [N, 3, {self.image_size}, {self.image_size}], "
+                                    f"got {x.shape}")
+        if not len(x):
+            return np.zeros((0, self.embed_dim), np.float32)
+        return _normalize(np.concatenate([self.image_tower(x[i:i + self.batch_size])
+                                          for i in range(0, len(x), self.batch_size)]))
+
+    def encode_image(self, images: Union[ImageLike, Sequence[ImageLike]]) -> np.ndarray:
+        """A path, PIL image, ``uint8`` HWC array, or a list of them → ``float32 [N, D]`` (N=1 for one image)."""
+        items = _as_image_list(images)
+        outs = [self.encode_pixels(self.preprocess.batch(items[i:i + self.batch_size]))
+                for i in range(0, len(items), self.batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, self.embed_dim), np.float32)
+
+    def tokenize(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
+        return self.tokenizer(texts, dtype=self.token_dtype)
+
+    def encode_text(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
+        """A string or a list of strings → ``float32 [N, D]``."""
+        tokens = self.tokenize(texts)
+        if not len(tokens):
+            return np.zeros((0, self.embed_dim), np.float32)
+        return _normalize(np.concatenate([self.text_tower(tokens[i:i + self.batch_size])
+                                          for i in range(0, len(tokens), self.batch_size)]))
+
+    # -------------------------------------------------------------- zero-shot
+
+    def class_embeddings(self, labels: Sequence[str], templates: Optional[Iterable[str]] = None) -> np.ndarray:
+        """One normalized embedding per label: the mean over templates of the prompt embeddings, renormalized."""
+        if isinstance(labels, str):
+            raise RuntimeInputError("labels must be a list of strings, e.g. ['cat', 'dog'], not one string")
+        labels = list(labels)
+        if not labels:
+            raise RuntimeInputError("the label list is empty; give at least one label, e.g. ['cat', 'dog']")
+        bad = [lb for lb in labels if not isinstance(lb, str) or not lb.strip()]
+        if bad:
+            raise RuntimeInputError(f"labels must be non-empty strings; got {bad[:3]}")
+        templates = check_templates(templates)
+        key = (tuple(labels), tuple(templates))
+        if key not in self._class_cache:
+            prompts = [t.format(lb) for lb in labels for t in templates]
+            emb = self.encode_text(prompts).reshape(len(labels), len(templates), self.embed_dim).mean(axis=1)
+            if len(self._class_cache) > 16:
+                self._class_cache.clear()
+            self._class_cache[key] = _normalize(emb)
+        return self._class_cache[key]
+
+    def classify(self, images, labels: Sequence[str], templates: Optional[Iterable[str]] = None,
+                 top: Optional[int] = None):
+        """Zero-shot labels for one image → ``[(label, probability), ...]`` sorted, most likely first.
+
+        Probabilities are ``softmax(logit_scale * cosine)`` over ``labels`` (they sum to 1;
+        ``top`` keeps the first ``top``). A list of images gives one such list per image.
+        """
+        single = _is_single_image(images)
+        weights = self.class_embeddings(labels, templates)
+        if top is not None and top < 1:
+            raise RuntimeInputError(f"top must be >= 1, got {top}")
+        probs = _softmax(self.logit_scale * (self.encode_image(images) @ weights.T))
+        labels = list(labels)
+        results = []
+        for p in probs:
+            order = np.argsort(-p, kind="stable")[:top]
+            results.append([(labels[i], float(p[i])) for i in order])
+        return results[0] if single else results
+
+    def __repr__(self) -> str:
+        return (f"RuntimeModel({self.name!r}, bundle={str(self.directory)!r}, embed_dim={self.embed_dim}, "
+                f"image_size={self.image_size}, context_length={self.context_length})")
+
+
+def load(bundle_dir: Union[str, Path], providers: Optional[Sequence[str]] = None, threads: int = 0,
+         batch_size: int = 32, verify: bool = True) -> RuntimeModel:
+    """Load an ONNX bundle: checks the manifest and every file's sha256 (``verify``), opens the sessions.
+
+    ``providers``: ONNX Runtime execution providers (default CPU); ``threads``: intra-op
+    threads (0: ONNX Runtime's default); ``batch_size``: images/texts per session call for
+    dynamic-batch artifacts (a fixed-batch artifact uses its own batch, padding the last).
+    """
+    directory = Path(bundle_dir).expanduser()
+    manifest = load_manifest(directory, verify=verify)
+    return RuntimeModel(directory, manifest, providers=providers, threads=threads, batch_size=batch_size)
