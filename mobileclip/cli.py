@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .runtime.commands import add_commands as add_runtime_commands
 
     add_runtime_commands(sub)  # classify, index, search: the torch-free runtime
+    from .benchmarks.harness import add_commands as add_bench_commands
+
+    add_bench_commands(sub)  # bench: models x runtimes x precisions x batch sizes
 
     s = sub.add_parser("demo", help="the embedded end-to-end demo (no downloads)")
     s.add_argument("--out", default="runs/demo")

@@ -174,7 +174,8 @@ def export_table(rows: list, seconds: float) -> list:
            f"{num(r['text_min_cosine'], '.5f')} | "
            + (f"{100 * r['top1_agreement']:.1f}%" if r["top1_agreement"] is not None else "—") + " | "
            + ("passed" if r["passed"] else "FAILED: " + "; ".join(r["misses"]))
-           + (f" ({r['mode']})" if r["mode"] and r["mode"] != "predictions" else "") + " |" for r in rows]
+           + (" (spec + PyTorch fp16 check; Core ML predictions need macOS)"
+              if r["mode"] and r["mode"].startswith("spec") else "") + " |" for r in rows]
     return md + [""]
 
 

@@ -1,0 +1,320 @@
+"""`mobileclip bench` (mobileclip.benchmarks.harness): statistics on known inputs, an end-to-end run
+on a tiny bundle and PyTorch model, skipped cases with reasons, and clear errors for bad inputs."""
+import argparse
+import json
+import math
+import shutil
+import struct
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mobileclip.benchmarks import harness as H
+from mobileclip.errors import ConfigError
+
+QUICK = ["--batch", "1,2", "--min-runs", "3", "--min-seconds", "0.02", "--warmup", "1", "--threads", "1",
+         "--peak-seconds", "0.1"]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_percentile_known_values():
+    xs = [7, 1, 10, 3, 2, 9, 4, 8, 6, 5]  # 1..10, unsorted
+    assert H.percentile(xs, 50) == pytest.approx(5.5)
+    assert H.percentile(xs, 90) == pytest.approx(9.1)
+    assert H.percentile(xs, 99) == pytest.approx(9.91)
+    assert H.percentile(xs, 0) == 1.0 and H.percentile(xs, 100) == 10.0
+    assert H.percentile([3.5], 99) == 3.5
+    rng = np.random.default_rng(0)
+    ys = rng.exponential(size=101).tolist()
+    for q in (50, 90, 99, 12.5):
+        assert H.percentile(ys, q) == pytest.approx(float(np.percentile(ys, q)), rel=1e-12)
+    with pytest.raises(ConfigError):
+        H.percentile([], 50)
+    with pytest.raises(ConfigError):
+        H.percentile([1.0], 101)
+
+
+def test_latency_stats_throughput_limit_gap():
+    s = H.latency_stats([4.0, 1.0, 3.0, 2.0])
+    assert s == {"n_runs": 4, "timed_s": pytest.approx(0.01), "mean_ms": 2.5, "min_ms": 1.0,
+                 "p50_ms": pytest.approx(2.5), "p90_ms": pytest.approx(3.7), "p99_ms": pytest.approx(3.97)}
+    assert H.throughput(8, 20.0) == pytest.approx(400.0)        # 8 samples per 20 ms
+    assert H.throughput(1, 0.5) == pytest.approx(2000.0)
+    assert H.matmul_gflops(1000, 0.5) == pytest.approx(4.0)     # 2e9 FLOPs in 0.5 s
+    assert H.limit_ms(4.0, 8, 1000.0) == pytest.approx(32.0)    # 32 GFLOP at 1 TFLOP/s
+    assert H.gap(64.0, 32.0) == pytest.approx(2.0)
+
+
+def test_parsers_accept_good_and_reject_bad_lists():
+    assert H.parse_int_list("8, 1,32,8") == [1, 8, 32]
+    for bad in ("1,x", "0", "", "1,-2", "1.5"):
+        with pytest.raises(ConfigError, match="--batch"):
+            H.parse_int_list(bad)
+    with pytest.raises(ConfigError, match="'1,x'"):
+        H.parse_int_list("1,x")
+    assert H.parse_choices("text,image,text", H.TOWERS, "--towers") == ["text", "image"]
+    with pytest.raises(ConfigError, match="'tflite'.*choose from"):
+        H.parse_choices("torch,tflite", H.RUNTIMES, "--runtime")
+    assert H.parse_accuracy(["a=0.5", "hf:x=y/int8=0.25"]) == {"a": 0.5, "hf:x=y/int8": 0.25}
+    for bad in ("a", "a=1.5", "=0.3", "a=high"):
+        with pytest.raises(ConfigError, match="LABEL=VALUE"):
+            H.parse_accuracy([bad])
+
+
+def test_tower_facts_on_a_model_with_known_counts():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, bias=False)   # 108 params
+            self.lin = nn.Linear(5, 7)                    # 42 params
+            self.unused = nn.Linear(100, 100)             # touched by neither tower
+
+        def encode_image(self, x):
+            return self.conv(x).mean((2, 3))
+
+        def encode_text(self, t):
+            return self.lin(t.float())
+
+    facts = H.tower_facts(M(), 8, lambda texts: torch.ones(len(texts), 5, dtype=torch.long))
+    # conv: 4 x 6 x 6 outputs, 27 multiply-adds each; linear: 5 x 7 multiply-adds; 2 FLOPs per multiply-add
+    assert facts["image"] == {"params": 108, "gflops": pytest.approx(2 * 144 * 27 / 1e9), "conv_fraction": 1.0}
+    assert facts["text"] == {"params": 42, "gflops": pytest.approx(2 * 35 / 1e9), "conv_fraction": 0.0}
+
+
+def test_measure_peak_is_positive_and_best_of_repeats():
+    p = H.measure_peak("cpu", threads=1, seconds=0.05, n=256)
+    assert p["n"] == 256 and p["repeats"] >= 3
+    assert p["gflops"] >= p["median_gflops"] > 0
+
+
+def test_memory_probe_reads_and_resets_the_high_water_mark():
+    probe = H.MemoryProbe()
+    assert probe.peak_mb() >= probe.rss_mb() > 0
+    if probe.mode != "per-case":
+        pytest.skip("this kernel does not let a process reset its RSS high-water mark")
+    big = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    peak_with = probe.peak_mb()
+    del big
+    probe.reset()
+    assert probe.peak_mb() < peak_with - 200
+
+
+def test_model_label_and_source_accuracy(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "run" / "student"
+    ckpt.mkdir(parents=True)
+    assert H.model_label(str(ckpt)) == "run/student"
+    assert H.model_label("hf:" + str(ckpt)) == "hf:run/student"
+    assert H.model_label("open_clip:ViT-B-32") == "open_clip:ViT-B-32"
+    assert H.source_accuracy(str(ckpt)) is None
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"eval": {"zeroshot_top1": 0.3125}}))
+    assert H.source_accuracy(str(ckpt)) == (0.3125, "run/summary.json")
+    assert H.source_accuracy("mobileclip-s0") is None
+
+
+# ----------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "nothing to benchmark"),
+    (["does/not/exist"], "does not exist"),
+    (["--model", "mobileclip-tiny", "--batch", "1,x"], "'x' is not a whole number"),
+    (["--model", "mobileclip-tiny", "--runtime", "torch,tvm"], "'tvm' not known"),
+    (["--model", "mobileclip-tiny", "--towers", "audio"], "'audio' not known"),
+    (["--model", "mobileclip-tiny", "--export", "int4"], "'int4' not known"),
+    (["--model", "mobileclip-tiny", "--accuracy", "oops"], "LABEL=VALUE"),
+    (["--model", "mobileclip-tiny", "--min-runs", "0"], "--min-runs >= 1"),
+    (["--export", "fp32"], "nothing to benchmark"),
+    (["--model", "mobileclip-s9"], "unknown model 'mobileclip-s9'"),
+    (["--model", "open_clip:ViT-Q-99"], "no architecture 'ViT-Q-99'"),
+])
+def test_bad_inputs_fail_with_a_clear_message(argv, message, capsys, tmp_path):
+    assert H.main(argv + ["--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_without_model_and_missing_bundle_raise_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="give at least one --model"):
+        H.BenchConfig(bundles=[str(tmp_path)], export=["fp32"]).check()
+    with pytest.raises(ConfigError, match="bundle directory .*nope.* does not exist"):
+        H.BenchConfig(bundles=[str(tmp_path / "nope")]).check()
+
+
+def test_add_commands_wires_the_bench_subcommand():
+    p = argparse.ArgumentParser(prog="mobileclip")
+    sub = p.add_subparsers(dest="command", required=True)
+    H.add_commands(sub)
+    args = p.parse_args(["bench", "b1", "b2", "--model", "m", "--model", "open_clip:ViT-B-32", "--batch", "1,8"])
+    assert args.func is H.cmd_bench and args.bundles == ["b1", "b2"]
+    cfg = H.config_from_args(args)
+    assert cfg.models == ["m", "open_clip:ViT-B-32"] and cfg.batches == [1, 8]
+    assert cfg.command == "mobileclip bench b1 b2 --model m --model open_clip:ViT-B-32"  # 1,8 is the default
+    bad = p.parse_args(["bench", "--model", "m", "--batch", "1,x"])
+    with pytest.raises(ConfigError, match="--batch"):
+        bad.func(bad)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    from mobileclip.export import export
+
+    d = tmp_path_factory.mktemp("bench") / "b"
+    export("mobileclip-tiny", d, max_batch=4)
+    return d
+
+
+@pytest.fixture(scope="module")
+def e2e(tiny_bundle, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-run")
+    out = root / "out"
+    code = H.main([str(tiny_bundle), "--model", "mobileclip-tiny", "--export", "int8", "--export-dir",
+                   str(root / "exports"), "--accuracy", "mobileclip-tiny=0.27", "--accuracy",
+                   "mobileclip-tiny/int8=0.25", "--out", str(out)] + QUICK)
+    return code, out, json.loads((out / "bench.json").read_text()), root
+
+
+def test_bench_end_to_end_rows(e2e, tiny_bundle):
+    code, out, res, root = e2e
+    assert code == 0
+    rows = res["rows"]
+    assert all(set(r) == set(H.ROW_KEYS) for r in rows)
+    got = sorted((r["runtime"], r["precision"], r["tower"], r["batch"]) for r in rows)
+    want = sorted((rt, p, t, b) for rt, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
+                  for t in ("image", "text") for b in (1, 2))
+    assert got == want
+    peak = res["peak"]["fp32"]["gflops"]
+    assert peak > 0
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["model"] == "mobileclip-tiny" and r["threads"] == 1 and r["device"] == "cpu"
+        assert r["n_runs"] >= 3 and r["timed_s"] >= 0.02
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["throughput_sps"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"])
+        assert r["gflops_per_sample"] > 0 and r["params"] > 0
+        assert r["limit_ms"] == pytest.approx(r["gflops_per_sample"] * r["batch"] / peak * 1000)
+        assert r["gap"] == pytest.approx(r["p50_ms"] / r["limit_ms"])
+        assert r["peak_rss_mb"] > 100 and r["run_rss_mb"] >= 0
+        assert r["accuracy"] == (0.25 if r["precision"] == "int8" else 0.27)
+        if r["runtime"] == "torch":
+            assert r["artifact_mb"] is None and r["bundle"] is None and r["load_rss_mb"] is not None
+        else:
+            assert r["artifact_mb"] > 0.1 and r["bundle_mb"] > r["artifact_mb"]
+    # params are what each tower's forward touches: the whole reparameterized tower of our CLIP
+    from mobileclip.export.source import load_source
+    from mobileclip.model import count_params
+
+    counts = count_params(load_source({"model": "mobileclip-tiny", "seed": 0}).model)
+    for r in rows:
+        assert r["params"] == counts[r["tower"]]
+    fp32 = [r for r in rows if r["runtime"] == "onnxruntime" and r["precision"] == "fp32"]
+    assert {r["bundle"] for r in fp32} == {str(tiny_bundle)}
+    assert fp32[0]["artifact_mb"] == pytest.approx((tiny_bundle / f"{fp32[0]['tower']}.onnx").stat().st_size / 1e6)
+    # --export int8: tiny's image tower is convolutional -> static QDQ; text -> dynamic
+    int8 = {r["tower"]: r for r in rows if r["precision"] == "int8"}
+    assert int8["image"]["quant"] == "static" and int8["text"]["quant"] == "dynamic"
+    assert (root / "exports" / "mobileclip-tiny-int8" / "manifest.json").is_file()
+    env = res["environment"]
+    assert env["threads"] == 1 and env["cores"] >= 1 and env["torch"] == torch.__version__ and env["onnxruntime"]
+    assert "--export int8" in res["command"] and "--batch 1,2" in res["command"]
+
+
+def test_bench_end_to_end_markdown_and_plots(e2e):
+    code, out, res, _ = e2e
+    md = (out / "bench.md").read_text()
+    assert res["command"] in md and res["environment"]["cpu"] in md
+    table = [ln for ln in md.splitlines() if ln.startswith("| mobileclip-tiny | ")]
+    assert len(table) == 12 + 2  # 12 timed rows + the accuracy table's fp32 and int8 lines
+    r = next(r for r in res["rows"] if r["runtime"] == "onnxruntime" and r["precision"] == "int8"
+             and r["tower"] == "image" and r["batch"] == 2)
+    assert (f"| mobileclip-tiny | onnxruntime | int8 (static) | image | 2 | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} |") in md
+    for name, min_w in (("latency_vs_batch.png", 1000), ("accuracy_vs_latency.png", 600)):
+        path = out / name
+        assert res["plots"][name.split("_vs")[0] + "_plot"] == str(path)
+        w, h = _png_size(path)
+        assert w >= min_w and h >= 400
+        assert path.stat().st_size > 20_000  # lines, labels and legend drawn, not an empty canvas
+
+
+def test_export_dir_bundles_are_reused(e2e, tmp_path):
+    """A second run finds the bundle --export wrote and times it again without exporting."""
+    _, _, _, root = e2e
+    res = H.run_bench(H.config_from_args(_args(["--model", "mobileclip-tiny", "--export", "int8", "--export-dir",
+                                                str(root / "exports"), "--runtime", "onnxruntime", "--towers",
+                                                "text", "--out", str(tmp_path)] + QUICK)))
+    assert [(r["runtime"], r["precision"], r["batch"], r["status"]) for r in res["rows"]] == [
+        ("onnxruntime", "int8", 1, "ok"), ("onnxruntime", "int8", 2, "ok")]
+    assert res["plots"]["accuracy_plot"].startswith("no accuracy known")
+    assert not (tmp_path / "accuracy_vs_latency.png").exists()
+
+
+def _args(argv):
+    p = argparse.ArgumentParser()
+    H.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def _fake_bundle(src, dst, **edit):
+    """A copy of ``src`` whose manifest claims another backend or a fixed batch."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    for tower in ("image", "text"):
+        art = m["artifacts"][tower]
+        if "backend" in edit:
+            art["backend"] = edit["backend"]
+        if "fixed" in edit:
+            art["inputs"][0]["shape"][0] = edit["fixed"]
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_cases_that_cannot_run_are_skipped_with_a_reason(tiny_bundle, tmp_path):
+    trt = _fake_bundle(tiny_bundle, tmp_path / "trt", backend="tensorrt")
+    cml = _fake_bundle(tiny_bundle, tmp_path / "cml", backend="coreml")
+    fixed = _fake_bundle(tiny_bundle, tmp_path / "fixed", fixed=1)
+    code = H.main([str(trt), str(cml), str(fixed), "--towers", "image", "--out", str(tmp_path / "o")] + QUICK)
+    assert code == 0  # skipped is not failed
+    rows = json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]
+    by = {(r["runtime"], r["bundle"], r["batch"]): r for r in rows}
+    for b in (1, 2):
+        assert by[("tensorrt", str(trt), b)]["status"] == "skipped"
+        assert "TensorRT" in by[("tensorrt", str(trt), b)]["reason"]
+        if sys.platform != "darwin":
+            assert by[("coreml", str(cml), b)]["status"] == "skipped"
+            assert "macOS" in by[("coreml", str(cml), b)]["reason"]
+    assert by[("onnxruntime", str(fixed), 1)]["status"] == "ok"
+    assert by[("onnxruntime", str(fixed), 2)]["status"] == "skipped"
+    assert "fixed batch of 1" in by[("onnxruntime", str(fixed), 2)]["reason"]
+    md = (tmp_path / "o" / "bench.md").read_text()
+    assert "Not timed:" in md and "fixed batch of 1" in md
+
+
+def test_runtime_filter_and_compile_failure_recorded_as_skipped(tmp_path, monkeypatch):
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("inductor: no C++ compiler found\nmore details")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    res = H.run_bench(H.config_from_args(_args(["--model", "mobileclip-tiny", "--runtime", "torch", "--towers", "text",
+                                                "--compile", "--out", str(tmp_path)] + QUICK)))
+    status = {(r["runtime"], r["batch"]): (r["status"], r["reason"]) for r in res["rows"]}
+    assert status[("torch", 1)] == ("ok", None) and status[("torch", 2)] == ("ok", None)
+    for b in (1, 2):
+        assert status[("torch.compile", b)] == ("skipped",
+                                                "torch.compile failed: RuntimeError: inductor: no C++ compiler found")
+    compiled = [r for r in res["rows"] if r["runtime"] == "torch.compile"]
+    assert all(r["compile"] and r["p50_ms"] is None and r["gap"] is None for r in compiled)
+    assert all(not math.isnan(r["p50_ms"]) for r in res["rows"] if r["status"] == "ok")
