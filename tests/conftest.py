@@ -51,3 +51,13 @@ def hf_clip_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("hfclip")
     CLIPModel(cfg).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """An ONNX fp32 bundle of ``mobileclip-tiny`` (seed 0, parity up to batch 4); tests copy it before changing it."""
+    from mobileclip.export import export
+
+    out = tmp_path_factory.mktemp("tiny-bundle") / "tiny"
+    export("mobileclip-tiny", out, max_batch=4)
+    return out

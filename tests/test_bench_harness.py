@@ -167,15 +167,6 @@ def _png_size(path):
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    from mobileclip.export import export
-
-    d = tmp_path_factory.mktemp("bench") / "b"
-    export("mobileclip-tiny", d, max_batch=4)
-    return d
-
-
-@pytest.fixture(scope="module")
 def e2e(tiny_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench-run")
     out = root / "out"

@@ -28,12 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from mobileclip.export import export
-
-    out = tmp_path_factory.mktemp("rt") / "tiny"
-    export("mobileclip-tiny", out, max_batch=4)
-    return out
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
