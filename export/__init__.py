@@ -6,7 +6,7 @@ is not installed (the runtime reads bundles without it).
 from importlib import import_module
 
 _EXPORTS = {"export": ".api", "validate": ".api", "BundleError": ".bundle", "load_manifest": ".bundle",
-            "ParityError": ".validate"}
+            "ParityError": ".parity"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -16,7 +16,7 @@ from mobileclip.errors import ConfigError
 
 from .bundle import FORMAT_VERSION, load_manifest, write_manifest
 from .source import ExportSource, load_source, resolve_spec
-from .validate import THRESHOLDS, ParityError, check, run_parity
+from .parity import THRESHOLDS, ParityError, check, run_parity
 
 FORMATS = {"onnx": ("fp32", "fp16", "int8"), "coreml": ("fp32", "fp16", "int8"),
            "tensorrt": ("fp32", "fp16", "int8")}
@@ -317,7 +317,7 @@ def _coreml_static_checks(directory: Path, manifest: dict, src: ExportSource, ba
     """Off macOS Core ML cannot predict: check the spec, and run the graph in PyTorch fp16."""
     from .coreml import check_spec, fp16_overflow_check
     from .onnx import ImageTower, TextTower
-    from .validate import parity_prompts, synthetic_images
+    from .parity import parity_prompts, synthetic_images
 
     arts = manifest["artifacts"]
     misses = []

@@ -231,7 +231,7 @@ def test_third_party_models_export_with_fp32_parity(spec, tmp_path, hf_clip_dir)
 
 
 def test_parity_thresholds_per_precision_and_tower():
-    from mobileclip.export.validate import check
+    from mobileclip.export.parity import check
 
     def report(img_cos, txt_cos, top1):
         row = lambda c: {"batch": 1, "min_cosine": c, "finite": True}  # noqa: E731
@@ -325,3 +325,15 @@ def test_coreml_bundle_through_the_cli(tmp_path, capsys):
 def test_coreml_bundle_predictions_match_pytorch(tmp_path):
     m = export("mobileclip-tiny", tmp_path / "cm", fmt="coreml", precision="fp16", max_batch=4)
     assert m["parity"]["mode"] == "predictions" and m["parity"]["passed"]
+
+
+def test_package_names_resolve_to_the_api_after_any_import_order():
+    """Importing every submodule must not shadow the package's lazy functions (``validate``, ``export``)."""
+    import importlib
+    import pkgutil
+
+    import mobileclip.export as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):  # coreml / tensorrt import their toolkits lazily
+        importlib.import_module(f"mobileclip.export.{mod.name}")
+    assert callable(pkg.validate) and callable(pkg.export) and isinstance(pkg.ParityError, type)

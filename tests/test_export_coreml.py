@@ -435,7 +435,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.mark.macos
 @macos_only
 def test_predictions_match_pytorch(tiny, exported):
-    from mobileclip.export.validate import parity_prompts, synthetic_images
+    from mobileclip.export.parity import parity_prompts, synthetic_images
 
     model, preprocess, tokenizer = tiny
     out, entries = exported
