@@ -15,12 +15,16 @@ No pretrained CLIP can be downloaded here, so the demo makes its own teacher:
    retrieval;
 6. exports the distilled student to ONNX fp32, ONNX int8 (static QDQ image tower
    calibrated on training images, dynamic int8 text tower) and Core ML fp16 (when
-   coremltools is installed), checks each against PyTorch on held-out images, and writes
-   ``runs/demo/report.md`` and ``report.json`` with parity and size.
+   coremltools is installed), checks each against PyTorch on held-out images;
+7. with the torch-free runtime and the int8 bundle, classifies a few held-out images and
+   runs a text search over an index of the held-out images; times the bundles and the
+   PyTorch student (``mobileclip bench``), and writes ``runs/demo/report.md`` and
+   ``report.json``.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -94,9 +98,12 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     t = time.time()
     exports = export_student(out / "distilled" / "student", out, quick)
     times_export = time.time() - t
+    print("[+] the torch-free runtime on the int8 bundle: classify, index, search; latency")
+    runtime_rows = runtime_step(out, quick)
+    latency_md = latency_step(out, quick)
     report = {"rows": rows, "cache_s": times["cache"], "training_total_s": sum(times.values()),
               "chance_top1": 1 / 36, "teacher_note": "a small ViT CLIP trained here on synthetic data (no downloads)",
-              "exports": exports, "export_s": times_export}
+              "exports": exports, "export_s": times_export, "runtime": runtime_rows}
     atomic_write_json(out / "report.json", report)
     md = [
         "# mobileclip demo report", "",
@@ -114,6 +121,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     md += ["", f"Chance: {100 / 36:.1f}% top-1. Cache build: {times['cache']:.0f} s. Training part in all: "
            f"{report['training_total_s']:.0f} s.", ""]
     md += export_table(exports, times_export)
+    md += runtime_table(runtime_rows) + latency_md
     with atomic_write(out / "report.md", "w") as f:
         f.write("\n".join(md))
     print("\n".join(md))
@@ -155,6 +163,58 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
         print(f"  {label} {precision}: {size / 1e6:.1f} MB, parity " + ("passed" if parity["passed"] else
                                                                           "FAILED: " + "; ".join(parity["misses"])))
     return rows
+
+
+def runtime_step(out: Path, quick: bool = False) -> dict:
+    """Classify held-out images and search an index of them with the torch-free runtime."""
+    from . import runtime
+    from .data.synthetic import classnames
+
+    model = runtime.load(out / "bundles" / "onnx-int8")
+    folder = out / "data" / "heldout"
+    images = sorted(folder.rglob("*.png"))
+    picks = images[:: max(1, len(images) // (4 if quick else 8))][: 4 if quick else 8]
+    labels = classnames()
+    classified = []
+    for path in picks:
+        top = model.classify(path, labels, top=1)[0]
+        truth = path.parent.name.replace("_", " ")
+        classified.append({"image": str(path.relative_to(out)), "truth": truth, "predicted": top[0],
+                           "probability": float(top[1])})
+        print(f"  {path.relative_to(out)}: {top[0]} ({100 * top[1]:.0f}%), truth {truth}")
+    index = runtime.ImageIndex.build(model, folder, progress=False)
+    index.save(out / "heldout.idx")
+    query = "a photo of a red circle."
+    hits = runtime.ImageIndex.load(out / "heldout.idx").search(query, k=5)
+    found = [{"image": os.path.relpath(p, folder), "score": float(sc)} for p, sc in hits]
+    for h in found:
+        print(f"  search {query!r}: {h['image']} ({h['score']:.3f})")
+    return {"classified": classified, "query": query, "hits": found, "indexed": len(index)}
+
+
+def runtime_table(rows: dict) -> list:
+    md = ["## The torch-free runtime (int8 bundle)", "",
+          "| held-out image | truth | predicted | probability |", "|---|---|---|---:|"]
+    md += [f"| `{c['image']}` | {c['truth']} | {c['predicted']} | {100 * c['probability']:.0f}% |"
+           for c in rows["classified"]]
+    md += ["", f"Text search over an index of the {rows['indexed']} held-out images, query "
+           f"\"{rows['query']}\" (top 5):", "", "| image | cosine |", "|---|---:|"]
+    md += [f"| `{h['image']}` | {h['score']:.3f} |" for h in rows["hits"]]
+    return md + [""]
+
+
+def latency_step(out: Path, quick: bool = False) -> list:
+    """``mobileclip bench`` over the ONNX bundles and the PyTorch student; its table for the report."""
+    from .benchmarks.harness import main as bench
+
+    runs = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1"] if quick else [
+        "--min-runs", "20", "--min-seconds", "1"]
+    bench([str(out / "bundles" / "onnx-fp32"), str(out / "bundles" / "onnx-int8"), "--model",
+           str(out / "distilled" / "student"), "--runtime", "torch,onnxruntime", "--batch", "1,8",
+           "--threads", "2", *runs, "--out", str(out / "bench")])
+    table = (out / "bench" / "bench.md").read_text().splitlines()
+    return ["## Latency (`mobileclip bench`)", "", f"Full output: `{out / 'bench'}` (JSON, plots).", ""] + [
+        ln for ln in table if not ln.startswith("# ")] + [""]
 
 
 def _size(path: Path) -> int:

@@ -265,7 +265,13 @@ def test_demo_pipeline_quick(tmp_path):
     assert ex[("ONNX", "fp32")]["passed"] and ex[("ONNX", "fp32")]["image_min_cosine"] >= 0.99999
     assert ex[("ONNX", "int8")]["image_min_cosine"] >= 0.99 and ex[("ONNX", "int8")]["mb"] < ex[("ONNX", "fp32")]["mb"]
     assert (tmp_path / "bundles" / "onnx-int8" / "manifest.json").is_file()
-    assert "## The distilled student, exported" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "## The distilled student, exported" in md and "## The torch-free runtime" in md and "## Latency" in md
+    rt = report["runtime"]
+    assert len(rt["classified"]) == 4 and all(0 < c["probability"] <= 1 for c in rt["classified"])
+    assert len(rt["hits"]) == 5 and rt["hits"][0]["score"] >= rt["hits"][-1]["score"]
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert {r["runtime"] for r in bench["rows"] if r["status"] == "ok"} == {"torch", "onnxruntime"}
 
 
 def _write_shards(root, n_shards=2, per_shard=6, corrupt=(), no_caption=()):
