@@ -562,19 +562,13 @@ class OrtRuntime(_BundleRuntime):
         self._sessions: dict = {}
 
     def session(self, tower: str):
-        import onnxruntime as ort
+        from mobileclip.runtime.core import ort_session
 
         if tower not in self._sessions:
-            providers = ort_providers(self.device)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            # ORT can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
-            disabled = ["NchwcTransformer"] if self.precision(tower) == "fp16" else None
             rss0 = MemoryProbe.rss_mb()
-            self._sessions[tower] = ort.InferenceSession(str(self.dir / self.entry(tower)["file"]), opts,
-                                                         providers=providers, disabled_optimizers=disabled)
+            self._sessions[tower] = ort_session(self.dir / self.entry(tower)["file"], self.precision(tower),
+                                                providers=ort_providers(self.device), threads=self.threads,
+                                                inter_threads=1)
             self.load_rss[tower] = MemoryProbe.rss_mb() - rss0
         return self._sessions[tower]
 

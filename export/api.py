@@ -25,45 +25,6 @@ QUANT_METHODS = ("auto", "dynamic", "static")
 
 # ------------------------------------------------------------------ runners (numpy in, numpy out)
 
-def _ort_session(path: Path, precision: str = "fp32", threads: int = 0):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    # ORT 1.31 can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
-    disabled = ["NchwcTransformer"] if precision == "fp16" else None
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
-
-
-def _runner(session, name: str, fixed: int = 0):
-    """A fixed-batch artifact is run in chunks, the last one padded."""
-    def run(x):
-        if not fixed:
-            return session.run(None, {name: x})[0]
-        outs = []
-        for i in range(0, len(x), fixed):
-            chunk = x[i:i + fixed]
-            pad = fixed - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            outs.append(session.run(None, {name: chunk})[0][: fixed - pad])
-        return np.concatenate(outs)
-
-    return run
-
-
-class _SessionLike:
-    """Adapts a plain callable to the ``session.run`` interface of :func:`_runner`."""
-
-    def __init__(self, fn) -> None:
-        self.fn = fn
-
-    def run(self, _outputs, feeds: dict):
-        return [self.fn(next(iter(feeds.values())))]
-
-
 def _fixed_batch(entry: dict) -> int:
     if entry["backend"] == "coreml":  # one picture per image input; its predictor batches itself
         return 0
@@ -72,13 +33,17 @@ def _fixed_batch(entry: dict) -> int:
 
 
 def _tower_runner(directory: Path, entry: dict):
+    from mobileclip.runtime.core import ort_session, run_in_batches
+
     backend, name, fixed = entry["backend"], entry["inputs"][0]["name"], _fixed_batch(entry)
     if backend == "onnx":
-        return _runner(_ort_session(directory / entry["file"], entry["precision"]), name, fixed)
+        session = ort_session(directory / entry["file"], entry["precision"])
+        return lambda x: run_in_batches(lambda c: session.run(None, {name: c})[0], x, fixed)
     if backend == "tensorrt":
         from .tensorrt import TRTRunner
 
-        return _runner(_SessionLike(TRTRunner(directory / entry["file"])), name, fixed)
+        runner = TRTRunner(directory / entry["file"])
+        return lambda x: run_in_batches(runner, x, fixed)
     if backend == "coreml":
         from .coreml import coreml_predictor
 

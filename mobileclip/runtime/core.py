@@ -129,7 +129,9 @@ class Preprocessor:
 
 # ------------------------------------------------------------------ sessions
 
-def _ort_session(path: Path, precision: str, providers: Optional[Sequence[str]], threads: int):
+def ort_session(path: Path, precision: str = "fp32", providers: Optional[Sequence[str]] = None, threads: int = 0,
+                inter_threads: int = 0):
+    """An ONNX Runtime session for one bundle artifact (the runtime, ``export`` and ``bench`` all use this)."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -138,6 +140,8 @@ def _ort_session(path: Path, precision: str, providers: Optional[Sequence[str]],
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = int(threads)
+    if inter_threads:
+        opts.inter_op_num_threads = int(inter_threads)
     # ORT 1.31 can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
     disabled = ["NchwcTransformer"] if precision == "fp16" else None
     try:
@@ -168,7 +172,7 @@ class _Tower:
         except (KeyError, IndexError, TypeError) as e:
             raise BundleError(f"the manifest entry of the {role} tower of {str(directory)!r} is incomplete "
                               f"({e!r}); re-export the bundle") from e
-        self.session = _ort_session(self.file, entry.get("precision", "fp32"), providers, threads)
+        self.session = ort_session(self.file, entry.get("precision", "fp32"), providers, threads)
         names = [i.name for i in self.session.get_inputs()]
         if spec_in.get("name") not in names:
             raise BundleError(f"{str(self.file)!r} has inputs {names}, the manifest says {spec_in.get('name')!r}; "
@@ -179,17 +183,21 @@ class _Tower:
         self.fixed_batch = dim if isinstance(dim, int) and dim > 0 else 0
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if not self.fixed_batch:
-            return self.session.run(None, {self.input_name: x})[0]
-        outs = []
-        n = self.fixed_batch
-        for i in range(0, len(x), n):
-            chunk = x[i:i + n]
-            pad = n - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            outs.append(self.session.run(None, {self.input_name: chunk})[0][: n - pad])
-        return np.concatenate(outs)
+        return run_in_batches(lambda chunk: self.session.run(None, {self.input_name: chunk})[0], x, self.fixed_batch)
+
+
+def run_in_batches(fn, x: np.ndarray, fixed: int = 0) -> np.ndarray:
+    """``fn(x)``; for a fixed-batch artifact (``fixed`` > 0), in chunks of ``fixed`` with the last one padded."""
+    if not fixed:
+        return fn(x)
+    outs = []
+    for i in range(0, len(x), fixed):
+        chunk = x[i:i + fixed]
+        pad = fixed - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        outs.append(fn(chunk)[: fixed - pad])
+    return np.concatenate(outs)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
