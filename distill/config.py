@@ -66,7 +66,11 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    student: str = "mobileclip-tiny"
+    student: str = "mobileclip-tiny"  # registered name, checkpoint dir, or open_clip:<MobileCLIP arch>[:<file>]
+    # Initial weights for a registered student: our checkpoint (dir or file), Apple's mobileclip_*.pt, or an
+    # open_clip MobileCLIP/MobileCLIP2 file. Tensors that do not fit keep their fresh init and are listed.
+    student_pretrained: str = ""
+    student_embed_dim: int = 0  # 0: the model's own; else a new embedding size (new projections)
     teachers: list = field(default_factory=list)  # teacher specs, run online when data.cache is empty
     out: str = "runs/distill"
     steps: int = 200
@@ -131,6 +135,13 @@ def _validate(cfg: TrainConfig) -> None:
             raise bad(key, "must be positive")
     if cfg.batch_size % cfg.accum_steps:
         raise bad("accum_steps", f"must divide batch_size ({cfg.batch_size})")
+    if cfg.student_embed_dim < 0:
+        raise bad("student_embed_dim", "must be >= 0 (0 keeps the model's own)")
+    if cfg.student_pretrained and not Path(cfg.student_pretrained).expanduser().exists():
+        raise bad("student_pretrained", f"{cfg.student_pretrained!r} does not exist")
+    from mobileclip.factory import resolve_student_name
+
+    resolve_student_name(cfg.student)   # open_clip archs that cannot be students fail here, before any work
     if not all(isinstance(t, str) for t in cfg.teachers):
         raise bad("teachers", "must be a list of teacher specs (open_clip:..., hf:..., a checkpoint dir)")
     w = cfg.losses.weights()

@@ -194,7 +194,7 @@ def _split(batch: dict, n: int) -> list:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None) -> None:
-        from mobileclip.factory import create_model
+        from mobileclip.factory import create_student
         from mobileclip.teachers import load_teacher
 
         self.cfg = cfg
@@ -205,8 +205,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
         # --- models and data
-        self.student, self.preprocess, self.tokenizer = create_model(cfg.student)
+        self.student, self.preprocess, self.tokenizer, self.init_report = create_student(
+            cfg.student, cfg.student_pretrained or None, cfg.student_embed_dim)
         self.student.to(self.device).train()
+        if self.init_report is not None and self.env.main and not resume:
+            print(f"student {cfg.student}: {self.init_report.summary()}")
+            if not self.init_report.complete:
+                print(f"student layers not loaded (trained from their fresh init): "
+                      f"{', '.join(self.init_report.not_loaded_layers())}")
         self.cache = TeacherCache(cfg.data.cache) if cfg.data.cache else None
         if self.cache is not None:
             self.source = source_from_spec(self.cache.manifest["dataset"])
@@ -428,6 +434,8 @@ class Trainer:
         if env.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            if self.init_report is not None and self.step == 0:
+                atomic_write_json(self.out / "student_init.json", self.init_report.to_dict())
         sampler = StepBatches(len(self.source), cfg.batch_size, cfg.steps, cfg.seed, env.rank, env.world, self.step)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=cfg.data.workers, collate_fn=collate_train,
@@ -474,6 +482,10 @@ class Trainer:
         bar.close()
         summary = {"steps": self.step, "bad_steps": self.bad_steps, "skipped_images": len(self.skipped_images),
                    "skipped_examples": self.skipped_images[:20]}
+        if self.init_report is not None:
+            summary["student_init"] = {"source": self.init_report.source, "layout": self.init_report.layout,
+                                       "loaded": self.init_report.loaded,
+                                       "not_loaded_layers": self.init_report.not_loaded_layers()}
         if env.main:
             self.save_state()
             final = save_checkpoint(self.student, self.out / "student",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mobileclip.checkpoint import replace_dir, temp_dir_for
-from mobileclip.errors import ConfigError
+from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .bundle import FORMAT_VERSION, load_manifest, write_manifest
 from .source import ExportSource, load_source, resolve_spec
@@ -111,11 +111,13 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
            exporter: str = "dynamo", token_dtype: str = "int32", max_batch: int = 32, data: Optional[str] = None,
            calib: Optional[str] = None, calib_size: int = 64, quant: str = "auto", compress: str = "none",
            overwrite: bool = False, allow_mismatch: bool = False, seed: int = 0,
-           workspace_gb: float = 4.0, timing_cache: Optional[str] = None) -> dict:
+           workspace_gb: float = 4.0, timing_cache: Optional[str] = None,
+           pretrained: Optional[str] = None) -> dict:
     """Export ``model`` to a bundle in ``out`` and check it against PyTorch.
 
-    ``model``: a registry name (random weights at ``seed``), a checkpoint directory,
-    ``open_clip:<arch>[:<tag or file>]`` or ``hf:<CLIPModel directory>``.
+    ``model``: a registry name (random weights at ``seed``, or ``pretrained=`` weights: one of our
+    checkpoints, Apple's ``mobileclip_*.pt`` or an open_clip MobileCLIP/MobileCLIP2 file), a
+    checkpoint directory, ``open_clip:<arch>[:<tag or file>]`` or ``hf:<CLIPModel directory>``.
     """
     out = Path(out)
     _check_args(fmt, precision, quant, calib, token_dtype, out, overwrite, compress, max_batch, fixed_batch)
@@ -127,7 +129,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
         from .coreml import require_coremltools
 
         require_coremltools()
-    src = load_source(resolve_spec(model, seed))
+    src = load_source(resolve_spec(model, seed, pretrained))
     from mobileclip.reparam import unfolded_branches
 
     if unfolded_branches(src.model):
@@ -249,7 +251,8 @@ def _manifest(src: ExportSource, arts: dict, token_dtype: str, seconds: float) -
     return {
         "format_version": FORMAT_VERSION, "model": src.name, "source": src.spec, "source_kind": src.kind,
         "embed_dim": src.embed_dim, "image_size": src.image_size, "mean": list(src.mean), "std": list(src.std),
-        "resize": src.resize, "tokenizer": dict(src.tokenizer_info, token_dtype=token_dtype),
+        "resize": src.resize, "preprocess_from": src.preprocess_from,
+        "tokenizer": dict(src.tokenizer_info, token_dtype=token_dtype),
         "logit_scale": src.logit_scale, "artifacts": arts, "tools": tools, "export_seconds": round(seconds, 2),
     }
 
@@ -260,18 +263,55 @@ def _parity_summary(report: dict) -> dict:
     return {k: report[k] for k in ("passed", "misses", "top1_agreement", "mode") if k in report}
 
 
+def _bundle_inputs(directory: Path, manifest: dict) -> tuple:
+    """The preprocessing and tokenizer the runtime builds from this manifest (None: it has none)."""
+    from mobileclip.runtime.core import Preprocessor
+    from mobileclip.runtime.tokenizer import tokenizer_from_manifest
+
+    try:
+        pre = Preprocessor.from_manifest(manifest)
+    except MobileCLIPError as e:
+        raise ParityError(f"the bundle's preprocessing cannot be built from its manifest: {e}", {}) from e
+    info = manifest.get("tokenizer") or {}
+    if info.get("name") == "hf":   # the runtime has no HF tokenizer: the text side gets the source's ids
+        return pre, None
+    try:
+        tok = tokenizer_from_manifest(directory, info)
+    except (MobileCLIPError, OSError) as e:
+        raise ParityError(f"the bundle's tokenizer cannot be built from its manifest: {e}", {}) from e
+    return pre, tok
+
+
 def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images) -> dict:
+    from .parity import check_inputs, parity_prompts, synthetic_images
+
     arts = manifest["artifacts"]
     precision = {t: arts[t]["precision"] for t in ("image", "text")}
+    bundle_pre, bundle_tok = _bundle_inputs(directory, manifest)
+    pil = (images or [])[:6] + synthetic_images(6)   # the synthetic ones include non-square pictures
+    inputs = check_inputs(pil, parity_prompts(src.tokenizer, 8), src.preprocess, src.tokenizer, bundle_pre,
+                          bundle_tok)
     if arts["image"]["backend"] == "coreml" and sys.platform != "darwin":
         report = _coreml_static_checks(directory, manifest, src, batches)
     else:
         dtype = np.int32 if manifest["tokenizer"]["token_dtype"] == "int32" else np.int64
+        # With the manifest's inputs already wrong, the towers are still compared, on the reference inputs
+        # (a wrong context length would not even fit the graph): the report then says what else is off.
+        ok = not inputs["misses"]
         report = run_parity(src.model, src.preprocess, src.tokenizer, _tower_runner(directory, arts["image"]),
                             _tower_runner(directory, arts["text"]), batches=batches, images=images,
-                            token_dtype=dtype)
+                            token_dtype=dtype, bundle_preprocess=bundle_pre if ok else None,
+                            bundle_tokenizer=bundle_tok if ok else None)
         report["mode"] = "predictions"
         report["misses"] = check(report, precision)
+    report["inputs"] = {k: v for k, v in inputs.items() if k != "misses"}
+    report["inputs"]["reference"] = "the source's own preprocessing and tokenizer"
+    report["inputs"]["bundle"] = (
+        "none: the manifest's inputs differ from the source's (see misses); towers compared on the reference inputs"
+        if inputs["misses"] else
+        "the manifest's preprocessing and tokenizer (as the runtime builds them)" if bundle_tok is not None else
+        "the manifest's preprocessing; the source's token ids (the runtime has no HF tokenizer)")
+    report["misses"] = inputs["misses"] + report["misses"]
     report["passed"] = not report["misses"]
     report["precision"] = precision
     (directory / "parity.json").write_text(json.dumps(report, indent=2) + "\n")

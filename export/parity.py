@@ -1,7 +1,9 @@
 """Parity between an exported bundle and PyTorch, on real inputs.
 
 Images come from a dataset (an image folder) or the synthetic generator; prompts are
-short, padded, and exactly context-length. Batches 1, a middle size and the maximum
+short, padded, and exactly context-length. The reference runs on the source's own
+preprocessing and tokenizer (open_clip's transform for open_clip sources); the bundle runs
+on the preprocessing and tokenizer its manifest describes, as the runtime would. Batches 1, a middle size and the maximum
 are compared as L2-normalized embeddings: min/mean cosine, max-abs difference, and
 zero-shot top-1 agreement. A miss is a :class:`ParityError` carrying the numbers.
 """
@@ -75,40 +77,107 @@ def check(report: dict, precision, thresholds: Optional[dict] = None) -> list:
 
 
 def synthetic_images(n: int, image_size: int = 64) -> list:
+    """Synthetic pictures; every third is stretched to 4:3 or 3:4, so the resize rule (shortest side +
+    center crop, or squash) matters to the comparison."""
     from PIL import Image
 
     from mobileclip.data.synthetic import SyntheticGenerator
 
     gen = SyntheticGenerator("val", image_size, seed=123, two_object_prob=0.0)
-    return [Image.fromarray(gen[i].image) for i in range(n)]
+    out = []
+    for i in range(n):
+        im = Image.fromarray(gen[i].image)
+        if i % 3 == 2:
+            w, h = ((image_size * 4) // 3, image_size) if i % 2 else (image_size, (image_size * 4) // 3)
+            im = im.resize((w, h), Image.BILINEAR)
+        out.append(im)
+    return out
+
+
+# Largest difference between the bundle's preprocessing (the runtime's, from the manifest) and the
+# source's own transform that still counts as the same (measured: 0.0 against open_clip's torchvision
+# transforms, which resize with the same Pillow calls; float rounding only).
+PREPROCESS_TOLERANCE = 1e-4
+
+
+def _repeat(x, b: int):
+    n = len(x)
+    if b <= n:
+        return x[:b]
+    reps = (b + n - 1) // n
+    return (x.repeat(reps, 1) if isinstance(x, torch.Tensor) else np.tile(x, (reps, 1)))[:b]
+
+
+def check_inputs(pil: list, prompts: list, preprocess, tokenizer, bundle_preprocess, bundle_tokenizer) -> dict:
+    """The bundle's own preprocessing and tokenizer (from its manifest) against the source's.
+
+    Returns ``{"preprocess_max_abs", "tokens_equal", "misses"}``. A manifest whose mean, std,
+    resize rule, image size, context length or vocabulary differs from what the model was
+    trained with shows up here, before any tower runs.
+    """
+    misses, out = [], {}
+    ref = torch.stack([preprocess(im) for im in pil]).numpy()
+    if bundle_preprocess is not None:
+        got = np.stack([bundle_preprocess(im) for im in pil])
+        if got.shape != ref.shape:
+            misses.append(f"the bundle's preprocessing gives {list(got.shape[1:])} images, the source's "
+                          f"{list(ref.shape[1:])}")
+            out["preprocess_max_abs"] = None
+        else:
+            out["preprocess_max_abs"] = float(np.abs(got - ref).max())
+            if out["preprocess_max_abs"] > PREPROCESS_TOLERANCE:
+                misses.append(f"the bundle's preprocessing (manifest mean/std/resize) differs from the source's own "
+                              f"transform by up to {out['preprocess_max_abs']:.4g} (tolerance {PREPROCESS_TOLERANCE})")
+    if bundle_tokenizer is not None:
+        ref_t = tokenizer(prompts).numpy()
+        got_t = np.asarray(bundle_tokenizer(prompts))
+        out["tokens_equal"] = bool(got_t.shape == ref_t.shape and (got_t == ref_t).all())
+        if not out["tokens_equal"]:
+            misses.append(f"the bundle's tokenizer (manifest) gives other token ids than the source's "
+                          f"(shapes {list(got_t.shape)} vs {list(ref_t.shape)})")
+    out["misses"] = misses
+    return out
 
 
 @torch.no_grad()
 def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 32), images=None,
-               token_dtype=np.int32) -> dict:
-    """Compare ``image_fn`` / ``text_fn`` (numpy in, numpy out) with the PyTorch model."""
+               token_dtype=np.int32, bundle_preprocess=None, bundle_tokenizer=None) -> dict:
+    """Compare ``image_fn`` / ``text_fn`` (numpy in, numpy out) with the PyTorch model.
+
+    The reference is the model on the source's own ``preprocess`` and ``tokenizer``. The bundle
+    side gets its inputs from ``bundle_preprocess`` (PIL image -> ``[3, S, S]``) and
+    ``bundle_tokenizer`` (texts -> ids): the runtime's, built from the manifest under test, so a
+    wrong mean/std, resize rule or context length in the manifest cannot pass. Without them the
+    bundle side gets the reference inputs (towers only).
+    """
     from mobileclip.data.synthetic import classnames
 
     n = max(batches)
     pil = images if images is not None else synthetic_images(n)
     pil = (pil * ((n + len(pil) - 1) // len(pil)))[:n]
     x = torch.stack([preprocess(im) for im in pil])
+    xb = np.stack([bundle_preprocess(im) for im in pil]).astype(np.float32) if bundle_preprocess else x.numpy()
     prompts = parity_prompts(tokenizer, n)
     tokens = tokenizer(prompts)
+
+    def bundle_tokens(texts, ref):
+        return np.asarray(bundle_tokenizer(texts)) if bundle_tokenizer is not None else ref.numpy()
+
+    tokens_b = bundle_tokens(prompts, tokens)
     report = {"image": [], "text": []}
     for b in sorted(set(batches)):
         ref = model.encode_image(x[:b]).numpy()
-        report["image"].append({"batch": b, **compare(ref, image_fn(x[:b].numpy()))})
-        tb = tokens[:b] if b <= len(tokens) else tokens.repeat((b + len(tokens) - 1) // len(tokens), 1)[:b]
-        ref_t = model.encode_text(tb).numpy()
-        report["text"].append({"batch": b, **compare(ref_t, text_fn(tb.numpy().astype(token_dtype)))})
+        report["image"].append({"batch": b, **compare(ref, image_fn(xb[:b]))})
+        ref_t = model.encode_text(_repeat(tokens, b)).numpy()
+        report["text"].append({"batch": b, **compare(ref_t, text_fn(_repeat(tokens_b, b).astype(token_dtype)))})
     # zero-shot top-1 agreement on the synthetic classes
     names = classnames()
-    cls_tok = tokenizer([f"a photo of a {c}." for c in names])
+    cls_text = [f"a photo of a {c}." for c in names]
+    cls_tok = tokenizer(cls_text)
     ref_cls = model.encode_text(cls_tok).numpy()
-    got_cls = text_fn(cls_tok.numpy().astype(token_dtype))
+    got_cls = text_fn(bundle_tokens(cls_text, cls_tok).astype(token_dtype))
     ref_img = model.encode_image(x).numpy()
-    got_img = image_fn(x.numpy())
+    got_img = image_fn(xb)
     agree = (ref_img @ ref_cls.T).argmax(1) == (got_img @ got_cls.T).argmax(1)
     report["top1_agreement"] = float(agree.mean())
     report["images"] = n

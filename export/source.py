@@ -36,6 +36,7 @@ class ExportSource:
     logit_scale: float
     tokenizer_info: dict = field(default_factory=dict)
     tokenizer_files: list = field(default_factory=list)   # copied into the bundle
+    preprocess_from: str = ""                               # where mean/std/resize came from
 
 
 def _clip_bpe(vocab: Path, context: int) -> tuple[dict, list]:
@@ -43,11 +44,11 @@ def _clip_bpe(vocab: Path, context: int) -> tuple[dict, list]:
              "lowercase": True}, [vocab])
 
 
-def _ours(spec: str) -> ExportSource:
+def _ours(spec: str, pretrained: Optional[str] = None) -> ExportSource:
     from mobileclip.factory import create_model
     from mobileclip.reparam import reparameterize
 
-    model, preprocess, tokenizer = create_model(spec)
+    model, preprocess, tokenizer = create_model(spec, pretrained=pretrained)
     reparameterize(model, inplace=True)
     cfg = model.cfg
     info, files = _clip_bpe(tokenizer.vocab_path, cfg.text.context_length)
@@ -55,7 +56,8 @@ def _ours(spec: str) -> ExportSource:
         model.eval(), preprocess, tokenizer, {}, cfg.name, "mobileclip", cfg.embed_dim, cfg.image.image_size,
         tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std),
         {"mode": cfg.preprocess.resize_mode, "interpolation": cfg.preprocess.interpolation, "crop": "center"},
-        cfg.text.context_length, float(model.logit_scale.detach().exp()), info, files)
+        cfg.text.context_length, float(model.logit_scale.detach().exp()), info, files,
+        preprocess_from=f"the {cfg.name} model config" + (" of the checkpoint" if Path(spec).is_dir() else ""))
 
 
 def _third_party(spec: str) -> ExportSource:
@@ -86,9 +88,12 @@ def _third_party(spec: str) -> ExportSource:
         info, files = _hf_tokenizer_files(spec[3:], teacher)
     scale = getattr(inner, "logit_scale", None)
     logit_scale = float(scale.detach().reshape(-1)[0].exp()) if isinstance(scale, torch.Tensor) else 100.0
+    origin = (pcfg.get("preprocess_from", "open_clip model default") if kind == "open_clip" else
+              "preprocessor_config.json" if (Path(spec[3:]).expanduser() / "preprocessor_config.json").is_file()
+              else "CLIP's defaults (no preprocessor_config.json)")
     return ExportSource(teacher, teacher.preprocess, teacher.tokenizer, {}, spec, kind, int(teacher.embed_dim),
                         int(teacher.image_size), mean, std, resize, int(teacher.context_length), logit_scale,
-                        info, files)
+                        info, files, preprocess_from=origin)
 
 
 def _hf_tokenizer_files(directory: str, teacher) -> tuple[dict, list]:
@@ -113,17 +118,51 @@ def load_source(spec: dict) -> ExportSource:
     torch.manual_seed(int(spec.get("seed", 0)))   # registry names and third-party archs get random weights
     from mobileclip.teachers import is_teacher_spec
 
-    src = _third_party(model) if is_teacher_spec(model) else _ours(model)
+    pretrained = spec.get("pretrained")
+    if pretrained:
+        _check_pretrained(pretrained, spec.get("pretrained_sha256"))
+    src = _third_party(model) if is_teacher_spec(model) else _ours(model, pretrained)
     src.spec = dict(spec)
     return src
 
 
-def resolve_spec(model: str, seed: int = 0) -> dict:
-    """A bundle's ``source``: checkpoint directories become absolute paths."""
-    from mobileclip.teachers import is_teacher_spec
+def _check_pretrained(path: str, sha256: Optional[str]) -> None:
+    """The weights file a bundle was exported from must still be the same file."""
+    from mobileclip.convert import file_sha256
+    from mobileclip.errors import CheckpointError
 
+    if not Path(path).is_file():
+        raise CheckpointError(f"the weights file this bundle was exported from, {path!r}, no longer exists")
+    if sha256 and file_sha256(path) != sha256:
+        raise CheckpointError(f"{path!r} changed since the bundle was exported (sha256 differs); the PyTorch "
+                              "reference would not be the model that was exported. Re-export the bundle")
+
+
+def resolve_spec(model: str, seed: int = 0, pretrained: Optional[str] = None) -> dict:
+    """A bundle's ``source``: checkpoint directories and weight files become absolute paths."""
+    from mobileclip.convert import file_sha256
+    from mobileclip.teachers import is_teacher_spec
+    from mobileclip.zoo import list_models
+
+    if model.startswith("py:"):
+        raise ConfigError(f"{model!r}: export takes a registered name, a checkpoint directory, open_clip:... or "
+                          "hf:...; a py: teacher has no spec a bundle could re-create its reference from")
+    if pretrained and model not in list_models():
+        raise ConfigError(f"--pretrained applies to registered model names ({', '.join(list_models())}); for "
+                          f"{model!r} put the weights in the model spec (open_clip:<arch>:<file>) or export the "
+                          "checkpoint directory itself")
     if not is_teacher_spec(model) and Path(model).is_dir():
         model = str(Path(model).resolve())
     elif model.startswith("hf:") and Path(model[3:]).expanduser().is_dir():
         model = "hf:" + str(Path(model[3:]).expanduser().resolve())
-    return {"model": model, "seed": int(seed)}
+    spec = {"model": model, "seed": int(seed)}
+    if pretrained:
+        p = Path(pretrained).expanduser()
+        if not p.exists():
+            from mobileclip.errors import CheckpointError
+
+            raise CheckpointError(f"pretrained weights {pretrained!r} do not exist")
+        spec["pretrained"] = str(p.resolve())
+        if p.is_file():
+            spec["pretrained_sha256"] = file_sha256(p)
+    return spec

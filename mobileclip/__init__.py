@@ -16,6 +16,7 @@ _EXPORTS = {
     "CheckpointError": "errors", "ConfigError": "errors", "DatasetError": "errors", "MobileCLIPError": "errors",
     "TeacherError": "errors", "UnknownModelError": "errors", "UnsafeCheckpointError": "errors",
     "create_model": "factory",
+    "convert_checkpoint": "convert", "load_pretrained": "convert",
     "CLIP": "model", "count_params": "model",
     "reparameterize": "reparam",
     "Teacher": "teachers", "load_teacher": "teachers", "wrap_teacher": "teachers",
@@ -23,7 +24,8 @@ _EXPORTS = {
     "ImagePreprocess": "transforms", "load_image": "transforms",
     "get_model_config": "zoo", "list_models": "zoo",
 }
-_SUBMODULES = {"zoo", "data", "zeroshot", "teachers", "checkpoint", "config", "reparam", "transforms", "catalog"}
+_SUBMODULES = {"zoo", "data", "zeroshot", "teachers", "checkpoint", "config", "reparam", "transforms", "catalog",
+               "convert"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
@@ -49,6 +51,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         CheckpointError, ConfigError, DatasetError, MobileCLIPError, TeacherError, UnknownModelError,
         UnsafeCheckpointError,
     )
+    from .convert import convert_checkpoint, load_pretrained  # noqa: F401
     from .factory import create_model  # noqa: F401
     from .model import CLIP, count_params  # noqa: F401
     from .reparam import reparameterize  # noqa: F401

@@ -166,7 +166,7 @@ def cmd_export(args) -> int:
                    exporter=args.exporter, token_dtype=args.token_dtype, max_batch=args.max_batch, data=args.data,
                    calib=args.calib, calib_size=args.calib_size, quant=args.quant, compress=args.compress,
                    overwrite=args.overwrite, allow_mismatch=args.allow_mismatch, seed=args.seed,
-                   workspace_gb=args.workspace_gb, timing_cache=args.timing_cache)
+                   workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, pretrained=args.pretrained)
     except ModuleNotFoundError as e:
         extra = {"coremltools": "coreml", "tensorrt": "tensorrt"}.get(e.name, "onnx")
         raise MobileCLIPError(f"export --format {args.format} needs the {extra} extra: "
@@ -186,6 +186,15 @@ def cmd_validate(args) -> int:
                   f"mean {row['mean_cosine']:.7f}  max-abs {row['max_abs_diff']:.2e}")
     print("parity " + _parity_line(r))
     return 0 if r["passed"] else 1
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert_checkpoint
+
+    r = convert_checkpoint(args.src, args.out, model=args.model, overwrite=args.overwrite)
+    print(f"wrote {r['out']}: {r['model']} converted from {args.src} ({r['layout']} layout, sha256 "
+          f"{r['sha256'][:12]}…); load it with mobileclip.create_model({r['out']!r})")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -259,9 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--two-object-prob", type=float, default=0.35)
     s.set_defaults(func=cmd_cache_teacher)
 
+    s = sub.add_parser("convert", help="convert released weights (Apple's mobileclip_*.pt, open_clip MobileCLIP/"
+                                       "MobileCLIP2 files) into one of our checkpoints")
+    s.add_argument("src", help="weights file: .pt/.pth/.bin (read with weights_only=True) or .safetensors")
+    s.add_argument("--model", default=None, help="registered model name (default: detected from the keys)")
+    s.add_argument("--out", required=True, help="checkpoint directory to write (config.json + model.safetensors)")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.set_defaults(func=cmd_convert)
+
     s = sub.add_parser("export", help="export both towers to a bundle and check parity with PyTorch")
     s.add_argument("model", help="checkpoint directory; a registered name (random weights, seeded by --seed); "
                                  "open_clip:<arch>[:<tag or weights file>]; or hf:<CLIPModel directory>")
+    s.add_argument("--pretrained", default=None,
+                   help="weights for a registered MODEL: our checkpoint, Apple's mobileclip_*.pt, or an open_clip "
+                        "MobileCLIP/MobileCLIP2 file (converted on load)")
     s.add_argument("--format", default="onnx", choices=["onnx", "coreml", "tensorrt"])
     s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="fp16 keeps fp32 inputs/outputs and LayerNorm/Softmax/reductions in fp32; int8: see --quant")

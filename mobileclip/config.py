@@ -28,6 +28,11 @@ class ImageTowerConfig:
     image_size: int
     timm_kwargs: dict = field(default_factory=dict)  # e.g. {"patch_size": 8} for small ViTs
     drop_path_rate: float = 0.0
+    # Architecture details timm's definition does not take as arguments, applied after it is built.
+    # Apple's MobileCLIP-B: LayerNorm eps 1e-5 (timm's ViT: 1e-6) and padding 1 on the stem's first
+    # convolution (timm's vit_base_mci_224: 0). None keeps timm's.
+    layer_norm_eps: Optional[float] = None
+    first_conv_padding: Optional[int] = None
 
 
 @dataclass
@@ -43,6 +48,9 @@ class TextTowerConfig:
     mlp_ratio: float = 4.0
     causal: bool = False
     repmixer_kernel: int = 11
+    # MobileOne's 1x1 "scale" branch in the RepMixer's mixer. Apple's MCt has none (its (1, 11) kernel
+    # makes MobileOneBlock skip it); True only for checkpoints saved before this field existed.
+    repmixer_scale_branch: bool = True
 
 
 @dataclass
@@ -170,6 +178,11 @@ def _validate(obj: Any, where: str) -> None:
                 raise bad(k, "must be positive")
         if obj.repmixer_kernel % 2 == 0:
             raise bad("repmixer_kernel", "must be odd so the sequence length is kept")
+    if isinstance(obj, ImageTowerConfig):
+        if obj.layer_norm_eps is not None and not 0 < obj.layer_norm_eps < 1:
+            raise bad("layer_norm_eps", f"{obj.layer_norm_eps} is not in (0, 1)")
+        if obj.first_conv_padding is not None and obj.first_conv_padding < 0:
+            raise bad("first_conv_padding", "must be >= 0")
     if isinstance(obj, PreprocessConfig):
         if len(obj.mean) != 3 or len(obj.std) != 3:
             raise bad("mean/std", "need three values (R, G, B)")

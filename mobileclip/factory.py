@@ -19,7 +19,9 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path]] 
     """Build a model by registry name, teacher spec, or checkpoint directory.
 
     * ``"mobileclip-s0"`` (see :func:`mobileclip.list_models`): random weights, or
-      ``pretrained=`` a checkpoint directory / weights file for the same architecture.
+      ``pretrained=`` a checkpoint directory / weights file for the same architecture: one of
+      ours, Apple's released ``mobileclip_s0.pt`` … ``mobileclip_blt.pt``, or an open_clip
+      MobileCLIP/MobileCLIP2 file (converted on load, see :mod:`mobileclip.convert`).
     * ``"open_clip:ViT-B-32[:tag or file]"``, ``"hf:dir"``: a frozen teacher
       (``pretrained=`` then acts as the open_clip tag or file).
     * a directory holding ``config.json`` + ``model.safetensors``.
@@ -65,7 +67,84 @@ def _load_pretrained(model: CLIP, path: Path) -> None:
             raise CheckpointError(f"{str(weights)!r} is missing; the checkpoint is incomplete")
         load_state_into(model, load_weights(weights), str(weights))
     elif path.is_file():
-        load_state_into(model, load_weights(path), str(path))
+        from .convert import load_pretrained
+
+        # Our safetensors, Apple's mobileclip_*.pt, or an open_clip MobileCLIP/MobileCLIP2 file: the layout
+        # is detected from the keys and converted; anything that does not fit exactly is an error.
+        load_pretrained(model, path, strict=True)
     else:
         raise CheckpointError(f"pretrained checkpoint {str(path)!r} does not exist "
                               f"(expected a directory with {CONFIG_NAME} + {WEIGHTS_NAME}, or a weights file)")
+
+
+def resolve_student_name(name: str) -> tuple:
+    """A student spec → ``(registered name or checkpoint dir, weights file or None)``.
+
+    ``open_clip:<MobileCLIP arch>[:<file>]`` names the registered model with the same network
+    (:data:`mobileclip.convert.OPEN_CLIP_ARCHS`), so released open_clip MobileCLIP/MobileCLIP2
+    models train as students; other open_clip architectures and ``hf:`` models are teachers only.
+    """
+    from .convert import OPEN_CLIP_ARCHS
+    from .errors import ConfigError
+
+    name = str(name)
+    if name.startswith("open_clip:"):
+        parts = name.split(":", 2)
+        arch = parts[1]
+        if arch not in OPEN_CLIP_ARCHS:
+            raise ConfigError(f"student {name!r}: open_clip architectures that train as students are "
+                              f"{sorted(OPEN_CLIP_ARCHS)} (converted to this package's models); other open_clip "
+                              "models can be teachers")
+        return OPEN_CLIP_ARCHS[arch], (parts[2] if len(parts) > 2 and parts[2] else None)
+    if name.startswith(("hf:", "py:")):
+        raise ConfigError(f"student {name!r}: Hugging Face and py: models are teachers only; students are registered "
+                          "models, checkpoint directories or open_clip MobileCLIP/MobileCLIP2 architectures")
+    return name, None
+
+
+def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, embed_dim: int = 0):
+    """A trainable student, optionally initialized from released or earlier weights.
+
+    ``pretrained``: one of our checkpoint directories or weight files, Apple's ``mobileclip_*.pt``
+    or an open_clip MobileCLIP/MobileCLIP2 file. Tensors that fit are loaded; the rest (e.g. the
+    projections, when ``embed_dim`` gives the student a new embedding size) keep their fresh
+    initialization and are listed in the returned report. Returns ``(model, preprocess,
+    tokenizer, report or None)``; the model is in train mode.
+    """
+    from .convert import load_pretrained
+    from .errors import ConfigError
+    from .zoo import list_models
+
+    name, spec_weights = resolve_student_name(name)
+    if spec_weights and pretrained:
+        raise ConfigError(f"the student spec names weights ({spec_weights}) and student_pretrained is set too; "
+                          "give one")
+    pretrained = pretrained or spec_weights
+    report = None
+    if name not in list_models():   # a checkpoint directory: the whole model, nothing to add
+        if pretrained or embed_dim:
+            raise ConfigError(f"student {name!r} is a checkpoint directory; student_pretrained and "
+                              "student_embed_dim apply to registered names (pass the directory as "
+                              "student_pretrained= with its model name as student= to fine-tune it)")
+        model, preprocess, tokenizer = create_model(name)
+    else:
+        cfg = get_model_config(name)
+        if embed_dim:
+            cfg = cfg.replace(embed_dim=int(embed_dim))
+        model = CLIP(cfg)
+        if pretrained:
+            path = Path(pretrained).expanduser()
+            if path.is_dir():
+                config = read_config(path)
+                arch = config.get("architecture", {}).get("name")
+                if arch != name:
+                    raise CheckpointError(f"{str(path)!r} holds a {arch!r} checkpoint, not {name!r}")
+                if config.get("reparameterized"):
+                    raise CheckpointError(f"{str(path)!r} is reparameterized (inference form) and cannot be "
+                                          "trained; start from the checkpoint written before export")
+                path = path / WEIGHTS_NAME
+            report = load_pretrained(model, path, strict=False)
+        preprocess, tokenizer = ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
+    if getattr(model, "reparameterized", False):
+        raise CheckpointError(f"student {name!r} is reparameterized (inference form) and cannot be trained")
+    return model.train(), preprocess, tokenizer, report

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .errors import ConfigError
 from .text import TextTransformer
 
 
@@ -35,6 +36,15 @@ class ImageTower(nn.Module):
             icfg.timm_model_name, pretrained=False, num_classes=cfg.embed_dim,
             drop_path_rate=icfg.drop_path_rate, **kwargs,
         )
+        if icfg.layer_norm_eps is not None:
+            for m in self.trunk.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.eps = icfg.layer_norm_eps
+        if icfg.first_conv_padding is not None:
+            first = next((m for m in self.trunk.modules() if isinstance(m, nn.Conv2d)), None)
+            if first is None:
+                raise ConfigError(f"image.first_conv_padding is set but {icfg.timm_model_name} has no Conv2d")
+            first.padding = (icfg.first_conv_padding, icfg.first_conv_padding)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.trunk(images)

@@ -66,19 +66,21 @@ def _depthwise(channels: int, kernel_size: int, bias: bool) -> nn.Conv1d:
 class RepMixer(nn.Module):
     """``x + γ·(mixer(x) − norm(x))`` over the sequence axis; ``x`` is ``[B, C, N]``.
 
-    ``mixer`` is a MobileOne block without activation: a depthwise k-conv + BN, a depthwise
-    1-conv + BN ("scale" branch) and a BN skip branch. ``norm`` is a BN skip branch.
+    ``mixer`` is a MobileOne block without activation: a depthwise k-conv + BN, optionally a
+    depthwise 1-conv + BN ("scale" branch; Apple's MCt has none) and a BN skip branch. ``norm``
+    is a BN skip branch.
     All of it folds into one depthwise k-conv with bias.
     """
 
-    def __init__(self, dim: int, kernel_size: int, layer_scale_init: float = 1e-5) -> None:
+    def __init__(self, dim: int, kernel_size: int, layer_scale_init: float = 1e-5, scale_branch: bool = True) -> None:
         super().__init__()
         self.dim, self.kernel_size = dim, kernel_size
         self.norm_skip = nn.BatchNorm1d(dim)
         self.mix_conv = _depthwise(dim, kernel_size, bias=False)
         self.mix_conv_bn = nn.BatchNorm1d(dim)
-        self.mix_scale = _depthwise(dim, 1, bias=False)
-        self.mix_scale_bn = nn.BatchNorm1d(dim)
+        # Apple's MCt has no scale branch (see TextTowerConfig.repmixer_scale_branch).
+        self.mix_scale = _depthwise(dim, 1, bias=False) if scale_branch else None
+        self.mix_scale_bn = nn.BatchNorm1d(dim) if scale_branch else None
         self.mix_skip = nn.BatchNorm1d(dim)
         self.layer_scale = nn.Parameter(torch.full((dim, 1), layer_scale_init))
         self.reparam_conv: nn.Conv1d | None = None
@@ -86,7 +88,9 @@ class RepMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:
             return self.reparam_conv(x)
-        mixed = self.mix_conv_bn(self.mix_conv(x)) + self.mix_scale_bn(self.mix_scale(x)) + self.mix_skip(x)
+        mixed = self.mix_conv_bn(self.mix_conv(x)) + self.mix_skip(x)
+        if self.mix_scale is not None:
+            mixed = mixed + self.mix_scale_bn(self.mix_scale(x))
         return x + self.layer_scale * (mixed - self.norm_skip(x))
 
     @torch.no_grad()
@@ -96,7 +100,10 @@ class RepMixer(nn.Module):
         k, pad = self.kernel_size, self.kernel_size // 2
         ident = _identity_kernel(self.dim, k, self.mix_conv.weight)
         w_conv, b_conv = _fold_bn(self.mix_conv.weight, self.mix_conv_bn)
-        w_scale, b_scale = _fold_bn(F.pad(self.mix_scale.weight, (pad, pad)), self.mix_scale_bn)
+        if self.mix_scale is not None:
+            w_scale, b_scale = _fold_bn(F.pad(self.mix_scale.weight, (pad, pad)), self.mix_scale_bn)
+        else:
+            w_scale, b_scale = torch.zeros_like(w_conv), torch.zeros_like(b_conv)
         w_skip, b_skip = _fold_bn(ident, self.mix_skip)
         w_norm, b_norm = _fold_bn(ident, self.norm_skip)
         ls = self.layer_scale.reshape(-1)
@@ -141,9 +148,10 @@ class ConvFFN(nn.Module):
 class RepMixerBlock(nn.Module):
     """MetaFormer block with RepMixer token mixing, on ``[B, N, C]`` sequences."""
 
-    def __init__(self, dim: int, kernel_size: int = 11, mlp_ratio: float = 4.0, layer_scale_init: float = 1e-5) -> None:
+    def __init__(self, dim: int, kernel_size: int = 11, mlp_ratio: float = 4.0, layer_scale_init: float = 1e-5,
+                 scale_branch: bool = True) -> None:
         super().__init__()
-        self.token_mixer = RepMixer(dim, kernel_size, layer_scale_init)
+        self.token_mixer = RepMixer(dim, kernel_size, layer_scale_init, scale_branch)
         self.convffn = ConvFFN(dim, int(dim * mlp_ratio), kernel_size)
         self.layer_scale = nn.Parameter(torch.full((dim, 1), layer_scale_init))
 
@@ -170,8 +178,10 @@ class TextTransformer(nn.Module):
             TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.causal) for _ in range(cfg.layers)
         ]
         if cfg.variant == "mct":
-            blocks = [RepMixerBlock(cfg.width, cfg.repmixer_kernel, cfg.mlp_ratio), *blocks,
-                      RepMixerBlock(cfg.width, cfg.repmixer_kernel, cfg.mlp_ratio)]
+            blocks = [RepMixerBlock(cfg.width, cfg.repmixer_kernel, cfg.mlp_ratio,
+                                    scale_branch=cfg.repmixer_scale_branch), *blocks,
+                      RepMixerBlock(cfg.width, cfg.repmixer_kernel, cfg.mlp_ratio,
+                                    scale_branch=cfg.repmixer_scale_branch)]
         self.blocks = nn.ModuleList(blocks)
         self.ln_final = nn.LayerNorm(cfg.width)
         self.projection = nn.Parameter(torch.empty(cfg.width, embed_dim))

@@ -133,7 +133,11 @@ def evaluate_retrieval(model, tokenizer: Callable, dataset, batch_size: int = 64
                        progress: bool = True) -> dict:
     """Image→text and text→image recall@k on a :class:`~mobileclip.data.CaptionDataset`.
 
-    Rows that share an image path count as several captions of one image.
+    Rows that share an image path count as several captions of one image. Captions that are the
+    same text (after CLIP's normalization: case and whitespace) are one query with several correct
+    images: a caption shared by two images is a hit for either, and for image→text any copy of an
+    image's caption counts, as caption benchmarks score it (the model cannot tell identical texts
+    apart). ``duplicate_captions`` in the result counts the captions that have such copies.
     """
     device = device or _device_of(model)
     model.eval()
@@ -166,10 +170,21 @@ def evaluate_retrieval(model, tokenizer: Callable, dataset, batch_size: int = 64
     txt_feats = torch.cat(txt_feats)
     owner = torch.tensor([i for _, i in rows])
     pos = owner[None, :] == torch.arange(len(img_keys))[:, None]  # [images, texts]
+    # Identical captions: every image that owns one copy is correct for all copies.
+    groups: dict = {}
+    for t, (c, _) in enumerate(rows):
+        groups.setdefault(" ".join(str(c).lower().split()), []).append(t)
+    dup = 0
+    for ts in groups.values():
+        if len(ts) > 1:
+            dup += len(ts)
+            idx = torch.tensor(ts)
+            pos[:, idx] = pos[:, idx].any(dim=1, keepdim=True)
     sim = img_feats @ txt_feats.T
     i2t = recall_at_k(sim, pos, ks)
     t2i = recall_at_k(sim.T, pos.T, ks)
-    out = {"images": len(img_keys), "texts": len(rows), "skipped": len(skipped), "skipped_files": skipped[:100]}
+    out = {"images": len(img_keys), "texts": len(rows), "duplicate_captions": dup, "skipped": len(skipped),
+           "skipped_files": skipped[:100]}
     out.update({f"image_to_text_R@{k}": v for k, v in i2t.items()})
     out.update({f"text_to_image_R@{k}": v for k, v in t2i.items()})
     out["mean_R@1"] = (i2t[ks[0]] + t2i[ks[0]]) / 2 if ks else math.nan

@@ -74,7 +74,7 @@ def _cfg(name: str, embed_dim: int, image: ImageTowerConfig, text: TextTowerConf
 def mobileclip_s0() -> ModelConfig:
     return _cfg("mobileclip-s0", 512,
                 ImageTowerConfig("fastvit_mci0", 256),
-                TextTowerConfig(variant="mct", width=512, heads=8, layers=4, causal=False),
+                TextTowerConfig(variant="mct", width=512, heads=8, layers=4, causal=False, repmixer_scale_branch=False),
                 description="MCi0 image tower + MCt text tower (RepMixer around 4 transformer layers)")
 
 
@@ -96,10 +96,66 @@ def mobileclip_s2() -> ModelConfig:
 
 @register(published_params_m=(86.3, 63.4))
 def mobileclip_b() -> ModelConfig:
+    # Apple's B (ml-mobileclip models/vit.py): timm's vit_base_mci_224 layout, but LayerNorm eps 1e-5 and
+    # padding 1 on the first stem convolution. Also MobileCLIP-B (LT): same architecture, other weights.
     return _cfg("mobileclip-b", 512,
+                ImageTowerConfig("vit_base_mci_224", 224, layer_norm_eps=1e-5, first_conv_padding=1),
+                TextTowerConfig(variant="base", width=512, heads=8, layers=12, causal=True),
+                description="ViT-B/16 with convolutional stem (Apple's) + 12-layer causal text transformer")
+
+
+# --- MobileCLIP2 (Faghri et al., TMLR 2025), trained in open_clip: timm towers exactly as open_clip builds
+# them (open_clip model configs MobileCLIP2-*); S3/S4/L-14 use OpenAI mean/std (open_clip pretrained cfg).
+
+@register()  # Apple's table lists 42.4M text params for S0, but its open_clip config has 12 layers (63.4M)
+def mobileclip2_s0() -> ModelConfig:
+    return _cfg("mobileclip2-s0", 512,
+                ImageTowerConfig("fastvit_mci0", 256),
+                TextTowerConfig(variant="base", width=512, heads=8, layers=12, causal=False),
+                description="MobileCLIP2-S0: MCi0 image tower + 12-layer non-causal text transformer")
+
+
+@register(published_params_m=(35.7, 63.4))
+def mobileclip2_s2() -> ModelConfig:
+    return _cfg("mobileclip2-s2", 512,
+                ImageTowerConfig("fastvit_mci2", 256),
+                TextTowerConfig(variant="base", width=512, heads=8, layers=12, causal=False),
+                description="MobileCLIP2-S2: MCi2 image tower + 12-layer non-causal text transformer")
+
+
+@register(published_params_m=(86.3, 63.4))
+def mobileclip2_b() -> ModelConfig:
+    return _cfg("mobileclip2-b", 512,
                 ImageTowerConfig("vit_base_mci_224", 224),
                 TextTowerConfig(variant="base", width=512, heads=8, layers=12, causal=True),
-                description="ViT-B/16 with convolutional stem + 12-layer causal text transformer")
+                description="MobileCLIP2-B: timm's vit_base_mci_224 (as open_clip builds it) + causal text transformer")
+
+
+@register(published_params_m=(125.1, 123.6))
+def mobileclip2_s3() -> ModelConfig:
+    return _cfg("mobileclip2-s3", 768,
+                ImageTowerConfig("fastvit_mci3", 256),
+                TextTowerConfig(variant="base", width=768, heads=12, layers=12, causal=False),
+                mean=OPENAI_MEAN, std=OPENAI_STD,
+                description="MobileCLIP2-S3: MCi3 image tower + 12-layer width-768 text transformer")
+
+
+@register(published_params_m=(321.6, 123.6))
+def mobileclip2_s4() -> ModelConfig:
+    return _cfg("mobileclip2-s4", 768,
+                ImageTowerConfig("fastvit_mci4", 256),
+                TextTowerConfig(variant="base", width=768, heads=12, layers=12, causal=False),
+                mean=OPENAI_MEAN, std=OPENAI_STD,
+                description="MobileCLIP2-S4: MCi4 image tower + 12-layer width-768 text transformer")
+
+
+@register(published_params_m=(304.3, 123.6))
+def mobileclip2_l_14() -> ModelConfig:
+    return _cfg("mobileclip2-l-14", 768,
+                ImageTowerConfig("vit_large_patch14_clip_224", 224),
+                TextTowerConfig(variant="base", width=768, heads=12, layers=12, causal=False),
+                mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic",
+                description="MobileCLIP2-L/14: ViT-L/14 (CLIP-style, pre-norm) + 12-layer width-768 text transformer")
 
 
 # --- Small models for the embedded CPU demo (64 px images, 16-token context). ---

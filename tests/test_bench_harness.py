@@ -96,9 +96,14 @@ def test_memory_probe_reads_and_resets_the_high_water_mark():
     assert probe.peak_mb() >= probe.rss_mb() > 0
     if probe.mode != "per-case":
         pytest.skip("this kernel does not let a process reset its RSS high-water mark")
-    big = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    import mmap
+
+    # 300 MiB of fresh pages, touched, then unmapped: an allocation from the heap could reuse pages that
+    # are already resident (after other tests freed memory) and leave RSS unchanged.
+    big = mmap.mmap(-1, 300 * 2**20)
+    np.frombuffer(big, dtype=np.uint8)[::4096] = 1
     peak_with = probe.peak_mb()
-    del big
+    big.close()
     probe.reset()
     assert probe.peak_mb() < peak_with - 200
 

@@ -197,3 +197,17 @@ def test_retrieval_known_answer(tmp_path, colour_teacher):
     res = evaluate_retrieval(colour_teacher, colour_teacher.tokenizer, ds, batch_size=2, progress=False)
     assert res["images"] == 3 and res["texts"] == 6 and res["skipped"] == 1
     assert res["image_to_text_R@1"] == 1.0 and res["text_to_image_R@1"] == 1.0
+
+
+def test_retrieval_counts_duplicate_captions_as_hits(tmp_path, colour_teacher):
+    """Two images with the same caption: either is correct for it (as caption benchmarks score it)."""
+    root = _colour_folder(tmp_path / "imgs", per_class=2)
+    rows = ["image,caption", "red/0.png,a red picture", "red/1.png,A  red Picture", "blue/0.png,a blue picture",
+            "green/0.png,a green picture"]
+    (root / "caps.csv").write_text("\n".join(rows) + "\n")
+    ds = CaptionDataset(root / "caps.csv", transform=colour_teacher.preprocess)
+    res = evaluate_retrieval(colour_teacher, colour_teacher.tokenizer, ds, batch_size=2, progress=False)
+    assert res["duplicate_captions"] == 2 and res["texts"] == 4
+    # The two red captions embed identically, so at most one of them could rank "its own" image first
+    # if duplicates were not counted (3/4); counted, both are hits.
+    assert res["text_to_image_R@1"] == 1.0 and res["image_to_text_R@1"] == 1.0

@@ -225,6 +225,11 @@ def test_third_party_models_export_with_fp32_parity(spec, tmp_path, hf_clip_dir)
     m = export(spec, tmp_path / "b", max_batch=2)
     assert m["parity"]["passed"] and m["source"]["model"] == spec
     assert m["source_kind"] == ("hf" if spec.startswith("hf:") else "open_clip")
+    if spec == "open_clip:MobileCLIP-S1":   # the released weights' preprocessing, not open_clip's default
+        assert m["mean"] == [0.0, 0.0, 0.0] and m["std"] == [1.0, 1.0, 1.0]
+        assert m["resize"]["interpolation"] == "bilinear" and "datacompdr" in m["preprocess_from"]
+    parity = json.loads((tmp_path / "b" / "parity.json").read_text())
+    assert parity["inputs"]["preprocess_max_abs"] <= 1e-4
     assert m["tokenizer"]["name"] == "clip-bpe" and (tmp_path / "b" / m["tokenizer"]["vocab_file"]).is_file()
     report = validate(tmp_path / "b", max_batch=2)  # re-creates the same random model from the seed
     assert report["passed"] and min(r["min_cosine"] for r in report["image"] + report["text"]) >= 0.99999
@@ -337,3 +342,59 @@ def test_package_names_resolve_to_the_api_after_any_import_order():
     for mod in pkgutil.iter_modules(pkg.__path__):  # coreml / tensorrt import their toolkits lazily
         importlib.import_module(f"mobileclip.export.{mod.name}")
     assert callable(pkg.validate) and callable(pkg.export) and isinstance(pkg.ParityError, type)
+
+
+@pytest.mark.parametrize("field,value,miss", [
+    ("std", [0.26862954, 0.26130258, 0.27577711], "preprocessing"),      # OpenAI std on a mean-0/std-1 model
+    ("mean", [0.48145466, 0.4578275, 0.40821073], "preprocessing"),
+    ("resize", {"mode": "squash", "interpolation": "bilinear", "crop": "center"}, "preprocessing"),
+    ("context_length", 12, "tokenizer"),
+])
+def test_parity_cannot_pass_with_the_wrong_preprocessing(bundle, tmp_path, field, value, miss):
+    """A re-signed manifest with wrong preprocessing or tokenizer fails validate: the reference comes from the
+    source, the bundle side from the manifest (as the runtime would run it)."""
+    import shutil
+
+    from mobileclip.export.bundle import write_manifest
+
+    copy = tmp_path / "wrong"
+    shutil.copytree(bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    if field == "context_length":
+        m["tokenizer"]["context_length"] = value
+    else:
+        m[field] = value
+    write_manifest(copy, m)
+    with pytest.raises(ParityError, match=f"the bundle's {miss}") as e:
+        validate(copy, max_batch=4)
+    assert not e.value.report["passed"]
+
+
+def test_export_with_pretrained_weights_records_and_checks_them(tmp_path, capsys):
+    from mobileclip.cli import main
+
+    torch.manual_seed(5)
+    model, _, _ = mobileclip.create_model("mobileclip-tiny")
+    mobileclip.save_checkpoint(model, tmp_path / "ck")
+    weights = tmp_path / "ck" / "model.safetensors"
+    out = tmp_path / "b"
+    assert main(["export", "mobileclip-tiny", "--pretrained", str(weights), "--out", str(out), "--max-batch",
+                 "2"]) == 0
+    m = load_manifest(out)
+    assert m["source"]["pretrained"] == str(weights.resolve()) and len(m["source"]["pretrained_sha256"]) == 64
+    assert m["parity"]["passed"]
+    # the reference is the pretrained model, not the seed's random one
+    sess = ort.InferenceSession(str(out / "text.onnx"), providers=["CPUExecutionProvider"])
+    tok = mobileclip.Tokenizer(model.cfg.tokenizer)(["a red circle"])
+    with torch.no_grad():
+        want = mobileclip.reparameterize(model).encode_text(tok).numpy()
+    assert np.abs(sess.run(None, {"tokens": tok.numpy().astype(np.int32)})[0] - want).max() < 1e-5
+    assert main(["validate", str(out), "--max-batch", "2"]) == 0
+    # the weights file changed after export: validate refuses rather than compare against another model
+    torch.manual_seed(6)
+    mobileclip.save_checkpoint(mobileclip.create_model("mobileclip-tiny")[0], tmp_path / "ck")
+    capsys.readouterr()
+    assert main(["validate", str(out)]) == 2
+    assert "changed since the bundle was exported" in capsys.readouterr().err
+    assert main(["export", "open_clip:ViT-B-32", "--pretrained", str(weights), "--out", str(tmp_path / "x")]) == 2
+    assert "--pretrained applies to registered model names" in capsys.readouterr().err
