@@ -9,13 +9,13 @@ Bundles are written to a temporary directory and renamed into place.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Union
 
 from mobileclip.errors import MobileCLIPError
+from mobileclip.hashing import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -26,11 +26,7 @@ class BundleError(MobileCLIPError):
 
 
 def sha256(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:

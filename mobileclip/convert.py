@@ -19,7 +19,6 @@ a key that does not map, a missing key or a wrong shape is a :class:`CheckpointE
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,11 +311,9 @@ def guess_models(state: Optional[dict] = None, state_in_layout: Optional[dict] =
 
 
 def file_sha256(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .hashing import sha256_file
+
+    return sha256_file(path)
 
 
 def convert_checkpoint(src: Union[str, Path], out: Union[str, Path], model: Optional[str] = None,
