@@ -152,12 +152,14 @@ def export_s0(work: Path, threads: int, rounds: int, iters: int) -> dict:
     bundles = {}
     for label, kw in (("fp32", {}), ("int8", {"precision": "int8", "calib": str(calib)})):
         t0 = time.time()
+        # allow_mismatch: record the numbers whatever they are (int8 on the recipe's random weights is not
+        # what int8 does on trained ones; the report says so)
         m = export("mobileclip-s0", work / f"s0-{label}", pretrained=str(weights), max_batch=8, data=str(calib),
-                   **kw)
+                   allow_mismatch=True, **kw)
         parity = json.loads((work / f"s0-{label}" / "parity.json").read_text())
         bundles[label] = work / f"s0-{label}"
         out[label] = {
-            "export_s": round(time.time() - t0, 1), "passed": m["parity"]["passed"],
+            "export_s": round(time.time() - t0, 1), "passed": m["parity"]["passed"], "misses": m["parity"]["misses"],
             "top1_agreement": parity["top1_agreement"],
             "image_min_cosine": min(r["min_cosine"] for r in parity["image"]),
             "text_min_cosine": min(r["min_cosine"] for r in parity["text"]),
@@ -232,6 +234,15 @@ def write_report(res: dict, out: Path) -> None:
             lines.append(f"| ONNX {label} | {'passed' if b['passed'] else 'FAILED'} | {b['image_min_cosine']:.6f} | "
                          f"{b['text_min_cosine']:.6f} | {100 * b['top1_agreement']:.1f}% | {b['image_mb']:.1f} | "
                          f"{b['text_mb']:.1f} |")
+        if not e["int8"]["passed"]:
+            lines += ["", "The fp32 bundle is exact. The int8 image tower misses the int8 thresholds on these "
+                      "weights: the recipe draws every weight at random with layer scales of 0.05-0.15 and "
+                      "BatchNorms far from identity, so its activations are unlike a trained model's, and int8 "
+                      "parity is a property of the weights (the demo's trained student passes int8 at cosine 0.998; "
+                      "the same "
+                      "S0 with timm's near-identity initialization at 0.9999, `export_latency.md`). How int8 does "
+                      "on Apple's real S0 cannot be measured here; `mobileclip export ... --precision int8` "
+                      "reports it on the real file."]
         lines += ["", f"Latency, batch 1, {res['threads']} threads, ms (interleaved rounds):", "",
                   "| case | p50 | p90 | p99 | vs PyTorch eager (p50) |", "|---|---:|---:|---:|---:|"]
         lat = e["latency_ms"]
