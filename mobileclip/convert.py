@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -255,20 +255,25 @@ def _match(model: nn.Module, state: dict, unknown: list, source: str, layout: st
     return usable, report
 
 
-def load_pretrained(model: nn.Module, path: Union[str, Path], strict: bool = True) -> LoadReport:
+def load_pretrained(model: nn.Module, path: Union[str, Path], may_differ: Iterable[str] = ()) -> LoadReport:
     """Load a weights file in any understood layout into ``model`` (one of this package's CLIPs).
 
-    ``strict=True``: every key must map and match, else :class:`CheckpointError` naming what
-    differs and, where it can tell, which registered model the file is. ``strict=False``
-    (fine-tuning): tensors that fit are loaded, the rest stay as initialized and are listed in
-    the returned :class:`LoadReport`.
+    Every key must map and match, else :class:`CheckpointError` naming what differs and, where
+    it can tell, which registered model the file is. ``may_differ``: model keys allowed to be
+    absent from the file or of another shape there (a student given a new embedding size gets
+    new projections); they keep their fresh initialization and are listed in the returned
+    :class:`LoadReport`. Nothing else may differ, so the wrong file never half-loads.
     """
     from .checkpoint import load_weights
 
     path = Path(path)
     state, layout, unknown = to_our_layout(load_weights(path), model, str(path))
     usable, report = _match(model, state, unknown, str(path), layout)
-    if strict and not report.complete:
+    allowed = set(may_differ)
+    strict_view = LoadReport(report.source, layout, report.loaded, [k for k in report.missing if k not in allowed],
+                             report.unexpected, [m for m in report.mismatched if m[0] not in allowed])
+    if not strict_view.complete:
+        report = strict_view
         name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
         hint = ""
         guesses = [g for g in guess_models(state_in_layout=state) if g != name]
@@ -344,7 +349,7 @@ def convert_checkpoint(src: Union[str, Path], out: Union[str, Path], model: Opti
                                                  "which keys differ"))
         model = candidates[0]
     net = CLIP(get_model_config(model))
-    report = load_pretrained(net, src, strict=True)
+    report = load_pretrained(net, src)
     digest = file_sha256(src)
     tmp = temp_dir_for(out)
     try:

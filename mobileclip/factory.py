@@ -71,7 +71,7 @@ def _load_pretrained(model: CLIP, path: Path) -> None:
 
         # Our safetensors, Apple's mobileclip_*.pt, or an open_clip MobileCLIP/MobileCLIP2 file: the layout
         # is detected from the keys and converted; anything that does not fit exactly is an error.
-        load_pretrained(model, path, strict=True)
+        load_pretrained(model, path)
     else:
         raise CheckpointError(f"pretrained checkpoint {str(path)!r} does not exist "
                               f"(expected a directory with {CONFIG_NAME} + {WEIGHTS_NAME}, or a weights file)")
@@ -106,9 +106,10 @@ def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, emb
     """A trainable student, optionally initialized from released or earlier weights.
 
     ``pretrained``: one of our checkpoint directories or weight files, Apple's ``mobileclip_*.pt``
-    or an open_clip MobileCLIP/MobileCLIP2 file. Tensors that fit are loaded; the rest (e.g. the
-    projections, when ``embed_dim`` gives the student a new embedding size) keep their fresh
-    initialization and are listed in the returned report. Returns ``(model, preprocess,
+    or an open_clip MobileCLIP/MobileCLIP2 file, for the same network. Tensors that an override
+    reshapes (the projections, when ``embed_dim`` gives the student a new embedding size) keep
+    their fresh initialization and are listed in the returned report; any other difference is
+    a :class:`CheckpointError`. Returns ``(model, preprocess,
     tokenizer, report or None)``; the model is in train mode.
     """
     from .convert import load_pretrained
@@ -132,6 +133,12 @@ def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, emb
         if embed_dim:
             cfg = cfg.replace(embed_dim=int(embed_dim))
         model = CLIP(cfg)
+        # The tensors an override reshapes (the projections, for embed_dim) may differ from the file; nothing
+        # else may, so another model's file is an error rather than a half-loaded student.
+        with torch.device("meta"):
+            default = CLIP(get_model_config(name)).state_dict()
+        reshaped = [k for k, v in model.state_dict().items()
+                    if k not in default or tuple(default[k].shape) != tuple(v.shape)]
         if pretrained:
             path = Path(pretrained).expanduser()
             if path.is_dir():
@@ -143,7 +150,7 @@ def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, emb
                     raise CheckpointError(f"{str(path)!r} is reparameterized (inference form) and cannot be "
                                           "trained; start from the checkpoint written before export")
                 path = path / WEIGHTS_NAME
-            report = load_pretrained(model, path, strict=False)
+            report = load_pretrained(model, path, may_differ=reshaped)
         preprocess, tokenizer = ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
     if getattr(model, "reparameterized", False):
         raise CheckpointError(f"student {name!r} is reparameterized (inference form) and cannot be trained")

@@ -72,6 +72,11 @@ def test_layers_that_do_not_load_are_listed(tmp_path, apple_s0, capsys):
     ref = mobileclip.create_model("mobileclip-s0", pretrained=apple_s0)[0]
     w = "text.blocks.1.attn.qkv.weight"
     assert torch.equal(trainer.student.state_dict()[w], ref.state_dict()[w])
+    # another model's file never half-loads into a student: only what an override reshapes may differ
+    cfg = load_config(None, ["student=mobileclip-s1", f"student_pretrained={apple_s0}", "data.workers=0",
+                             "progress=false", f"out={tmp_path / 's1'}"])
+    with pytest.raises(mobileclip.CheckpointError, match="looks like a 'mobileclip-s0' checkpoint"):
+        Trainer(cfg)
 
 
 def test_open_clip_mobileclip_architecture_as_a_student(tmp_path):
