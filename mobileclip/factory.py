@@ -53,18 +53,59 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path]] 
     return model, ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
 
 
+def architecture_differences(saved: dict, cfg) -> list:
+    """Dotted config keys where a checkpoint's saved architecture differs from ``cfg`` (its description aside).
+
+    A checkpoint saved before a registered model changed (e.g. ``mobileclip-b`` before it became
+    Apple's B) still loads with ``create_model(dir)``, which rebuilds its own architecture; loading
+    its weights into today's registered model would run them on another network.
+    """
+    from .config import ModelConfig
+    from .errors import ConfigError
+
+    try:
+        mine = ModelConfig.from_dict(saved).to_dict()
+    except ConfigError as e:
+        return [f"unreadable architecture ({e})"]
+    want = cfg.to_dict()
+
+    def walk(a, b, prefix=""):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k == "description":
+                continue
+            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+                out += walk(a[k], b[k], f"{prefix}{k}.")
+            elif a.get(k) != b.get(k):
+                out.append(f"{prefix}{k}: {a.get(k)!r} here, {b.get(k)!r} in {cfg.name}")
+        return out
+
+    return walk(mine, want)
+
+
+def _check_checkpoint_dir(path: Path, cfg) -> Path:
+    """The weights file of one of our checkpoint directories, if it holds exactly ``cfg``'s network."""
+    config = read_config(path)
+    arch = config.get("architecture", {}).get("name")
+    if arch != cfg.name:
+        raise CheckpointError(f"{str(path)!r} holds a {arch!r} checkpoint, not {cfg.name!r}; "
+                              f"load it with create_model({str(path)!r})")
+    if config.get("reparameterized"):
+        raise CheckpointError(f"{str(path)!r} is reparameterized (inference form); load it with "
+                              f"create_model({str(path)!r}), or start from the checkpoint written before export")
+    diff = architecture_differences(config.get("architecture", {}), cfg)
+    if diff:
+        raise CheckpointError(f"{str(path)!r} was saved with another {cfg.name} network ({'; '.join(diff[:3])}); "
+                              f"load it with create_model({str(path)!r}), which rebuilds its own")
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{str(weights)!r} is missing; the checkpoint is incomplete")
+    return weights
+
+
 def _load_pretrained(model: CLIP, path: Path) -> None:
     if path.is_dir():
-        config = read_config(path)
-        arch = config.get("architecture", {}).get("name")
-        if arch != model.cfg.name:
-            raise CheckpointError(f"{str(path)!r} holds a {arch!r} checkpoint, not {model.cfg.name!r}; "
-                                  f"load it with create_model({str(path)!r})")
-        if config.get("reparameterized"):
-            raise CheckpointError(f"{str(path)!r} is reparameterized; load it with create_model({str(path)!r})")
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            raise CheckpointError(f"{str(weights)!r} is missing; the checkpoint is incomplete")
+        weights = _check_checkpoint_dir(path, model.cfg)
         load_state_into(model, load_weights(weights), str(weights))
     elif path.is_file():
         from .convert import load_pretrained
@@ -142,14 +183,7 @@ def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, emb
         if pretrained:
             path = Path(pretrained).expanduser()
             if path.is_dir():
-                config = read_config(path)
-                arch = config.get("architecture", {}).get("name")
-                if arch != name:
-                    raise CheckpointError(f"{str(path)!r} holds a {arch!r} checkpoint, not {name!r}")
-                if config.get("reparameterized"):
-                    raise CheckpointError(f"{str(path)!r} is reparameterized (inference form) and cannot be "
-                                          "trained; start from the checkpoint written before export")
-                path = path / WEIGHTS_NAME
+                path = _check_checkpoint_dir(path, get_model_config(name))
             report = load_pretrained(model, path, may_differ=reshaped)
         preprocess, tokenizer = ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
     if getattr(model, "reparameterized", False):

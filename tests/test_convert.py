@@ -291,3 +291,21 @@ def test_a_file_for_an_architecture_with_disagreeing_tags_must_name_its_tag(tmp_
     assert open_clip_preprocess("ViT-L-14", tag, file)["mean"] == (0.5, 0.5, 0.5)
     with pytest.raises(TeacherError, match="no pretrained tag 'nope'"):
         _split_open_clip_pretrained("ViT-L-14", f"nope={tmp_path / 'w.safetensors'}")
+
+
+def test_checkpoint_saved_with_an_older_network_is_not_loaded_into_todays(tmp_path):
+    """A mobileclip-b checkpoint from before B became Apple's keeps timm's B: create_model(dir) rebuilds it,
+    create_model("mobileclip-b", pretrained=dir) would run its weights on another network and refuses."""
+    model, _, _ = mobileclip.create_model("mobileclip-tiny")
+    mobileclip.save_checkpoint(model, tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    del cfg["architecture"]["image"]["layer_norm_eps"]          # as written before the field existed
+    cfg["architecture"]["image"]["timm_kwargs"]["layers"] = [1, 1, 2, 1]
+    cfg["architecture"]["text"]["repmixer_scale_branch"] = True
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    assert mobileclip.create_model(str(tmp_path / "ck"))[0].cfg.image.layer_norm_eps is None
+    cfg["architecture"]["image"]["layer_norm_eps"] = 1e-3
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"another mobileclip-tiny network \(image\.layer_norm_eps: 0\.001"):
+        mobileclip.create_model("mobileclip-tiny", pretrained=tmp_path / "ck")
+    assert mobileclip.create_model(str(tmp_path / "ck"))[0].cfg.image.layer_norm_eps == 1e-3   # its own network
