@@ -84,7 +84,8 @@ def apple_table(work: Path, recipe, ref: Path) -> list:
         })
         print(rows[-1])
         if apple == "mobileclip_b":   # what timm's B (stem padding 0, LayerNorm eps 1e-6) would give instead
-            timm_b, _, _ = mobileclip.create_model("mobileclip2-b", pretrained=path)
+            timm_b, _, _ = mobileclip.create_model("mobileclip2-b")
+            timm_b.load_state_dict(model.state_dict())
             img_t, _ = _embed(timm_b, recipe, 224)
             rows[-1]["note"] = (f"timm's vit_base_mci_224 with the same weights: image max-abs "
                                 f"{float(np.abs(img_t - want['mobileclip_b/image']).max()):.2e}")

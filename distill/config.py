@@ -137,8 +137,6 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("accum_steps", f"must divide batch_size ({cfg.batch_size})")
     if cfg.student_embed_dim < 0:
         raise bad("student_embed_dim", "must be >= 0 (0 keeps the model's own)")
-    if cfg.student_pretrained and not Path(cfg.student_pretrained).expanduser().exists():
-        raise bad("student_pretrained", f"{cfg.student_pretrained!r} does not exist")
     from mobileclip.factory import resolve_student_name
 
     resolve_student_name(cfg.student)   # open_clip archs that cannot be students fail here, before any work

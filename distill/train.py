@@ -194,7 +194,6 @@ def _split(batch: dict, n: int) -> list:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None) -> None:
-        from mobileclip.factory import create_student
         from mobileclip.teachers import load_teacher
 
         self.cfg = cfg
@@ -205,8 +204,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
         # --- models and data
-        self.student, self.preprocess, self.tokenizer, self.init_report = create_student(
-            cfg.student, cfg.student_pretrained or None, cfg.student_embed_dim)
+        self.student, self.preprocess, self.tokenizer, self.init_report = self._build_student(resume)
         self.student.to(self.device).train()
         if self.init_report is not None and self.env.main and not resume:
             print(f"student {cfg.student}: {self.init_report.summary()}")
@@ -254,6 +252,33 @@ class Trainer:
         if resume:
             self.load_state(Path(resume))
 
+    def _build_student(self, resume: Optional[str]) -> tuple:
+        """The student: on resume the run's own network (from its last/student/config.json, whatever the
+        registered model has become since), else from the config, with its initial weights."""
+        from mobileclip.checkpoint import CONFIG_NAME, load_checkpoint, read_config
+        from mobileclip.config import architecture_differences
+        from mobileclip.factory import create_student, resolve_student_name
+        from mobileclip.tokenizer import Tokenizer
+        from mobileclip.transforms import ImagePreprocess
+        from mobileclip.zoo import get_model_config, list_models
+
+        saved = find_resume_dir(Path(resume)) / "student" if resume else None
+        if saved is None or not (saved / CONFIG_NAME).is_file():
+            return create_student(self.cfg.student, self.cfg.student_pretrained or None, self.cfg.student_embed_dim)
+        arch = read_config(saved).get("architecture", {})
+        name = resolve_student_name(self.cfg.student)[0]
+        want = name if name in list_models() else read_config(Path(name)).get("architecture", {}).get("name")
+        if arch.get("name") != want:
+            raise TrainingError(f"cannot resume: the run in {str(saved.parent)!r} trained {arch.get('name')!r}, "
+                                f"this config's student is {self.cfg.student!r}")
+        model = load_checkpoint(saved)   # its weights are replaced by train_state.pt's below
+        if name in list_models() and self.env.main:
+            diff = architecture_differences(arch, get_model_config(name), ignore=("embed_dim",))
+            if diff:
+                print(f"resuming on the run's own {name} network, which differs from today's registered one "
+                      f"({'; '.join(diff[:3])})")
+        return model, ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer), None
+
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {
@@ -273,15 +298,7 @@ class Trainer:
         return replace_dir(tmp, self.out / name)
 
     def load_state(self, path: Path) -> None:
-        if path.is_dir() and not (path / "train_state.pt").is_file() and (path / "last").is_dir():
-            path = path / "last"
-        if not (path / "train_state.pt").is_file():
-            old = old_dir_for(path)  # a crash between the two renames of save_state
-            if (old / "train_state.pt").is_file():
-                path = old
-            else:
-                raise TrainingError(f"cannot resume: {str(path)!r} holds no train_state.pt "
-                                    "(pass a run's out dir or its last/ checkpoint)")
+        path = find_resume_dir(path)
         state = torch.load(path / "train_state.pt", map_location=self.device, weights_only=True)
         unwrap(self.student).load_state_dict(state["model"])
         self.losses.load_state_dict(state["losses"])
@@ -500,6 +517,21 @@ class Trainer:
                       f"(e.g. sample {self.skipped_images[0]})")
         env.teardown()
         return summary
+
+
+def find_resume_dir(path: Path) -> Path:
+    """The directory holding a run's ``train_state.pt``: the run's out dir, its ``last/``, or what a crash
+    between the two renames of ``save_state`` left behind."""
+    path = Path(path)
+    if path.is_dir() and not (path / "train_state.pt").is_file() and (path / "last").is_dir():
+        path = path / "last"
+    if not (path / "train_state.pt").is_file():
+        old = old_dir_for(path)
+        if (old / "train_state.pt").is_file():
+            return old
+        raise TrainingError(f"cannot resume: {str(path)!r} holds no train_state.pt "
+                            "(pass a run's out dir or its last/ checkpoint)")
+    return path
 
 
 def dataclass_dict(x) -> dict:

@@ -264,22 +264,24 @@ def _parity_summary(report: dict) -> dict:
 
 
 def _bundle_inputs(directory: Path, manifest: dict) -> tuple:
-    """The preprocessing and tokenizer the runtime builds from this manifest (None: it has none)."""
+    """The preprocessing and tokenizer the runtime builds from this manifest (None: it has none or they
+    cannot be built), and the misses that explain a None."""
     from mobileclip.runtime.core import Preprocessor
     from mobileclip.runtime.tokenizer import tokenizer_from_manifest
 
+    pre = tok = None
+    misses = []
     try:
         pre = Preprocessor.from_manifest(manifest)
-    except MobileCLIPError as e:
-        raise ParityError(f"the bundle's preprocessing cannot be built from its manifest: {e}", {}) from e
+    except (MobileCLIPError, TypeError, ValueError) as e:
+        misses.append(f"the bundle's preprocessing cannot be built from its manifest: {e}")
     info = manifest.get("tokenizer") or {}
-    if info.get("name") == "hf":   # the runtime has no HF tokenizer: the text side gets the source's ids
-        return pre, None
-    try:
-        tok = tokenizer_from_manifest(directory, info)
-    except (MobileCLIPError, OSError) as e:
-        raise ParityError(f"the bundle's tokenizer cannot be built from its manifest: {e}", {}) from e
-    return pre, tok
+    if info.get("name") != "hf":   # the runtime has no HF tokenizer: the text side then gets the source's ids
+        try:
+            tok = tokenizer_from_manifest(directory, info)
+        except (MobileCLIPError, OSError, TypeError, ValueError) as e:
+            misses.append(f"the bundle's tokenizer cannot be built from its manifest: {e}")
+    return pre, tok, misses
 
 
 def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images) -> dict:
@@ -287,10 +289,11 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images)
 
     arts = manifest["artifacts"]
     precision = {t: arts[t]["precision"] for t in ("image", "text")}
-    bundle_pre, bundle_tok = _bundle_inputs(directory, manifest)
+    bundle_pre, bundle_tok, build_misses = _bundle_inputs(directory, manifest)
     pil = (images or [])[:6] + synthetic_images(6)   # the synthetic ones include non-square pictures
     inputs = check_inputs(pil, parity_prompts(src.tokenizer, 8), src.preprocess, src.tokenizer, bundle_pre,
                           bundle_tok)
+    inputs["misses"] = build_misses + inputs["misses"]
     if arts["image"]["backend"] == "coreml" and sys.platform != "darwin":
         report = _coreml_static_checks(directory, manifest, src, batches)
     else:
@@ -355,5 +358,11 @@ def validate(bundle: Union[str, Path], data: Optional[str] = None, allow_mismatc
     manifest["parity"] = _parity_summary(report)
     write_manifest(bundle, manifest)
     if not report["passed"] and not allow_mismatch:
-        raise ParityError(f"{bundle}: parity check failed: " + "; ".join(report["misses"]), report)
+        hint = ""
+        if src.kind == "mobileclip" and "architecture" not in manifest["source"] and not Path(
+                manifest["source"]["model"]).is_dir():
+            hint = (" (this bundle was exported before bundles recorded their network: if the registered "
+                    f"{manifest['source']['model']!r} has changed since — mobileclip-s0 and mobileclip-b became "
+                    "Apple's exact networks — its reference is another model; re-export the bundle)")
+        raise ParityError(f"{bundle}: parity check failed: " + "; ".join(report["misses"]) + hint, report)
     return report

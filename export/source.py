@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -44,11 +44,23 @@ def _clip_bpe(vocab: Path, context: int) -> tuple[dict, list]:
              "lowercase": True}, [vocab])
 
 
-def _ours(spec: str, pretrained: Optional[str] = None) -> ExportSource:
+def _ours(spec: str, pretrained: Optional[str] = None, architecture: Optional[dict] = None) -> ExportSource:
     from mobileclip.factory import create_model
     from mobileclip.reparam import reparameterize
 
-    model, preprocess, tokenizer = create_model(spec, pretrained=pretrained)
+    if architecture is not None:   # the network recorded at export, whatever the registered name is today
+        from mobileclip.config import ModelConfig
+        from mobileclip.factory import _load_pretrained
+        from mobileclip.model import CLIP
+        from mobileclip.tokenizer import Tokenizer
+        from mobileclip.transforms import ImagePreprocess
+
+        model = CLIP(ModelConfig.from_dict(architecture))
+        if pretrained:
+            _load_pretrained(model, Path(pretrained))
+        preprocess, tokenizer = ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
+    else:
+        model, preprocess, tokenizer = create_model(spec, pretrained=pretrained)
     reparameterize(model, inplace=True)
     cfg = model.cfg
     info, files = _clip_bpe(tokenizer.vocab_path, cfg.text.context_length)
@@ -120,29 +132,67 @@ def load_source(spec: dict) -> ExportSource:
 
     pretrained = spec.get("pretrained")
     if pretrained:
-        _check_pretrained(pretrained, spec.get("pretrained_sha256"))
-    src = _third_party(model) if is_teacher_spec(model) else _ours(model, pretrained)
+        _check_weights(pretrained, spec.get("pretrained_sha256"))
+    if spec.get("weights_sha256"):   # open_clip:<arch>:[<tag>=]<file>
+        _check_weights(_open_clip_file(model)[1], spec["weights_sha256"])
+    if is_teacher_spec(model):
+        src = _third_party(model)
+    else:
+        src = _ours(model, pretrained, spec.get("architecture"))
     src.spec = dict(spec)
     return src
 
 
-def _check_pretrained(path: str, sha256: Optional[str]) -> None:
-    """The weights file a bundle was exported from must still be the same file."""
-    from mobileclip.convert import file_sha256
+def weights_digest(path: Union[str, Path]) -> str:
+    """sha256 of a weights file, or of one of our checkpoint directories (its config and weights)."""
+    from mobileclip.hashing import sha256_file
+
     from mobileclip.errors import CheckpointError
 
-    if not Path(path).is_file():
-        raise CheckpointError(f"the weights file this bundle was exported from, {path!r}, no longer exists")
-    if sha256 and file_sha256(path) != sha256:
+    p = Path(path)
+    if p.is_dir():
+        if not ((p / "config.json").is_file() and (p / "model.safetensors").is_file()):
+            raise CheckpointError(f"{str(p)!r} is not a checkpoint directory (config.json + model.safetensors)")
+        return sha256_file(p / "config.json") + ":" + sha256_file(p / "model.safetensors")
+    return sha256_file(p)
+
+
+def _check_weights(path: str, digest: Optional[str]) -> None:
+    """The weights a bundle was exported from must still be the same (file or checkpoint directory)."""
+    from mobileclip.errors import CheckpointError
+
+    p = Path(path)
+    if not (p.is_file() or (p / "config.json").is_file() and (p / "model.safetensors").is_file()):
+        raise CheckpointError(f"the weights this bundle was exported from, {path!r}, no longer exist")
+    if digest and weights_digest(p) != digest:
         raise CheckpointError(f"{path!r} changed since the bundle was exported (sha256 differs); the PyTorch "
                               "reference would not be the model that was exported. Re-export the bundle")
 
 
+def _open_clip_file(model: str) -> tuple:
+    """``open_clip:<arch>:<x>`` → ``(prefix up to the file, the file or None)``; ``x`` may be ``tag=file``."""
+    parts = model.split(":", 2)
+    if len(parts) < 3 or not parts[2]:
+        return model, None
+    x = parts[2]
+    if Path(x).expanduser().is_file():
+        return f"{parts[0]}:{parts[1]}:", x
+    if "=" in x:
+        tag, file = x.split("=", 1)
+        return f"{parts[0]}:{parts[1]}:{tag}=", file
+    return model, None
+
+
 def resolve_spec(model: str, seed: int = 0, pretrained: Optional[str] = None) -> dict:
-    """A bundle's ``source``: checkpoint directories and weight files become absolute paths."""
-    from mobileclip.convert import file_sha256
+    """A bundle's ``source``: enough to re-create the PyTorch reference, and to tell if its inputs changed.
+
+    Checkpoint directories and weight files become absolute paths with their sha256; a registered
+    name records its network (``architecture``), so ``validate`` rebuilds the same one even after the
+    registered model changes.
+    """
+    from mobileclip.errors import CheckpointError
     from mobileclip.teachers import is_teacher_spec
-    from mobileclip.zoo import list_models
+    from mobileclip.zoo import get_model_config, list_models
 
     if model.startswith("py:"):
         raise ConfigError(f"{model!r}: export takes a registered name, a checkpoint directory, open_clip:... or "
@@ -151,18 +201,24 @@ def resolve_spec(model: str, seed: int = 0, pretrained: Optional[str] = None) ->
         raise ConfigError(f"--pretrained applies to registered model names ({', '.join(list_models())}); for "
                           f"{model!r} put the weights in the model spec (open_clip:<arch>:<file>) or export the "
                           "checkpoint directory itself")
-    if not is_teacher_spec(model) and Path(model).is_dir():
-        model = str(Path(model).resolve())
+    spec: dict = {}
+    if model.startswith("open_clip:"):
+        prefix, file = _open_clip_file(model)
+        if file is not None and Path(file).expanduser().is_file():
+            file = str(Path(file).expanduser().resolve())
+            model, spec["weights_sha256"] = prefix + file, weights_digest(file)
     elif model.startswith("hf:") and Path(model[3:]).expanduser().is_dir():
         model = "hf:" + str(Path(model[3:]).expanduser().resolve())
-    spec = {"model": model, "seed": int(seed)}
+    elif not is_teacher_spec(model) and Path(model).is_dir() and not pretrained and (
+            (Path(model) / "config.json").is_file() or model not in list_models()):
+        model = str(Path(model).resolve())
+    spec = {"model": model, "seed": int(seed), **spec}
+    if model in list_models():
+        spec["architecture"] = get_model_config(model).to_dict()
     if pretrained:
         p = Path(pretrained).expanduser()
         if not p.exists():
-            from mobileclip.errors import CheckpointError
-
             raise CheckpointError(f"pretrained weights {pretrained!r} do not exist")
         spec["pretrained"] = str(p.resolve())
-        if p.is_file():
-            spec["pretrained_sha256"] = file_sha256(p)
+        spec["pretrained_sha256"] = weights_digest(p)
     return spec

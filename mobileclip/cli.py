@@ -214,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
 
     def model_args(s):
-        s.add_argument("--model", required=True, help="registered name, open_clip:/hf: teacher spec, or checkpoint dir")
-        s.add_argument("--pretrained", default=None, help="weights for a registered name (dir or file)")
+        s.add_argument("--model", required=True, help="registered name, open_clip:/hf:/py: teacher spec, or checkpoint dir")
+        s.add_argument("--pretrained", default=None,
+                       help="weights for a registered name: our checkpoint (dir or file), Apple's mobileclip_*.pt, "
+                            "or an open_clip MobileCLIP/MobileCLIP2 file")
         s.add_argument("--batch-size", type=int, default=64)
         s.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
         s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")

@@ -195,3 +195,33 @@ def _validate(obj: Any, where: str) -> None:
             raise bad("tokenizer.context_length", "must equal text.context_length")
         if obj.embed_dim <= 0:
             raise bad("embed_dim", "must be positive")
+
+
+def architecture_differences(saved: dict, cfg: ModelConfig, ignore=()) -> list:
+    """Dotted keys where a checkpoint's saved architecture differs from ``cfg`` (descriptions and
+    ``ignore`` aside), as readable lines.
+
+    A checkpoint saved before a registered model changed (e.g. ``mobileclip-b`` before it became
+    Apple's B) still loads with ``create_model(dir)``, which rebuilds its own architecture; loading
+    its weights into today's registered model would run them on another network.
+    """
+    try:
+        mine = ModelConfig.from_dict(saved).to_dict()
+    except ConfigError as e:
+        return [f"unreadable architecture ({e})"]
+    want = cfg.to_dict()
+    skip = {"description", *ignore}
+
+    def walk(a: dict, b: dict, prefix: str = "") -> list:
+        out = []
+        for k in sorted(set(a) | set(b)):
+            key = f"{prefix}{k}"
+            if k == "description" or key in skip:
+                continue
+            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+                out += walk(a[k], b[k], f"{key}.")
+            elif a.get(k) != b.get(k):
+                out.append(f"{key}: {a.get(k)!r} there, {b.get(k)!r} in {cfg.name}")
+        return out
+
+    return walk(mine, want)

@@ -61,9 +61,11 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def not_loaded_layers(self) -> list:
-        """Module names (key without the parameter name) whose weights were not loaded."""
+        """What was not loaded: module names for a module's weights (``visual.trunk.head.fc``), the full
+        key for a tensor held directly by a larger module (``text.projection``)."""
         keys = self.missing + [k for k, _, _ in self.mismatched]
-        return sorted({k.rsplit(".", 1)[0] if "." in k else k for k in keys})
+        leaves = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        return sorted({k.rsplit(".", 1)[0] if k.rsplit(".", 1)[-1] in leaves and "." in k else k for k in keys})
 
     def summary(self) -> str:
         parts = [f"{self.loaded} tensors loaded from {self.source} ({self.layout} layout)"]
@@ -161,27 +163,41 @@ def _apple_text(state: dict) -> tuple[dict, list]:
     return out, unknown
 
 
-def _apple_image(state: dict, trunk: nn.Module) -> dict:
+def _apple_image(state: dict, model: nn.Module) -> tuple[dict, list]:
     from timm.models.fastvit import FastVit
     from timm.models.vision_transformer import VisionTransformer
 
+    trunk = model.visual.trunk
     vit = "image_encoder.model.patch_emb.0.block.conv.weight" in state
     want = VisionTransformer if vit else FastVit
     if not isinstance(trunk, want):
         raise CheckpointError(f"this Apple checkpoint has {'a ViT-B' if vit else 'an MCi (FastViT)'} image tower; "
                               f"the model's is a {type(trunk).__name__}")
+    icfg = getattr(getattr(model, "cfg", None), "image", None)
+    if vit and icfg is not None and (icfg.layer_norm_eps, icfg.first_conv_padding) != (1e-5, 1):
+        # Apple's B weights were trained on Apple's B; timm's vit_base_mci_224 (mobileclip2-b) is another network.
+        raise CheckpointError(
+            f"this is Apple's MobileCLIP-B checkpoint, whose network is Apple's B (LayerNorm eps 1e-5, stem padding 1: "
+            f"mobileclip-b); {model.cfg.name} has timm's B (eps {icfg.layer_norm_eps or 1e-6}, padding "
+            f"{icfg.first_conv_padding or 0}), on which these weights would be 1e-2 off. Load it as mobileclip-b")
     if vit:                                                            # B: a hybrid ViT
         from timm.models.vision_transformer_hybrid import checkpoint_filter_fn
     else:                                                              # S0/S1/S2: MCi (FastViT)
         from timm.models.fastvit import checkpoint_filter_fn
     image = {k: v for k, v in state.items() if k.startswith("image_encoder.model.")}
-    return {f"visual.trunk.{k}": v for k, v in checkpoint_filter_fn(image, trunk).items()}
+    out = {f"visual.trunk.{k}": v for k, v in checkpoint_filter_fn(image, trunk).items()}
+    # timm's filters rename, and split Apple's bias-free head.proj into weight + zero bias; they only drop keys
+    # they do not know. Fewer outputs than inputs means something was dropped: say so rather than lose it.
+    dropped = [] if len(out) >= len(image) else [
+        f"{len(image) - len(out)} image_encoder.model.* tensors dropped by timm's converter"]
+    return out, dropped
 
 
 def apple_to_ours(state: dict, model: nn.Module) -> tuple[dict, list]:
     """Apple's ``mobileclip_*.pt`` state dict in this package's layout; also the keys that did not map."""
-    unknown = [k for k in state if not k.startswith(("image_encoder.", "text_encoder.")) and k != "logit_scale"]
-    out = _apple_image(state, model.visual.trunk)
+    unknown = [k for k in state if not k.startswith(("image_encoder.model.", "text_encoder.")) and k != "logit_scale"]
+    out, dropped = _apple_image(state, model)
+    unknown += dropped
     text, bad = _apple_text(state)
     out.update(text)
     if "logit_scale" in state:
@@ -255,19 +271,31 @@ def _match(model: nn.Module, state: dict, unknown: list, source: str, layout: st
     return usable, report
 
 
-def load_pretrained(model: nn.Module, path: Union[str, Path], may_differ: Iterable[str] = ()) -> LoadReport:
+def load_pretrained(model: nn.Module, path: Union[str, Path], may_differ: Iterable[str] = (),
+                    config_may_differ: Iterable[str] = ()) -> LoadReport:
     """Load a weights file in any understood layout into ``model`` (one of this package's CLIPs).
 
     Every key must map and match, else :class:`CheckpointError` naming what differs and, where
     it can tell, which registered model the file is. ``may_differ``: model keys allowed to be
     absent from the file or of another shape there (a student given a new embedding size gets
     new projections); they keep their fresh initialization and are listed in the returned
-    :class:`LoadReport`. Nothing else may differ, so the wrong file never half-loads.
+    :class:`LoadReport`. Nothing else may differ, so the wrong file never half-loads. One of our
+    ``model.safetensors`` with its ``config.json`` beside it must also have been saved from the same
+    network (``config_may_differ``: config keys an override changes).
     """
-    from .checkpoint import load_weights
+    from .checkpoint import CONFIG_NAME, load_weights, read_config
+    from .config import architecture_differences
 
     path = Path(path)
     state, layout, unknown = to_our_layout(load_weights(path), model, str(path))
+    cfg = getattr(model, "cfg", None)
+    if layout == "mobileclip" and cfg is not None and (path.parent / CONFIG_NAME).is_file():
+        saved = read_config(path.parent).get("architecture")
+        diff = architecture_differences(saved, cfg, ignore=config_may_differ) if isinstance(saved, dict) else []
+        if diff:
+            raise CheckpointError(f"{path} was saved from another {cfg.name} network ({'; '.join(diff[:3])}); "
+                                  f"load its directory with create_model({str(path.parent)!r}), which rebuilds "
+                                  "its own")
     usable, report = _match(model, state, unknown, str(path), layout)
     allowed = set(may_differ)
     strict_view = LoadReport(report.source, layout, report.loaded, [k for k in report.missing if k not in allowed],

@@ -32,16 +32,22 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path]] 
 
     name = str(name)
     if is_teacher_spec(name):
-        spec = f"{name}:{pretrained}" if pretrained and name.startswith("open_clip:") and name.count(":") == 1 else name
+        if pretrained and not (name.startswith("open_clip:") and name.count(":") == 1):
+            raise CheckpointError(f"pretrained={str(pretrained)!r} does not apply to {name!r}: give open_clip weights in "
+                                  "the spec (open_clip:<arch>:<tag or file>); hf: and py: models bring their own")
+        spec = f"{name}:{pretrained}" if pretrained else name
         teacher = load_teacher(spec, device=device)
         return teacher, teacher.preprocess, teacher.tokenizer
     from .zoo import list_models
 
     path = Path(name).expanduser()
-    # A checkpoint directory wins; then a registered name; anything path-like is a checkpoint
-    # that load_checkpoint reports clearly as missing or incomplete.
-    if (path / CONFIG_NAME).is_file() or (name not in list_models() and (
+    # A checkpoint directory wins (unless weights for a registered name are given); then a registered
+    # name; anything path-like is a checkpoint that load_checkpoint reports clearly as missing or incomplete.
+    if (pretrained is None and (path / CONFIG_NAME).is_file()) or (name not in list_models() and (
             path.is_dir() or "/" in name or name.startswith("."))):
+        if pretrained is not None:
+            raise CheckpointError(f"pretrained={str(pretrained)!r} applies to registered model names; {name!r} is a "
+                                  "checkpoint directory, which holds its own weights")
         model = load_checkpoint(path)
     else:
         model = CLIP(get_model_config(name))
@@ -53,38 +59,11 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path]] 
     return model, ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
 
 
-def architecture_differences(saved: dict, cfg) -> list:
-    """Dotted config keys where a checkpoint's saved architecture differs from ``cfg`` (its description aside).
+def _check_checkpoint_dir(path: Path, cfg, may_differ=()) -> Path:
+    """The weights file of one of our checkpoint directories, if it holds exactly ``cfg``'s network
+    (``may_differ``: config keys an override changes, e.g. ``embed_dim``)."""
+    from .config import architecture_differences
 
-    A checkpoint saved before a registered model changed (e.g. ``mobileclip-b`` before it became
-    Apple's B) still loads with ``create_model(dir)``, which rebuilds its own architecture; loading
-    its weights into today's registered model would run them on another network.
-    """
-    from .config import ModelConfig
-    from .errors import ConfigError
-
-    try:
-        mine = ModelConfig.from_dict(saved).to_dict()
-    except ConfigError as e:
-        return [f"unreadable architecture ({e})"]
-    want = cfg.to_dict()
-
-    def walk(a, b, prefix=""):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            if k == "description":
-                continue
-            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-                out += walk(a[k], b[k], f"{prefix}{k}.")
-            elif a.get(k) != b.get(k):
-                out.append(f"{prefix}{k}: {a.get(k)!r} here, {b.get(k)!r} in {cfg.name}")
-        return out
-
-    return walk(mine, want)
-
-
-def _check_checkpoint_dir(path: Path, cfg) -> Path:
-    """The weights file of one of our checkpoint directories, if it holds exactly ``cfg``'s network."""
     config = read_config(path)
     arch = config.get("architecture", {}).get("name")
     if arch != cfg.name:
@@ -93,7 +72,7 @@ def _check_checkpoint_dir(path: Path, cfg) -> Path:
     if config.get("reparameterized"):
         raise CheckpointError(f"{str(path)!r} is reparameterized (inference form); load it with "
                               f"create_model({str(path)!r}), or start from the checkpoint written before export")
-    diff = architecture_differences(config.get("architecture", {}), cfg)
+    diff = architecture_differences(config.get("architecture", {}), cfg, ignore=may_differ)
     if diff:
         raise CheckpointError(f"{str(path)!r} was saved with another {cfg.name} network ({'; '.join(diff[:3])}); "
                               f"load it with create_model({str(path)!r}), which rebuilds its own")
@@ -136,7 +115,14 @@ def resolve_student_name(name: str) -> tuple:
             raise ConfigError(f"student {name!r}: open_clip architectures that train as students are "
                               f"{sorted(OPEN_CLIP_ARCHS)} (converted to this package's models); other open_clip "
                               "models can be teachers")
-        return OPEN_CLIP_ARCHS[arch], (parts[2] if len(parts) > 2 and parts[2] else None)
+        weights = parts[2] if len(parts) > 2 and parts[2] else None
+        if weights and "=" in weights and not Path(weights).expanduser().exists():
+            weights = weights.split("=", 1)[1]   # tag=file: the registered model carries the preprocessing
+        if weights and not Path(weights).expanduser().exists() and "/" not in weights and not weights.endswith(
+                (".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
+            raise ConfigError(f"student {name!r}: {weights!r} looks like an open_clip pretrained tag; a student starts "
+                              "from a local weights file (download it, then open_clip:<arch>:<file>)")
+        return OPEN_CLIP_ARCHS[arch], weights
     if name.startswith(("hf:", "py:")):
         raise ConfigError(f"student {name!r}: Hugging Face and py: models are teachers only; students are registered "
                           "models, checkpoint directories or open_clip MobileCLIP/MobileCLIP2 architectures")
@@ -182,9 +168,10 @@ def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, emb
                     if k not in default or tuple(default[k].shape) != tuple(v.shape)]
         if pretrained:
             path = Path(pretrained).expanduser()
+            overridden = ("embed_dim",) if embed_dim else ()
             if path.is_dir():
-                path = _check_checkpoint_dir(path, get_model_config(name))
-            report = load_pretrained(model, path, may_differ=reshaped)
+                path = _check_checkpoint_dir(path, cfg, overridden)
+            report = load_pretrained(model, path, may_differ=reshaped, config_may_differ=overridden)
         preprocess, tokenizer = ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
     if getattr(model, "reparameterized", False):
         raise CheckpointError(f"student {name!r} is reparameterized (inference form) and cannot be trained")

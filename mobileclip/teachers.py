@@ -341,7 +341,7 @@ def _import_callable(spec: str) -> Callable:
             if e.name != target.split(".")[0] and e.name != target:
                 raise   # the teacher's own module failed to import one of its dependencies: a real error
             if os.getcwd() not in sys.path:   # console scripts do not put the working directory on the path
-                sys.path.insert(0, os.getcwd())
+                sys.path.append(os.getcwd())    # last, so files there never shadow installed modules
                 try:
                     module = importlib.import_module(target)
                 except ModuleNotFoundError:

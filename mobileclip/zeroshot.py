@@ -133,11 +133,13 @@ def evaluate_retrieval(model, tokenizer: Callable, dataset, batch_size: int = 64
                        progress: bool = True) -> dict:
     """Image→text and text→image recall@k on a :class:`~mobileclip.data.CaptionDataset`.
 
-    Rows that share an image path count as several captions of one image. Captions that are the
-    same text (after CLIP's normalization: case and whitespace) are one query with several correct
-    images: a caption shared by two images is a hit for either, and for image→text any copy of an
-    image's caption counts, as caption benchmarks score it (the model cannot tell identical texts
-    apart). ``duplicate_captions`` in the result counts the captions that have such copies.
+    Rows that share an image path count as several captions of one image. Captions that tokenize
+    to the same ids (the same text after the tokenizer's own normalization) are one query with
+    several correct images: a caption shared by two images is a hit for either, and for
+    image→text any copy of an image's caption counts — the model cannot tell them apart, so which
+    copy ranks first is arbitrary. (clip_benchmark counts only the caption's own image, so on sets
+    with duplicate captions R@k here is higher than its.) ``duplicate_captions`` in the result
+    counts the captions that have such copies.
     """
     device = device or _device_of(model)
     model.eval()
@@ -163,17 +165,20 @@ def evaluate_retrieval(model, tokenizer: Callable, dataset, batch_size: int = 64
     index = {k: i for i, k in enumerate(img_keys)}
     # Captions of unreadable images are dropped with them.
     rows = [(c, index[p]) for p, c in zip(dataset.image_paths, dataset.captions) if p in index]
-    txt_feats = []
+    txt_feats, token_keys = [], []
     for s in tqdm(range(0, len(rows), batch_size), desc="captions", disable=not progress, leave=False):
-        tokens = tokenizer([c for c, _ in rows[s: s + batch_size]]).to(device)
-        txt_feats.append(model.encode_text(tokens, normalize=True).float().cpu())
+        tokens = tokenizer([c for c, _ in rows[s: s + batch_size]])
+        tokens = tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(tokens)
+        token_keys += [tuple(r) for r in tokens.tolist()]
+        txt_feats.append(model.encode_text(tokens.to(device), normalize=True).float().cpu())
     txt_feats = torch.cat(txt_feats)
     owner = torch.tensor([i for _, i in rows])
     pos = owner[None, :] == torch.arange(len(img_keys))[:, None]  # [images, texts]
-    # Identical captions: every image that owns one copy is correct for all copies.
+    # Captions the model cannot tell apart (the same token ids: the same text after the tokenizer's own
+    # normalization): every image that owns one copy is correct for all copies.
     groups: dict = {}
-    for t, (c, _) in enumerate(rows):
-        groups.setdefault(" ".join(str(c).lower().split()), []).append(t)
+    for t, key in enumerate(token_keys):
+        groups.setdefault(key, []).append(t)
     dup = 0
     for ts in groups.values():
         if len(ts) > 1:

@@ -78,7 +78,11 @@ def test_apple_checkpoint_loads_exactly(apple_name, apple_ref, apple_files):
 def test_timm_b_is_not_apples_b(apple_ref, apple_files):
     """Apple's B differs from timm's vit_base_mci_224 (stem padding, LayerNorm eps): the reference sees it."""
     _, ref = apple_ref
-    timm_b, _, _ = mobileclip.create_model("mobileclip2-b", pretrained=apple_files("mobileclip_b"))
+    with pytest.raises(CheckpointError, match="Apple's MobileCLIP-B checkpoint.*Load it as mobileclip-b"):
+        mobileclip.create_model("mobileclip2-b", pretrained=apple_files("mobileclip_b"))
+    apple_b, _, _ = mobileclip.create_model("mobileclip-b", pretrained=apple_files("mobileclip_b"))
+    timm_b, _, _ = mobileclip.create_model("mobileclip2-b")
+    timm_b.load_state_dict(apple_b.state_dict())   # the same tensors on timm's network
     img, txt = _embed(timm_b, 224)
     assert np.abs(txt - ref["mobileclip_b/text"]).max() < TOL          # same text tower
     assert np.abs(img - ref["mobileclip_b/image"]).max() > 1e-3        # not the same image tower
@@ -113,18 +117,20 @@ def test_convert_cli_writes_a_checkpoint(tmp_path, apple_ref, apple_files, capsy
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_b_lt_is_told_apart_by_its_file_name(tmp_path, apple_files, capsys):
-    """B and MobileCLIP2-B share a layout: Apple's file name decides, anything else must name --model."""
+def test_b_files_convert_to_the_right_b(tmp_path, apple_files, capsys):
+    """Apple's B and B (LT) files are Apple's B; a bare file in our layout fits both Bs and must name --model."""
+    from safetensors.torch import save_file
+
     from mobileclip.cli import main
 
-    b = apple_files("mobileclip_b")
     blt = tmp_path / "mobileclip_blt.pt"
-    blt.symlink_to(b)
+    blt.symlink_to(apple_files("mobileclip_b"))
     assert main(["convert", str(blt), "--out", str(tmp_path / "blt")]) == 0
     assert json.loads((tmp_path / "blt" / "config.json").read_text())["architecture"]["name"] == "mobileclip-b"
-    other = tmp_path / "weights.pt"
-    other.symlink_to(b)
-    assert main(["convert", str(other), "--out", str(tmp_path / "x")]) == 2
+    state = mobileclip.load_checkpoint(tmp_path / "blt").state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "weights.safetensors")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "weights.safetensors"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "mobileclip-b" in err and "mobileclip2-b" in err and "--model" in err and err.count("\n") == 1
 
@@ -308,4 +314,6 @@ def test_checkpoint_saved_with_an_older_network_is_not_loaded_into_todays(tmp_pa
     (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"another mobileclip-tiny network \(image\.layer_norm_eps: 0\.001"):
         mobileclip.create_model("mobileclip-tiny", pretrained=tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="saved from another mobileclip-tiny network"):   # its weights file too
+        mobileclip.create_model("mobileclip-tiny", pretrained=tmp_path / "ck" / "model.safetensors")
     assert mobileclip.create_model(str(tmp_path / "ck"))[0].cfg.image.layer_norm_eps == 1e-3   # its own network

@@ -27,7 +27,9 @@ def test_bundle_contents_and_manifest(bundle):
     assert m["embed_dim"] == 256 and m["image_size"] == 64 and m["mean"] == [0.0, 0.0, 0.0]
     assert m["tokenizer"] == {"name": "clip-bpe", "vocab_file": "bpe_simple_vocab_16e6.txt.gz", "pad_id": 0,
                               "lowercase": True, "context_length": 16, "token_dtype": "int32"}
-    assert m["source"] == {"model": "mobileclip-tiny", "seed": 0} and m["source_kind"] == "mobileclip"
+    assert m["source"]["model"] == "mobileclip-tiny" and m["source"]["seed"] == 0 and m["source_kind"] == "mobileclip"
+    tiny = mobileclip.get_model_config("mobileclip-tiny").to_dict()
+    assert m["source"]["architecture"] == json.loads(json.dumps(tiny))   # the network, as JSON
     img, txt = m["artifacts"]["image"], m["artifacts"]["text"]
     assert img["inputs"][0] == {"name": "image", "shape": ["batch", 3, 64, 64], "dtype": "float32"}
     assert txt["inputs"][0] == {"name": "tokens", "shape": ["batch", 16], "dtype": "int32"}
@@ -398,3 +400,30 @@ def test_export_with_pretrained_weights_records_and_checks_them(tmp_path, capsys
     assert "changed since the bundle was exported" in capsys.readouterr().err
     assert main(["export", "open_clip:ViT-B-32", "--pretrained", str(weights), "--out", str(tmp_path / "x")]) == 2
     assert "--pretrained applies to registered model names" in capsys.readouterr().err
+
+
+def test_export_source_records_and_checks_its_weights(tmp_path):
+    """Checkpoint directories given as --pretrained, and open_clip weight files, are hashed at export and
+    checked again when the reference is re-created."""
+    from mobileclip.errors import CheckpointError
+    from mobileclip.export.source import load_source, resolve_spec
+
+    model, _, _ = mobileclip.create_model("mobileclip-tiny")
+    mobileclip.save_checkpoint(model, tmp_path / "ck")
+    spec = resolve_spec("mobileclip-tiny", pretrained=str(tmp_path / "ck"))   # a directory
+    assert spec["pretrained"] == str((tmp_path / "ck").resolve()) and ":" in spec["pretrained_sha256"]
+    src = load_source(spec)
+    tok = src.tokenizer(["a red circle"])
+    with torch.no_grad():
+        assert torch.allclose(src.model.encode_text(tok), model.encode_text(tok), atol=1e-5)
+    mobileclip.save_checkpoint(mobileclip.create_model("mobileclip-tiny")[0], tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="changed since the bundle was exported"):
+        load_source(spec)
+    # an open_clip weights file: made absolute and hashed
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"not really weights")
+    spec = resolve_spec(f"open_clip:ViT-B-32:{w}")
+    assert spec["model"] == f"open_clip:ViT-B-32:{w.resolve()}" and len(spec["weights_sha256"]) == 64
+    w.write_bytes(b"other bytes")
+    with pytest.raises(CheckpointError, match="changed since the bundle was exported"):
+        load_source(spec)

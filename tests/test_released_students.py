@@ -63,7 +63,7 @@ def test_layers_that_do_not_load_are_listed(tmp_path, apple_s0, capsys):
     trainer = Trainer(cfg)
     report = trainer.init_report
     assert trainer.student.embed_dim == 256
-    assert report.not_loaded_layers() == ["text", "visual.trunk.head.fc"]   # the two new projections
+    assert report.not_loaded_layers() == ["text.projection", "visual.trunk.head.fc"]   # the two new projections
     assert {k for k, _, _ in report.mismatched} == {"text.projection", "visual.trunk.head.fc.weight",
                                                     "visual.trunk.head.fc.bias"}
     out = capsys.readouterr().out
@@ -95,8 +95,11 @@ def test_open_clip_mobileclip_architecture_as_a_student(tmp_path):
         load_config(None, ["student=open_clip:ViT-B-32"])
     with pytest.raises(ConfigError, match="teachers only"):
         load_config(None, ["student=hf:some/dir"])
-    with pytest.raises(ConfigError, match="student_pretrained.*does not exist"):
-        load_config(None, ["student=mobileclip-s0", "student_pretrained=/nope.pt"])
+    with pytest.raises(ConfigError, match="looks like an open_clip pretrained tag"):
+        load_config(None, ["student=open_clip:MobileCLIP2-S0:dfndr2b"])
+    with pytest.raises(mobileclip.CheckpointError, match="does not exist"):
+        Trainer(load_config(None, ["student=mobileclip-tiny", "student_pretrained=/nope.pt", "data.workers=0",
+                                   f"out={tmp_path / 'nope'}"]))
 
 
 # ------------------------------------------------------------------ py: teachers from the CLI
@@ -147,3 +150,21 @@ def test_py_teacher_for_zeroshot_retrieval_cache_and_distill(tmp_path, monkeypat
         assert main(["zeroshot", "--model", spec, "--data", str(synth_folder)]) == 2, spec
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, (spec, err)
+
+
+def test_resume_continues_on_the_runs_own_network(tmp_path, capsys):
+    """A run resumes on the network it was started with, even if the registered model has changed since."""
+    base = ["student=mobileclip-tiny", "batch_size=8", "data.size=16", "data.workers=0", "eval.size=8",
+            "progress=false", f"out={tmp_path}"]
+    train(load_config(None, base + ["steps=2"]))
+    cfg_path = tmp_path / "last" / "student" / "config.json"
+    saved = json.loads(cfg_path.read_text())
+    saved["architecture"]["image"]["layer_norm_eps"] = 1e-3   # as if the run predates a change to the zoo
+    cfg_path.write_text(json.dumps(saved))
+    trainer = Trainer(load_config(None, base + ["steps=3"]), resume=str(tmp_path))
+    assert trainer.student.cfg.image.layer_norm_eps == 1e-3 and trainer.step == 2
+    assert "resuming on the run's own mobileclip-tiny network" in capsys.readouterr().out
+    from mobileclip.distill import TrainingError
+
+    with pytest.raises(TrainingError, match="trained 'mobileclip-tiny'.*student is 'clip-vit-tiny'"):
+        Trainer(load_config(None, base + ["steps=3", "student=clip-vit-tiny"]), resume=str(tmp_path))
