@@ -255,11 +255,9 @@ class Trainer:
     def _build_student(self, resume: Optional[str]) -> tuple:
         """The student: on resume the run's own network (from its last/student/config.json, whatever the
         registered model has become since), else from the config, with its initial weights."""
-        from mobileclip.checkpoint import CONFIG_NAME, load_checkpoint, read_config
+        from mobileclip.checkpoint import CONFIG_NAME, read_config
         from mobileclip.config import architecture_differences
-        from mobileclip.factory import create_student, resolve_student_name
-        from mobileclip.tokenizer import Tokenizer
-        from mobileclip.transforms import ImagePreprocess
+        from mobileclip.factory import create_model, create_student, resolve_student_name
         from mobileclip.zoo import get_model_config, list_models
 
         saved = find_resume_dir(Path(resume)) / "student" if resume else None
@@ -271,13 +269,13 @@ class Trainer:
         if arch.get("name") != want:
             raise TrainingError(f"cannot resume: the run in {str(saved.parent)!r} trained {arch.get('name')!r}, "
                                 f"this config's student is {self.cfg.student!r}")
-        model = load_checkpoint(saved)   # its weights are replaced by train_state.pt's below
+        model, preprocess, tokenizer = create_model(str(saved))   # weights replaced by train_state.pt's below
         if name in list_models() and self.env.main:
             diff = architecture_differences(arch, get_model_config(name), ignore=("embed_dim",))
             if diff:
                 print(f"resuming on the run's own {name} network, which differs from today's registered one "
                       f"({'; '.join(diff[:3])})")
-        return model, ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer), None
+        return model, preprocess, tokenizer, None
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:

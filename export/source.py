@@ -50,15 +50,9 @@ def _ours(spec: str, pretrained: Optional[str] = None, architecture: Optional[di
 
     if architecture is not None:   # the network recorded at export, whatever the registered name is today
         from mobileclip.config import ModelConfig
-        from mobileclip.factory import _load_pretrained
-        from mobileclip.model import CLIP
-        from mobileclip.tokenizer import Tokenizer
-        from mobileclip.transforms import ImagePreprocess
+        from mobileclip.factory import build_model
 
-        model = CLIP(ModelConfig.from_dict(architecture))
-        if pretrained:
-            _load_pretrained(model, Path(pretrained))
-        preprocess, tokenizer = ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
+        model, preprocess, tokenizer = build_model(ModelConfig.from_dict(architecture), pretrained)
     else:
         model, preprocess, tokenizer = create_model(spec, pretrained=pretrained)
     reparameterize(model, inplace=True)
@@ -145,9 +139,8 @@ def load_source(spec: dict) -> ExportSource:
 
 def weights_digest(path: Union[str, Path]) -> str:
     """sha256 of a weights file, or of one of our checkpoint directories (its config and weights)."""
-    from mobileclip.hashing import sha256_file
-
     from mobileclip.errors import CheckpointError
+    from mobileclip.hashing import sha256_file
 
     p = Path(path)
     if p.is_dir():
@@ -162,9 +155,9 @@ def _check_weights(path: str, digest: Optional[str]) -> None:
     from mobileclip.errors import CheckpointError
 
     p = Path(path)
-    if not (p.is_file() or (p / "config.json").is_file() and (p / "model.safetensors").is_file()):
+    if not p.exists():
         raise CheckpointError(f"the weights this bundle was exported from, {path!r}, no longer exist")
-    if digest and weights_digest(p) != digest:
+    if digest and weights_digest(p) != digest:   # a directory no longer holding a checkpoint is an error there
         raise CheckpointError(f"{path!r} changed since the bundle was exported (sha256 differs); the PyTorch "
                               "reference would not be the model that was exported. Re-export the bundle")
 

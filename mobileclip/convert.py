@@ -283,19 +283,13 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], may_differ: Iterab
     ``model.safetensors`` with its ``config.json`` beside it must also have been saved from the same
     network (``config_may_differ``: config keys an override changes).
     """
-    from .checkpoint import CONFIG_NAME, load_weights, read_config
-    from .config import architecture_differences
+    from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
 
     path = Path(path)
-    state, layout, unknown = to_our_layout(load_weights(path), model, str(path))
     cfg = getattr(model, "cfg", None)
-    if layout == "mobileclip" and cfg is not None and (path.parent / CONFIG_NAME).is_file():
-        saved = read_config(path.parent).get("architecture")
-        diff = architecture_differences(saved, cfg, ignore=config_may_differ) if isinstance(saved, dict) else []
-        if diff:
-            raise CheckpointError(f"{path} was saved from another {cfg.name} network ({'; '.join(diff[:3])}); "
-                                  f"load its directory with create_model({str(path.parent)!r}), which rebuilds "
-                                  "its own")
+    if cfg is not None and path.name == WEIGHTS_NAME and (path.parent / CONFIG_NAME).is_file():
+        check_saved_network(path.parent, cfg, config_may_differ)   # before reading the weights
+    state, layout, unknown = to_our_layout(load_weights(path), model, str(path))
     usable, report = _match(model, state, unknown, str(path), layout)
     allowed = set(may_differ)
     strict_view = LoadReport(report.source, layout, report.loaded, [k for k in report.missing if k not in allowed],
@@ -317,6 +311,32 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], may_differ: Iterab
         raise CheckpointError(f"{path}: no tensor of it fits the model ({report.summary()})")
     model.load_state_dict(usable, strict=False)
     return report
+
+
+def check_saved_network(directory: Path, cfg, may_differ: Iterable[str] = ()) -> None:
+    """One of our checkpoint directories may load into a model of ``cfg`` only if it was saved from the same
+    network (``may_differ``: config keys an override changes, e.g. ``embed_dim``).
+
+    A checkpoint saved before a registered model changed (``mobileclip-b`` before it became Apple's B) still
+    loads with ``create_model(dir)``, which rebuilds its own network; its weights on today's would be wrong.
+    """
+    from .checkpoint import read_config
+    from .config import architecture_differences
+
+    config = read_config(directory)
+    saved = config.get("architecture")
+    if not isinstance(saved, dict):
+        return   # not one of our configs: the tensors decide
+    if saved.get("name") != cfg.name:
+        raise CheckpointError(f"{str(directory)!r} holds a {saved.get('name')!r} checkpoint, not {cfg.name!r}; "
+                              f"load it with create_model({str(directory)!r})")
+    if config.get("reparameterized"):
+        raise CheckpointError(f"{str(directory)!r} is reparameterized (inference form); load it with "
+                              f"create_model({str(directory)!r}), or start from the checkpoint written before export")
+    diff = architecture_differences(saved, cfg, ignore=may_differ)
+    if diff:
+        raise CheckpointError(f"{str(directory)!r} was saved from another {cfg.name} network ({'; '.join(diff[:3])}); "
+                              f"load it with create_model({str(directory)!r}), which rebuilds its own")
 
 
 def guess_models(state: Optional[dict] = None, state_in_layout: Optional[dict] = None,
@@ -343,12 +363,6 @@ def guess_models(state: Optional[dict] = None, state_in_layout: Optional[dict] =
     return found
 
 
-def file_sha256(path: Union[str, Path]) -> str:
-    from .hashing import sha256_file
-
-    return sha256_file(path)
-
-
 def convert_checkpoint(src: Union[str, Path], out: Union[str, Path], model: Optional[str] = None,
                        overwrite: bool = False) -> dict:
     """Write ``src`` (Apple ``.pt``, open_clip file) as one of our checkpoints in ``out``.
@@ -359,6 +373,7 @@ def convert_checkpoint(src: Union[str, Path], out: Union[str, Path], model: Opti
     """
     from .checkpoint import load_weights, replace_dir, save_checkpoint, temp_dir_for
     from .errors import ConfigError
+    from .hashing import sha256_file
     from .model import CLIP
     from .zoo import get_model_config
 
@@ -378,7 +393,7 @@ def convert_checkpoint(src: Union[str, Path], out: Union[str, Path], model: Opti
         model = candidates[0]
     net = CLIP(get_model_config(model))
     report = load_pretrained(net, src)
-    digest = file_sha256(src)
+    digest = sha256_file(src)
     tmp = temp_dir_for(out)
     try:
         save_checkpoint(net, tmp, extra={"converted_from": {"file": src.name, "sha256": digest,

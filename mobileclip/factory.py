@@ -6,7 +6,7 @@ from typing import Optional, Union
 
 import torch
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, load_state_into, load_weights, read_config
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, read_config
 from .errors import CheckpointError
 from .model import CLIP
 from .tokenizer import Tokenizer
@@ -50,47 +50,43 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path]] 
                                   "checkpoint directory, which holds its own weights")
         model = load_checkpoint(path)
     else:
-        model = CLIP(get_model_config(name))
-        if pretrained is not None:
-            _load_pretrained(model, Path(pretrained).expanduser())
-        model.eval()
+        model = build_model(get_model_config(name), pretrained)[0]
     if device is not None:
         model = model.to(device)
-    return model, ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
+    return (model, *_io(model))
 
 
-def _check_checkpoint_dir(path: Path, cfg, may_differ=()) -> Path:
-    """The weights file of one of our checkpoint directories, if it holds exactly ``cfg``'s network
-    (``may_differ``: config keys an override changes, e.g. ``embed_dim``)."""
-    from .config import architecture_differences
-
-    config = read_config(path)
-    arch = config.get("architecture", {}).get("name")
-    if arch != cfg.name:
-        raise CheckpointError(f"{str(path)!r} holds a {arch!r} checkpoint, not {cfg.name!r}; "
-                              f"load it with create_model({str(path)!r})")
-    if config.get("reparameterized"):
-        raise CheckpointError(f"{str(path)!r} is reparameterized (inference form); load it with "
-                              f"create_model({str(path)!r}), or start from the checkpoint written before export")
-    diff = architecture_differences(config.get("architecture", {}), cfg, ignore=may_differ)
-    if diff:
-        raise CheckpointError(f"{str(path)!r} was saved with another {cfg.name} network ({'; '.join(diff[:3])}); "
-                              f"load it with create_model({str(path)!r}), which rebuilds its own")
-    weights = path / WEIGHTS_NAME
+def _weights_in(directory: Path) -> Path:
+    """``model.safetensors`` of one of our checkpoint directories (its config must be there too)."""
+    read_config(directory)   # a clear error when config.json is missing or damaged
+    weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{str(weights)!r} is missing; the checkpoint is incomplete")
     return weights
 
 
-def _load_pretrained(model: CLIP, path: Path) -> None:
-    if path.is_dir():
-        weights = _check_checkpoint_dir(path, model.cfg)
-        load_state_into(model, load_weights(weights), str(weights))
-    elif path.is_file():
-        from .convert import load_pretrained
+def _io(model: CLIP) -> tuple:
+    """The preprocessing and tokenizer of one of our models."""
+    return ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
 
-        # Our safetensors, Apple's mobileclip_*.pt, or an open_clip MobileCLIP/MobileCLIP2 file: the layout
-        # is detected from the keys and converted; anything that does not fit exactly is an error.
+
+def build_model(cfg, pretrained: Optional[Union[str, Path]] = None) -> tuple:
+    """``(model, preprocess, tokenizer)`` for a :class:`ModelConfig`, with ``pretrained`` weights if given."""
+    model = CLIP(cfg)
+    if pretrained is not None:
+        _load_pretrained(model, Path(pretrained).expanduser())
+    return (model.eval(), *_io(model))
+
+
+def _load_pretrained(model: CLIP, path: Path) -> None:
+    from .convert import load_pretrained
+
+    if path.is_dir():
+        path = _weights_in(path)
+    if path.is_file():
+        # Our checkpoint (saved from this very network), Apple's mobileclip_*.pt, or an open_clip
+        # MobileCLIP/MobileCLIP2 file: the layout is detected from the keys and converted; anything that does
+        # not fit exactly is an error.
         load_pretrained(model, path)
     else:
         raise CheckpointError(f"pretrained checkpoint {str(path)!r} does not exist "
@@ -160,19 +156,19 @@ def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, emb
         if embed_dim:
             cfg = cfg.replace(embed_dim=int(embed_dim))
         model = CLIP(cfg)
-        # The tensors an override reshapes (the projections, for embed_dim) may differ from the file; nothing
-        # else may, so another model's file is an error rather than a half-loaded student.
-        with torch.device("meta"):
-            default = CLIP(get_model_config(name)).state_dict()
-        reshaped = [k for k, v in model.state_dict().items()
-                    if k not in default or tuple(default[k].shape) != tuple(v.shape)]
         if pretrained:
+            # The tensors an override reshapes (the projections, for embed_dim) may differ from the file; nothing
+            # else may, so another model's file is an error rather than a half-loaded student.
+            with torch.device("meta"):
+                default = CLIP(get_model_config(name)).state_dict()
+            reshaped = [k for k, v in model.state_dict().items()
+                        if k not in default or tuple(default[k].shape) != tuple(v.shape)]
             path = Path(pretrained).expanduser()
             overridden = ("embed_dim",) if embed_dim else ()
             if path.is_dir():
-                path = _check_checkpoint_dir(path, cfg, overridden)
+                path = _weights_in(path)
             report = load_pretrained(model, path, may_differ=reshaped, config_may_differ=overridden)
-        preprocess, tokenizer = ImagePreprocess(model.cfg.preprocess), Tokenizer(model.cfg.tokenizer)
+        preprocess, tokenizer = _io(model)
     if getattr(model, "reparameterized", False):
         raise CheckpointError(f"student {name!r} is reparameterized (inference form) and cannot be trained")
     return model.train(), preprocess, tokenizer, report
