@@ -161,6 +161,13 @@ def test_wrong_files_are_refused_with_what_differs(tmp_path, apple_files, capsys
     torch.save(bad, tmp_path / "reparam.pt")
     with pytest.raises(CheckpointError, match="reparameterized"):
         mobileclip.create_model("mobileclip-s0", pretrained=tmp_path / "reparam.pt")
+    # a truncated download
+    data = Path(apple_files("mobileclip_s0")).read_bytes()
+    (tmp_path / "mobileclip_s0.pt").write_bytes(data[: len(data) // 3])
+    del data
+    assert main(["convert", str(tmp_path / "mobileclip_s0.pt"), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "could not be read as a checkpoint" in err and err.count("\n") == 1 and not (tmp_path / "t").exists()
     # an unrecognized layout: lists a few of its keys; the CLI says it in one line, exit 2
     from safetensors.torch import save_file
 
