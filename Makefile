@@ -13,14 +13,19 @@ $(VPY):
 	$(PY) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-# Re-install when pyproject.toml changes; one stamp per set of extras.
-$(VENV)/.installed-%: pyproject.toml | $(VPY)
+# Re-install when pyproject.toml or setup.py changes; one stamp per set of extras.
+# The distribution is `mobileclip-toolkit` (import name `mobileclip`); an install under the
+# project's former distribution name `mobileclip` is removed first, so two installs never
+# claim the same package and console script.
+$(VENV)/.installed-%: pyproject.toml setup.py | $(VPY)
 	$(PIP) install $(TORCH_PINS)
+	$(PIP) uninstall -y -q mobileclip
 	$(PIP) install -e ".[$*]"
 	touch $@
 
 # The extras `make demo` and `make test` install (tensorrt never: it is not on PyPI).
-EXTRAS ?= dev,onnx,coreml,runtime,bench
+# `train` is PyTorch and the libraries built on it; the base install is torch-free.
+EXTRAS ?= dev,train,onnx,coreml,runtime,bench
 
 install: $(VENV)/.installed-$(EXTRAS)
 

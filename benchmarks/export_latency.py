@@ -240,7 +240,7 @@ def _hf_cases(work: Path, add, img: np.ndarray, tok: np.ndarray, threads: int) -
     try:
         from optimum.exporters.onnx import main_export
     except ImportError:
-        return "optimum-onnx is not installed (pip install 'mobileclip[bench]'): no optimum comparison."
+        return "optimum-onnx is not installed (pip install 'mobileclip-toolkit[bench]'): no optimum comparison."
     main_export(str(hf_dir), output=str(work / "hf-optimum"), task="zero-shot-image-classification",
                 library_name="transformers", do_validation=False)
     feeds = {"input_ids": tok.astype(np.int64), "attention_mask": (tok != 0).astype(np.int64), "pixel_values": img}

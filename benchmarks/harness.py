@@ -1178,7 +1178,7 @@ def write_reports(result: dict, out: Path) -> dict:
         acc = plot_accuracy(result, out / "accuracy_vs_latency.png")
         written["accuracy_plot"] = str(acc) if acc else "no accuracy known (pass --accuracy LABEL=VALUE)"
     except ImportError as e:
-        written["latency_plot"] = f"not drawn: matplotlib is missing (pip install 'mobileclip[bench]'): {e}"
+        written["latency_plot"] = f"not drawn: matplotlib is missing (pip install 'mobileclip-toolkit[bench]'): {e}"
     result["plots"] = written
     atomic_write_json(out / "bench.json", result)
     with atomic_write(out / "bench.md", "w") as f:

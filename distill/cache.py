@@ -10,6 +10,14 @@ image and stores, per shard of ``shard_size`` samples, memory-mappable ``.npy`` 
       shard_00000/img_0.npy    float16 [S, K, D0]  teacher 0's normalized image embeddings
       shard_00000/txt_0.npy    float16 [S, C, D0]  teacher 0's normalized caption embeddings
       ...                      img_1.npy, txt_1.npy for a second teacher
+      shard_00000/sha256.json  the sha256 of each array file of the shard
+
+The manifest fingerprints what the embeddings depend on: each teacher's weights (a sha256 of
+its state dict), preprocessing and tokenizer; the dataset (a sha256 per shard over every
+sample's path and captions); K, the crop/flip settings and the seed. Resuming a build, or
+training from the cache, with anything that differs is refused, naming what differs. Every
+shard's arrays are checked against their checksums and the manifest's counts the first time
+a process opens them.
 
 A shard is written to a temporary directory and renamed into place when complete, so a
 killed run resumes by skipping the shards that exist. Under ``torchrun`` rank r builds
@@ -18,7 +26,10 @@ never runs a teacher.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 import time
 from pathlib import Path
 from typing import Sequence, Union
@@ -27,12 +38,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mobileclip.checkpoint import atomic_write_json, replace_dir, temp_dir_for
+from mobileclip.files import atomic_write_json, disk_full, replace_dir, temp_dir_for
+from mobileclip.hashing import sha256_file
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .data import apply_aug, sample_aug
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CacheError(MobileCLIPError):
@@ -43,50 +55,113 @@ def _shard_dir(root: Path, s: int) -> Path:
     return root / f"shard_{s:05d}"
 
 
+def _address_free(text: str) -> str:
+    """A repr without the memory addresses of its objects (they differ from run to run)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
+def teacher_fingerprint(teacher, device) -> dict:
+    """What a teacher's cached embeddings depend on: its weights, preprocessing and tokenizer."""
+    from mobileclip.hashing import state_sha256
+
+    tok = teacher.tokenizer
+    return {"name": teacher.name, "embed_dim": teacher_dim(teacher, device),
+            "logit_scale": float(teacher.logit_scale.exp()),
+            "weights_sha256": state_sha256(teacher.state_dict()),
+            "preprocess": _address_free(repr(teacher.preprocess)),
+            "tokenizer": _address_free(f"{type(tok).__name__} context_length="
+                                       f"{getattr(tok, 'context_length', None)}")}
+
+
+def dataset_digests(source, shard_size: int, progress: bool = False) -> list:
+    """One sha256 per shard over its samples' identities (path or key, and captions), in order."""
+    n = len(source)
+    out = []
+    bar = tqdm(total=n, desc="fingerprint dataset", unit="sample", disable=not progress or n < 5000)
+    for lo in range(0, n, shard_size):
+        h = hashlib.sha256()
+        for i in range(lo, min(n, lo + shard_size)):
+            h.update(source.identity(i).encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
+        out.append(h.hexdigest())
+        bar.update(min(n, lo + shard_size) - lo)
+    bar.close()
+    return out
+
+
+def check_cache_args(augs, shard_size, batch_size, scale, ratio, flip_prob) -> None:
+    if not isinstance(augs, int) or augs < 1:
+        raise ConfigError(f"--augs must be at least 1, got {augs}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    lo, hi = (float(v) for v in scale)
+    if not (0 < lo <= hi <= 1):
+        raise ConfigError(f"--scale is the range of crop areas as fractions of the image: 0 < low <= high <= 1, "
+                          f"got {lo} {hi}")
+    rlo, rhi = (float(v) for v in ratio)
+    if not (0 < rlo <= rhi and math.isfinite(rhi)):
+        raise ConfigError(f"the crop aspect ratio range needs 0 < low <= high, got {rlo} {rhi}")
+    if not 0 <= float(flip_prob) <= 1:
+        raise ConfigError(f"--flip-prob must be within [0, 1], got {flip_prob}")
+
+
 def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4, shard_size: int = 1024,
                 batch_size: int = 64, seed: int = 0, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3),
                 flip_prob: float = 0.5, device: Union[str, torch.device] = "cpu", rank: int = 0, world: int = 1,
                 num_workers: int = 0, progress: bool = True) -> dict:
     """Run ``teachers`` (loaded :class:`~mobileclip.teachers.Teacher` objects) over ``source``.
 
-    Returns the manifest. Existing complete shards are kept (resume); a manifest that
-    disagrees with this request (other teachers, dataset, K, seed) is an error.
+    Returns the manifest. Existing complete shards are kept (resume) after their checksums are
+    checked; a manifest that disagrees with this request (other teacher weights, dataset
+    samples, K, augmentation settings, seed) is a :class:`CacheError` naming what differs.
     """
     from mobileclip.teachers import Teacher
 
-    if augs < 1:
-        raise ConfigError("augs must be at least 1")
+    check_cache_args(augs, shard_size, batch_size, scale, ratio, flip_prob)
     if not teachers:
         raise ConfigError("build_cache needs at least one teacher")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"--out {str(out)!r} is a file; give a directory for the cache")
     n = len(source)
+    if n == 0:
+        raise ConfigError("the dataset has no samples; nothing to cache")
     n_shards = (n + shard_size - 1) // shard_size
     device = torch.device(device)
-    teachers = [t.to(device) for t in teachers]
-    # Embedding sizes and temperatures, from one forward when the teacher does not say.
-    meta = []
     for t in teachers:
         if not isinstance(t, Teacher):
             raise ConfigError(f"build_cache takes loaded teachers (mobileclip.load_teacher), got {type(t).__name__}")
-        meta.append({"name": t.name, "embed_dim": teacher_dim(t, device), "logit_scale": float(t.logit_scale.exp())})
+    teachers = [t.to(device) for t in teachers]
+    meta = [teacher_fingerprint(t, device) for t in teachers]
+    digests = dataset_digests(source, shard_size, progress)
     manifest = {
         "format_version": FORMAT_VERSION, "teachers": meta, "dataset": source.spec(), "num_samples": n,
+        "dataset_sha256": hashlib.sha256("".join(digests).encode()).hexdigest(), "dataset_shards": digests,
         "augs": augs, "captions": source.n_captions, "shard_size": shard_size, "num_shards": n_shards,
-        "seed": seed, "aug": {"scale": list(scale), "ratio": list(ratio), "flip_prob": flip_prob},
+        "seed": seed, "aug": {"scale": [float(v) for v in scale], "ratio": [float(v) for v in ratio],
+                              "flip_prob": float(flip_prob)},
     }
     mpath = out / "manifest.json"
-    if mpath.is_file():
-        old = json.loads(mpath.read_text())
-        keys = ("teachers", "dataset", "num_samples", "augs", "captions", "shard_size", "seed", "aug")
-        diff = [k for k in keys if _jsonable(old.get(k)) != _jsonable(manifest[k])]
+    if mpath.exists():
+        old = read_manifest(out)
+        diff = manifest_differences(old, manifest)
         if diff:
-            raise CacheError(f"{str(out)!r} holds a cache built with different {diff}; use another --out "
-                             "or delete it")
+            raise CacheError(f"{str(out)!r} holds a cache built from something else: {'; '.join(diff)}. Resume with "
+                             "the same teachers, data and settings, or use another --out (or delete it)")
     elif rank == 0:
-        atomic_write_json(mpath, manifest)
+        try:
+            atomic_write_json(mpath, manifest)
+        except OSError as e:
+            raise disk_full(e, mpath) from e
 
-    todo = [s for s in range(rank, n_shards, world) if not _shard_dir(out, s).is_dir()]
+    todo = []
+    for s in range(rank, n_shards, world):
+        if _shard_dir(out, s).is_dir():
+            _verify_shard(out, manifest, s)   # a resumed build trusts only shards that check out
+        else:
+            todo.append(s)
     bar = tqdm(total=len(todo) * shard_size, desc=f"cache-teacher (rank {rank})", unit="img", disable=not progress)
     t0, done = time.time(), 0
     skipped = 0
@@ -96,9 +171,16 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
                               batch_size, num_workers)
         skipped += int((~arrays["ok"]).sum())
         tmp = temp_dir_for(_shard_dir(out, s))
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", arr)
-        replace_dir(tmp, _shard_dir(out, s))
+        try:
+            for name, arr in arrays.items():
+                np.save(tmp / f"{name}.npy", arr)
+            atomic_write_json(tmp / CHECKSUMS, {f"{name}.npy": sha256_file(tmp / f"{name}.npy") for name in arrays})
+            replace_dir(tmp, _shard_dir(out, s))
+        except OSError as e:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_full(e, _shard_dir(out, s)) from e
         done += hi - lo
         bar.update(hi - lo)
     bar.close()
@@ -108,8 +190,128 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
     return manifest
 
 
+CHECKSUMS = "sha256.json"
+_TEACHER_KEYS = ("weights_sha256", "name", "embed_dim", "logit_scale", "preprocess", "tokenizer")
+
+
+def manifest_differences(old: dict, new: dict) -> list:
+    """What differs between a cache's manifest and a request (empty: the same cache)."""
+    diff = []
+    ot, nt = old.get("teachers", []), new["teachers"]
+    if len(ot) != len(nt):
+        diff.append(f"{len(ot)} teacher(s) in the cache, {len(nt)} given")
+    else:
+        for i, (a, b) in enumerate(zip(ot, nt)):
+            for k in _TEACHER_KEYS:
+                if _jsonable(a.get(k)) != _jsonable(b.get(k)):
+                    what = "weights (sha256 of the state dict)" if k == "weights_sha256" else k
+                    diff.append(f"teacher {i} {what}: {_short(a.get(k))} in the cache, {_short(b.get(k))} now")
+    if old.get("num_samples") != new["num_samples"]:
+        diff.append(f"the dataset has {new['num_samples']} samples, the cache {old.get('num_samples')}")
+    elif old.get("dataset_shards") != new["dataset_shards"]:
+        od, nd = old.get("dataset_shards") or [], new["dataset_shards"]
+        s = next((i for i, (a, b) in enumerate(zip(od, nd)) if a != b), 0)
+        size = new["shard_size"]
+        diff.append(f"the dataset's samples differ (paths or captions edited or reordered), first in samples "
+                    f"{s * size}..{min(new['num_samples'], (s + 1) * size) - 1} (shard {s})")
+    for k in ("dataset", "augs", "captions", "shard_size", "seed", "aug"):
+        if _jsonable(old.get(k)) != _jsonable(new[k]):
+            diff.append(f"{k}: {_short(old.get(k))} in the cache, {_short(new[k])} now")
+    return diff
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x))
+
+
+def _short(x) -> str:
+    s = json.dumps(x)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def read_manifest(root: Path) -> dict:
+    """A cache's manifest, checked for the keys and types the reader relies on."""
+    mpath = root / "manifest.json"
+    try:
+        m = json.loads(mpath.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CacheError(f"{str(mpath)!r} is not UTF-8 text; rebuild the cache with `mobileclip cache-teacher`") from e
+    except json.JSONDecodeError as e:
+        raise CacheError(f"{str(mpath)!r} is not valid JSON ({e}); rebuild the cache with "
+                         "`mobileclip cache-teacher`") from e
+    except OSError as e:
+        raise CacheError(f"cannot read {str(mpath)!r}: {e.strerror or e}") from e
+    if not isinstance(m, dict):
+        raise CacheError(f"{str(mpath)!r} must hold a JSON object; rebuild the cache")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise CacheError(f"{str(mpath)!r}: cache format {m.get('format_version')!r}, this version reads "
+                         f"{FORMAT_VERSION} (caches are now fingerprinted); rebuild it with `mobileclip cache-teacher`")
+
+    def bad(key, what):
+        raise CacheError(f"{str(mpath)!r}: {key} {what}; the manifest was edited or damaged — rebuild the cache")
+
+    for key in ("num_samples", "augs", "captions", "shard_size", "num_shards"):
+        v = m.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            bad(key, f"must be a positive integer, got {json.dumps(v)}")
+    if m["num_shards"] != -(-m["num_samples"] // m["shard_size"]):
+        bad("num_shards", f"is {m['num_shards']}, but {m['num_samples']} samples in shards of {m['shard_size']} "
+                          f"make {-(-m['num_samples'] // m['shard_size'])}")
+    shards = m.get("dataset_shards")
+    if not isinstance(shards, list) or len(shards) != m["num_shards"]:
+        bad("dataset_shards", f"must list one digest per shard ({m['num_shards']})")
+    teachers = m.get("teachers")
+    if not isinstance(teachers, list) or not teachers:
+        bad("teachers", "must be a non-empty list")
+    for i, t in enumerate(teachers):
+        if not isinstance(t, dict):
+            bad(f"teachers[{i}]", "must be an object")
+        d, ls = t.get("embed_dim"), t.get("logit_scale")
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            bad(f"teachers[{i}].embed_dim", f"must be a positive integer, got {json.dumps(d)}")
+        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not math.isfinite(ls) or ls <= 0:
+            bad(f"teachers[{i}].logit_scale", f"must be a finite positive number, got {json.dumps(ls)}")
+    if not isinstance(m.get("dataset"), dict):
+        bad("dataset", "must be an object")
+    return m
+
+
+def _expected_shapes(m: dict, s: int) -> dict:
+    rows = min(m["num_samples"], (s + 1) * m["shard_size"]) - s * m["shard_size"]
+    k, c = m["augs"], m["captions"]
+    out = {"aug": ((rows, k, 5), np.float32), "ok": ((rows,), np.bool_)}
+    for t, meta in enumerate(m["teachers"]):
+        out[f"img_{t}"] = ((rows, k, meta["embed_dim"]), np.float16)
+        out[f"txt_{t}"] = ((rows, c, meta["embed_dim"]), np.float16)
+    return out
+
+
+def _verify_shard(root: Path, m: dict, s: int) -> dict:
+    """Open shard ``s`` after checking its files against their checksums and its arrays against the
+    manifest's counts; returns the memory-mapped arrays. :class:`CacheError` says what is wrong."""
+    d = _shard_dir(root, s)
+    fix = "rebuild it: delete that shard directory and rerun cache-teacher with the same arguments"
+    try:
+        sums = json.loads((d / CHECKSUMS).read_text())
+    except (OSError, ValueError) as e:
+        raise CacheError(f"cache shard {str(d)!r} has no readable {CHECKSUMS} (incomplete or damaged); {fix}") from e
+    expected = _expected_shapes(m, s)
+    arrays = {}
+    for name, (shape, dtype) in expected.items():
+        f = d / f"{name}.npy"
+        if not f.is_file():
+            raise CacheError(f"cache shard {str(d)!r} lacks {f.name}; {fix}")
+        if not isinstance(sums, dict) or sums.get(f.name) != sha256_file(f):
+            raise CacheError(f"cache file {str(f)!r} does not match its checksum (modified or truncated); {fix}")
+        try:
+            a = np.load(f, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CacheError(f"cache file {str(f)!r} is not a readable .npy array ({e}); {fix}") from e
+        if a.shape != shape or a.dtype != dtype:
+            raise CacheError(f"cache file {str(f)!r} holds {a.dtype} {list(a.shape)}, the manifest implies {np.dtype(dtype)} "
+                             f"{list(shape)}; the manifest or the shard was changed — {fix}")
+        arrays[name] = a
+    return arrays
 
 
 class _ShardItems(torch.utils.data.Dataset):
@@ -178,17 +380,18 @@ def teacher_dim(teacher, device) -> int:
 
 
 class TeacherCache:
-    """Read side: memory-maps each shard's arrays on first use (per worker process)."""
+    """Read side: checks the manifest, then verifies and memory-maps each shard on first use (per process)."""
 
     def __init__(self, root: Union[str, Path]) -> None:
         self.root = Path(root)
         mpath = self.root / "manifest.json"
+        if not self.root.is_dir():
+            raise CacheError(f"teacher cache {str(self.root)!r} " + ("is a file, not a cache directory"
+                             if self.root.exists() else "does not exist") + "; build one with `mobileclip cache-teacher`")
         if not mpath.is_file():
             raise CacheError(f"{str(self.root)!r} is not a teacher cache (no manifest.json); "
                              "build one with `mobileclip cache-teacher`")
-        self.manifest = json.loads(mpath.read_text())
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise CacheError(f"{str(mpath)!r}: unsupported cache format {self.manifest.get('format_version')}")
+        self.manifest = read_manifest(self.root)
         missing = [s for s in range(self.manifest["num_shards"]) if not _shard_dir(self.root, s).is_dir()]
         if missing:
             raise CacheError(f"{str(self.root)!r} is incomplete: {len(missing)} of {self.manifest['num_shards']} "
@@ -198,6 +401,20 @@ class TeacherCache:
         self.shard_size = int(self.manifest["shard_size"])
         self.num_teachers = len(self.manifest["teachers"])
         self._open: dict = {}
+
+    def check_source(self, source, progress: bool = False) -> None:
+        """Refuse a ``source`` whose samples are not those the cache was built from (in order)."""
+        m = self.manifest
+        if len(source) != m["num_samples"]:
+            raise CacheError(f"the dataset has {len(source)} samples, the cache {str(self.root)!r} was built from "
+                             f"{m['num_samples']}: rows were added or removed since; rebuild the cache")
+        now = dataset_digests(source, self.shard_size, progress)
+        if now != m["dataset_shards"]:
+            s = next(i for i, (a, b) in enumerate(zip(m["dataset_shards"], now)) if a != b)
+            raise CacheError(f"the dataset's samples differ from those the cache {str(self.root)!r} was built from "
+                             f"(paths or captions edited or reordered), first in samples {s * self.shard_size}.."
+                             f"{min(len(source), (s + 1) * self.shard_size) - 1}: each image would be trained against "
+                             "another sample's teacher embedding; rebuild the cache")
 
     @property
     def teacher_dims(self) -> list:
@@ -210,8 +427,7 @@ class TeacherCache:
     def _arrays(self, i: int):
         s, r = divmod(i, self.shard_size)
         if s not in self._open:
-            d = _shard_dir(self.root, s)
-            self._open[s] = {p.stem: np.load(p, mmap_mode="r") for p in d.glob("*.npy")}
+            self._open[s] = _verify_shard(self.root, self.manifest, s)
         return self._open[s], r
 
     def ok(self, i: int) -> bool:

@@ -103,6 +103,23 @@ def _set(d: dict, dotted: str, value) -> None:
     d[keys[-1]] = value
 
 
+def _yaml(raw: bytes, where: str):
+    """Plain YAML data (``yaml.safe_load``: tags such as ``!!python/object`` are refused, never run)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(f"{where}: YAML tag {e.problem.split()[-1] if e.problem else ''} is not allowed: a config "
+                          "holds plain values only (numbers, strings, lists, mappings)") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML{at} ({getattr(e, 'problem', None) or e})") from e
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """YAML file (optional) + ``key=value`` overrides (values parsed as YAML: ``3``, ``1e-3``,
     ``true``, ``[a, b]``). Unknown keys and bad values are errors naming the valid choices."""
@@ -111,14 +128,14 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {path!r} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _yaml(p.read_bytes(), path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} is not key=value")
         k, v = ov.split("=", 1)
-        _set(data, k.strip(), yaml.safe_load(v) if v.strip() else "")
+        _set(data, k.strip(), _yaml(v.encode(), f"override {ov!r}") if v.strip() else "")
     if isinstance(data.get("teachers"), str):
         data["teachers"] = [data["teachers"]]
     cfg = from_dict(TrainConfig, data)
@@ -163,5 +180,29 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("data.cache", f"{cfg.data.cache!r} is not a teacher cache (no manifest.json)")
     if not 0 <= cfg.aug.flip_prob <= 1:
         raise bad("aug.flip_prob", "must be within [0, 1]")
+    sc, ra = cfg.aug.scale, cfg.aug.ratio
+    if (len(sc) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sc)
+            or not 0 < sc[0] <= sc[1] <= 1):
+        raise bad("aug.scale", f"is the range of crop areas as fractions of the image: [low, high] with "
+                               f"0 < low <= high <= 1, got {list(sc)}")
+    if (len(ra) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ra)
+            or not 0 < ra[0] <= ra[1]):
+        raise bad("aug.ratio", f"is the crop aspect-ratio range [low, high] with 0 < low <= high, got {list(ra)}")
+    o = cfg.optim
+    for key, ok, rule in (("lr", o.lr > 0, "> 0"), ("weight_decay", o.weight_decay >= 0, ">= 0"),
+                          ("beta1", 0 <= o.beta1 < 1, "within [0, 1)"), ("beta2", 0 <= o.beta2 < 1, "within [0, 1)"),
+                          ("eps", o.eps > 0, "> 0"), ("warmup_steps", o.warmup_steps >= 0, ">= 0"),
+                          ("min_lr_ratio", 0 <= o.min_lr_ratio <= 1, "within [0, 1]"),
+                          ("grad_clip", o.grad_clip >= 0, ">= 0 (0: no clipping)")):
+        if not ok:
+            raise bad(f"optim.{key}", f"must be {rule}, got {getattr(o, key)}")
+    d = cfg.data
+    for key, ok, rule in (("size", d.size >= 1, ">= 1"), ("image_size", d.image_size >= 16, ">= 16"),
+                          ("two_object_prob", 0 <= d.two_object_prob <= 1, "within [0, 1]"),
+                          ("workers", d.workers >= 0, ">= 0")):
+        if not ok:
+            raise bad(f"data.{key}", f"must be {rule}, got {getattr(d, key)}")
+    if cfg.max_bad_steps < 0 or cfg.eval.every < 0 or cfg.eval.size < 1:
+        raise bad("max_bad_steps/eval.every/eval.size", "max_bad_steps and eval.every must be >= 0, eval.size >= 1")
     if cfg.eval.data and not Path(cfg.eval.data).is_dir():
         raise bad("eval.data", f"{cfg.eval.data!r} is not a directory")

@@ -19,10 +19,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mobileclip.errors import ConfigError, DatasetError
-from mobileclip.transforms import load_image, to_rgb
+from mobileclip.transforms import IMAGE_READ_ERRORS, load_image, to_rgb
 
 AUG_FIELDS = ("x0", "y0", "w", "h", "flip")
 
@@ -49,6 +49,11 @@ class SyntheticPairs:
     def spec(self) -> dict:
         return {"kind": "synthetic", **self.args}
 
+    def identity(self, i: int) -> str:
+        """What a teacher cache fingerprints of sample ``i``: its index and captions (the image is
+        determined by them and the spec)."""
+        return f"{i}\t" + "\t".join(self.gen[i].captions)
+
 
 class CaptionPairs:
     """One sample per row of a CSV/TSV/JSONL (rows may share an image)."""
@@ -67,11 +72,20 @@ class CaptionPairs:
         path, caption = self.ds.items[i]
         try:
             return load_image(path), [caption]
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        except IMAGE_READ_ERRORS:
             return None, [caption]
 
     def spec(self) -> dict:
         return {"kind": "captions", **self.args}
+
+    def identity(self, i: int) -> str:
+        """Sample ``i``'s image path (relative to the image root) and caption, for a cache's fingerprint."""
+        path, caption = self.ds.items[i]
+        try:
+            path = Path(path).relative_to(self.ds.image_root).as_posix()
+        except ValueError:
+            path = str(path)
+        return f"{path}\t{caption}"
 
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
@@ -88,6 +102,8 @@ class WebDatasetPairs:
     sizes), so any sample can be read by position — which the teacher cache and exact
     resume need. A sample whose image cannot be decoded is skipped and counted like any
     other unreadable image; a sample without an image or caption is left out of the index.
+    A caption that is not UTF-8, not valid JSON (``.json``) or empty makes its sample
+    unreadable too (skipped and counted), rather than a silently garbled or empty caption.
     """
 
     def __init__(self, shards: str) -> None:
@@ -98,6 +114,10 @@ class WebDatasetPairs:
 
         self.args = dict(shards=shards)
         self.paths = [str(Path(p).expanduser()) for p in braceexpand(shards)]
+        dirs = [p for p in self.paths if Path(p).is_dir()]
+        if dirs:
+            raise DatasetError(f"shard {dirs[0]!r} is a directory, not a .tar file; give the shard files, "
+                               f"e.g. '{dirs[0].rstrip('/')}/{{000..099}}.tar'")
         missing = [p for p in self.paths if not Path(p).is_file()]
         if missing:
             raise DatasetError(f"{len(missing)} of {len(self.paths)} shards of {shards!r} do not exist "
@@ -141,33 +161,49 @@ class WebDatasetPairs:
 
     def load(self, i: int):
         import io
-        import json
 
         shard, io_, is_, co, cs, cap_ext = self.index[i]
-        raw = self._read(shard, co, cs).decode("utf-8", errors="replace")
-        if cap_ext == "json":
-            try:
-                obj = json.loads(raw)
-                raw = obj.get("caption") or obj.get("text") or ""
-            except (json.JSONDecodeError, AttributeError):
-                raw = ""
+        caption = _caption_text(self._read(shard, co, cs), cap_ext)
+        if not caption:  # not UTF-8, bad JSON, no caption field, or empty: skipped and counted like a bad image
+            return None, [""]
         try:
-            from PIL import ImageOps
-
-            with Image.open(io.BytesIO(self._read(shard, io_, is_))) as im:
-                im.load()
-                image = to_rgb(ImageOps.exif_transpose(im))
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            image = load_image(io.BytesIO(self._read(shard, io_, is_)))
+        except IMAGE_READ_ERRORS:
             image = None
-        return image, [raw.strip()]
+        return image, [caption]
 
     def spec(self) -> dict:
         return {"kind": "webdataset", **self.args}
+
+    def identity(self, i: int) -> str:
+        """Sample ``i``'s shard, image member (offset, size) and caption bytes, for a cache's fingerprint."""
+        shard, io_, is_, co, cs, _ = self.index[i]
+        caption = self._read(shard, co, cs).decode("utf-8", errors="surrogateescape")
+        return f"{Path(self.paths[shard]).name}@{io_}+{is_}\t{caption}"
 
     def __getstate__(self):  # file handles are reopened in each DataLoader worker
         state = dict(self.__dict__)
         state["_files"] = {}
         return state
+
+
+def _caption_text(raw: bytes, ext: str) -> str:
+    """A WebDataset caption (``.txt``/``.caption``: the text; ``.json``: its ``caption`` or
+    ``text`` string), stripped; ``""`` when it is not UTF-8, not such JSON, or empty."""
+    import json
+
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return ""
+    if ext == "json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            return ""
+        text = next((obj[k] for k in ("caption", "text") if isinstance(obj, dict) and isinstance(obj.get(k), str)
+                     and obj[k].strip()), "")
+    return text.strip()
 
 
 def source_from_spec(spec: dict):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,9 +30,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from mobileclip.checkpoint import (
-    atomic_write_json, old_dir_for, replace_dir, save_checkpoint, temp_dir_for, unwrap,
-)
+from mobileclip.checkpoint import save_checkpoint, unwrap
+from mobileclip.files import atomic_write, atomic_write_json, old_dir_for, replace_dir, temp_dir_for
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .cache import TeacherCache, teacher_dim
@@ -192,11 +192,59 @@ def _split(batch: dict, n: int) -> list:
     return [{k: batch[k][bounds[i]:bounds[i + 1]] for k in keys} for i in range(n) if bounds[i + 1] > bounds[i]]
 
 
+RUN_MARKERS = ("train_config.yaml", "metrics.jsonl", "summary.json", "last", "student", "eval.jsonl",
+               "student_init.json")
+
+
+def check_run_dir(out: Path, resume: Optional[str], overwrite: bool, main: bool = True) -> None:
+    """Refuse to write a run into a directory that holds another one, unless resuming it or replacing it.
+
+    ``overwrite`` removes an existing *run* directory (one holding a run's files) before training; any
+    other non-empty directory is refused either way, so nothing that is not a run can be deleted.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={str(out)!r} is a file; give a directory for the run")
+    if resume or not out.is_dir() or not any(out.iterdir()):
+        return
+    markers = [m for m in RUN_MARKERS if (out / m).exists()]
+    if not markers:
+        raise ConfigError(f"out={str(out)!r} is a non-empty directory that holds no run; choose another out= "
+                          "(a run directory is never mixed with other files)")
+    if not overwrite:
+        raise ConfigError(f"out={str(out)!r} already holds a run ({', '.join(markers[:3])}); pass --resume "
+                          f"{out} to continue it, --overwrite to replace it, or choose another out=")
+    if main:
+        import shutil
+
+        shutil.rmtree(out)
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of a JSONL log up to ``step`` (a resumed run rewrites what came after its checkpoint)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:   # a line cut by a crash
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line)
+    with atomic_write(path, "w") as f:
+        f.write("".join(ln + "\n" for ln in keep))
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None) -> None:
+    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> None:
         from mobileclip.teachers import load_teacher
 
         self.cfg = cfg
+        check_run_dir(Path(cfg.out), resume, overwrite, main=int(os.environ.get("RANK", "0")) == 0)
+        if resume:
+            find_resume_dir(Path(resume))   # a clear error before any model is built
         self.env = DistEnv()
         self.device = resolve_device(cfg, self.env)
         self.env.setup(self.device)
@@ -214,6 +262,7 @@ class Trainer:
         self.cache = TeacherCache(cfg.data.cache) if cfg.data.cache else None
         if self.cache is not None:
             self.source = source_from_spec(self.cache.manifest["dataset"])
+            self.cache.check_source(self.source, progress=cfg.progress and self.env.main)
             self.teachers = []  # a trainer reading a cache never runs the teacher
             teacher_dims = self.cache.teacher_dims
             self.teacher_scales = torch.tensor(self.cache.teacher_logit_scales, device=self.device)
@@ -297,10 +346,27 @@ class Trainer:
 
     def load_state(self, path: Path) -> None:
         path = find_resume_dir(path)
-        state = torch.load(path / "train_state.pt", map_location=self.device, weights_only=True)
-        unwrap(self.student).load_state_dict(state["model"])
-        self.losses.load_state_dict(state["losses"])
-        self.opt.load_state_dict(state["optimizer"])
+        f = path / "train_state.pt"
+        try:
+            state = torch.load(f, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise TrainingError(f"cannot resume: {str(f)!r} holds Python objects other than tensors and numbers, "
+                                "so it was not loaded (it was not written by this trainer)") from e
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise TrainingError(f"cannot resume: {str(f)!r} is truncated or damaged ({str(e).splitlines()[0][:120]}); "
+                                "resume from an intact copy or start a new run") from e
+        keys = ("step", "bad_steps", "skipped_images", "model", "losses", "optimizer", "scheduler", "scaler",
+                "torch_rng", "cuda_rng")
+        if not isinstance(state, dict) or any(k not in state for k in keys):
+            raise TrainingError(f"cannot resume: {str(f)!r} is not a training state of this trainer (missing "
+                                f"{[k for k in keys if not isinstance(state, dict) or k not in state][:4]})")
+        try:
+            unwrap(self.student).load_state_dict(state["model"])
+            self.losses.load_state_dict(state["losses"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TrainingError(f"cannot resume: the state in {str(f)!r} does not fit this run's student, losses or "
+                                f"optimizer ({str(e).splitlines()[0][:160]}); resume with the run's own config") from e
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -412,7 +478,7 @@ class Trainer:
         if finite:
             all_reduce_grads(self.params, self.env.world)
             self.scaler.unscale_(self.opt)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip or math.inf))  # 0: no clipping
             finite = math.isfinite(grad_norm) or self.precision == "fp16"  # the scaler handles fp16 overflow
         if finite:
             self.scaler.step(self.opt)
@@ -451,6 +517,9 @@ class Trainer:
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             if self.init_report is not None and self.step == 0:
                 atomic_write_json(self.out / "student_init.json", self.init_report.to_dict())
+        if env.main and self.step:   # resumed: the logs hold no step twice
+            for name in ("metrics.jsonl", "eval.jsonl"):
+                _drop_rows_after(self.out / name, self.step)
         sampler = StepBatches(len(self.source), cfg.batch_size, cfg.steps, cfg.seed, env.rank, env.world, self.step)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=cfg.data.workers, collate_fn=collate_train,
@@ -538,6 +607,10 @@ def dataclass_dict(x) -> dict:
     return dataclasses.asdict(x)
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None) -> dict:
-    """Run a distillation (or plain CLIP) training job; returns its summary."""
-    return Trainer(cfg, resume).fit()
+def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict:
+    """Run a distillation (or plain CLIP) training job; returns its summary.
+
+    ``cfg.out`` must be new or empty, unless ``resume`` continues the run there or ``overwrite``
+    replaces it (:func:`check_run_dir`).
+    """
+    return Trainer(cfg, resume, overwrite).fit()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -57,7 +58,7 @@ def _images(data: Optional[str], n: int):
     if not data:
         return None
     from mobileclip.data import ImageFolderDataset
-    from mobileclip.transforms import load_image
+    from mobileclip.transforms import IMAGE_READ_ERRORS, load_image
 
     ds = ImageFolderDataset(data)
     out = []
@@ -66,7 +67,7 @@ def _images(data: Optional[str], n: int):
             break
         try:
             out.append(load_image(p))
-        except OSError:  # unreadable image: skipped
+        except IMAGE_READ_ERRORS:  # unreadable image: skipped
             continue
     return out or None
 
@@ -105,6 +106,10 @@ def _check_args(fmt: str, precision: str, quant: str, calib: Optional[str], toke
         raise ConfigError("--max-batch must be >= 1 and --fixed-batch >= 0")
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
+    if out.exists() and not (out.is_dir() and ((out / "manifest.json").is_file() or not any(out.iterdir()))):
+        raise ConfigError(f"--overwrite replaces a bundle only, and {str(out)!r} is "
+                          + ("a file" if not out.is_dir() else "a directory that is not a bundle (no manifest.json)")
+                          + "; choose another --out")
 
 
 def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str = "fp32", fixed_batch: int = 0,
@@ -148,6 +153,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
             shutil.copy(f, tmp / Path(f).name)
         manifest = _manifest(src, arts, token_dtype, time.time() - t0)
         report = _parity(tmp, manifest, src, _batches(fixed_batch, max_batch), _images(data, max_batch))
+        (tmp / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
         manifest["parity"] = _parity_summary(report)
         write_manifest(tmp, manifest)
         replace_dir(tmp, out)
@@ -284,7 +290,51 @@ def _bundle_inputs(directory: Path, manifest: dict) -> tuple:
     return pre, tok, misses
 
 
+def _manifest_checks(directory: Path, manifest: dict, src: ExportSource) -> list:
+    """The manifest's own numbers against the source and the artifacts: embed dim, image size, logit
+    scale, context length, token dtype, and each artifact's inputs and outputs (read back from an ONNX
+    file itself). A runtime takes all of these from the manifest, so a wrong one must fail parity."""
+    misses = []
+    tok = manifest["tokenizer"]
+    want = {"embed_dim": src.embed_dim, "image_size": src.image_size, "context_length": src.context_length}
+    have = {"embed_dim": manifest["embed_dim"], "image_size": manifest["image_size"],
+            "context_length": tok["context_length"]}
+    misses += [f"the manifest's {k} is {have[k]}, the source's {want[k]}" for k in want
+               if want[k] is not None and have[k] != want[k]]
+    if not math.isclose(manifest["logit_scale"], src.logit_scale, rel_tol=1e-5):
+        misses.append(f"the manifest's logit_scale is {manifest['logit_scale']}, the source's {src.logit_scale}")
+    token_dtype = tok.get("token_dtype", "int32")
+    for role in ("image", "text"):
+        entry = manifest["artifacts"][role]
+        spec_in, spec_out = entry["inputs"][0], entry["outputs"][0]
+        if entry["backend"] == "onnx":   # the file's own signature against what the manifest says of it
+            from .onnx import io_spec
+
+            real = io_spec(directory / entry["file"])
+            for key in ("inputs", "outputs"):
+                said = [{k: s.get(k) for k in ("name", "shape", "dtype")} for s in entry[key]]
+                if said != [{k: s[k] for k in ("name", "shape", "dtype")} for s in real[key]]:
+                    misses.append(f"{role}: the manifest's {key} {said} are not those of {entry['file']} "
+                                  f"{real[key]}")
+        shape_in, shape_out = spec_in["shape"], spec_out["shape"]
+        if role == "image" and shape_in[-2:] != [manifest["image_size"]] * 2:
+            misses.append(f"image: the artifact takes {shape_in[-2:]} images, the manifest's image_size is "
+                          f"{manifest['image_size']}")
+        if role == "text":
+            if shape_in[-1] != tok["context_length"]:
+                misses.append(f"text: the artifact takes {shape_in[-1]} tokens, the manifest's context_length is "
+                              f"{tok['context_length']}")
+            if spec_in["dtype"] != token_dtype:
+                misses.append(f"text: the artifact takes {spec_in['dtype']} tokens, the manifest's token_dtype is "
+                              f"{token_dtype}")
+        if shape_out[-1] != manifest["embed_dim"]:
+            misses.append(f"{role}: the artifact gives {shape_out[-1]}-d embeddings, the manifest's embed_dim is "
+                          f"{manifest['embed_dim']}")
+    return misses
+
+
 def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images) -> dict:
+    """The parity report of the bundle in ``directory`` (written nowhere: the caller decides where)."""
     from .parity import check_inputs, parity_prompts, synthetic_images
 
     arts = manifest["artifacts"]
@@ -293,11 +343,11 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images)
     pil = (images or [])[:6] + synthetic_images(6)   # the synthetic ones include non-square pictures
     inputs = check_inputs(pil, parity_prompts(src.tokenizer, 8), src.preprocess, src.tokenizer, bundle_pre,
                           bundle_tok)
-    inputs["misses"] = build_misses + inputs["misses"]
+    inputs["misses"] = build_misses + _manifest_checks(directory, manifest, src) + inputs["misses"]
     if arts["image"]["backend"] == "coreml" and sys.platform != "darwin":
         report = _coreml_static_checks(directory, manifest, src, batches)
     else:
-        dtype = np.int32 if manifest["tokenizer"]["token_dtype"] == "int32" else np.int64
+        dtype = np.int32 if manifest["tokenizer"].get("token_dtype", "int32") == "int32" else np.int64
         # With the manifest's inputs already wrong, the towers are still compared, on the reference inputs
         # (a wrong context length would not even fit the graph): the report then says what else is off.
         ok = not inputs["misses"]
@@ -317,7 +367,6 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images)
     report["misses"] = inputs["misses"] + report["misses"]
     report["passed"] = not report["misses"]
     report["precision"] = precision
-    (directory / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -347,22 +396,40 @@ def _coreml_static_checks(directory: Path, manifest: dict, src: ExportSource, ba
             "fp16_check": fp16, "misses": misses, "top1_agreement": None}
 
 
-def validate(bundle: Union[str, Path], data: Optional[str] = None, allow_mismatch: bool = False,
-             max_batch: int = 32) -> dict:
-    """Re-run parity for an existing bundle against its PyTorch source; rewrites parity.json."""
+def report_path(bundle: Union[str, Path]) -> Path:
+    """Where ``validate`` writes its report by default: beside the bundle, never inside it."""
     bundle = Path(bundle)
+    return bundle.parent / f"{bundle.name}.validate.json"
+
+
+def validate(bundle: Union[str, Path], data: Optional[str] = None, allow_mismatch: bool = False,
+             max_batch: int = 32, report: Union[str, Path, None] = None) -> dict:
+    """Re-run parity for an existing bundle against its PyTorch source.
+
+    The bundle is only read: the report goes to ``report`` (default :func:`report_path`, beside the
+    bundle), written atomically, and is returned. A report path inside the bundle is refused.
+    """
+    from mobileclip.checkpoint import atomic_write_json
+
+    bundle = Path(bundle)
+    out = Path(report) if report else report_path(bundle)
+    if out.resolve().is_relative_to(bundle.resolve()):
+        raise ConfigError(f"the validation report {str(out)!r} would be written inside the bundle, which validate "
+                          "never modifies; give a path outside it")
     manifest = load_manifest(bundle)
     src = load_source(manifest["source"])
     fixed = _fixed_batch(manifest["artifacts"]["image"])
-    report = _parity(bundle, manifest, src, _batches(fixed, max_batch), _images(data, max_batch))
-    manifest["parity"] = _parity_summary(report)
-    write_manifest(bundle, manifest)
-    if not report["passed"] and not allow_mismatch:
+    result = _parity(bundle, manifest, src, _batches(fixed, max_batch), _images(data, max_batch))
+    result["bundle"] = str(bundle)
+    atomic_write_json(out, result)
+    result["report_path"] = str(out)
+    if not result["passed"] and not allow_mismatch:
         hint = ""
         if src.kind == "mobileclip" and "architecture" not in manifest["source"] and not Path(
                 manifest["source"]["model"]).is_dir():
             hint = (" (this bundle was exported before bundles recorded their network: if the registered "
                     f"{manifest['source']['model']!r} has changed since — mobileclip-s0 and mobileclip-b became "
                     "Apple's exact networks — its reference is another model; re-export the bundle)")
-        raise ParityError(f"{bundle}: parity check failed: " + "; ".join(report["misses"]) + hint, report)
-    return report
+        raise ParityError(f"{bundle}: parity check failed: " + "; ".join(result["misses"]) + hint
+                          + f" (report: {out})", result)
+    return result

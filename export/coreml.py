@@ -108,7 +108,7 @@ def require_coremltools():
         import coremltools as ct
     except ImportError as e:
         raise ConfigError(f"Core ML export needs coremltools ({e}); install it with: "
-                          f"pip install 'mobileclip[coreml]'") from e
+                          f"pip install 'mobileclip-toolkit[coreml]'") from e
     ct_major = int(ct.__version__.split(".")[0])
     np_version = tuple(int(p) for p in np.__version__.split(".")[:2])
     if ct_major <= 9 and np_version >= (2, 4):

@@ -9,6 +9,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+# The name to `pip install` (the import name stays `mobileclip`; `mobileclip` on PyPI is another project).
+DISTRIBUTION = "mobileclip-toolkit"
 
 _EXPORTS = {
     "load_checkpoint": "checkpoint", "load_weights": "checkpoint", "save_checkpoint": "checkpoint",

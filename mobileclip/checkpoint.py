@@ -8,73 +8,20 @@ pickled file (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) is read with
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
 
 import torch
 from torch import nn
 
 from .config import ModelConfig
+from .files import atomic_write, atomic_write_json, old_dir_for, replace_dir, temp_dir_for  # noqa: F401
 from .errors import CheckpointError, ConfigError, UnsafeCheckpointError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
-
-
-@contextmanager
-def atomic_write(path: Union[str, Path], mode: str = "wb") -> Iterator:
-    """Open a temporary file beside ``path``; on success fsync and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def temp_dir_for(final: Union[str, Path]) -> Path:
-    """An empty temporary directory beside ``final``, to be moved into place by :func:`replace_dir`."""
-    final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def old_dir_for(final: Union[str, Path]) -> Path:
-    """Where :func:`replace_dir` parks the previous ``final`` while swapping (left behind only by a crash)."""
-    final = Path(final)
-    return final.parent / f".{final.name}.old"
-
-
-def replace_dir(tmp: Union[str, Path], final: Union[str, Path]) -> Path:
-    """Move a finished directory into place; an existing ``final`` is removed only after the swap."""
-    final = Path(final)
-    old = old_dir_for(final)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def atomic_write_json(path: Union[str, Path], data: dict) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -63,14 +64,10 @@ def _load(args):
 
 
 def _read_templates(path: Optional[str]):
+    from .runtime.commands import read_templates
     from .zeroshot import TEMPLATES
 
-    if not path:
-        return TEMPLATES
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    if not lines or any("{}" not in ln for ln in lines):
-        raise MobileCLIPError(f"{path}: give one prompt template per line, each with '{{}}' for the class name")
-    return lines
+    return read_templates(path, default=TEMPLATES)
 
 
 def cmd_zeroshot(args) -> int:
@@ -120,7 +117,7 @@ def cmd_distill(args) -> int:
     from .distill import load_config, train
 
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary.get("eval", {}), indent=2))
         print(f"student checkpoint: {summary.get('student')}")
@@ -134,6 +131,11 @@ def cmd_cache_teacher(args) -> int:
     from .distill.data import CaptionPairs, SyntheticPairs, WebDatasetPairs
     from .teachers import load_teacher
 
+    from .distill.cache import check_cache_args
+
+    check_cache_args(args.augs, args.shard_size, args.batch_size, args.scale, (3 / 4, 4 / 3), args.flip_prob)
+    if args.data == "synthetic" and args.size < 1:
+        raise MobileCLIPError(f"--size is the number of synthetic images and must be at least 1, got {args.size}")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     device = _device(args.device)
     if device.type == "cuda" and world > 1:
@@ -168,9 +170,13 @@ def cmd_export(args) -> int:
                    overwrite=args.overwrite, allow_mismatch=args.allow_mismatch, seed=args.seed,
                    workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, pretrained=args.pretrained)
     except ModuleNotFoundError as e:
-        extra = {"coremltools": "coreml", "tensorrt": "tensorrt"}.get(e.name, "onnx")
+        from . import DISTRIBUTION
+
+        top = (e.name or "").split(".")[0]
+        extra = {"coremltools": "coreml", "tensorrt": "tensorrt"}.get(top, _EXTRA_OF.get(top, "onnx"))
+        extra = "onnx" if extra == "runtime" else extra
         raise MobileCLIPError(f"export --format {args.format} needs the {extra} extra: "
-                              f"pip install 'mobileclip[{extra}]' ({e})") from e
+                              f"pip install '{DISTRIBUTION}[{extra}]' ({e})") from e
     print(f"wrote {args.out}: {', '.join(a['file'] for a in m['artifacts'].values())}; parity "
           + _parity_line(m["parity"]))
     return 0 if m["parity"]["passed"] else 1
@@ -179,12 +185,14 @@ def cmd_export(args) -> int:
 def cmd_validate(args) -> int:
     from .export import validate
 
-    r = validate(args.bundle, data=args.data, allow_mismatch=args.allow_mismatch, max_batch=args.max_batch)
+    r = validate(args.bundle, data=args.data, allow_mismatch=True, max_batch=args.max_batch, report=args.report)
     for tower in ("image", "text"):
         for row in r[tower]:
             print(f"{tower:5} batch {row['batch']:4}: min cosine {row['min_cosine']:.7f}  "
                   f"mean {row['mean_cosine']:.7f}  max-abs {row['max_abs_diff']:.2e}")
-    print("parity " + _parity_line(r))
+    print("parity " + _parity_line(r) + f"; report: {r['report_path']} (the bundle is not modified)")
+    if not r["passed"] and args.allow_mismatch:
+        return 0
     return 0 if r["passed"] else 1
 
 
@@ -247,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("distill", help="train a student (distillation and/or contrastive losses)")
     s.add_argument("--config", default=None, help="YAML config; keys as in mobileclip.distill.TrainConfig")
     s.add_argument("--resume", default=None, help="a run's out dir or its last/ checkpoint")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in out= (without it, an existing run directory is refused)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student=mobileclip-s0 losses.kd=0.75")
     s.set_defaults(func=cmd_distill)
 
@@ -313,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bundle")
     s.add_argument("--data", default=None, help="image folder (default: synthetic images)")
     s.add_argument("--max-batch", type=int, default=32)
-    s.add_argument("--allow-mismatch", action="store_true")
+    s.add_argument("--allow-mismatch", action="store_true", help="exit 0 even when parity fails")
+    s.add_argument("--report", default=None,
+                   help="where to write the JSON report (default: BUNDLE.validate.json beside the bundle; "
+                        "validate never modifies the bundle)")
     s.set_defaults(func=cmd_validate)
 
     from .runtime.commands import add_commands as add_runtime_commands
@@ -329,16 +342,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Which extra installs a missing module (for the one-line error that names it).
+_EXTRA_OF = {"torch": "train", "torchvision": "train", "timm": "train", "open_clip": "train",
+             "transformers": "train", "safetensors": "train", "webdataset": "train", "braceexpand": "train",
+             "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "runtime", "coremltools": "coreml",
+             "tensorrt": "tensorrt", "matplotlib": "bench", "regex": "runtime", "ftfy": "runtime"}
+# OS errors that are about the user's paths or disk, not about this program.
+_USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC,
+                errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST, errno.ENOTEMPTY}
+
+
+def user_error(e: BaseException) -> Optional[str]:
+    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
+    if isinstance(e, MobileCLIPError):
+        return str(e)
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        top = e.name.split(".")[0]
+        if top in _EXTRA_OF:
+            from . import DISTRIBUTION
+
+            return (f"this command needs {top}, which is not installed: pip install "
+                    f"'{DISTRIBUTION}[{_EXTRA_OF[top]}]'")
+        return None
+    if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
+        where = f" {e.filename!r}" if e.filename else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on the device{' writing' + where if where else ''}; free some space and run again"
+        return f"{e.strerror or e}:{where}" if where else str(e)
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except MobileCLIPError as e:
-        print(f"mobileclip: error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `mobileclip models | head`
         sys.stderr.close()
         return 0
+    except (MobileCLIPError, ModuleNotFoundError, OSError) as e:
+        msg = user_error(e)
+        if msg is None:
+            raise
+        print(f"mobileclip: error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mobileclip: interrupted", file=sys.stderr)
         return 130

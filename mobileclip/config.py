@@ -7,6 +7,7 @@ value before any model is built; an unknown key is an error naming the valid one
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -123,14 +124,17 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     if tp is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
-            raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            raise ConfigError(f"{where}: expected a list of finite numbers, got {value!r}")
         return tuple(float(v) for v in value)
     if tp is list:
         if not isinstance(value, list):

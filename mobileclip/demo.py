@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -62,12 +63,14 @@ def run_demo(out: Path, quick: bool = False) -> dict:
 
     print(f"[1/5] training the demo teacher ({TEACHER}) with the clip loss")
     t = time.time()
-    results["teacher"] = train(load_config(None, common + teacher_args + [f"out={out / 'teacher'}"]))
+    results["teacher"] = train(load_config(None, common + teacher_args + [f"out={out / 'teacher'}"]),
+                               overwrite=True)
     times["teacher"] = time.time() - t
 
     print(f"[2/5] caching the teacher's embeddings: {n_student} images x {CACHE_AUGS} augmentations")
     t = time.time()
     teacher = load_teacher(str(out / "teacher" / "student"))
+    shutil.rmtree(out / "cache", ignore_errors=True)   # the demo's own cache, of the teacher it just trained
     build_cache([teacher], SyntheticPairs("train", n_student, 64, seed=0), out / "cache", augs=CACHE_AUGS,
                 shard_size=1024, batch_size=256, seed=0, scale=(0.7, 1.0), flip_prob=0.0,
                 num_workers=0 if quick else 2, progress=not quick)
@@ -77,13 +80,13 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     t = time.time()
     results["distilled"] = train(load_config(None, common + student_args + [
         f"out={out / 'distilled'}", f"data.cache={out / 'cache'}",
-        "losses.kd=1.0", "losses.feature=1.0", "losses.clip=0.25"]))
+        "losses.kd=1.0", "losses.feature=1.0", "losses.clip=0.25"]), overwrite=True)
     times["distilled"] = time.time() - t
 
     print(f"[4/5] baseline: the same {STUDENT}, same images and steps, clip loss only")
     t = time.time()
     results["clip_only"] = train(load_config(None, common + student_args + [
-        f"out={out / 'clip_only'}", f"data.size={n_student}", "losses.clip=1.0"]))
+        f"out={out / 'clip_only'}", f"data.size={n_student}", "losses.clip=1.0"]), overwrite=True)
     times["clip_only"] = time.time() - t
 
     rows = []
@@ -139,15 +142,15 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
     from .export import export
 
     data = out / "data"
-    write_synthetic(data / "heldout", 16 if quick else 64, split="val", seed=1)
-    write_synthetic(data / "calib", 16 if quick else 64, split="train", seed=2)
+    write_synthetic(data / "heldout", 16 if quick else 64, split="val", seed=1, overwrite=True)
+    write_synthetic(data / "calib", 16 if quick else 64, split="train", seed=2, overwrite=True)
     jobs = [("ONNX", "onnx", "fp32", {}), ("ONNX", "onnx", "int8", {"calib": str(data / "calib")})]
     try:
         import coremltools  # noqa: F401
 
         jobs.append(("Core ML", "coreml", "fp16", {}))
     except ImportError:
-        print("coremltools is not installed (pip install 'mobileclip[coreml]'): skipping the Core ML export")
+        print("coremltools is not installed (pip install 'mobileclip-toolkit[coreml]'): skipping the Core ML export")
     rows = []
     for label, fmt, precision, extra in jobs:
         dest = out / "bundles" / f"{fmt}-{precision}"

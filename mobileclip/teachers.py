@@ -410,6 +410,10 @@ def load_teacher(spec: Union[str, nn.Module], preprocess: Optional[Callable] = N
     else:
         from .factory import create_model
 
-        model, pp, tok = create_model(spec)
+        # A registered name has random weights: seeded, so that two identical runs have the same teacher
+        # (and a teacher cache built twice is bit-identical); the caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, pp, tok = create_model(spec)
         teacher = Teacher(model, pp, tok, spec, embed_dim=model.embed_dim, image_size=model.image_size)
     return teacher.to(device) if device is not None else teacher

@@ -2,37 +2,158 @@
 
 Done with Pillow and numpy so that the torch-free runtime can share it exactly.
 ``ImagePreprocess(cfg)(pil_image)`` returns a ``float32 [3, S, S]`` tensor.
+
+Every image — from a file, from WebDataset bytes, as an in-memory PIL image or array —
+becomes 8-bit RGB through :func:`to_rgb`, which converts images deeper than 8 bits by
+their real range (Pillow's own ``convert("RGB")`` clips them: a 16-bit PNG comes out
+nearly white, a float TIFF black). The rule:
+
+* 16-bit integers (Pillow modes ``I;16*``, and ``I`` images read from 16-bit PNG, PGM or
+  TIFF): ``round(v * 255 / 65535)`` — that is ``v / 257`` rounded; 65535 is white. A TIFF
+  that declares 9–15 bits per sample uses ``2**bits - 1`` as white.
+* 32-bit integers (``I`` from a 32-bit TIFF, or an ``I`` image of unknown origin): read as
+  16-bit data when every value lies in 0..65535 (16-bit data in a 32-bit container);
+  otherwise refused — 32-bit integers have no standard white level.
+* 32-bit floats (``F``): 0.0 is black and 1.0 white, ``round(v * 255)``; values within
+  half an 8-bit level of [0, 1] are clipped. Floats outside that range (HDR, depth maps,
+  0..255 floats), NaN or infinity are refused rather than guessed at.
+* Everything else (``L``, ``P``, ``RGB``, ``CMYK``, ...) is Pillow's conversion, unchanged;
+  8-bit files come through bit for bit. Pillow already reduces 48/64-bit RGB(A) PNGs and
+  16-bit PPMs to 8 bits per channel itself.
+* Transparent pixels (alpha, palette or colour-key transparency, incl. a 16-bit grey
+  PNG's ``tRNS``) are composited on white.
+
+A refused image raises :class:`ImageDecodeError` (a ``ValueError``), which datasets count
+as an unreadable image and skip, and the runtime reports as an ``ImageReadError``.
 """
 from __future__ import annotations
 
+import struct
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .config import PreprocessConfig
+from .errors import MobileCLIPError
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
-def load_image(path: Union[str, Path]) -> Image.Image:
-    """Open an image file, apply its EXIF orientation and convert it to RGB."""
-    with Image.open(path) as im:
-        im.load()
-        return to_rgb(ImageOps.exif_transpose(im))
+class ImageDecodeError(MobileCLIPError, ValueError):
+    """An image cannot be decoded, or its pixel values have no defined 8-bit meaning."""
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """RGB with transparent pixels composited on white (RGBA, LA, palette with transparency)."""
-    if im.mode == "RGB":
+# What :func:`load_image` raises for a file that is missing or not a usable image. Catch this
+# tuple to skip-and-count unreadable images (``UnidentifiedImageError`` is an ``OSError``).
+IMAGE_READ_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+# What Pillow's decoders may raise on a malformed file besides OSError/ValueError; load_image
+# turns these into ImageDecodeError so that callers need only IMAGE_READ_ERRORS.
+_DECODER_ERRORS = (SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError, ZeroDivisionError)
+
+
+def load_image(source: Union[str, Path, BinaryIO]) -> Image.Image:
+    """Open an image (a path or a binary file object), apply its EXIF orientation and
+    convert it to 8-bit RGB by the rule in this module's docstring.
+
+    Raises one of :data:`IMAGE_READ_ERRORS`: ``FileNotFoundError`` / ``IsADirectoryError``,
+    ``UnidentifiedImageError`` (not an image), ``ImageDecodeError`` (corrupt data, or a pixel
+    range with no defined 8-bit meaning), ``DecompressionBombError``.
+    """
+    with Image.open(source) as im:
+        try:
+            im.load()
+            bits = _declared_bits(im)  # before exif_transpose: the copy loses the file's format and tags
+            im = ImageOps.exif_transpose(im)
+        except _DECODER_ERRORS as e:
+            raise ImageDecodeError(f"corrupt image data ({type(e).__name__}: {e})") from e
+        return to_rgb(im, bits=bits)
+
+
+def _declared_bits(im: Image.Image) -> Optional[int]:
+    """Bits per sample of an integer image deeper than 8 bits, as its file declares it (or None)."""
+    if im.mode != "I" and not im.mode.startswith("I;16"):
+        return None
+    if im.format == "TIFF":  # a 12-bit TIFF opens as I;16 with values 0..4095: trust BitsPerSample
+        bps = getattr(im, "tag_v2", {}).get(258)
+        if isinstance(bps, (tuple, list)):
+            bps = bps[0] if bps else None
+        if isinstance(bps, int) and bps > 8:
+            return bps
+    if im.mode.startswith("I;16") or im.format in ("PNG", "PPM"):
+        return 16  # PNG has no 32-bit samples; Pillow scales PGM's maxval to 65535
+    return None
+
+
+def _deep_to_8bit(im: Image.Image, bits: Optional[int]) -> Image.Image:
+    """An ``I;16*``, ``I`` or ``F`` image as ``L`` (or ``LA`` with a colour-key transparency)."""
+    a = np.asarray(im)
+    if a.size == 0:
+        return Image.new("L", im.size)
+    if im.mode == "F":
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ImageDecodeError("float image has NaN or infinite pixel values; save it as an 8- or 16-bit image")
+        lo, hi = float(a.min()), float(a.max())
+        tol = 0.5 / 255  # within half an 8-bit level of [0, 1], a value rounds to 0 or 255 anyway
+        if lo < -tol or hi > 1 + tol:
+            raise ImageDecodeError(
+                f"float image values span [{lo:.6g}, {hi:.6g}], but float images must lie in [0, 1] (0 black, "
+                "1 white); scale it to [0, 1] or save it as an 8- or 16-bit integer image")
+        out = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        a = a.astype(np.int64)
+        lo, hi = int(a.min()), int(a.max())
+        white = (1 << bits) - 1 if bits is not None and 8 < bits <= 16 else 65535
+        if lo < 0 or hi > white:
+            what = f"{bits}-bit" if bits is not None and 8 < bits <= 16 else "32-bit"
+            raise ImageDecodeError(
+                f"{what} integer image values span [{lo}, {hi}], outside 0..{white}: there is no standard white "
+                "level for them; save it as an 8- or 16-bit image")
+        # round(v * 255 / white) in integers; white is odd, so there are no ties to break
+        out = ((a * 510 + white) // (2 * white)).astype(np.uint8)
+    gray = Image.fromarray(out, "L")
+    key = im.info.get("transparency")
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        alpha = np.where(np.asarray(im) == key, 0, 255).astype(np.uint8)
+        return Image.merge("LA", (gray, Image.fromarray(alpha, "L")))
+    return gray
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
+
+
+def to_rgb(im: Image.Image, bits: Optional[int] = None) -> Image.Image:
+    """8-bit RGB, converting deeper images by their real range (see the module docstring)
+    and compositing transparent pixels on white. ``bits``: the bits per sample the image's
+    file declared, when the image no longer carries it (:func:`load_image` passes it)."""
+    if im.mode == "RGB" and "transparency" not in im.info:
         return im
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        im = _deep_to_8bit(im, bits if bits is not None else _declared_bits(im))
+    if _has_alpha(im):
+        if im.mode == "La":  # premultiplied; Pillow converts it to LA only
+            im = im.convert("LA")
         im = im.convert("RGBA")
         bg = Image.new("RGB", im.size, (255, 255, 255))
         bg.paste(im, mask=im.getchannel("A"))
         return bg
     return im.convert("RGB")
+
+
+def array_to_image(a: np.ndarray) -> Image.Image:
+    """A numpy image as a PIL image. ``uint16`` arrays (HW, or HWC with 1, 3 or 4 channels)
+    are 16-bit data (65535 white) and become 8-bit by the same rule as 16-bit files; other
+    dtypes go to ``Image.fromarray`` as they are."""
+    if a.dtype == np.uint16 and a.ndim == 3 and a.shape[2] in (3, 4):
+        out = ((a.astype(np.int64) * 510 + 65535) // (2 * 65535)).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(out), "RGB" if a.shape[2] == 3 else "RGBA")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(a))
 
 
 def resize_crop(im: Image.Image, cfg: PreprocessConfig) -> Image.Image:
@@ -75,7 +196,7 @@ class ImagePreprocess:
         if isinstance(image, (str, Path)):
             image = load_image(image)
         elif isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
+            image = array_to_image(image)
         return torch.from_numpy(preprocess_array(image, self.cfg))
 
     def __repr__(self) -> str:

@@ -42,8 +42,9 @@ def build_classifier(model, tokenizer: Callable, classnames: Sequence[str],
     """``[C, D]`` class embeddings: mean of normalized prompt embeddings, renormalized."""
     if not classnames:
         raise ValueError("zero-shot classification needs at least one class name")
-    if not templates or any("{}" not in t for t in templates):
-        raise ValueError("every prompt template must contain '{}' where the class name goes")
+    from .runtime.core import check_templates
+
+    templates = check_templates(templates)   # exactly one '{}' each: a clear error, never a str.format crash
     device = device or _device_of(model)
     weights = []
     for name in tqdm(classnames, desc="class prompts", disable=not progress, leave=False):

@@ -89,7 +89,9 @@ def test_validate_detects_a_mismatch(bundle, tmp_path):
     with pytest.raises(ParityError, match="min cosine") as e:
         validate(copy, max_batch=4)
     assert not e.value.report["passed"]
-    assert json.loads((copy / "parity.json").read_text())["passed"] is False  # written either way
+    # The report goes beside the bundle, written either way; the bundle itself is not touched.
+    assert json.loads((tmp_path / "wrong.validate.json").read_text())["passed"] is False
+    assert json.loads((copy / "parity.json").read_text())["passed"] is True
     report = validate(copy, max_batch=4, allow_mismatch=True)
     assert not report["passed"]
 

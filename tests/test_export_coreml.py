@@ -405,7 +405,7 @@ def test_compressions_are_all_accepted_names():
 
 def test_missing_coremltools_is_a_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "coremltools", None)
-    with pytest.raises(ConfigError, match=r"pip install 'mobileclip\[coreml\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'mobileclip-toolkit\[coreml\]'"):
         coreml.require_coremltools()
 
 

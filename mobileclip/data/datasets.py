@@ -2,21 +2,25 @@
 
 Unreadable images never crash a run: ``__getitem__`` returns ``None`` for the image,
 :func:`collate_skip` drops such items from the batch and records them, and the
-evaluators report how many were skipped and which.
+evaluators report how many were skipped and which. Images are read by
+:func:`mobileclip.transforms.load_image` (16-bit and float images by their real range).
+A malformed caption file, by contrast, is refused up front with a :class:`DatasetError`
+naming the file and line: a wrong caption cannot be detected later.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import DatasetError
-from ..transforms import load_image
+from ..transforms import IMAGE_READ_ERRORS, load_image
 from .synthetic import SyntheticGenerator
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -27,7 +31,7 @@ CAPTION_KEYS = ("caption", "text", "title", "captions")
 def _try_load(path: Path) -> Optional[Image.Image]:
     try:
         return load_image(path)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+    except IMAGE_READ_ERRORS:
         return None
 
 
@@ -42,8 +46,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __init__(self, root: Union[str, Path], transform: Optional[Callable] = None,
                  classnames: Optional[list] = None) -> None:
         self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise DatasetError(f"image folder {str(self.root)!r} does not exist")
         if not self.root.is_dir():
-            raise DatasetError(f"image folder {str(self.root)!r} does not exist or is not a directory")
+            raise DatasetError(f"image folder {str(self.root)!r} is a file, not a folder; give the folder that "
+                               "holds one sub-folder of images per class (root/<class>/<image files>)")
         class_dirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not class_dirs:
             raise DatasetError(f"{str(self.root)!r} has no class sub-folders; expected root/<class>/<image files>")
@@ -76,58 +83,140 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return im, label, str(path)
 
 
+def read_utf8(path: Path, what: str) -> str:
+    """A text file's contents (a UTF-8 BOM is allowed); :class:`DatasetError` if it is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{what} {str(path)!r} cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{what} {str(path)!r} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}, "
+                           f"byte offset {e.start}); save it as UTF-8") from None
+
+
 class CaptionDataset(torch.utils.data.Dataset):
     """Image–caption pairs from a CSV, TSV or JSONL file; items are ``(image or None, caption, path)``.
 
     The image column is one of ``image, filepath, image_path, file, path, img``; the caption
-    column one of ``caption, text, title``. Relative image paths are resolved against
-    ``image_root`` (default: the file's folder). Several rows may share an image.
+    column one of ``caption, text, title, captions`` (CSV/TSV headers match ignoring case and
+    surrounding spaces). Relative image paths are resolved against ``image_root`` (default:
+    the file's folder). Several rows may share an image; a JSONL caption may be a list of
+    captions. The file must be UTF-8 (a BOM is fine). Refused with a :class:`DatasetError`
+    naming the line: invalid JSON, a line that is not an object, a missing, empty or
+    non-string image path or caption, a CSV row with more fields than the header (an
+    unquoted comma in a caption).
     """
 
     def __init__(self, path: Union[str, Path], image_root: Union[str, Path, None] = None,
                  transform: Optional[Callable] = None) -> None:
         self.path = Path(path).expanduser()
-        if not self.path.is_file():
-            raise DatasetError(f"caption file {str(self.path)!r} does not exist")
-        self.image_root = Path(image_root).expanduser() if image_root else self.path.parent
-        rows = self._read_rows()
+        name = str(self.path)
+        if not self.path.exists():
+            raise DatasetError(f"caption file {name!r} does not exist")
+        if self.path.is_dir():
+            raise DatasetError(f"caption file {name!r} is a directory; give a .csv, .tsv or .jsonl file "
+                               "with an image and a caption column")
+        suffix = self.path.suffix.lower()
+        if suffix not in (".csv", ".tsv", ".jsonl", ".json"):
+            raise DatasetError(f"{name!r}: unsupported caption file type {suffix!r}; use .csv, .tsv or .jsonl")
+        if image_root:
+            self.image_root = Path(image_root).expanduser()
+            if not self.image_root.is_dir():
+                raise DatasetError(f"image root {str(self.image_root)!r} "
+                                   + ("is a file, not a folder" if self.image_root.exists() else "does not exist"))
+        else:
+            self.image_root = self.path.parent
+        text = read_utf8(self.path, "caption file")
+        rows = self._json_rows(text) if suffix in (".jsonl", ".json") else self._csv_rows(text, suffix)
         if not rows:
-            raise DatasetError(f"{str(self.path)!r} has no rows")
-        cols = list(rows[0].keys())
-        img_key = next((k for k in IMAGE_KEYS if k in cols), None)
-        cap_key = next((k for k in CAPTION_KEYS if k in cols), None)
-        if img_key is None or cap_key is None:
-            raise DatasetError(
-                f"{str(self.path)!r} has columns {cols}; need an image column (one of {list(IMAGE_KEYS)}) "
-                f"and a caption column (one of {list(CAPTION_KEYS)})"
-            )
+            raise DatasetError(f"caption file {name!r} has no rows")
         self.items: list[tuple[Path, str]] = []
-        for n, row in enumerate(rows, start=1):
+        for where, row, img_key, cap_key in rows:
             img, cap = row.get(img_key), row.get(cap_key)
-            if not img or cap is None:
-                raise DatasetError(f"{str(self.path)!r} row {n}: empty {img_key!r} or {cap_key!r}")
-            caps = cap if isinstance(cap, list) else [cap]
+            if not isinstance(img, str) or not img.strip():
+                raise DatasetError(f"{name!r} {where}: the image path ({img_key!r}) is "
+                                   + _describe(img) + "; every row needs the path of an image file")
+            caps = cap if isinstance(cap, list) and cap else [cap]
+            bad = [c for c in caps if not isinstance(c, str) or not c.strip()]
+            if bad:
+                raise DatasetError(f"{name!r} {where}: the caption ({cap_key!r}) is " + _describe(bad[0])
+                                   + "; every row needs a non-empty text caption")
             p = Path(img)
             p = p if p.is_absolute() else self.image_root / p
-            self.items.extend((p, str(c)) for c in caps)
+            self.items.extend((p, c) for c in caps)
         self.transform = transform
 
-    def _read_rows(self) -> list[dict]:
-        suffix = self.path.suffix.lower()
-        text = self.path.read_text(encoding="utf-8")
-        if suffix in (".jsonl", ".json"):
-            rows = []
-            for n, line in enumerate(text.splitlines(), start=1):
+    def _csv_rows(self, text: str, suffix: str) -> list:
+        name = str(self.path)
+        delim = "\t" if suffix == ".tsv" else ","
+        # newline="" keeps quoted newlines inside a field; splitlines() would also split on
+        # characters such as U+2028 or U+0085 inside a caption.
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return []
+            cols = [c.strip() for c in header]
+            lower = [c.lower() for c in cols]
+            img_i = next((lower.index(k) for k in IMAGE_KEYS if k in lower), None)
+            cap_i = next((lower.index(k) for k in CAPTION_KEYS if k in lower), None)
+            if img_i is None or cap_i is None:
+                hint = ""
+                if len(cols) == 1 and delim == "," and "\t" in cols[0]:
+                    hint = " (it looks tab-separated: name it .tsv)"
+                elif len(cols) == 1 and delim == "\t" and "," in cols[0]:
+                    hint = " (it looks comma-separated: name it .csv)"
+                raise DatasetError(
+                    f"{name!r} has columns {cols}; need an image column (one of {list(IMAGE_KEYS)}) and a caption "
+                    f"column (one of {list(CAPTION_KEYS)}) in its first line{hint}")
+            rows, line = [], reader.line_num
+            for fields in reader:
+                start, line = line + 1, reader.line_num
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue  # a blank line
+                if len(fields) > len(cols):
+                    raise DatasetError(
+                        f"{name!r} line {start} has {len(fields)} fields but the header has {len(cols)}; quote "
+                        f"captions that contain the separator {delim!r}, e.g. \"a cat{delim} sitting\"")
+                row = {cols[i]: fields[i] if i < len(fields) else None for i in (img_i, cap_i)}
+                rows.append((f"line {start}", row, cols[img_i], cols[cap_i]))
+        except csv.Error as e:
+            raise DatasetError(f"{name!r} line {reader.line_num} is not valid {suffix[1:].upper()}: {e}") from None
+        return rows
+
+    def _json_rows(self, text: str) -> list:
+        name = str(self.path)
+        if self.path.suffix.lower() == ".json" and text.lstrip().startswith("["):  # one JSON array of objects
+            try:
+                objs = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{name!r} is not valid JSON: {e}") from None
+            entries = [(f"item [{i}]", obj) for i, obj in enumerate(objs)]
+        else:
+            entries = []
+            # JSON Lines are separated by '\n' only; splitlines() would also split on U+2028 in a caption.
+            for n, line in enumerate(text.split("\n"), start=1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        entries.append((f"line {n}", json.loads(line)))
                     except json.JSONDecodeError as e:
-                        raise DatasetError(f"{str(self.path)!r} line {n} is not valid JSON: {e}") from e
-            return rows
-        if suffix in (".csv", ".tsv"):
-            delim = "\t" if suffix == ".tsv" else ","
-            return list(csv.DictReader(text.splitlines(), delimiter=delim))
-        raise DatasetError(f"{str(self.path)!r}: unsupported caption file type {suffix!r}; use .csv, .tsv or .jsonl")
+                        raise DatasetError(f"{name!r} line {n} is not valid JSON: {e}") from None
+        rows = []
+        for where, obj in entries:
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{name!r} {where} is a JSON {type(obj).__name__}, not an object such as "
+                                   '{"image": "a.jpg", "caption": "a cat"}')
+            img_key = next((k for k in IMAGE_KEYS if k in obj), None)
+            cap_key = next((k for k in CAPTION_KEYS if k in obj), None)
+            if img_key is None or cap_key is None:
+                raise DatasetError(
+                    f"{name!r} {where} has keys {list(obj)}; need an image key (one of {list(IMAGE_KEYS)}) and a "
+                    f"caption key (one of {list(CAPTION_KEYS)})")
+            rows.append((where, obj, img_key, cap_key))
+        return rows
 
     @property
     def image_paths(self) -> list[str]:
@@ -146,6 +235,16 @@ class CaptionDataset(torch.utils.data.Dataset):
         if im is not None and self.transform is not None:
             im = self.transform(im)
         return im, caption, str(path)
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, str):
+        return "empty" if not value.strip() else repr(value)
+    if isinstance(value, list) and not value:
+        return "an empty list"
+    return f"{value!r} (of type {type(value).__name__}, not a string)"
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
@@ -193,23 +292,49 @@ def collate_skip(batch: list):
 
 
 def write_synthetic(out: Union[str, Path], n: int, split: str = "val", image_size: int = 64, seed: int = 0,
-                    two_object_prob: float = 0.0, fmt: str = "png") -> dict:
+                    two_object_prob: float = 0.0, fmt: str = "png", overwrite: bool = False) -> dict:
     """Write ``n`` synthetic images as an image folder (``out/<class>/<i>.png``) plus
-    ``out/captions.csv`` (``image,caption``). Returns a summary dict."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ``out/captions.csv`` (``image,caption``). Returns a summary dict.
+
+    An existing ``out/captions.csv`` is never replaced by a different one: that is a
+    :class:`DatasetError` (choose another ``out``, delete the file, or pass
+    ``overwrite=True``). Re-running with the same arguments, which rewrites the same
+    captions and images, is allowed.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"--out {str(out)!r} is a file, not a folder; choose a folder for the synthetic images")
     gen = SyntheticGenerator(split, image_size, seed, two_object_prob)
+
+    def rel_path(s, i: int) -> Path:
+        return Path(s.classname.replace(" ", "_")) / f"{split}_{i:06d}.{fmt}"
+
+    target = out / "captions.csv"
+    if target.is_dir():
+        raise DatasetError(f"{str(target)!r} is a directory; choose another --out or remove it")
+    if target.exists() and not overwrite:
+        same = target.is_file() and target.read_bytes() == _captions_csv(
+            [(rel_path(s, i).as_posix(), s.caption) for i, s in enumerate(gen[i] for i in range(n))])
+        if not same:
+            raise DatasetError(f"{str(target)!r} already exists and would be overwritten with other captions; "
+                               "choose another --out or delete it (from Python: overwrite=True)")
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         s = gen[i]
-        rel = Path(s.classname.replace(" ", "_")) / f"{split}_{i:06d}.{fmt}"
+        rel = rel_path(s, i)
         (out / rel.parent).mkdir(exist_ok=True)
         Image.fromarray(s.image).save(out / rel)
         rows.append((rel.as_posix(), s.caption))
     tmp = out / ".captions.csv.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "caption"])
-        w.writerows(rows)
-    tmp.replace(out / "captions.csv")
+    tmp.write_bytes(_captions_csv(rows))
+    tmp.replace(target)
     return {"root": str(out), "images": n, "split": split, "classes": len({r[0].split("/")[0] for r in rows})}
+
+
+def _captions_csv(rows: list) -> bytes:
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["image", "caption"])
+    w.writerows(rows)
+    return buf.getvalue().encode("utf-8")

@@ -9,26 +9,54 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from mobileclip.errors import MobileCLIPError
 
-from .core import DEFAULT_TEMPLATES, ImageReadError, RuntimeInputError, load, read_image
+from .core import DEFAULT_TEMPLATES, ImageReadError, RuntimeInputError, check_templates, load, read_image
 from .index import IMAGE_EXTENSIONS, ImageIndex, ImageIndexError
 
 
-def read_templates(path: Optional[str]) -> list:
-    """One prompt template per line (``{}`` marks the label); blank lines and ``#`` comments are ignored."""
+def read_templates(path: Optional[str], default: Sequence[str] = DEFAULT_TEMPLATES) -> list:
+    """Prompt templates from a text file: one per line, ``{}`` where the label goes.
+
+    Blank lines and lines starting with ``#`` are ignored; the file is UTF-8 (a BOM is
+    allowed). Without ``path``, ``default``. Every problem — a missing file, a directory, a
+    file that is not UTF-8, a template that does not take exactly one label (``{x}``, two
+    ``{}``, a lone brace) — is a one-line :class:`RuntimeInputError` naming the file and line.
+    """
     if not path:
-        return list(DEFAULT_TEMPLATES)
+        return list(default)
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise RuntimeInputError(f"templates file {str(p)!r} does not exist")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not lines or any("{}" not in ln for ln in lines):
-        raise RuntimeInputError(f"{path}: give one prompt template per line, each with '{{}}' for the label")
-    return lines
+    if p.is_dir():
+        raise RuntimeInputError(f"templates file {str(p)!r} is a directory; give a text file with one template "
+                                "per line")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise RuntimeInputError(f"templates file {str(p)!r} cannot be read ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise RuntimeInputError(f"templates file {str(p)!r} is not UTF-8 text (byte 0x{data[e.start]:02x} on line "
+                                f"{line}, byte offset {e.start}); save it as UTF-8") from None
+    templates = []
+    for n, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            check_templates([line])
+        except RuntimeInputError as e:
+            raise RuntimeInputError(f"templates file {str(p)!r} line {n}: {e}") from None
+        templates.append(line)
+    if not templates:
+        raise RuntimeInputError(f"templates file {str(p)!r} has no templates (only blank lines or # comments); "
+                                "give one per line, each with '{}' where the label goes")
+    return templates
 
 
 def parse_labels(text: str) -> list:

@@ -47,36 +47,55 @@ class ImageReadError(MobileCLIPError):
 # ------------------------------------------------------------------ images
 
 def read_image(path: Union[str, Path]) -> Image.Image:
-    """Open an image file as RGB with its EXIF orientation applied; :class:`ImageReadError` names the file."""
+    """Open an image file as 8-bit RGB with its EXIF orientation applied (deeper images are
+    converted by their real range, see :mod:`mobileclip.transforms`); :class:`ImageReadError`
+    names the file and says what is wrong with it."""
+    from mobileclip.transforms import IMAGE_READ_ERRORS, ImageDecodeError
+
     p = Path(path).expanduser()
     if not p.exists():
         raise ImageReadError(p, "the file does not exist")
+    if p.is_dir():
+        raise ImageReadError(p, "it is a directory, not an image file")
     if not p.is_file():
-        raise ImageReadError(p, "not a file")
+        raise ImageReadError(p, "not a regular file")
     try:
         return load_image(p)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+    except ImageDecodeError as e:
+        raise ImageReadError(p, str(e)) from e
+    except PermissionError as e:
+        raise ImageReadError(p, f"permission denied ({e.strerror})") from e
+    except IMAGE_READ_ERRORS as e:
         raise ImageReadError(p, f"not a decodable image ({type(e).__name__}: {e})") from e
 
 
 def to_pil(image: ImageLike) -> Image.Image:
-    """A path, PIL image or ``uint8`` array (``HW``, ``HWC`` with 1/3/4 channels) as a PIL image."""
+    """A path, PIL image or array as an 8-bit RGB PIL image.
+
+    Arrays are ``uint8`` (0..255) or ``uint16`` (0..65535, 16-bit data: ``round(v / 257)``,
+    the rule for 16-bit files), shaped ``HW`` or ``HWC`` with 1, 3 or 4 channels. PIL images
+    in any mode are converted by :func:`mobileclip.transforms.to_rgb`.
+    """
+    from mobileclip.transforms import ImageDecodeError, array_to_image, to_rgb
+
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        return image
+        try:
+            return to_rgb(image)
+        except ImageDecodeError as e:
+            raise RuntimeInputError(f"cannot use this {image.mode} PIL image: {e}") from e
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise RuntimeInputError(f"image arrays must be uint8 HWC (0..255), got dtype {image.dtype}; convert "
-                                    "with (x * 255).clip(0, 255).astype(np.uint8) for floats in [0, 1]")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        if image.ndim == 2:
-            return Image.fromarray(image, "L")
-        if image.ndim == 3 and image.shape[2] in (3, 4):
-            return Image.fromarray(np.ascontiguousarray(image), "RGB" if image.shape[2] == 3 else "RGBA")
-        raise RuntimeInputError(f"image arrays must be HW or HWC with 1, 3 or 4 channels, got shape {image.shape}")
-    raise RuntimeInputError(f"an image must be a file path, a PIL image or a uint8 array, got {type(image).__name__}")
+        if image.dtype not in (np.uint8, np.uint16):
+            raise RuntimeInputError(f"image arrays must be uint8 (0..255) or uint16 (0..65535) HWC, got dtype "
+                                    f"{image.dtype}; convert with (x * 255).clip(0, 255).astype(np.uint8) for "
+                                    "floats in [0, 1]")
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))) or 0 in image.shape[:2]:
+            raise RuntimeInputError(f"image arrays must be HW or HWC with 1, 3 or 4 channels and a non-empty "
+                                    f"height and width, got shape {image.shape}")
+        return to_rgb(array_to_image(image))
+    raise RuntimeInputError(f"an image must be a file path, a PIL image or a uint8/uint16 array, got "
+                            f"{type(image).__name__}")
 
 
 class Preprocessor:
@@ -181,6 +200,18 @@ class _Tower:
         self.input_shape = list(spec_in.get("shape", []))
         dim = self.input_shape[0] if self.input_shape else None
         self.fixed_batch = dim if isinstance(dim, int) and dim > 0 else 0
+        # The graph's own signature must be the one the manifest describes (dtype, fixed dims, output size).
+        real_in = next(i for i in self.session.get_inputs() if i.name == self.input_name)
+        real_out = self.session.get_outputs()[0]
+        want_type = f"tensor({'float' if spec_in.get('dtype') == 'float32' else spec_in.get('dtype')})"
+        if real_in.type != want_type:
+            raise BundleError(f"{str(self.file)!r} takes {real_in.type} input, the manifest says "
+                              f"{spec_in.get('dtype')}; re-export the bundle")
+        for k, (a, b) in enumerate(zip(real_in.shape, self.input_shape)):
+            if isinstance(a, int) and a != b:
+                raise BundleError(f"{str(self.file)!r} takes input of shape {real_in.shape}, the manifest says "
+                                  f"{self.input_shape}; re-export the bundle")
+        self.output_dim = real_out.shape[-1] if real_out.shape and isinstance(real_out.shape[-1], int) else None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return run_in_batches(lambda chunk: self.session.run(None, {self.input_name: chunk})[0], x, self.fixed_batch)
@@ -243,12 +274,40 @@ def _as_image_list(images) -> list:
 
 
 def check_templates(templates: Optional[Iterable[str]]) -> list:
+    """The prompt templates as a list, each checked to take exactly one label.
+
+    A template holds one ``{}`` (or ``{0}``, possibly repeated) where the label goes; literal
+    braces are written ``{{`` and ``}}``. Anything ``str.format`` would reject or misuse —
+    ``{x}``, two ``{}``, a lone ``{`` — is a :class:`RuntimeInputError` naming the template.
+    """
+    import string
+
+    if isinstance(templates, (str, bytes)):
+        raise RuntimeInputError(f"templates must be a list of strings, got one string {templates!r}; "
+                                f"wrap it in a list: [{templates!r}]")
     templates = list(DEFAULT_TEMPLATES if templates is None else templates)
     if not templates:
         raise RuntimeInputError("the template list is empty; give at least one template such as 'a photo of a {}.'")
-    bad = [t for t in templates if not isinstance(t, str) or "{}" not in t]
-    if bad:
-        raise RuntimeInputError(f"every template needs '{{}}' where the label goes; these do not: {bad[:3]}")
+    hint = "the label goes in '{}' (write '{{' and '}}' for literal braces)"
+    for i, t in enumerate(templates):
+        name = f"template {t!r}" if len(templates) == 1 else f"template {i + 1} of {len(templates)}, {t!r},"
+        if not isinstance(t, str):
+            raise RuntimeInputError(f"{name} is a {type(t).__name__}, not a string")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        except ValueError as e:  # a lone '{' or '}'
+            raise RuntimeInputError(f"{name} has unbalanced braces ({e}); {hint}") from None
+        if not fields:
+            raise RuntimeInputError(f"every template needs '{{}}' where the label goes; {name} has none")
+        named = [f for f in fields if f not in ("", "0")]
+        if named:
+            raise RuntimeInputError(f"{name} has the field '{{{named[0]}}}'; {hint}")
+        if fields.count("") > 1:
+            raise RuntimeInputError(f"{name} has {fields.count('')} '{{}}' fields; use exactly one for the label")
+        try:
+            t.format("label")
+        except (ValueError, IndexError, KeyError, TypeError) as e:  # e.g. '{:d}', '{}' mixed with '{0}'
+            raise RuntimeInputError(f"{name} cannot take a label ({type(e).__name__}: {e}); {hint}") from None
     return templates
 
 
@@ -282,9 +341,20 @@ class RuntimeModel:
         self.image_tower = _Tower(self.directory, "image", entries["image"], providers, threads)
         self.text_tower = _Tower(self.directory, "text", entries["text"], providers, threads)
         shape = self.image_tower.input_shape
-        if len(shape) == 4 and shape[2:] != [self.preprocess.image_size] * 2:
-            raise BundleError(f"the image tower takes {shape[2:]} images, the manifest's image_size is "
+        if len(shape) != 4 or shape[1:] != [3, self.preprocess.image_size, self.preprocess.image_size]:
+            raise BundleError(f"the image tower takes {shape} images, the manifest's image_size is "
                               f"{self.preprocess.image_size}; re-export the bundle")
+        tshape = self.text_tower.input_shape
+        if len(tshape) != 2 or tshape[1] != self.tokenizer.context_length:
+            raise BundleError(f"the text tower takes tokens of shape {tshape}, the manifest's context_length is "
+                              f"{self.tokenizer.context_length}; re-export the bundle")
+        if entries["text"]["inputs"][0].get("dtype") != token_dtype:
+            raise BundleError(f"the text tower takes {entries['text']['inputs'][0].get('dtype')} tokens, the "
+                              f"manifest's token_dtype is {token_dtype}; re-export the bundle")
+        for role, tower in (("image", self.image_tower), ("text", self.text_tower)):
+            if tower.output_dim is not None and tower.output_dim != self.embed_dim:
+                raise BundleError(f"the {role} tower gives {tower.output_dim}-d embeddings, the manifest's "
+                                  f"embed_dim is {self.embed_dim}; re-export the bundle")
         self.batch_size = self.image_tower.fixed_batch or int(batch_size)
         self._class_cache: dict = {}
 
