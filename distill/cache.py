@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mobileclip.files import atomic_write_json, disk_full, replace_dir, temp_dir_for
+from mobileclip.files import atomic_write_json, disk_full, remove_stale_temps, replace_dir, temp_dir_for
 from mobileclip.hashing import sha256_file
 from mobileclip.errors import ConfigError, MobileCLIPError
 
@@ -144,6 +144,8 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
                               "flip_prob": float(flip_prob)},
     }
     mpath = out / "manifest.json"
+    if out.is_dir():
+        remove_stale_temps(out)   # shards a killed run was writing
     if mpath.exists():
         old = read_manifest(out)
         diff = manifest_differences(old, manifest)

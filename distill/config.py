@@ -127,7 +127,8 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
     if path:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {path!r} does not exist")
+            raise ConfigError(f"config file {path!r} " + ("is a directory; give a YAML file" if p.is_dir()
+                                                          else "does not exist"))
         data = _yaml(p.read_bytes(), path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
@@ -175,7 +176,8 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.teachers and cfg.data.cache:
         raise bad("teachers", "set either teachers (run online) or data.cache (read from a cache), not both")
     if cfg.data.source == "captions" and cfg.data.path and not cfg.data.cache and not Path(cfg.data.path).is_file():
-        raise bad("data.path", f"{cfg.data.path!r} does not exist")
+        raise bad("data.path", f"{cfg.data.path!r} " + ("is a directory; give the caption file (.csv/.tsv/.jsonl)"
+                                                         if Path(cfg.data.path).is_dir() else "does not exist"))
     if cfg.data.cache and not (Path(cfg.data.cache) / "manifest.json").is_file():
         raise bad("data.cache", f"{cfg.data.cache!r} is not a teacher cache (no manifest.json)")
     if not 0 <= cfg.aug.flip_prob <= 1:

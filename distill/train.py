@@ -19,6 +19,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,7 +32,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from mobileclip.checkpoint import save_checkpoint, unwrap
-from mobileclip.files import atomic_write, atomic_write_json, old_dir_for, replace_dir, temp_dir_for
+from mobileclip.files import atomic_write, atomic_write_json, disk_full, old_dir_for, replace_dir, temp_dir_for
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .cache import TeacherCache, teacher_dim
@@ -339,10 +340,17 @@ class Trainer:
     def save_state(self, name: str = "last") -> Path:
         """Atomically replace ``out/<name>/`` with the full training state."""
         tmp = temp_dir_for(self.out / name)
-        torch.save(self.state_dict(), tmp / "train_state.pt")
-        save_checkpoint(self.student, tmp / "student")
-        (tmp / "train_config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        return replace_dir(tmp, self.out / name)
+        try:
+            torch.save(self.state_dict(), tmp / "train_state.pt")
+            save_checkpoint(self.student, tmp / "student")
+            (tmp / "train_config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            return replace_dir(tmp, self.out / name)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)   # a full disk or an interrupt leaves no temporary
+            err = disk_full(e, self.out / name)
+            if err is not e:
+                raise err from e
+            raise
 
     def load_state(self, path: Path) -> None:
         path = find_resume_dir(path)

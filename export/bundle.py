@@ -149,8 +149,9 @@ def _tensor_specs(entry: dict, key: str, where: str) -> None:
         _get(s, "name", w, str)
         shape = _get(s, "shape", w, list)
         for d in shape:
-            if isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and d >= 0)):
-                _fail(f"{w}shape", f"dimensions must be non-negative integers or names, got {d!r}")
+            # ONNX names a dynamic dimension ("batch"); TensorRT writes -1
+            if isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and d >= -1)):
+                _fail(f"{w}shape", f"dimensions must be integers >= -1 or names, got {d!r}")
         _get(s, "dtype", w, str)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 from typing import Union
 
@@ -80,9 +81,19 @@ def save_checkpoint(model: nn.Module, directory: Union[str, Path], extra: dict |
     }
     if extra:
         config["extra"] = extra
-    with atomic_write(directory / WEIGHTS_NAME) as f:
-        f.write(_safetensors_bytes(state, {"format": "pt", "mobileclip_format": str(FORMAT_VERSION)}))
-    atomic_write_json(directory / CONFIG_NAME, config)
+    # A new (or checkpoint-only) directory is written whole and renamed into place, so weights and config
+    # always belong together; into a directory holding other files, each file is replaced atomically.
+    whole = not any(p.name not in (WEIGHTS_NAME, CONFIG_NAME) for p in directory.iterdir())
+    target = temp_dir_for(directory) if whole else directory
+    try:
+        with atomic_write(target / WEIGHTS_NAME) as f:
+            f.write(_safetensors_bytes(state, {"format": "pt", "mobileclip_format": str(FORMAT_VERSION)}))
+        atomic_write_json(target / CONFIG_NAME, config)
+        if whole:
+            replace_dir(target, directory)
+    finally:
+        if whole and target.exists():
+            shutil.rmtree(target, ignore_errors=True)
     return directory
 
 
@@ -97,6 +108,9 @@ def read_config(directory: Union[str, Path]) -> dict:
     path = directory / CONFIG_NAME
     if not directory.exists():
         raise CheckpointError(f"checkpoint directory {str(directory)!r} does not exist")
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {str(directory)!r} is a file; a checkpoint is a directory holding "
+                              f"{CONFIG_NAME} and {WEIGHTS_NAME}")
     if not path.is_file():
         raise CheckpointError(
             f"{str(path)!r} is missing: a checkpoint directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
@@ -116,7 +130,8 @@ def load_weights(path: Union[str, Path]) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+        raise CheckpointError(f"weights file {str(path)!r} " + ("is a directory; give the weights file in it"
+                                                                if path.is_dir() else "does not exist"))
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from mobileclip.errors import MobileCLIPError
+from mobileclip.files import atomic_write
 
 from .core import ImageReadError, RuntimeInputError, RuntimeModel, load
 
@@ -159,7 +160,8 @@ class ImageIndex:
         """Embed every image under ``folder``; unreadable files are skipped and listed in ``index.stats``."""
         root = Path(folder).expanduser().resolve()
         if not root.is_dir():
-            raise ImageIndexError(f"folder {str(root)!r} does not exist or is not a directory")
+            raise ImageIndexError(f"folder {str(root)!r} " + ("is a file, not a folder of images" if root.exists()
+                                                              else "does not exist"))
         found = scan_images(root)
         if not found:
             raise ImageIndexError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {str(root)!r}")
@@ -217,6 +219,12 @@ class ImageIndex:
     # -------------------------------------------------------------- bundle binding
 
     def check_model(self, model: RuntimeModel) -> None:
+        if model.fingerprint == self.fingerprint and model.embed_dim != self.embed_dim:
+            raise IndexMismatchError(
+                f"this index holds {self.embed_dim}-d embeddings but bundle {str(model.directory)!r}, whose artifacts "
+                f"built it (fingerprint {self.fingerprint[:12]}), gives {model.embed_dim}-d ones: the index file or "
+                f"the bundle's manifest was edited since; rebuild the index (mobileclip index {model.directory} "
+                f"{self.root} --out NEW.idx)")
         if model.fingerprint != self.fingerprint or model.embed_dim != self.embed_dim:
             raise IndexMismatchError(
                 f"this index was built with bundle {self.bundle!r} (model {self.model_name!r}, fingerprint "
@@ -288,28 +296,28 @@ class ImageIndex:
             raise ImageIndexError(f"{str(path)!r} is a directory; give a file name such as pictures.idx")
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = np.frombuffer(json.dumps(self.metadata()).encode("utf-8"), dtype=np.uint8)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, embeddings=self.embeddings, metadata=meta)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_write(path) as f:   # a temporary beside it, renamed into place; a full disk leaves none
+            np.savez(f, embeddings=self.embeddings, metadata=meta)
         return path
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "ImageIndex":
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise ImageIndexError(f"index {str(path)!r} is a directory; give the index file written by "
+                                  "`mobileclip index ... --out FILE`")
         if not path.is_file():
             raise ImageIndexError(f"index {str(path)!r} does not exist; build one with `mobileclip index BUNDLE "
                                   f"FOLDER --out {path}`")
+        with open(path, "rb") as f:
+            raw_bytes = f.read()
+        if not raw_bytes.startswith(b"PK"):   # an .npz is a zip archive
+            raise ImageIndexError(f"{str(path)!r} is not a mobileclip image index (not a .npz archive; it starts "
+                                  f"with {raw_bytes[:16]!r}); build one with `mobileclip index BUNDLE FOLDER --out "
+                                  "FILE`")
         try:
-            with open(path, "rb") as f:
-                data = np.load(io.BytesIO(f.read()), allow_pickle=False)
-                emb, raw = data["embeddings"], data["metadata"]
+            data = np.load(io.BytesIO(raw_bytes), allow_pickle=False)
+            emb, raw = data["embeddings"], data["metadata"]
             meta = json.loads(raw.tobytes().decode("utf-8"))
         except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile) as e:
             raise ImageIndexError(f"{str(path)!r} is not a mobileclip image index ({type(e).__name__}: {e})") from e

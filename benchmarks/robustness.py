@@ -1,0 +1,635 @@
+"""Robustness: every file the toolkit reads or writes is right or refused, never silently wrong, never lost.
+
+    .venv/bin/python -m mobileclip.benchmarks.robustness [--out benchmarks/results] [--work DIR] [--crash]
+
+Builds small real inputs in a work folder (a bundle of mobileclip-tiny, a teacher cache, a
+finished distill run, images, caption files), then runs each hostile case as a real CLI
+subprocess in a folder of its own and checks: the exit status, a fragment of the error line,
+that the files that existed before are byte-identical afterwards (sha256), that no marker file
+of malicious code appeared, and that no temporary (``*.tmp*``, ``*.old``) is left. ``--crash``
+adds the kill -9 tests of tests/test_crash.py. Writes ``robustness.json`` and ``robustness.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+from mobileclip.benchmarks.common import environment
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONHASHSEED="0")
+CLASSIFY = ["classify", "b", "x.png", "--labels", "red,blue"]
+DISTILL = ["distill", "student=mobileclip-tiny", "batch_size=8", "data.size=32", "data.workers=0", "progress=false",
+           "eval.size=36", "steps=2", "ckpt_every=2"]
+CT = ["--augs", "2", "--shard-size", "4", "--workers", "0", "--device", "cpu"]
+SYNTH_CT = ["cache-teacher", "--teacher", "clip-vit-tiny", "--data", "synthetic", "--size", "12", "--image-size", "32",
+            *CT]
+ABBREV = {" ".join(DISTILL): "distill $D", " ".join(CT): "$CT"}   # shortened in the table, spelled out above it
+
+
+def mc(argv, cwd, check=True, timeout=900) -> subprocess.CompletedProcess:
+    """``mobileclip ARGV`` as a subprocess in ``cwd``."""
+    p = subprocess.run([sys.executable, "-m", "mobileclip", *map(str, argv)], cwd=cwd, env=ENV, capture_output=True,
+                       text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"setup command failed: mobileclip {' '.join(map(str, argv))}\n{p.stderr[-3000:]}")
+    return p
+
+
+def digest(root: Path) -> dict:
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root.parent).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def error_line(p: subprocess.CompletedProcess) -> str:
+    """The line a user reads: the last ``mobileclip:`` line of stderr, else its last line, else stdout's."""
+    lines = [ln.strip() for ln in re.split(r"[\r\n]", p.stderr) if ln.strip()]
+    mine = [ln for ln in lines if ln.startswith("mobileclip:")]
+    out = [ln.strip() for ln in p.stdout.splitlines() if ln.strip()]
+    return (mine or lines or out or [""])[-1]
+
+
+# ------------------------------------------------------------------ inputs
+
+@dataclass
+class Base:
+    """Inputs built once and copied into each case's folder."""
+    root: Path
+
+    def bundle(self, d: Path, name="b") -> Path:
+        shutil.copytree(self.root / "bundle", d / name, symlinks=True)
+        red_png(d)
+        return d / name
+
+
+def red_png(d: Path, name="x.png", rgb=(200, 10, 10)) -> None:
+    Image.new("RGB", (64, 64), rgb).save(d / name)
+
+
+def write(d: Path, name: str, data) -> str:
+    (d / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    return name
+
+
+def manifest_edit(edit: Callable) -> Callable:
+    """A case setup: copy the bundle, apply ``edit(dir, manifest)`` and write the manifest back.
+    ``edit`` may return a replacement (any JSON value) or raw bytes."""
+    def setup(d: Path, base: Base) -> list:
+        b = base.bundle(d)
+        m = json.loads((b / "manifest.json").read_text())
+        new = edit(b, m)
+        new = m if new is None else new
+        (b / "manifest.json").write_bytes(new if isinstance(new, bytes) else json.dumps(new, indent=2).encode())
+        return CLASSIFY
+    return setup
+
+
+def vocab_unlisted(b, m):
+    shutil.copy(b / m["tokenizer"]["vocab_file"], b / "other_vocab.txt.gz")
+    m["tokenizer"]["vocab_file"] = "other_vocab.txt.gz"
+
+
+def evil_py(b, m):
+    (b / "evil.py").write_text("import pathlib\npathlib.Path(__file__).resolve().parents[1].joinpath('pwned').touch()\n")
+
+
+def symlink_out(b, m):
+    shutil.move(b / "image.onnx", b.parent / "outside.onnx")
+    (b / "image.onnx").symlink_to(b.parent / "outside.onnx")
+
+
+def not_utf8(b, m):
+    m["model"] = "caf\u00e9"
+    return json.dumps(m).replace("\\u00e9", "\u00e9").encode("latin-1")
+
+
+def flip_byte(d, base):
+    b = base.bundle(d)
+    data = bytearray((b / "image.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (b / "image.onnx").write_bytes(bytes(data))
+    return CLASSIFY
+
+
+def resigned(section, key, value) -> Callable:
+    """A manifest re-signed with a wrong number: the checksums pass, the number is wrong."""
+    def setup(d, base):
+        from mobileclip.export.bundle import write_manifest
+
+        b = base.bundle(d)
+        m = json.loads((b / "manifest.json").read_text())
+        (m[section] if section else m)[key] = value
+        write_manifest(b, m)
+        return ["validate", "b", "--max-batch", "2"]
+    return setup
+
+
+def notes(d, base):
+    (d / "notes").mkdir()
+    (d / "notes" / "thesis.txt").write_text("years of work")
+    return ["export", "mobileclip-tiny", "--out", "notes", "--overwrite", "--max-batch", "2"]
+
+
+RAMP = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+
+
+def deep_image(kind: str) -> Callable:
+    """A 16-bit or float image and its 8-bit version (converted here with numpy): they must classify alike."""
+    def setup(d, base):
+        base.bundle(d)
+        if kind == "png16":
+            v = np.round(RAMP * 65535).astype(np.uint16)
+            Image.fromarray(v).save(d / "deep.png")
+            ref, name = np.round(v / 257.0), "deep.png"
+        elif kind == "tiff-unit":
+            v = RAMP.astype(np.float32)
+            Image.fromarray(v).save(d / "deep.tif")
+            ref, name = np.round(v.astype(np.float64) * 255), "deep.tif"
+        else:   # values up to 7.5: no defined range
+            Image.fromarray((RAMP * 7.5).astype(np.float32)).save(d / "deep.tif")
+            return ["classify", "b", "deep.tif", "--labels", "red,blue", "--json"]
+        Image.fromarray(ref.astype(np.uint8), "L").save(d / "ref8.png")
+        return ["classify", "b", name, "--labels", "red,blue", "--json"]
+    return setup
+
+
+def truncated_jpeg(d, base):
+    base.bundle(d)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / "t.jpg")
+    data = (d / "t.jpg").read_bytes()
+    (d / "t.jpg").write_bytes(data[: len(data) // 2])
+    return ["classify", "b", "t.jpg", "--labels", "red,blue"]
+
+
+def captions(name: str, content) -> Callable:
+    def setup(d, base):
+        red_png(d, "a.png")
+        red_png(d, "c.png", (10, 10, 200))
+        return ["retrieval", "--model", "mobileclip-tiny", "--data", write(d, name, content), "--workers", "0",
+                "--device", "cpu"]
+    return setup
+
+
+def templates(content: Optional[bytes]) -> Callable:
+    def setup(d, base):
+        base.bundle(d)
+        name = write(d, "t.txt", content) if content is not None else "none.txt"
+        return CLASSIFY + ["--templates", name]
+    return setup
+
+
+def config(text: bytes) -> Callable:
+    return lambda d, base: ["distill", "--config", write(d, "c.yaml", text), "out=r"]
+
+
+def teacher_changed(d, base):
+    """A cache built from a checkpoint-directory teacher, killed after two shards; then the teacher changes."""
+    import torch
+
+    import mobileclip
+
+    model = mobileclip.create_model("clip-vit-tiny")[0]
+    mobileclip.save_checkpoint(model, d / "t")
+    argv = ["cache-teacher", "--teacher", "t", "--data", "synthetic", "--size", "12", "--image-size", "32", *CT,
+            "--out", "c"]
+    mc(argv, d)
+    shutil.rmtree(d / "c" / "shard_00002")   # as a killed run leaves it
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    mobileclip.save_checkpoint(model, d / "t")
+    return argv
+
+
+def captions_reordered(d, base):
+    mc(["synth", "--out", "data", "--n", "12", "--image-size", "32"], d)
+    mc(["cache-teacher", "--teacher", "clip-vit-tiny", "--data", "data/captions.csv", *CT, "--out", "c"], d)
+    head, *rows = (d / "data" / "captions.csv").read_text().splitlines()
+    rows[0], rows[1] = rows[1], rows[0]
+    (d / "data" / "captions.csv").write_text("\n".join([head, *rows]) + "\n")
+    return [*DISTILL, "losses.kd=1.0", "data.cache=c", "out=r"]
+
+
+def damaged_cache(kind: str) -> Callable:
+    def setup(d, base):
+        shutil.copytree(base.root / "cache", d / "c")
+        c = d / "c"
+        if kind == "bad JSON":
+            (c / "manifest.json").write_text("{" + (c / "manifest.json").read_text())
+        elif kind == "truncated npy":
+            f = c / "shard_00001" / "img_0.npy"
+            f.write_bytes(f.read_bytes()[:-100])
+        elif kind == "empty shard":
+            shutil.rmtree(c / "shard_00001")
+            (c / "shard_00001").mkdir()
+        return [*DISTILL, "losses.kd=1.0", "data.cache=c", "out=r"]
+    return setup
+
+
+def run_copy(damage: Optional[str] = None, student: Optional[str] = None) -> Callable:
+    def setup(d, base):
+        shutil.copytree(base.root / "run", d / "run")
+        state = d / "run" / "last" / "train_state.pt"
+        if damage == "truncated":
+            state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        elif damage == "pickle":   # a pickle whose loading runs `touch pwned`
+            state.write_bytes(b"cos\nsystem\n(S'touch pwned'\ntR.")
+        argv = [a if not (student and a.startswith("student=")) else f"student={student}" for a in DISTILL]
+        return argv + ["out=run"] + (["--resume", "run"] if damage or student else [])
+    return setup
+
+
+def photos(d, base):
+    (d / "photos").mkdir()
+    (d / "photos" / "a.jpg").write_bytes(b"precious")
+    return [*DISTILL, "out=photos", "--overwrite"]
+
+
+def synth_mine(d, base):
+    (d / "mine").mkdir()
+    (d / "mine" / "captions.csv").write_text("image,caption\nholiday.jpg,my own caption\n")
+    return ["synth", "--out", "mine", "--n", "4"]
+
+
+def full_disk(kind: str) -> Callable:
+    """A small tmpfs mounted at disk/ (we are root): the write runs out of space."""
+    def setup(d, base):
+        size = {"export": "2m", "cache": "20k", "overwrite": f"{du(base.root / 'bundle') // 1024 + 2048}k"}[kind]
+        (d / "disk").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d / "disk")], check=True,
+                       capture_output=True)
+        MOUNTS.append(d / "disk")
+        if kind == "overwrite":
+            shutil.copytree(base.root / "bundle", d / "disk" / "b")
+            return ["export", "mobileclip-tiny", "--out", "disk/b", "--overwrite", "--max-batch", "2", "--seed", "1"]
+        if kind == "export":
+            return ["export", "mobileclip-tiny", "--out", "disk/b", "--max-batch", "2"]
+        return [*SYNTH_CT, "--out", "disk/c"]
+    return setup
+
+
+def du(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+MOUNTS: list = []
+
+# ------------------------------------------------------------------ the cases
+
+
+@dataclass
+class Case:
+    group: str
+    name: str
+    setup: Callable          # (case folder, Base) -> argv after `mobileclip`, relative to the case folder
+    code: int                # expected exit status
+    message: str             # regex the error line must match (exit 0: the last line printed)
+    guard: tuple = ()        # files or folders that must be byte-identical after the run
+    absent: tuple = ()       # must not exist after (markers of code that must never run, outputs refused)
+    present: tuple = ()      # must exist after
+    compare: str = ""        # an 8-bit image that must give the same --json probabilities
+
+
+B, RUN, CACHES = "Bundles (classify)", "Run directories", "Teacher caches"
+CASES = [
+    Case(B, "manifest is a JSON list", manifest_edit(lambda b, m: [m]), 2, "must be a JSON object", ("b",)),
+    Case(B, "`files` is a list", manifest_edit(lambda b, m: m.update(files=list(m["files"]))), 2,
+         "files: must be an object", ("b",)),
+    Case(B, "`files` entry `../x`", manifest_edit(lambda b, m: m["files"].update({"../x": "0" * 64})), 2,
+         r"'\.\./x' is not a plain relative path", ("b",)),
+    Case(B, "`files` entry `/etc/passwd`", manifest_edit(lambda b, m: m["files"].update({"/etc/passwd": "0" * 64})),
+         2, "'/etc/passwd' is not a plain relative path", ("b",)),
+    Case(B, "`tokenizer.vocab_file: /etc/passwd`",
+         manifest_edit(lambda b, m: m["tokenizer"].update(vocab_file="/etc/passwd")), 2,
+         "vocab_file: '/etc/passwd' is not a plain relative path", ("b",)),
+    Case(B, "vocab file not listed", manifest_edit(vocab_unlisted), 2,
+         "other_vocab.txt.gz' is read by the runtime but has no checksum", ("b",)),
+    Case(B, "`std` with a 0", manifest_edit(lambda b, m: m.update(std=[0.5, 0, 0.5])), 2,
+         r"std\[1\]: must be a finite positive number", ("b",)),
+    Case(B, "`logit_scale` -1", manifest_edit(lambda b, m: m.update(logit_scale=-1.0)), 2,
+         "logit_scale: must be a finite positive", ("b",)),
+    Case(B, "`logit_scale` NaN", manifest_edit(lambda b, m: m.update(logit_scale=float("nan"))), 2,
+         "logit_scale: must be a finite", ("b",)),
+    Case(B, "`logit_scale` the string \"100\"", manifest_edit(lambda b, m: m.update(logit_scale="100")), 2,
+         "logit_scale: must be a number", ("b",)),
+    Case(B, "`embed_dim` \"256\"", manifest_edit(lambda b, m: m.update(embed_dim="256")), 2,
+         "embed_dim: must be an integer", ("b",)),
+    Case(B, "an unlisted `evil.py`", manifest_edit(evil_py), 2, "holds files its manifest does not list: evil.py",
+         ("b",), ("pwned",)),
+    Case(B, "artifact is a symlink out of the bundle", manifest_edit(symlink_out), 2,
+         "image.onnx' of .* leads outside the bundle", ("b", "outside.onnx")),
+    Case(B, "one flipped byte in `image.onnx`", flip_byte, 2, "image.onnx' does not match its checksum", ("b",)),
+    Case(B, "manifest not UTF-8", manifest_edit(not_utf8), 2, "manifest.json' is not UTF-8", ("b",)),
+
+    Case("validate", "plain validate", lambda d, base: ["validate", base.bundle(d).name, "--max-batch", "2"], 0,
+         "pass", ("b",), present=("b.validate.json",)),
+    Case("validate", "re-signed: context length 77", resigned("tokenizer", "context_length", 77), 1,
+         "context_length is 77, the source's 16", ("b",)),
+    Case("validate", "re-signed: std 0.5", resigned(None, "std", [0.5, 0.5, 0.5]), 1,
+         r"preprocessing \(manifest mean/std/resize\) differs", ("b",)),
+    Case("validate", "re-signed: logit scale 1.0", resigned(None, "logit_scale", 1.0), 1,
+         "logit_scale is 1.0, the source's", ("b",)),
+    Case("validate", "re-signed: embed dim 128", resigned(None, "embed_dim", 128), 1,
+         "embed_dim is 128, the source's 256", ("b",)),
+    Case("validate", "`--report` inside the bundle",
+         lambda d, base: ["validate", base.bundle(d).name, "--max-batch", "2", "--report", "b/r.json"], 2,
+         "inside the bundle", ("b",)),
+    Case("validate", "`export --overwrite` onto a non-bundle directory", notes, 2, "replaces a bundle only",
+         ("notes",)),
+
+    Case("Images", "16-bit grey PNG", deep_image("png16"), 0, "same probabilities as the 8-bit file",
+         compare="ref8.png"),
+    Case("Images", "float32 TIFF in [0, 1]", deep_image("tiff-unit"), 0, "same probabilities as the 8-bit file",
+         compare="ref8.png"),
+    Case("Images", "float TIFF with values up to 7.5", deep_image("tiff-7.5"), 2,
+         r"float images must lie in \[0, 1\]"),
+    Case("Images", "truncated JPEG", truncated_jpeg, 2, "t.jpg"),
+
+    Case("Caption files", "latin-1 CSV", captions("c.csv", "image,caption\na.png,ok\na.png,caf\u00e9 au lait\n"
+                                                  .encode("latin-1")), 2,
+         r"not UTF-8 text \(byte 0xe9 on line 3"),
+    Case("Caption files", "UTF-8 CSV with a BOM",
+         captions("c.csv", "\ufeffimage,caption\na.png,a red square\nc.png,a blue square\n"), 0, "R@1|recall|r@1"),
+    Case("Caption files", "malformed JSONL line",
+         captions("c.jsonl", '{"image": "a.png", "caption": "x"}\n\n{"image": "a.png", "caption": \n'), 2,
+         "line 3 is not valid JSON"),
+    Case("Caption files", "integer image path in JSONL",
+         captions("c.jsonl", '{"image": "a.png", "caption": "x"}\n{"image": 3, "caption": "x"}\n'), 2,
+         r"line 2: the image path \('image'\) is 3 \(of type int"),
+    Case("Caption files", "empty caption", captions("c.csv", "image,caption\na.png,x\nc.png,\n"), 2,
+         r"line 3: the caption \('caption'\) is empty"),
+    Case("Templates", "template `{x}`", templates(b"a photo of a {}.\na photo of {x}\n"), 2,
+         r"line 2: template 'a photo of \{x\}' has the field '\{x\}'"),
+    Case("Templates", "two `{}`", templates(b"# comment\n\na {} of a {}\n"), 2,
+         r"line 3: .* has 2 '\{\}' fields; use exactly one"),
+    Case("Templates", "missing templates file", templates(None), 2, r"none\.txt.*does not exist"),
+    Case("Templates", "latin-1 templates", templates("a photo of a {}.\nune photo d'un {} \u00e9\n".encode("latin-1")),
+         2, r"not UTF-8 text \(byte 0xe9 on line 2"),
+
+    Case("Configs", "`!!python/object/apply:os.system` tag", config(b"optim: !!python/object/apply:os.system "
+                                                                    b"['touch pwned']\n"), 2,
+         "YAML tag .* is not allowed", absent=("pwned", "r")),
+    Case("Configs", "YAML syntax error", config(b"steps: [1, 2\n"), 2, "not valid YAML at line", absent=("r",)),
+    Case("Configs", "config not UTF-8", config(b"student: caf\xe9\n"), 2, "not UTF-8 text", absent=("r",)),
+    Case("Configs", "override `optim.lr=nan`", lambda d, base: ["distill", "progress=false", "out=r", "optim.lr=nan"], 2,
+         "expected a finite number", absent=("r",)),
+    Case("Configs", "override `aug.scale=[0.5,1.5]`",
+         lambda d, base: ["distill", "progress=false", "out=r", "aug.scale=[0.5,1.5]"], 2, r"aug\.scale",
+         absent=("r",)),
+
+    Case(CACHES, "`cache-teacher --shard-size 0`",
+         lambda d, base: [*SYNTH_CT, "--shard-size", "0", "--out", "c"], 2,
+         "--shard-size must be at least 1", absent=("c",)),
+    Case(CACHES, "`cache-teacher --scale 0.5 1.5`", lambda d, base: [*SYNTH_CT, "--scale", "0.5", "1.5", "--out", "c"],
+         2, "--scale is the range of crop areas", absent=("c",)),
+    Case(CACHES, "`cache-teacher --size 0`",
+         lambda d, base: [*SYNTH_CT, "--size", "0", "--out", "c"], 2, "--size is the number of synthetic images",
+         absent=("c",)),
+    Case(CACHES, "resume after the checkpoint-dir teacher's weights changed", teacher_changed, 2,
+         r"teacher 0 weights", ("c",)),
+    Case(CACHES, "distill from a caption-file cache after the file was reordered", captions_reordered, 2,
+         r"samples differ .*first in samples 0\.\.3", ("c", "data"), ("r",)),
+    Case(CACHES, "distill from an intact cache (control)", damaged_cache("none"), 0, "", ("c",)),
+    Case(CACHES, "cache manifest with bad JSON", damaged_cache("bad JSON"), 2, r"c/manifest\.json' is not valid JSON",
+         ("c",), ("r",)),
+    Case(CACHES, "a truncated `.npy`", damaged_cache("truncated npy"), 2,
+         r"c/shard_00001/img_0\.npy.* does not match its checksum", ("c",)),
+    Case(CACHES, "an empty shard directory", damaged_cache("empty shard"), 2,
+         r"c/shard_00001.* has no readable sha256\.json", ("c",)),
+
+    Case(RUN, "distill into a finished run's `out=`", run_copy(), 2, "already holds a run.*--resume.*--overwrite",
+         ("run",)),
+    Case(RUN, "`--overwrite` on a non-run directory", photos, 2, "holds no run", ("photos",)),
+    Case(RUN, "`--resume` from a truncated `train_state.pt`", run_copy("truncated"), 2, "truncated or damaged",
+         ("run",)),
+    Case(RUN, "`--resume` from a malicious pickle", run_copy("pickle"), 2, "other than tensors", ("run",),
+         ("pwned",)),
+    Case(RUN, "`--resume` with another student (`mobileclip-s0`)", run_copy(student="mobileclip-s0"), 2,
+         "cannot resume.*mobileclip-tiny", ("run",)),
+
+    Case("synth", "`synth --out` onto a folder whose captions.csv differs", synth_mine, 2,
+         r"captions\.csv' already exists", ("mine",)),
+]
+DISK = [
+    Case("Full disk (tmpfs)", "export onto a full disk", full_disk("export"), 2, "no space left", absent=("disk/b",)),
+    Case("Full disk (tmpfs)", "`export --overwrite` of a bundle, the new one does not fit", full_disk("overwrite"), 2,
+         "no space left", ("disk/b",)),
+    Case("Full disk (tmpfs)", "cache-teacher onto a full disk", full_disk("cache"), 2, "no space left",
+         absent=("disk/c/shard_00000",)),
+]
+CRASH = {   # tests/test_crash.py: kill -9 at 3 seeded write points each
+    "test_kill_export": "`export --overwrite`: the old or the new bundle whole, rerun succeeds",
+    "test_kill_index": "`index` update: the old index or the new one, rerun succeeds",
+    "test_kill_validate": "`validate`: bundle untouched, report absent or whole",
+    "test_kill_cache_teacher": "`cache-teacher`: shards whole, rerun bit-identical to an uninterrupted build",
+    "test_kill_distill": "`distill`: checkpoints load, resume ends where the uninterrupted run does",
+}
+
+
+# ------------------------------------------------------------------ running
+
+def show(argv) -> str:
+    s = "mobileclip " + " ".join(map(str, argv))
+    for long, short in ABBREV.items():
+        s = s.replace(long, short)
+    return s
+
+
+def expected(c: Case) -> str:
+    s = f"{c.code}" + (f", `{c.message}`" if c.message else "")
+    if c.guard:
+        s += f"; unchanged: {', '.join(c.guard)}"
+    if c.absent:
+        s += f"; not created: {', '.join(c.absent)}"
+    if c.present:
+        s += f"; written: {', '.join(c.present)}"
+    return s
+
+
+def probabilities(stdout: str) -> list:
+    return [(p["label"], p["probability"]) for p in json.loads(stdout)["results"][0]["predictions"]]
+
+
+def run_case(c: Case, d: Path, base: Base) -> dict:
+    d.mkdir(parents=True)
+    argv = [str(a) for a in c.setup(d, base)]
+    before = {g: digest(d / g) for g in c.guard}
+    t = time.perf_counter()
+    p = mc(argv, d, check=False)
+    seconds = time.perf_counter() - t
+    line, problems = error_line(p), []
+    if p.returncode != c.code:
+        problems.append(f"exit {p.returncode}, expected {c.code}")
+    if c.compare:
+        ref = mc([argv[0], argv[1], c.compare, *argv[3:]], d, check=False)
+        try:
+            same = probabilities(p.stdout) == probabilities(ref.stdout)
+            line = (f"same probabilities as the 8-bit file: {probabilities(p.stdout)[0]}" if same else
+                    f"differs: {probabilities(p.stdout)} vs 8-bit {probabilities(ref.stdout)}")
+        except (ValueError, KeyError, IndexError) as e:
+            line = f"{line} (no JSON result to compare: {e!r})"
+    if not re.search(c.message, line):
+        problems.append("message does not match")
+    for g, was in before.items():
+        now = digest(d / g) if (d / g).exists() else {}
+        if now != was:
+            changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+            problems.append(f"changed: {', '.join(changed[:4])}")
+    problems += [f"exists: {a}" for a in c.absent if (d / a).exists() or (d / a).is_symlink()]
+    problems += [f"missing: {a}" for a in c.present if not (d / a).exists()]
+    left = sorted(q.relative_to(d).as_posix() for q in d.rglob("*") if ".tmp" in q.name or q.name.endswith(".old"))
+    problems += [f"left behind: {', '.join(left)}"] if left else []
+    return {"group": c.group, "case": c.name, "command": show(argv), "argv": argv, "expected": expected(c),
+            "exit": p.returncode, "message": line, "problems": problems, "verdict": "FAIL" if problems else "ok",
+            "seconds": round(seconds, 2), "stderr_tail": p.stderr[-1500:]}
+
+
+def build_base(root: Path) -> Base:
+    root.mkdir(parents=True)
+    steps = [("bundle", ["export", "mobileclip-tiny", "--out", "bundle", "--max-batch", "2"]),
+             ("finished run", [*DISTILL, "out=run"]),
+             ("teacher cache", [*SYNTH_CT, "--out", "cache"])]
+    for what, argv in steps:
+        t = time.perf_counter()
+        mc(argv, root)
+        print(f"  base: {what} ({time.perf_counter() - t:.1f}s): {show(argv)}", flush=True)
+    return Base(root)
+
+
+def can_mount(work: Path) -> bool:
+    probe = work / "mount-probe"
+    probe.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True)
+    if p.returncode == 0:
+        subprocess.run(["umount", str(probe)], check=True)
+    probe.rmdir()
+    return p.returncode == 0
+
+
+def crash_rows(work: Path) -> list:
+    xml = work / "crash.xml"
+    argv = [sys.executable, "-m", "pytest", "-q", "-m", "slow", "tests/test_crash.py", "-rA", f"--junitxml={xml}"]
+    t = time.perf_counter()
+    p = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=7200)
+    print(f"  crash tests: exit {p.returncode} in {time.perf_counter() - t:.0f}s", flush=True)
+    found = {}
+    if xml.exists():
+        for tc in ET.parse(xml).iter("testcase"):
+            bad = tc.find("failure") if tc.find("failure") is not None else tc.find("error")
+            skip = tc.find("skipped")
+            msg = ((bad.get("message") or "")[:300] if bad is not None else
+                   f"skipped: {skip.get('message')}" if skip is not None else
+                   f"passed in {float(tc.get('time', 0)):.0f}s")
+            found[tc.get("name")] = ("passed" if bad is None and skip is None else
+                                     "failed" if bad is not None else "skipped", msg, float(tc.get("time", 0)))
+    rows = []
+    for name, what in CRASH.items():
+        outcome, msg, secs = found.get(name, ("not run", p.stdout[-300:] or p.stderr[-300:], 0.0))
+        rows.append({"group": "Crash (kill -9)", "case": what, "command": f"pytest -m slow tests/test_crash.py::{name}",
+                     "argv": argv, "expected": "passed", "exit": outcome, "message": msg,
+                     "problems": [] if outcome == "passed" else [outcome], "verdict": "ok" if outcome == "passed"
+                     else "FAIL", "seconds": round(secs, 1), "stderr_tail": ""})
+    return rows
+
+
+def cell(s) -> str:
+    s = str(s).replace("|", "\\|").replace("\n", " ")
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+def report(rows: list, result: dict, out: Path, disk_note: str) -> None:
+    ok = sum(r["verdict"] == "ok" for r in rows)
+    lines = ["# Robustness: every file read or written is right or refused", "",
+             "Each row is a hostile input or a damaged file, given to the real command line as a subprocess in a "
+             "folder of its own. A row is ok when the exit status is the expected one, the error line matches the "
+             "expected fragment (a regular expression), the files listed as unchanged have the same sha256 before "
+             "and after, no file listed as not created appeared (`pwned` is the marker a malicious file would "
+             "create if its code ran), and no temporary (`*.tmp*`, `*.old`) was left behind. Inputs are built "
+             "from scratch each run: a bundle of `mobileclip-tiny` (`mobileclip export mobileclip-tiny --out "
+             "bundle --max-batch 2`), a finished 2-step distill run, a 12-image teacher cache, images written "
+             "with numpy/PIL.", "",
+             f"Regenerate: `{result['command']}`", "",
+             f"**{ok} ok, {len(rows) - ok} FAIL** of {len(rows)} cases; {result['seconds']:.0f} s on "
+             f"{result['environment']['cpu']} ({result['environment']['cores']} cores), Python "
+             f"{result['environment']['python']}, {result['environment']['date']}.", "",
+             f"In commands: `$D` = `{' '.join(DISTILL)}`; `$CT` = `{' '.join(CT)}`.", "", disk_note, ""]
+    for group in dict.fromkeys(r["group"] for r in rows):
+        lines += [f"## {group}", "", "| case | command | expected | exit | message | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["group"] == group):
+            msg = r["message"] + (f" — {'; '.join(r['problems'])}" if r["problems"] else "")
+            lines.append(f"| {cell(r['case'])} | `{cell(r['command'])}` | {cell(r['expected'])} | {r['exit']} | "
+                         f"{cell(msg)} | {r['verdict']} |")
+        lines.append("")
+    (out / "robustness.md").write_text("\n".join(lines))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--work", default="", help="work folder (kept); default: a temporary one, removed")
+    ap.add_argument("--crash", action="store_true", help="also run the kill -9 tests of tests/test_crash.py")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    work = Path(args.work or tempfile.mkdtemp(prefix="mc-robustness-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder: {work}", flush=True)
+    base = build_base(work / "base")
+    mount = can_mount(work)
+    cases = CASES + (DISK if mount else [])
+    disk_note = ("Full disk: a small tmpfs is mounted for each of those cases (`mount -t tmpfs -o size=...`)." if mount
+                 else "Full disk (ENOSPC) is left out: mounting a small tmpfs was refused here. It is covered by "
+                      "tests/test_trust.py::test_full_disk_leaves_no_half_written_shard.")
+    rows = []
+    for i, c in enumerate(cases, 1):
+        d = work / "cases" / f"{i:02d}"
+        try:
+            row = run_case(c, d, base)
+        except Exception as e:   # a setup that broke is a FAIL of this row, not of the whole run
+            row = {"group": c.group, "case": c.name, "command": "", "argv": [], "expected": expected(c), "exit": "-",
+                   "message": f"setup failed: {e!r}"[:400], "problems": ["setup failed"], "verdict": "FAIL",
+                   "seconds": 0, "stderr_tail": ""}
+        finally:
+            while MOUNTS:
+                subprocess.run(["umount", str(MOUNTS.pop())], capture_output=True)
+        rows.append(row)
+        print(f"[{i:2d}/{len(cases)}] {row['verdict']:4s} {c.group}: {c.name}  (exit {row['exit']}, "
+              f"{row['seconds']}s)  {row['message'][:100]}" + (f"  <- {row['problems']}" if row["problems"] else ""),
+              flush=True)
+        if row["verdict"] == "ok":
+            shutil.rmtree(d, ignore_errors=True)
+    if args.crash:
+        rows += crash_rows(work)
+    cmd = "python -m mobileclip.benchmarks.robustness" + (" --crash" if args.crash else "")
+    result = {"benchmark": "robustness", "command": cmd, "argv": sys.argv,
+              "environment": environment(platform=platform.platform(), numpy=np.__version__),
+              "seconds": round(time.perf_counter() - start, 1), "ok": sum(r["verdict"] == "ok" for r in rows),
+              "fail": sum(r["verdict"] != "ok" for r in rows), "full_disk_cases": mount, "rows": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
+    report(rows, result, out, disk_note)
+    print(f"{result['ok']} ok, {result['fail']} FAIL in {result['seconds']:.0f}s; wrote {out / 'robustness.md'}")
+    if not args.work and not result["fail"]:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if not result["fail"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
