@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -59,11 +59,12 @@ def digest(root: Path) -> dict:
 
 
 def error_line(p: subprocess.CompletedProcess) -> str:
-    """The line a user reads: the last ``mobileclip:`` line of stderr, else its last line, else stdout's."""
+    """The line a user reads: the last ``mobileclip:`` line of stderr (progress bars cut off), else on
+    success the last line printed, else stderr's last line."""
     lines = [ln.strip() for ln in re.split(r"[\r\n]", p.stderr) if ln.strip()]
-    mine = [ln for ln in lines if ln.startswith("mobileclip:")]
+    mine = [ln[ln.index("mobileclip:"):] for ln in lines if "mobileclip:" in ln]
     out = [ln.strip() for ln in p.stdout.splitlines() if ln.strip()]
-    return (mine or lines or out or [""])[-1]
+    return (mine or (out if p.returncode == 0 else []) or lines or out or [""])[-1]
 
 
 # ------------------------------------------------------------------ inputs
@@ -139,12 +140,6 @@ def resigned(section, key, value) -> Callable:
         write_manifest(b, m)
         return ["validate", "b", "--max-batch", "2"]
     return setup
-
-
-def notes(d, base):
-    (d / "notes").mkdir()
-    (d / "notes" / "thesis.txt").write_text("years of work")
-    return ["export", "mobileclip-tiny", "--out", "notes", "--overwrite", "--max-batch", "2"]
 
 
 RAMP = np.linspace(0, 1, 64 * 64).reshape(64, 64)
@@ -223,7 +218,7 @@ def captions_reordered(d, base):
     head, *rows = (d / "data" / "captions.csv").read_text().splitlines()
     rows[0], rows[1] = rows[1], rows[0]
     (d / "data" / "captions.csv").write_text("\n".join([head, *rows]) + "\n")
-    return [*DISTILL, "losses.kd=1.0", "data.cache=c", "out=r"]
+    return DAMAGED
 
 
 def damaged_cache(kind: str) -> Callable:
@@ -238,7 +233,7 @@ def damaged_cache(kind: str) -> Callable:
         elif kind == "empty shard":
             shutil.rmtree(c / "shard_00001")
             (c / "shard_00001").mkdir()
-        return [*DISTILL, "losses.kd=1.0", "data.cache=c", "out=r"]
+        return DAMAGED
     return setup
 
 
@@ -250,27 +245,16 @@ def run_copy(damage: Optional[str] = None, student: Optional[str] = None) -> Cal
             state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
         elif damage == "pickle":   # a pickle whose loading runs `touch pwned`
             state.write_bytes(b"cos\nsystem\n(S'touch pwned'\ntR.")
-        argv = [a if not (student and a.startswith("student=")) else f"student={student}" for a in DISTILL]
-        return argv + ["out=run"] + (["--resume", "run"] if damage or student else [])
+        other = [f"student={student}"] if student else []   # the later override wins
+        return [*DISTILL, *other, "out=run"] + (["--resume", "run"] if damage or student else [])
     return setup
-
-
-def photos(d, base):
-    (d / "photos").mkdir()
-    (d / "photos" / "a.jpg").write_bytes(b"precious")
-    return [*DISTILL, "out=photos", "--overwrite"]
-
-
-def synth_mine(d, base):
-    (d / "mine").mkdir()
-    (d / "mine" / "captions.csv").write_text("image,caption\nholiday.jpg,my own caption\n")
-    return ["synth", "--out", "mine", "--n", "4"]
 
 
 def full_disk(kind: str) -> Callable:
     """A small tmpfs mounted at disk/ (we are root): the write runs out of space."""
     def setup(d, base):
-        size = {"export": "2m", "cache": "20k", "overwrite": f"{du(base.root / 'bundle') // 1024 + 2048}k"}[kind]
+        bundle_kb = sum(f.stat().st_size for f in (base.root / "bundle").rglob("*")) // 1024
+        size = {"export": "2m", "cache": "20k", "overwrite": f"{bundle_kb + 2048}k"}[kind]
         (d / "disk").mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d / "disk")], check=True,
                        capture_output=True)
@@ -282,10 +266,6 @@ def full_disk(kind: str) -> Callable:
             return ["export", "mobileclip-tiny", "--out", "disk/b", "--max-batch", "2"]
         return [*SYNTH_CT, "--out", "disk/c"]
     return setup
-
-
-def du(p: Path) -> int:
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
 MOUNTS: list = []
@@ -306,39 +286,60 @@ class Case:
     compare: str = ""        # an 8-bit image that must give the same --json probabilities
 
 
-B, RUN, CACHES = "Bundles (classify)", "Run directories", "Teacher caches"
-CASES = [
-    Case(B, "manifest is a JSON list", manifest_edit(lambda b, m: [m]), 2, "must be a JSON object", ("b",)),
-    Case(B, "`files` is a list", manifest_edit(lambda b, m: m.update(files=list(m["files"]))), 2,
-         "files: must be an object", ("b",)),
-    Case(B, "`files` entry `../x`", manifest_edit(lambda b, m: m["files"].update({"../x": "0" * 64})), 2,
-         r"'\.\./x' is not a plain relative path", ("b",)),
-    Case(B, "`files` entry `/etc/passwd`", manifest_edit(lambda b, m: m["files"].update({"/etc/passwd": "0" * 64})),
-         2, "'/etc/passwd' is not a plain relative path", ("b",)),
-    Case(B, "`tokenizer.vocab_file: /etc/passwd`",
-         manifest_edit(lambda b, m: m["tokenizer"].update(vocab_file="/etc/passwd")), 2,
-         "vocab_file: '/etc/passwd' is not a plain relative path", ("b",)),
-    Case(B, "vocab file not listed", manifest_edit(vocab_unlisted), 2,
-         "other_vocab.txt.gz' is read by the runtime but has no checksum", ("b",)),
-    Case(B, "`std` with a 0", manifest_edit(lambda b, m: m.update(std=[0.5, 0, 0.5])), 2,
-         r"std\[1\]: must be a finite positive number", ("b",)),
-    Case(B, "`logit_scale` -1", manifest_edit(lambda b, m: m.update(logit_scale=-1.0)), 2,
-         "logit_scale: must be a finite positive", ("b",)),
-    Case(B, "`logit_scale` NaN", manifest_edit(lambda b, m: m.update(logit_scale=float("nan"))), 2,
-         "logit_scale: must be a finite", ("b",)),
-    Case(B, "`logit_scale` the string \"100\"", manifest_edit(lambda b, m: m.update(logit_scale="100")), 2,
-         "logit_scale: must be a number", ("b",)),
-    Case(B, "`embed_dim` \"256\"", manifest_edit(lambda b, m: m.update(embed_dim="256")), 2,
-         "embed_dim: must be an integer", ("b",)),
-    Case(B, "an unlisted `evil.py`", manifest_edit(evil_py), 2, "holds files its manifest does not list: evil.py",
-         ("b",), ("pwned",)),
-    Case(B, "artifact is a symlink out of the bundle", manifest_edit(symlink_out), 2,
-         "image.onnx' of .* leads outside the bundle", ("b", "outside.onnx")),
-    Case(B, "one flipped byte in `image.onnx`", flip_byte, 2, "image.onnx' does not match its checksum", ("b",)),
-    Case(B, "manifest not UTF-8", manifest_edit(not_utf8), 2, "manifest.json' is not UTF-8", ("b",)),
+def set_(section=None, **kv) -> Callable:
+    return lambda b, m: (m[section] if section else m).update(kv)
 
-    Case("validate", "plain validate", lambda d, base: ["validate", base.bundle(d).name, "--max-batch", "2"], 0,
-         "pass", ("b",), present=("b.validate.json",)),
+
+def bundle(name, setup, message, **kw) -> Case:
+    """classify with a damaged bundle: exit 2 and the bundle unchanged."""
+    setup = setup if setup is flip_byte else manifest_edit(setup)
+    return Case("Bundles (classify)", name, setup, 2, message, ("b",) + kw.pop("guard", ()), **kw)
+
+
+def existing(rel: str, text: str, *a) -> Callable:
+    """A user's own file at ``rel`` (in a folder of its own), then run ``a``."""
+    def setup(d, base):
+        (d / rel).parent.mkdir(parents=True)
+        (d / rel).write_text(text)
+        return list(a)
+    return setup
+
+
+def just(*a) -> Callable:
+    return lambda d, base: list(a)
+
+
+def on_bundle(*a) -> Callable:
+    """Copy the bundle to b/, then run ``a``."""
+    return lambda d, base: (base.bundle(d), list(a))[1]
+
+
+VALIDATE, DAMAGED = ["validate", "b", "--max-batch", "2"], [*DISTILL, "losses.kd=1.0", "data.cache=c", "out=r"]
+SAME = "same probabilities as the 8-bit file"
+C, T, K, R = "Caption files", "Templates", "Teacher caches", "Run directories"
+CASES = [
+    bundle("manifest is a JSON list", lambda b, m: [m], "must be a JSON object"),
+    bundle("`files` is a list", lambda b, m: m.update(files=list(m["files"])), "files: must be an object"),
+    bundle("`files` entry `../x`", set_("files", **{"../x": "0" * 64}), r"'\.\./x' is not a plain relative path"),
+    bundle("`files` entry `/etc/passwd`", set_("files", **{"/etc/passwd": "0" * 64}),
+           "'/etc/passwd' is not a plain relative path"),
+    bundle("`tokenizer.vocab_file: /etc/passwd`", set_("tokenizer", vocab_file="/etc/passwd"),
+           "vocab_file: '/etc/passwd' is not a plain relative path"),
+    bundle("vocab file not listed", vocab_unlisted, "other_vocab.txt.gz' is read by the runtime but has no checksum"),
+    bundle("`std` with a 0", set_(std=[0.5, 0, 0.5]), r"std\[1\]: must be a finite positive number"),
+    bundle("`logit_scale` -1", set_(logit_scale=-1.0), "logit_scale: must be a finite positive"),
+    bundle("`logit_scale` NaN (JSON `NaN`)", set_(logit_scale=float("nan")), "logit_scale: must be a finite"),
+    bundle("`logit_scale` the string \"100\"", set_(logit_scale="100"), "logit_scale: must be a number"),
+    bundle("`embed_dim` the string \"256\"", set_(embed_dim="256"), "embed_dim: must be an integer"),
+    bundle("an unlisted `evil.py` (writes `pwned` if run)", evil_py, "holds files its manifest does not list: evil.py",
+           absent=("pwned",)),
+    bundle("artifact is a symlink out of the bundle", symlink_out, "image.onnx' of .* leads outside the bundle",
+           guard=("outside.onnx",)),
+    bundle("one flipped byte in `image.onnx`", flip_byte, "image.onnx' does not match its checksum"),
+    bundle("manifest not UTF-8", not_utf8, "manifest.json' is not UTF-8"),
+
+    Case("validate", "plain validate", on_bundle(*VALIDATE), 0,
+         "parity passed", ("b",), present=("b.validate.json",)),
     Case("validate", "re-signed: context length 77", resigned("tokenizer", "context_length", 77), 1,
          "context_length is 77, the source's 16", ("b",)),
     Case("validate", "re-signed: std 0.5", resigned(None, "std", [0.5, 0.5, 0.5]), 1,
@@ -348,82 +349,77 @@ CASES = [
     Case("validate", "re-signed: embed dim 128", resigned(None, "embed_dim", 128), 1,
          "embed_dim is 128, the source's 256", ("b",)),
     Case("validate", "`--report` inside the bundle",
-         lambda d, base: ["validate", base.bundle(d).name, "--max-batch", "2", "--report", "b/r.json"], 2,
+         on_bundle(*VALIDATE, "--report", "b/r.json"), 2,
          "inside the bundle", ("b",)),
-    Case("validate", "`export --overwrite` onto a non-bundle directory", notes, 2, "replaces a bundle only",
+    Case("validate", "`export --overwrite` onto a non-bundle directory",
+         existing("notes/thesis.txt", "years of work", "export", "mobileclip-tiny", "--out", "notes", "--overwrite",
+                  "--max-batch", "2"), 2, "replaces a bundle only",
          ("notes",)),
 
-    Case("Images", "16-bit grey PNG", deep_image("png16"), 0, "same probabilities as the 8-bit file",
-         compare="ref8.png"),
-    Case("Images", "float32 TIFF in [0, 1]", deep_image("tiff-unit"), 0, "same probabilities as the 8-bit file",
-         compare="ref8.png"),
-    Case("Images", "float TIFF with values up to 7.5", deep_image("tiff-7.5"), 2,
-         r"float images must lie in \[0, 1\]"),
-    Case("Images", "truncated JPEG", truncated_jpeg, 2, "t.jpg"),
+    Case("Images", "16-bit grey PNG", deep_image("png16"), 0, SAME, compare="ref8.png"),
+    Case("Images", "float32 TIFF in [0, 1]", deep_image("tiff-unit"), 0, SAME, compare="ref8.png"),
+    Case("Images", "float TIFF with values up to 7.5", deep_image("tiff-7.5"), 2, r"float images must lie in \[0, 1\]"),
+    Case("Images", "truncated JPEG", truncated_jpeg, 2, r"t\.jpg.*truncated"),
 
-    Case("Caption files", "latin-1 CSV", captions("c.csv", "image,caption\na.png,ok\na.png,caf\u00e9 au lait\n"
-                                                  .encode("latin-1")), 2,
-         r"not UTF-8 text \(byte 0xe9 on line 3"),
-    Case("Caption files", "UTF-8 CSV with a BOM",
-         captions("c.csv", "\ufeffimage,caption\na.png,a red square\nc.png,a blue square\n"), 0, "R@1|recall|r@1"),
-    Case("Caption files", "malformed JSONL line",
-         captions("c.jsonl", '{"image": "a.png", "caption": "x"}\n\n{"image": "a.png", "caption": \n'), 2,
-         "line 3 is not valid JSON"),
-    Case("Caption files", "integer image path in JSONL",
+    Case(C, "latin-1 CSV", captions("c.csv", "image,caption\na.png,ok\na.png,caf\u00e9 au lait\n".encode("latin-1")),
+         2, r"not UTF-8 text \(byte 0xe9 on line 3"),
+    Case(C, "UTF-8 CSV with a BOM", captions("c.csv", "\ufeffimage,caption\na.png,a red square\nc.png,a blue square\n"),
+         0, "retrieval on 2 images / 2 captions"),
+    Case(C, "malformed JSONL line", captions("c.jsonl", '{"image": "a.png", "caption": "x"}\n\n{"image": "a.png", '
+                                                        '"caption": \n'), 2, "line 3 is not valid JSON"),
+    Case(C, "integer image path in JSONL",
          captions("c.jsonl", '{"image": "a.png", "caption": "x"}\n{"image": 3, "caption": "x"}\n'), 2,
          r"line 2: the image path \('image'\) is 3 \(of type int"),
-    Case("Caption files", "empty caption", captions("c.csv", "image,caption\na.png,x\nc.png,\n"), 2,
+    Case(C, "empty caption", captions("c.csv", "image,caption\na.png,x\nc.png,\n"), 2,
          r"line 3: the caption \('caption'\) is empty"),
-    Case("Templates", "template `{x}`", templates(b"a photo of a {}.\na photo of {x}\n"), 2,
+    Case(T, "template `{x}`", templates(b"a photo of a {}.\na photo of {x}\n"), 2,
          r"line 2: template 'a photo of \{x\}' has the field '\{x\}'"),
-    Case("Templates", "two `{}`", templates(b"# comment\n\na {} of a {}\n"), 2,
-         r"line 3: .* has 2 '\{\}' fields; use exactly one"),
-    Case("Templates", "missing templates file", templates(None), 2, r"none\.txt.*does not exist"),
-    Case("Templates", "latin-1 templates", templates("a photo of a {}.\nune photo d'un {} \u00e9\n".encode("latin-1")),
-         2, r"not UTF-8 text \(byte 0xe9 on line 2"),
+    Case(T, "two `{}`", templates(b"# comment\n\na {} of a {}\n"), 2, r"line 3: .* has 2 '\{\}' fields; use exactly one"),
+    Case(T, "missing templates file", templates(None), 2, r"none\.txt.*does not exist"),
+    Case(T, "latin-1 templates", templates("a photo of a {}.\nune photo d'un {} \u00e9\n".encode("latin-1")), 2,
+         r"not UTF-8 text \(byte 0xe9 on line 2"),
 
-    Case("Configs", "`!!python/object/apply:os.system` tag", config(b"optim: !!python/object/apply:os.system "
-                                                                    b"['touch pwned']\n"), 2,
-         "YAML tag .* is not allowed", absent=("pwned", "r")),
+    Case("Configs", "`!!python/object/apply:os.system` tag (runs `touch pwned`)",
+         config(b"optim: !!python/object/apply:os.system ['touch pwned']\n"), 2, "YAML tag .* is not allowed",
+         absent=("pwned", "r")),
     Case("Configs", "YAML syntax error", config(b"steps: [1, 2\n"), 2, "not valid YAML at line", absent=("r",)),
     Case("Configs", "config not UTF-8", config(b"student: caf\xe9\n"), 2, "not UTF-8 text", absent=("r",)),
-    Case("Configs", "override `optim.lr=nan`", lambda d, base: ["distill", "progress=false", "out=r", "optim.lr=nan"], 2,
+    Case("Configs", "override `optim.lr=nan`", just("distill", "progress=false", "out=r", "optim.lr=nan"), 2,
          "expected a finite number", absent=("r",)),
-    Case("Configs", "override `aug.scale=[0.5,1.5]`",
-         lambda d, base: ["distill", "progress=false", "out=r", "aug.scale=[0.5,1.5]"], 2, r"aug\.scale",
-         absent=("r",)),
+    Case("Configs", "override `aug.scale=[0.5,1.5]`", just("distill", "progress=false", "out=r", "aug.scale=[0.5,1.5]"),
+         2, r"aug\.scale", absent=("r",)),
 
-    Case(CACHES, "`cache-teacher --shard-size 0`",
-         lambda d, base: [*SYNTH_CT, "--shard-size", "0", "--out", "c"], 2,
+    Case(K, "`cache-teacher --shard-size 0`", just(*SYNTH_CT, "--shard-size", "0", "--out", "c"), 2,
          "--shard-size must be at least 1", absent=("c",)),
-    Case(CACHES, "`cache-teacher --scale 0.5 1.5`", lambda d, base: [*SYNTH_CT, "--scale", "0.5", "1.5", "--out", "c"],
-         2, "--scale is the range of crop areas", absent=("c",)),
-    Case(CACHES, "`cache-teacher --size 0`",
-         lambda d, base: [*SYNTH_CT, "--size", "0", "--out", "c"], 2, "--size is the number of synthetic images",
-         absent=("c",)),
-    Case(CACHES, "resume after the checkpoint-dir teacher's weights changed", teacher_changed, 2,
-         r"teacher 0 weights", ("c",)),
-    Case(CACHES, "distill from a caption-file cache after the file was reordered", captions_reordered, 2,
+    Case(K, "`cache-teacher --scale 0.5 1.5`", just(*SYNTH_CT, "--scale", "0.5", "1.5", "--out", "c"), 2,
+         "--scale is the range of crop areas", absent=("c",)),
+    Case(K, "`cache-teacher --size 0`", just(*SYNTH_CT, "--size", "0", "--out", "c"), 2,
+         "--size is the number of synthetic images", absent=("c",)),
+    Case(K, "resume after the checkpoint-dir teacher's weights changed", teacher_changed, 2, r"teacher 0 weights",
+         ("c",)),
+    Case(K, "distill from a caption-file cache after the file was reordered", captions_reordered, 2,
          r"samples differ .*first in samples 0\.\.3", ("c", "data"), ("r",)),
-    Case(CACHES, "distill from an intact cache (control)", damaged_cache("none"), 0, "", ("c",)),
-    Case(CACHES, "cache manifest with bad JSON", damaged_cache("bad JSON"), 2, r"c/manifest\.json' is not valid JSON",
+    Case(K, "distill from an intact cache (control)", damaged_cache("none"), 0, "student checkpoint", ("c",)),
+    Case(K, "cache manifest with bad JSON", damaged_cache("bad JSON"), 2, r"c/manifest\.json' is not valid JSON",
          ("c",), ("r",)),
-    Case(CACHES, "a truncated `.npy`", damaged_cache("truncated npy"), 2,
+    Case(K, "a truncated `.npy`", damaged_cache("truncated npy"), 2,
          r"c/shard_00001/img_0\.npy.* does not match its checksum", ("c",)),
-    Case(CACHES, "an empty shard directory", damaged_cache("empty shard"), 2,
+    Case(K, "an empty shard directory", damaged_cache("empty shard"), 2,
          r"c/shard_00001.* has no readable sha256\.json", ("c",)),
 
-    Case(RUN, "distill into a finished run's `out=`", run_copy(), 2, "already holds a run.*--resume.*--overwrite",
+    Case(R, "distill into a finished run's `out=`", run_copy(), 2, "already holds a run.*--resume.*--overwrite",
          ("run",)),
-    Case(RUN, "`--overwrite` on a non-run directory", photos, 2, "holds no run", ("photos",)),
-    Case(RUN, "`--resume` from a truncated `train_state.pt`", run_copy("truncated"), 2, "truncated or damaged",
-         ("run",)),
-    Case(RUN, "`--resume` from a malicious pickle", run_copy("pickle"), 2, "other than tensors", ("run",),
-         ("pwned",)),
-    Case(RUN, "`--resume` with another student (`mobileclip-s0`)", run_copy(student="mobileclip-s0"), 2,
+    Case(R, "`--overwrite` on a non-run directory",
+         existing("photos/a.jpg", "precious", *DISTILL, "out=photos", "--overwrite"), 2, "holds no run", ("photos",)),
+    Case(R, "`--resume` from a truncated `train_state.pt`", run_copy("truncated"), 2, "truncated or damaged", ("run",)),
+    Case(R, "`--resume` from a malicious pickle (runs `touch pwned`)", run_copy("pickle"), 2, "other than tensors",
+         ("run",), ("pwned",)),
+    Case(R, "`--resume` with another student (`mobileclip-s0`)", run_copy(student="mobileclip-s0"), 2,
          "cannot resume.*mobileclip-tiny", ("run",)),
 
-    Case("synth", "`synth --out` onto a folder whose captions.csv differs", synth_mine, 2,
+    Case("synth", "`synth --out` onto a folder whose captions.csv differs",
+         existing("mine/captions.csv", "image,caption\nholiday.jpg,my own caption\n", "synth", "--out", "mine", "--n",
+                  "4"), 2,
          r"captions\.csv' already exists", ("mine",)),
 ]
 DISK = [
@@ -452,14 +448,8 @@ def show(argv) -> str:
 
 
 def expected(c: Case) -> str:
-    s = f"{c.code}" + (f", `{c.message}`" if c.message else "")
-    if c.guard:
-        s += f"; unchanged: {', '.join(c.guard)}"
-    if c.absent:
-        s += f"; not created: {', '.join(c.absent)}"
-    if c.present:
-        s += f"; written: {', '.join(c.present)}"
-    return s
+    checks = (("unchanged", c.guard), ("not created", c.absent), ("written", c.present))
+    return "; ".join([f"{c.code}, `{c.message}`"] + [f"{k}: {', '.join(v)}" for k, v in checks if v])
 
 
 def probabilities(stdout: str) -> list:
@@ -558,7 +548,8 @@ def report(rows: list, result: dict, out: Path, disk_note: str) -> None:
     lines = ["# Robustness: every file read or written is right or refused", "",
              "Each row is a hostile input or a damaged file, given to the real command line as a subprocess in a "
              "folder of its own. A row is ok when the exit status is the expected one, the error line matches the "
-             "expected fragment (a regular expression), the files listed as unchanged have the same sha256 before "
+             "expected fragment (a regular expression; the table leaves out the `mobileclip: error:` that starts each "
+             "error line), the files listed as unchanged have the same sha256 before "
              "and after, no file listed as not created appeared (`pwned` is the marker a malicious file would "
              "create if its code ran), and no temporary (`*.tmp*`, `*.old`) was left behind. Inputs are built "
              "from scratch each run: a bundle of `mobileclip-tiny` (`mobileclip export mobileclip-tiny --out "
@@ -573,7 +564,8 @@ def report(rows: list, result: dict, out: Path, disk_note: str) -> None:
         lines += [f"## {group}", "", "| case | command | expected | exit | message | verdict |",
                   "|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["group"] == group):
-            msg = r["message"] + (f" — {'; '.join(r['problems'])}" if r["problems"] else "")
+            msg = r["message"].removeprefix("mobileclip: error: ") + (f" — {'; '.join(r['problems'])}"
+                                                                       if r["problems"] else "")
             lines.append(f"| {cell(r['case'])} | `{cell(r['command'])}` | {cell(r['expected'])} | {r['exit']} | "
                          f"{cell(msg)} | {r['verdict']} |")
         lines.append("")

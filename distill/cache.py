@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence, Union
@@ -167,25 +168,25 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
     bar = tqdm(total=len(todo) * shard_size, desc=f"cache-teacher (rank {rank})", unit="img", disable=not progress)
     t0, done = time.time(), 0
     skipped = 0
-    for s in todo:
-        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-        arrays = _build_shard(teachers, source, range(lo, hi), augs, seed, scale, ratio, flip_prob, device,
-                              batch_size, num_workers)
-        skipped += int((~arrays["ok"]).sum())
-        tmp = temp_dir_for(_shard_dir(out, s))
-        try:
-            for name, arr in arrays.items():
-                np.save(tmp / f"{name}.npy", arr)
-            atomic_write_json(tmp / CHECKSUMS, {f"{name}.npy": sha256_file(tmp / f"{name}.npy") for name in arrays})
-            replace_dir(tmp, _shard_dir(out, s))
-        except OSError as e:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise disk_full(e, _shard_dir(out, s)) from e
-        done += hi - lo
-        bar.update(hi - lo)
-    bar.close()
+    try:
+        for s in todo:
+            lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+            arrays = _build_shard(teachers, source, range(lo, hi), augs, seed, scale, ratio, flip_prob, device,
+                                  batch_size, num_workers)
+            skipped += int((~arrays["ok"]).sum())
+            tmp = temp_dir_for(_shard_dir(out, s))
+            try:
+                for name, arr in arrays.items():
+                    np.save(tmp / f"{name}.npy", arr)
+                atomic_write_json(tmp / CHECKSUMS, {f"{k}.npy": sha256_file(tmp / f"{k}.npy") for k in arrays})
+                replace_dir(tmp, _shard_dir(out, s))
+            except OSError as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise disk_full(e, _shard_dir(out, s)) from e
+            done += hi - lo
+            bar.update(hi - lo)
+    finally:
+        bar.close()   # before any error line, so it does not land on the bar
     manifest["skipped_images_this_run"] = skipped
     if progress:
         print(f"cache-teacher: {done} samples in {time.time() - t0:.1f} s, {skipped} unreadable images skipped")
@@ -310,7 +311,8 @@ def _verify_shard(root: Path, m: dict, s: int) -> dict:
         except (OSError, ValueError) as e:
             raise CacheError(f"cache file {str(f)!r} is not a readable .npy array ({e}); {fix}") from e
         if a.shape != shape or a.dtype != dtype:
-            raise CacheError(f"cache file {str(f)!r} holds {a.dtype} {list(a.shape)}, the manifest implies {np.dtype(dtype)} "
+            raise CacheError(f"cache file {str(f)!r} holds {a.dtype} {list(a.shape)}, the manifest implies "
+                             f"{np.dtype(dtype)} "
                              f"{list(shape)}; the manifest or the shard was changed — {fix}")
         arrays[name] = a
     return arrays
@@ -388,8 +390,8 @@ class TeacherCache:
         self.root = Path(root)
         mpath = self.root / "manifest.json"
         if not self.root.is_dir():
-            raise CacheError(f"teacher cache {str(self.root)!r} " + ("is a file, not a cache directory"
-                             if self.root.exists() else "does not exist") + "; build one with `mobileclip cache-teacher`")
+            what = "is a file, not a cache directory" if self.root.exists() else "does not exist"
+            raise CacheError(f"teacher cache {str(self.root)!r} {what}; build one with `mobileclip cache-teacher`")
         if not mpath.is_file():
             raise CacheError(f"{str(self.root)!r} is not a teacher cache (no manifest.json); "
                              "build one with `mobileclip cache-teacher`")

@@ -486,7 +486,8 @@ class Trainer:
         if finite:
             all_reduce_grads(self.params, self.env.world)
             self.scaler.unscale_(self.opt)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip or math.inf))  # 0: no clipping
+            max_norm = self.cfg.optim.grad_clip or math.inf   # 0: no clipping (the norm is still measured)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
             finite = math.isfinite(grad_norm) or self.precision == "fp16"  # the scaler handles fp16 overflow
         if finite:
             self.scaler.step(self.opt)
