@@ -74,12 +74,13 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from mobileclip import backends
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 DESCRIPTION = ("Latency of bundles and PyTorch models across runtimes, precisions and batch sizes, timed side by "
                "side; writes bench.json, bench.md and PNG plots.")
-RUNTIMES = ("torch", "onnxruntime", "tensorrt", "coreml")
-BACKEND_RUNTIME = {"onnx": "onnxruntime", "tensorrt": "tensorrt", "coreml": "coreml"}
+BACKEND_RUNTIME = {name: backends.runtime_name(name) for name in backends.names()}
+RUNTIMES = ("torch", *BACKEND_RUNTIME.values())
 TOWERS = ("image", "text")
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -502,21 +503,21 @@ class TorchRuntime(Runtime):
             torch.cuda.synchronize(self.dev)
 
 
-def _fixed_batch(entry: dict) -> int:
-    dim = entry.get("inputs", [{}])[0].get("shape", [None])[0]
-    return dim if isinstance(dim, int) and dim > 0 else 0
-
-
 def _token_dtype(manifest: dict):
     return np.int64 if manifest.get("tokenizer", {}).get("token_dtype") == "int64" else np.int32
 
 
-class _BundleRuntime(Runtime):
-    """Shared by the bundle runtimes: the manifest, the tower's inputs, fixed-batch checks."""
+class BundleRuntime(Runtime):
+    """A bundle's towers through their backend's runners (``mobileclip.backends``): the runtime the
+    backend names (onnxruntime with ``--threads`` intra-op threads and one inter-op thread, TensorRT,
+    Core ML, ...). A runner that cannot run here is a :class:`Skip` with its reason."""
 
-    def __init__(self, directory: Path, manifest: dict, device: str, tokenizer=None) -> None:
+    def __init__(self, directory: Path, manifest: dict, device: str, threads: int, tokenizer=None) -> None:
         super().__init__(device)
-        self.dir, self.manifest, self._tokenizer = directory, manifest, tokenizer
+        self.dir, self.manifest, self._tokenizer, self.threads = directory, manifest, tokenizer, threads
+        backend = backends.get(manifest["artifacts"]["image"]["backend"])
+        self.name, self.io = backend.runtime, backend.io
+        self._runners: dict = {}
 
     def entry(self, tower: str) -> dict:
         return self.manifest["artifacts"][tower]
@@ -524,8 +525,16 @@ class _BundleRuntime(Runtime):
     def precision(self, tower: str) -> str:
         return self.entry(tower)["precision"]
 
+    def runner(self, tower: str):
+        if tower not in self._runners:
+            r = backends.runner_for(self.dir, self.entry(tower), self.device, self.threads)
+            if hasattr(r, "inter_threads"):
+                r.inter_threads = 1
+            self._runners[tower] = r
+        return self._runners[tower]
+
     def inputs(self, tower: str, batch: int) -> np.ndarray:
-        fixed = _fixed_batch(self.entry(tower))
+        fixed = self.runner(tower).fixed_batch
         if fixed and fixed != batch:
             raise Skip(f"the {tower} artifact has a fixed batch of {fixed}; re-export with a dynamic batch to time "
                        f"batch {batch}")
@@ -536,109 +545,25 @@ class _BundleRuntime(Runtime):
             raise Skip("the bundle's tokenizer could not be loaded (see the bundle row's reason)")
         return np.ascontiguousarray(np.asarray(self._tokenizer(_prompts(batch))).astype(_token_dtype(m)))
 
-
-def ort_providers(device: str) -> list[str]:
-    """The onnxruntime execution providers for ``device``; :class:`Skip` when CUDA's is missing."""
-    import onnxruntime as ort
-
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    have = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in have:
-        raise Skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (available: {have}); "
-                   "install onnxruntime-gpu to time bundles on the GPU")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
-class OrtRuntime(_BundleRuntime):
-    """ONNX Runtime: ``intra_op_num_threads = threads``, one inter-op thread; numpy in, numpy out."""
-
-    name = "onnxruntime"
-    io = "host numpy arrays in and out"
-
-    def __init__(self, directory: Path, manifest: dict, device: str, threads: int, tokenizer=None) -> None:
-        super().__init__(directory, manifest, device, tokenizer)
-        self.threads = threads
-        self._sessions: dict = {}
-
-    def session(self, tower: str):
-        from mobileclip.runtime.core import ort_session
-
-        if tower not in self._sessions:
-            rss0 = MemoryProbe.rss_mb()
-            self._sessions[tower] = ort_session(self.dir / self.entry(tower)["file"], self.precision(tower),
-                                                providers=ort_providers(self.device), threads=self.threads,
-                                                inter_threads=1)
-            self.load_rss[tower] = MemoryProbe.rss_mb() - rss0
-        return self._sessions[tower]
-
     def prepare(self, tower: str, batch: int) -> Callable[[], object]:
         x = self.inputs(tower, batch)
-        sess = self.session(tower)
-        feeds = {sess.get_inputs()[0].name: x}
-        return lambda: sess.run(None, feeds)
-
-    def close(self) -> None:
-        self._sessions.clear()
-
-
-class TensorRTRuntime(_BundleRuntime):
-    """TensorRT engines through ``TRTRunner`` (host arrays in and out; each call synchronises)."""
-
-    name = "tensorrt"
-    io = "host numpy arrays in and out (host/device copies included)"
-
-    def __init__(self, directory: Path, manifest: dict, device: str, tokenizer=None) -> None:
-        super().__init__(directory, manifest, device, tokenizer)
-        self._runners: dict = {}
-
-    def prepare(self, tower: str, batch: int) -> Callable[[], object]:
-        from mobileclip.export.tensorrt import TRTRunner, tensorrt_available
-
-        ok, why = tensorrt_available()
-        if not ok:
-            raise Skip(why)
-        if self.device != "cuda":
-            raise Skip("TensorRT engines run on a CUDA GPU: pass --device cuda")
-        x = self.inputs(tower, batch)
-        if tower not in self._runners:
+        r = self.runner(tower)
+        if not r.active:
             rss0 = MemoryProbe.rss_mb()
-            self._runners[tower] = TRTRunner(self.dir / self.entry(tower)["file"])
+            try:
+                r.activate()
+            except backends.BackendUnavailable as e:
+                raise Skip(str(e)) from e
             self.load_rss[tower] = MemoryProbe.rss_mb() - rss0
-        runner = self._runners[tower]
-        if not runner.min_batch <= batch <= runner.max_batch:
-            raise Skip(f"batch {batch} is outside the engine's profile ({runner.min_batch}..{runner.max_batch}); "
-                       f"re-export with --max-batch {batch}")
-        return lambda: runner(x)
+        if r.max_batch and batch > r.max_batch:
+            raise Skip(f"batch {batch} is beyond the artifact's largest batch ({r.max_batch}); re-export with "
+                       f"--max-batch {batch}")
+        return lambda: r.infer(x)
 
     def close(self) -> None:
         for r in self._runners.values():
-            r.close()
+            r.deactivate()
         self._runners.clear()
-
-
-class CoreMLRuntime(_BundleRuntime):
-    """Core ML packages through ``coreml_predictor`` (macOS only; all compute units)."""
-
-    name = "coreml"
-    io = "host arrays in and out (Core ML picks CPU/GPU/Neural Engine)"
-
-    def __init__(self, directory: Path, manifest: dict, device: str, tokenizer=None) -> None:
-        super().__init__(directory, manifest, device, tokenizer)
-        self._predictors: dict = {}
-
-    def prepare(self, tower: str, batch: int) -> Callable[[], object]:
-        if sys.platform != "darwin":
-            raise Skip(f"Core ML predictions need macOS (this is {sys.platform})")
-        from mobileclip.export.coreml import coreml_predictor
-
-        x = self.inputs(tower, batch)
-        if tower not in self._predictors:
-            rss0 = MemoryProbe.rss_mb()
-            self._predictors[tower] = coreml_predictor(self.dir / self.entry(tower)["file"], tower)
-            self.load_rss[tower] = MemoryProbe.rss_mb() - rss0
-        predict = self._predictors[tower]
-        return lambda: predict(x)
 
 
 # =========================================================================== cases and timing
@@ -967,14 +892,7 @@ def _fill(row: dict, case: Optional[Case], facts, peak: dict, cfg: BenchConfig, 
 
 
 def _bundle_runtime(path: Path, manifest: dict, cfg: BenchConfig, tokenizer) -> Runtime:
-    backend = manifest["artifacts"]["image"]["backend"]
-    if backend == "onnx":
-        return OrtRuntime(path, manifest, cfg.device, cfg.threads, tokenizer)
-    if backend == "tensorrt":
-        return TensorRTRuntime(path, manifest, cfg.device, tokenizer)
-    if backend == "coreml":
-        return CoreMLRuntime(path, manifest, cfg.device, tokenizer)
-    raise ConfigError(f"{path}: unknown backend {backend!r} in the bundle manifest")
+    return BundleRuntime(path, manifest, cfg.device, cfg.threads, tokenizer)
 
 
 def _run_group(g: _Group, cfg: BenchConfig, sources: _Sources, probe: MemoryProbe, peak: dict) -> list:

@@ -12,44 +12,14 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from mobileclip.checkpoint import replace_dir, temp_dir_for
+from mobileclip import backends
+from mobileclip.backends import BackendUnavailable, ExportOptions
+from mobileclip.backends.bundle import FORMAT_VERSION, load_manifest, write_manifest
 from mobileclip.errors import ConfigError, MobileCLIPError
+from mobileclip.files import replace_dir, temp_dir_for
 
-from .bundle import FORMAT_VERSION, load_manifest, write_manifest
 from .source import ExportSource, load_source, resolve_spec
-from .parity import THRESHOLDS, ParityError, check, run_parity
-
-FORMATS = {"onnx": ("fp32", "fp16", "int8"), "coreml": ("fp32", "fp16", "int8"),
-           "tensorrt": ("fp32", "fp16", "int8")}
-QUANT_METHODS = ("auto", "dynamic", "static")
-
-
-# ------------------------------------------------------------------ runners (numpy in, numpy out)
-
-def _fixed_batch(entry: dict) -> int:
-    if entry["backend"] == "coreml":  # one picture per image input; its predictor batches itself
-        return 0
-    dim = entry["inputs"][0]["shape"][0]
-    return dim if isinstance(dim, int) and dim > 0 else 0
-
-
-def _tower_runner(directory: Path, entry: dict):
-    from mobileclip.runtime.core import ort_session, run_in_batches
-
-    backend, name, fixed = entry["backend"], entry["inputs"][0]["name"], _fixed_batch(entry)
-    if backend == "onnx":
-        session = ort_session(directory / entry["file"], entry["precision"])
-        return lambda x: run_in_batches(lambda c: session.run(None, {name: c})[0], x, fixed)
-    if backend == "tensorrt":
-        from .tensorrt import TRTRunner
-
-        runner = TRTRunner(directory / entry["file"])
-        return lambda x: run_in_batches(runner, x, fixed)
-    if backend == "coreml":
-        from .coreml import coreml_predictor
-
-        return coreml_predictor(directory / entry["file"])
-    raise ConfigError(f"unknown backend {backend!r} in the bundle manifest")
+from .parity import ParityError, check, run_parity
 
 
 # ------------------------------------------------------------------ inputs
@@ -78,32 +48,15 @@ def _batches(fixed: int, max_batch: int) -> tuple:
 
 # ------------------------------------------------------------------ export
 
-def _check_args(fmt: str, precision: str, quant: str, calib: Optional[str], token_dtype: str, out: Path,
-                overwrite: bool, compress: str, max_batch: int, fixed_batch: int) -> None:
-    if fmt not in FORMATS:
-        raise ConfigError(f"format {fmt!r} is not known; choose from {sorted(FORMATS)}")
-    if precision not in FORMATS[fmt]:
-        raise ConfigError(f"precision {precision!r} is not available for {fmt}; choose from {list(FORMATS[fmt])}")
-    if quant not in QUANT_METHODS:
-        raise ConfigError(f"quantization {quant!r} is not known; choose from {list(QUANT_METHODS)}")
-    if quant != "auto" and precision != "int8":
-        raise ConfigError(f"--quant {quant} applies to --precision int8 only")
-    if precision == "int8" and quant == "static" and not calib:
-        raise ConfigError("static int8 quantization needs calibration images: pass --calib <image folder> "
-                          "(real images, one sub-folder per class), or use --quant dynamic")
-    if fmt == "tensorrt" and precision == "int8" and not calib:
-        raise ConfigError("TensorRT int8 is built from a QDQ ONNX calibrated on real images: pass --calib "
-                          "<image folder>")
-    if calib and precision != "int8":
-        raise ConfigError("--calib applies to --precision int8 only")
-    if token_dtype not in ("int32", "int64"):
-        raise ConfigError(f"token dtype {token_dtype!r}: choose int32 or int64")
-    if fmt == "coreml" and token_dtype != "int32":
-        raise ConfigError("Core ML takes int32 tokens only")
-    if compress != "none" and fmt != "coreml":
-        raise ConfigError("--compress (weight palettization / int8) applies to --format coreml only")
-    if max_batch < 1 or fixed_batch < 0:
+def _check_args(fmt: str, o: ExportOptions, out: Path, overwrite: bool) -> None:
+    backend = backends.get(fmt)   # an unknown format names the known ones
+    if o.precision not in backend.precisions:
+        raise ConfigError(f"precision {o.precision!r} is not available for {fmt}; choose from {list(backend.precisions)}")
+    if o.token_dtype not in ("int32", "int64"):
+        raise ConfigError(f"token dtype {o.token_dtype!r}: choose int32 or int64")
+    if o.max_batch < 1 or o.fixed_batch < 0:
         raise ConfigError("--max-batch must be >= 1 and --fixed-batch >= 0")
+    backend.check_options(o)
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
     if out.exists() and not (out.is_dir() and ((out / "manifest.json").is_file() or not any(out.iterdir()))):
@@ -125,15 +78,12 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
     checkpoint directory, ``open_clip:<arch>[:<tag or file>]`` or ``hf:<CLIPModel directory>``.
     """
     out = Path(out)
-    _check_args(fmt, precision, quant, calib, token_dtype, out, overwrite, compress, max_batch, fixed_batch)
-    if fmt == "tensorrt":
-        from .tensorrt import require_tensorrt
-
-        require_tensorrt()  # before any work: a clear error where TensorRT or a GPU is missing
-    elif fmt == "coreml":
-        from .coreml import require_coremltools
-
-        require_coremltools()
+    options = ExportOptions(precision=precision, fixed_batch=fixed_batch, max_batch=max_batch, exporter=exporter,
+                            token_dtype=token_dtype, calib=calib, calib_size=calib_size, quant=quant,
+                            compress=compress, seed=seed, workspace_gb=workspace_gb, timing_cache=timing_cache)
+    _check_args(fmt, options, out, overwrite)
+    backend = backends.get(fmt)
+    backend.prepare_export()   # a clear error where the format's tools (or a GPU) are missing, before any work
     src = load_source(resolve_spec(model, seed, pretrained))
     from mobileclip.reparam import unfolded_branches
 
@@ -142,13 +92,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
     tmp = temp_dir_for(out)
     try:
         t0 = time.time()
-        if fmt == "coreml":
-            arts = _export_coreml(src, tmp, precision, compress, fixed_batch or max_batch)
-        else:
-            arts = _export_onnx(src, tmp, fmt, precision, fixed_batch, exporter, token_dtype, calib, calib_size,
-                                quant, seed)
-            if fmt == "tensorrt":
-                arts = _build_tensorrt(tmp, arts, fixed_batch or max_batch, workspace_gb, timing_cache)
+        arts = backend.export(src, tmp, options)
         for f in src.tokenizer_files:
             shutil.copy(f, tmp / Path(f).name)
         manifest = _manifest(src, arts, token_dtype, time.time() - t0)
@@ -162,88 +106,6 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
     if not report["passed"] and not allow_mismatch:
         raise ParityError(f"{out}: parity check failed: " + "; ".join(report["misses"]), report)
     return manifest
-
-
-def _export_onnx(src: ExportSource, tmp: Path, fmt: str, precision: str, fixed_batch: int, exporter: str,
-                 token_dtype: str, calib: Optional[str], calib_size: int, quant: str, seed: int) -> dict:
-    from .onnx import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, export_tower, io_spec, \
-        optimize_offline, to_fp16
-
-    b = fixed_batch or 2
-    s = src.image_size
-    export_tower(ImageTower(src.model), torch.rand(b, 3, s, s), tmp / "image.onnx", IMAGE_IN, IMAGE_OUT,
-                 dynamic_batch=not fixed_batch, exporter=exporter)
-    tok = src.tokenizer(["a photo of a dog", "a cat"] * b)[:b].to(getattr(torch, token_dtype))
-    export_tower(TextTower(src.model), tok, tmp / "text.onnx", TEXT_IN, TEXT_OUT, dynamic_batch=not fixed_batch,
-                 exporter=exporter)
-    info = {t: {"file": f"{t}.onnx", "backend": "onnx", "precision": precision, "exporter": exporter}
-            for t in ("image", "text")}
-    for t in ("image", "text"):
-        info[t].update(optimize_offline(tmp / f"{t}.onnx"))
-    if precision == "fp16":
-        for t in ("image", "text"):
-            info[t].update(to_fp16(tmp / f"{t}.onnx"))
-    elif precision == "int8":
-        _quantize(src, tmp, info, fmt, calib, calib_size, quant, seed)
-    for t in ("image", "text"):
-        info[t].update(io_spec(tmp / info[t]["file"]))
-    return info
-
-
-def _quantize(src: ExportSource, tmp: Path, info: dict, fmt: str, calib: Optional[str], calib_size: int,
-              quant: str, seed: int) -> None:
-    """int8 towers: the image tower static QDQ when calibration images are given, else dynamic.
-
-    The text tower is quantized dynamically for ONNX Runtime (its MatMuls are where the time
-    goes, and per-call activation scales suit variable-length prompts). For TensorRT, which
-    runs QDQ graphs only, the image tower is QDQ with symmetric activations and the text
-    tower is fp16.
-    """
-    from .onnx import IMAGE_IN, to_fp16
-    from .quantize import calibration_images, quantize_dynamic_onnx, quantize_static_onnx
-
-    method = "static" if quant == "static" or (quant == "auto" and calib) else "dynamic"
-    fp32 = tmp / "image.fp32.onnx"
-    shutil.move(tmp / "image.onnx", fp32)
-    if method == "static":
-        samples, meta = calibration_images(calib, src.preprocess, calib_size, seed)
-        q = quantize_static_onnx(fp32, tmp / "image.onnx", IMAGE_IN, samples,
-                                 symmetric_activations=fmt == "tensorrt")
-        q["quantization"].update(meta)
-    else:
-        q = quantize_dynamic_onnx(fp32, tmp / "image.onnx")
-    fp32.unlink()
-    info["image"].update(q)
-    if fmt == "tensorrt":
-        info["text"].update(to_fp16(tmp / "text.onnx"), precision="fp16")
-        return
-    fp32 = tmp / "text.fp32.onnx"
-    shutil.move(tmp / "text.onnx", fp32)
-    info["text"].update(quantize_dynamic_onnx(fp32, tmp / "text.onnx"))
-    fp32.unlink()
-
-
-def _build_tensorrt(tmp: Path, arts: dict, max_batch: int, workspace_gb: float, timing_cache: Optional[str]) -> dict:
-    from .tensorrt import build_engine
-
-    out = {}
-    for t, entry in arts.items():
-        eng = build_engine(tmp / entry["file"], tmp / f"{t}.engine", max_batch=max_batch, workspace_gb=workspace_gb,
-                           timing_cache=Path(timing_cache) if timing_cache else None)
-        out[t] = {**entry, **eng, "onnx": entry["file"], "file": f"{t}.engine", "backend": "tensorrt"}
-    return out
-
-
-def _export_coreml(src: ExportSource, tmp: Path, precision: str, compress: str, max_batch: int) -> dict:
-    from .coreml import export_coreml
-    from .onnx import ImageTower, TextTower
-
-    if precision == "int8" and compress == "none":
-        compress = "int8"
-    return export_coreml(ImageTower(src.model), TextTower(src.model), tmp, image_size=src.image_size,
-                         mean=src.mean, std=src.std, context_length=src.context_length,
-                         precision="fp32" if precision == "fp32" else "fp16", compress=compress,
-                         max_batch=max_batch)
 
 
 def _manifest(src: ExportSource, arts: dict, token_dtype: str, seconds: float) -> dict:
@@ -344,17 +206,31 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images)
     inputs = check_inputs(pil, parity_prompts(src.tokenizer, 8), src.preprocess, src.tokenizer, bundle_pre,
                           bundle_tok)
     inputs["misses"] = build_misses + _manifest_checks(directory, manifest, src) + inputs["misses"]
-    if arts["image"]["backend"] == "coreml" and sys.platform != "darwin":
-        report = _coreml_static_checks(directory, manifest, src, batches)
+    runners = {t: backends.runner_for(directory, arts[t]) for t in ("image", "text")}
+    backend = backends.get(arts["image"]["backend"])
+    why = backend.unavailable()
+    if why and backend.static_parity is None:
+        raise BackendUnavailable(f"cannot check the {backend.name} bundle here: {why}")
+    if why:   # e.g. Core ML off macOS: the spec, and the graph run in fp16 in PyTorch
+        from .parity import THRESHOLDS
+
+        n = max(batches)
+        x = torch.stack([src.preprocess(im) for im in synthetic_images(n, src.image_size)])
+        tokens = src.tokenizer(parity_prompts(src.tokenizer, n))
+        report = backend.static_parity(directory, manifest, src.model, x, tokens, THRESHOLDS["fp16"]["min_cosine"])
     else:
         dtype = np.int32 if manifest["tokenizer"].get("token_dtype", "int32") == "int32" else np.int64
         # With the manifest's inputs already wrong, the towers are still compared, on the reference inputs
         # (a wrong context length would not even fit the graph): the report then says what else is off.
         ok = not inputs["misses"]
-        report = run_parity(src.model, src.preprocess, src.tokenizer, _tower_runner(directory, arts["image"]),
-                            _tower_runner(directory, arts["text"]), batches=batches, images=images,
-                            token_dtype=dtype, bundle_preprocess=bundle_pre if ok else None,
-                            bundle_tokenizer=bundle_tok if ok else None)
+        try:
+            report = run_parity(src.model, src.preprocess, src.tokenizer, runners["image"], runners["text"],
+                                batches=batches, images=images, token_dtype=dtype,
+                                bundle_preprocess=bundle_pre if ok else None,
+                                bundle_tokenizer=bundle_tok if ok else None)
+        finally:
+            for r in runners.values():
+                r.deactivate()
         report["mode"] = "predictions"
         report["misses"] = check(report, precision)
     report["inputs"] = {k: v for k, v in inputs.items() if k != "misses"}
@@ -368,32 +244,6 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images)
     report["passed"] = not report["misses"]
     report["precision"] = precision
     return report
-
-
-def _coreml_static_checks(directory: Path, manifest: dict, src: ExportSource, batches) -> dict:
-    """Off macOS Core ML cannot predict: check the spec, and run the graph in PyTorch fp16."""
-    from .coreml import check_spec, fp16_overflow_check
-    from .onnx import ImageTower, TextTower
-    from .parity import parity_prompts, synthetic_images
-
-    arts = manifest["artifacts"]
-    misses = []
-    for t in ("image", "text"):
-        misses += [f"{t}: {m}" for m in check_spec(directory / arts[t]["file"], arts[t])]
-    n = max(batches)
-    x = torch.stack([src.preprocess(im) for im in synthetic_images(n, src.image_size)])
-    tokens = src.tokenizer(parity_prompts(src.tokenizer, n))
-    fp16 = {}
-    for t, tower, inp in (("image", ImageTower(src.model), x), ("text", TextTower(src.model), tokens)):
-        fp16[t] = fp16_overflow_check(tower, inp)
-        r = fp16[t]
-        close = r.get("min_cosine") is None or r["min_cosine"] >= THRESHOLDS["fp16"]["min_cosine"]
-        if arts[t]["precision"] != "fp32" and not (r.get("passed", False) and close):
-            r = fp16[t]
-            misses.append(f"{t}: the graph run in fp16 in PyTorch fails (finite={r.get('finite')}, min cosine "
-                          f"{r.get('min_cosine')}, masks {r.get('masks', [])[:3]}); export with --precision fp32")
-    return {"mode": "spec+fp16-check (Core ML predictions need macOS)", "image": [], "text": [],
-            "fp16_check": fp16, "misses": misses, "top1_agreement": None}
 
 
 def report_path(bundle: Union[str, Path]) -> Path:
@@ -418,7 +268,7 @@ def validate(bundle: Union[str, Path], data: Optional[str] = None, allow_mismatc
                           "never modifies; give a path outside it")
     manifest = load_manifest(bundle)
     src = load_source(manifest["source"])
-    fixed = _fixed_batch(manifest["artifacts"]["image"])
+    fixed = backends.runner_for(bundle, manifest["artifacts"]["image"]).fixed_batch
     result = _parity(bundle, manifest, src, _batches(fixed, max_batch), _images(data, max_batch))
     result["bundle"] = str(bundle)
     atomic_write_json(out, result)

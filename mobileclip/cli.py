@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import backends
 from .errors import MobileCLIPError
 
 
@@ -294,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretrained", default=None,
                    help="weights for a registered MODEL: our checkpoint, Apple's mobileclip_*.pt, or an open_clip "
                         "MobileCLIP/MobileCLIP2 file (converted on load)")
-    s.add_argument("--format", default="onnx", choices=["onnx", "coreml", "tensorrt"])
-    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+    s.add_argument("--format", default="onnx", choices=backends.names(),
+                   help="artifact format (a backend of mobileclip.backends)")
+    s.add_argument("--precision", default="fp32", choices=backends.all_precisions(),
                    help="fp16 keeps fp32 inputs/outputs and LayerNorm/Softmax/reductions in fp32; int8: see --quant")
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

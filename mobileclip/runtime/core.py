@@ -16,7 +16,8 @@ from PIL import Image
 
 from mobileclip.config import PreprocessConfig
 from mobileclip.errors import MobileCLIPError
-from mobileclip.export.bundle import BundleError, load_manifest
+from mobileclip.backends.bundle import BundleError, load_manifest
+from mobileclip.backends.onnx import OrtRunner, ort_session  # noqa: F401  (ort_session: for old imports)
 from mobileclip.transforms import load_image, preprocess_array
 
 from .tokenizer import ClipBPE, tokenizer_from_manifest
@@ -148,31 +149,12 @@ class Preprocessor:
 
 # ------------------------------------------------------------------ sessions
 
-def ort_session(path: Path, precision: str = "fp32", providers: Optional[Sequence[str]] = None, threads: int = 0,
-                inter_threads: int = 0):
-    """An ONNX Runtime session for one bundle artifact (the runtime, ``export`` and ``bench`` all use this)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise RuntimeBackendError("the runtime needs onnxruntime: pip install onnxruntime") from e
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    if inter_threads:
-        opts.inter_op_num_threads = int(inter_threads)
-    # ORT 1.31 can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
-    disabled = ["NchwcTransformer"] if precision == "fp16" else None
-    try:
-        return ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]),
-                                    disabled_optimizers=disabled)
-    except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-        raise BundleError(f"ONNX Runtime cannot load {str(path)!r}: {e}") from e
+RUNTIME_BACKENDS = ("onnx",)   # what this torch-free runtime runs: ONNX Runtime sessions
 
 
 def check_backend(directory: Path, role: str, entry: dict) -> None:
     backend = entry.get("backend") if isinstance(entry, dict) else None
-    if backend != "onnx":
+    if backend not in RUNTIME_BACKENDS:
         raise RuntimeBackendError(
             f"the {role} tower of bundle {str(directory)!r} is a {backend!r} artifact; mobileclip.runtime "
             "runs ONNX bundles only (ONNX Runtime). Export an ONNX bundle of the same model with "
@@ -180,55 +162,16 @@ def check_backend(directory: Path, role: str, entry: dict) -> None:
             f"{backend} artifacts")
 
 
-class _Tower:
-    """One ONNX tower: numpy in, numpy out; a fixed-batch graph is run in chunks, the last one padded."""
-
-    def __init__(self, directory: Path, role: str, entry: dict, providers, threads: int) -> None:
-        check_backend(directory, role, entry)
-        try:
-            self.file = directory / entry["file"]
-            spec_in = entry["inputs"][0]
-        except (KeyError, IndexError, TypeError) as e:
-            raise BundleError(f"the manifest entry of the {role} tower of {str(directory)!r} is incomplete "
-                              f"({e!r}); re-export the bundle") from e
-        self.session = ort_session(self.file, entry.get("precision", "fp32"), providers, threads)
-        names = [i.name for i in self.session.get_inputs()]
-        if spec_in.get("name") not in names:
-            raise BundleError(f"{str(self.file)!r} has inputs {names}, the manifest says {spec_in.get('name')!r}; "
-                              "re-export the bundle")
-        self.input_name = spec_in["name"]
-        self.input_shape = list(spec_in.get("shape", []))
-        dim = self.input_shape[0] if self.input_shape else None
-        self.fixed_batch = dim if isinstance(dim, int) and dim > 0 else 0
-        # The graph's own signature must be the one the manifest describes (dtype, fixed dims, output size).
-        real_in = next(i for i in self.session.get_inputs() if i.name == self.input_name)
-        real_out = self.session.get_outputs()[0]
-        want_type = f"tensor({'float' if spec_in.get('dtype') == 'float32' else spec_in.get('dtype')})"
-        if real_in.type != want_type:
-            raise BundleError(f"{str(self.file)!r} takes {real_in.type} input, the manifest says "
-                              f"{spec_in.get('dtype')}; re-export the bundle")
-        for k, (a, b) in enumerate(zip(real_in.shape, self.input_shape)):
-            if isinstance(a, int) and a != b:
-                raise BundleError(f"{str(self.file)!r} takes input of shape {real_in.shape}, the manifest says "
-                                  f"{self.input_shape}; re-export the bundle")
-        self.output_dim = real_out.shape[-1] if real_out.shape and isinstance(real_out.shape[-1], int) else None
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return run_in_batches(lambda chunk: self.session.run(None, {self.input_name: chunk})[0], x, self.fixed_batch)
-
-
-def run_in_batches(fn, x: np.ndarray, fixed: int = 0) -> np.ndarray:
-    """``fn(x)``; for a fixed-batch artifact (``fixed`` > 0), in chunks of ``fixed`` with the last one padded."""
-    if not fixed:
-        return fn(x)
-    outs = []
-    for i in range(0, len(x), fixed):
-        chunk = x[i:i + fixed]
-        pad = fixed - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        outs.append(fn(chunk)[: fixed - pad])
-    return np.concatenate(outs)
+def _tower(directory: Path, role: str, entry: dict, providers, threads: int) -> OrtRunner:
+    """One tower's ONNX Runtime runner, activated (the graph's signature checked against the manifest)."""
+    check_backend(directory, role, entry)
+    try:
+        runner = OrtRunner(directory, entry, threads=threads, providers=providers)
+        runner.input_shape = list(entry["inputs"][0].get("shape", []))
+    except (KeyError, IndexError, TypeError) as e:
+        raise BundleError(f"the manifest entry of the {role} tower of {str(directory)!r} is incomplete "
+                          f"({e!r}); re-export the bundle") from e
+    return runner.activate()
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -338,8 +281,8 @@ class RuntimeModel:
         # Backends are checked for both towers before any session is created.
         for role, entry in entries.items():
             check_backend(self.directory, role, entry)
-        self.image_tower = _Tower(self.directory, "image", entries["image"], providers, threads)
-        self.text_tower = _Tower(self.directory, "text", entries["text"], providers, threads)
+        self.image_tower = _tower(self.directory, "image", entries["image"], providers, threads)
+        self.text_tower = _tower(self.directory, "text", entries["text"], providers, threads)
         shape = self.image_tower.input_shape
         if len(shape) != 4 or shape[1:] != [3, self.preprocess.image_size, self.preprocess.image_size]:
             raise BundleError(f"the image tower takes {shape} images, the manifest's image_size is "

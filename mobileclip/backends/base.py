@@ -1,0 +1,124 @@
+"""What every backend provides: :class:`Backend`, :class:`Runner`, :class:`ExportOptions`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from mobileclip.errors import MobileCLIPError
+
+
+class BackendUnavailable(MobileCLIPError):
+    """This machine cannot export or run this backend (a missing package, the wrong OS, no GPU)."""
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``mobileclip export`` passes to a backend; each backend reads what applies to it."""
+
+    precision: str = "fp32"
+    fixed_batch: int = 0              # 0: a dynamic batch
+    max_batch: int = 32               # the largest batch parity runs (TensorRT's profile, Core ML's range)
+    exporter: str = "dynamo"          # torch.onnx exporter
+    token_dtype: str = "int32"
+    calib: Optional[str] = None       # image folder for static int8 calibration
+    calib_size: int = 64
+    quant: str = "auto"               # int8 method: auto, dynamic, static
+    compress: str = "none"            # Core ML weight compression
+    seed: int = 0
+    workspace_gb: float = 4.0         # TensorRT
+    timing_cache: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    precisions: tuple
+    runtime: str                                # the engine that runs the artifacts (bench's runtime column)
+    io: str                                     # what a runner's call includes (bench reports it)
+    extra: str                                  # pip extra that installs its tools
+    summary: str                                # one line for docs and `--help`
+    export: Callable                            # (ExportSource, out_dir: Path, ExportOptions) -> {role: entry}
+    runner: Callable                            # (directory, entry, device=, threads=) -> Runner
+    unavailable: Callable[[], Optional[str]]    # why it cannot run here, or None
+    check_options: Callable[[ExportOptions], None] = lambda options: None   # ConfigError for options it refuses
+    prepare_export: Callable[[], None] = lambda: None      # a clear error, before any work, where export cannot run
+    # Where predictions cannot run here: (directory, manifest, model, images, tokens, fp16 min cosine) -> report
+    static_parity: Optional[Callable] = None
+
+
+def fixed_batch(entry: dict) -> int:
+    """The fixed batch of an artifact (its first input's first dimension), or 0 for a dynamic one."""
+    try:
+        dim = entry["inputs"][0]["shape"][0]
+    except (KeyError, IndexError, TypeError):
+        return 0
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else 0
+
+
+class Runner:
+    """One tower artifact, numpy in and numpy out, with Polygraphy's lifecycle.
+
+    ``activate()`` loads it (a session, an engine, an interpreter), ``infer(x)`` runs any batch —
+    in chunks of the artifact's fixed batch (the last one padded) or of its largest allowed batch —
+    and ``deactivate()`` frees it. A runner is also a context manager and a callable (``infer``).
+    Subclasses implement ``_activate``, ``_infer`` (one call within the limits) and may override
+    ``_deactivate``.
+    """
+
+    def __init__(self, directory: Union[str, Path], entry: dict, device: str = "cpu", threads: int = 0) -> None:
+        self.directory, self.entry = Path(directory), entry
+        self.path = self.directory / entry["file"]
+        self.device, self.threads = device, int(threads)
+        self.fixed_batch = fixed_batch(entry)
+        self.max_batch: Optional[int] = None      # set by runners whose artifact caps the batch
+        self.active = False
+
+    # -- lifecycle
+    def activate(self) -> "Runner":
+        if not self.active:
+            self._activate()
+            self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate()
+            self.active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # -- inference
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        self.activate()
+        step = self.fixed_batch or self.max_batch
+        if not step or len(x) <= step and not self.fixed_batch:
+            return self._infer(x)
+        outs = []
+        for i in range(0, len(x), step):
+            chunk = x[i:i + step]
+            pad = (self.fixed_batch - len(chunk)) if self.fixed_batch else 0
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            outs.append(self._infer(chunk)[: len(chunk) - pad])
+        return np.concatenate(outs)
+
+    __call__ = infer
+
+    def _activate(self) -> None:
+        raise NotImplementedError
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, active={self.active})"

@@ -1,0 +1,198 @@
+"""The ONNX backend: ``image.onnx`` / ``text.onnx`` run by ONNX Runtime (torch-free at import).
+
+Export: ``torch.onnx`` (dynamo or legacy exporter), ONNX Runtime's basic offline optimizations,
+then fp16 conversion or int8 quantization (:mod:`.onnx_graph`, :mod:`.quantize`). The runner is
+an ONNX Runtime session whose real input dtype, fixed dimensions and output size are checked
+against the manifest entry when it is activated.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .base import Backend, BackendUnavailable, ExportOptions, Runner
+from .bundle import BundleError
+
+QUANT_METHODS = ("auto", "dynamic", "static")
+
+
+# ------------------------------------------------------------------ export
+
+def export_onnx(src, out_dir: Path, options: ExportOptions, qdq_for_tensorrt: bool = False) -> dict:
+    """Both towers as ONNX files in ``out_dir``; returns their manifest entries."""
+    import torch
+
+    from .onnx_graph import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, export_tower, io_spec, \
+        optimize_offline, to_fp16
+
+    o = options
+    b = o.fixed_batch or 2
+    s = src.image_size
+    export_tower(ImageTower(src.model), torch.rand(b, 3, s, s), out_dir / "image.onnx", IMAGE_IN, IMAGE_OUT,
+                 dynamic_batch=not o.fixed_batch, exporter=o.exporter)
+    tok = src.tokenizer(["a photo of a dog", "a cat"] * b)[:b].to(getattr(torch, o.token_dtype))
+    export_tower(TextTower(src.model), tok, out_dir / "text.onnx", TEXT_IN, TEXT_OUT,
+                 dynamic_batch=not o.fixed_batch, exporter=o.exporter)
+    info = {t: {"file": f"{t}.onnx", "backend": "onnx", "precision": o.precision, "exporter": o.exporter}
+            for t in ("image", "text")}
+    for t in ("image", "text"):
+        info[t].update(optimize_offline(out_dir / f"{t}.onnx"))
+    if o.precision == "fp16":
+        for t in ("image", "text"):
+            info[t].update(to_fp16(out_dir / f"{t}.onnx"))
+    elif o.precision == "int8":
+        _quantize(src, out_dir, info, o, qdq_for_tensorrt)
+    for t in ("image", "text"):
+        info[t].update(io_spec(out_dir / info[t]["file"]))
+    return info
+
+
+def _quantize(src, out_dir: Path, info: dict, o: ExportOptions, qdq_for_tensorrt: bool) -> None:
+    """int8 towers: the image tower static QDQ when calibration images are given, else dynamic.
+
+    The text tower is quantized dynamically for ONNX Runtime (its MatMuls are where the time
+    goes, and per-call activation scales suit variable-length prompts). For TensorRT, which
+    runs QDQ graphs only, the image tower is QDQ with symmetric activations and the text
+    tower is fp16.
+    """
+    from .onnx_graph import IMAGE_IN, to_fp16
+    from .quantize import calibration_images, quantize_dynamic_onnx, quantize_static_onnx
+
+    method = "static" if o.quant == "static" or (o.quant == "auto" and o.calib) else "dynamic"
+    fp32 = out_dir / "image.fp32.onnx"
+    shutil.move(out_dir / "image.onnx", fp32)
+    if method == "static":
+        samples, meta = calibration_images(o.calib, src.preprocess, o.calib_size, o.seed)
+        q = quantize_static_onnx(fp32, out_dir / "image.onnx", IMAGE_IN, samples,
+                                 symmetric_activations=qdq_for_tensorrt)
+        q["quantization"].update(meta)
+    else:
+        q = quantize_dynamic_onnx(fp32, out_dir / "image.onnx")
+    fp32.unlink()
+    info["image"].update(q)
+    if qdq_for_tensorrt:
+        info["text"].update(to_fp16(out_dir / "text.onnx"), precision="fp16")
+        return
+    fp32 = out_dir / "text.fp32.onnx"
+    shutil.move(out_dir / "text.onnx", fp32)
+    info["text"].update(quantize_dynamic_onnx(fp32, out_dir / "text.onnx"))
+    fp32.unlink()
+
+
+def check_options(o: ExportOptions) -> None:
+    from mobileclip.errors import ConfigError
+
+    if o.quant not in QUANT_METHODS:
+        raise ConfigError(f"quantization {o.quant!r} is not known; choose from {list(QUANT_METHODS)}")
+    if o.quant != "auto" and o.precision != "int8":
+        raise ConfigError(f"--quant {o.quant} applies to --precision int8 only")
+    if o.precision == "int8" and o.quant == "static" and not o.calib:
+        raise ConfigError("static int8 quantization needs calibration images: pass --calib <image folder> "
+                          "(real images, one sub-folder per class), or use --quant dynamic")
+    if o.calib and o.precision != "int8":
+        raise ConfigError("--calib applies to --precision int8 only")
+    if o.compress != "none":
+        raise ConfigError("--compress (weight palettization / int8) applies to --format coreml only")
+
+
+# ------------------------------------------------------------------ run
+
+def ort_session(path: Path, precision: str = "fp32", providers: Optional[Sequence[str]] = None, threads: int = 0,
+                inter_threads: int = 0):
+    """An ONNX Runtime session for one bundle artifact."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendUnavailable("ONNX bundles run with onnxruntime: pip install onnxruntime") from e
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    if inter_threads:
+        opts.inter_op_num_threads = int(inter_threads)
+    # ORT 1.31 can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
+    disabled = ["NchwcTransformer"] if precision == "fp16" else None
+    try:
+        return ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]),
+                                    disabled_optimizers=disabled)
+    except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        raise BundleError(f"ONNX Runtime cannot load {str(path)!r}: {e}") from e
+
+
+def ort_providers(device: str) -> list:
+    """The execution providers for ``device``: CPU, or CUDA (refused when onnxruntime has none)."""
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    have = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in have:
+        raise BackendUnavailable(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (available: {have}); "
+                                 "install onnxruntime-gpu to run bundles on the GPU")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OrtRunner(Runner):
+    """An ONNX Runtime session; activation checks the graph's own signature against the manifest.
+
+    ``providers`` overrides the execution providers ``device`` implies; ``inter_threads`` sets
+    ONNX Runtime's inter-op pool (0: its default).
+    """
+
+    def __init__(self, directory, entry: dict, device: str = "cpu", threads: int = 0,
+                 providers: Optional[Sequence[str]] = None, inter_threads: int = 0) -> None:
+        super().__init__(directory, entry, device, threads)
+        self.providers, self.inter_threads = providers, inter_threads
+
+    def _activate(self) -> None:
+        entry = self.entry
+        try:
+            spec_in = entry["inputs"][0]
+        except (KeyError, IndexError, TypeError) as e:
+            raise BundleError(f"the manifest entry of {str(self.path)!r} is incomplete ({e!r}); re-export the "
+                              "bundle") from e
+        self.session = ort_session(self.path, entry.get("precision", "fp32"),
+                                   self.providers or ort_providers(self.device), self.threads, self.inter_threads)
+        names = [i.name for i in self.session.get_inputs()]
+        if spec_in.get("name") not in names:
+            raise BundleError(f"{str(self.path)!r} has inputs {names}, the manifest says {spec_in.get('name')!r}; "
+                              "re-export the bundle")
+        self.input_name = spec_in["name"]
+        real_in = next(i for i in self.session.get_inputs() if i.name == self.input_name)
+        want_type = f"tensor({'float' if spec_in.get('dtype') == 'float32' else spec_in.get('dtype')})"
+        if real_in.type != want_type:
+            raise BundleError(f"{str(self.path)!r} takes {real_in.type} input, the manifest says "
+                              f"{spec_in.get('dtype')}; re-export the bundle")
+        shape = list(spec_in.get("shape", []))
+        if any(isinstance(a, int) and a != b for a, b in zip(real_in.shape, shape)):
+            raise BundleError(f"{str(self.path)!r} takes input of shape {real_in.shape}, the manifest says "
+                              f"{shape}; re-export the bundle")
+        out = self.session.get_outputs()[0].shape
+        self.output_dim = out[-1] if out and isinstance(out[-1], int) else None
+        if not self.providers and self.device != "cpu" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise BackendUnavailable(f"ONNX Runtime fell back to {self.session.get_providers()} for "
+                                     f"{str(self.path)!r}; it cannot run on {self.device}")
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+
+def _unavailable() -> Optional[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return "onnxruntime is not installed: pip install 'mobileclip-toolkit[onnx]'"
+    return None if onnxruntime.InferenceSession else "onnxruntime has no InferenceSession"
+
+
+BACKEND = Backend(
+    name="onnx", precisions=("fp32", "fp16", "int8"), runtime="onnxruntime", extra="onnx",
+    io="host numpy arrays in and out",
+    summary="ONNX files run by ONNX Runtime (CPU, CUDA; Android/iOS apps that bundle ORT)",
+    export=export_onnx, runner=OrtRunner, unavailable=_unavailable, check_options=check_options)

@@ -1,0 +1,164 @@
+"""int8 ONNX: dynamic quantization and static QDQ quantization calibrated on real inputs.
+
+Two ONNX Runtime recipes, chosen per tower:
+
+* **dynamic** (``quantize_dynamic``): int8 weights, activation scales computed at run
+  time. Good for MatMul-heavy towers (transformers). It quantizes ``MatMul``/``Gemm`` (and
+  ``Gather``: the token-embedding table, most of a small text tower's bytes) only
+  by default: on convolutions ONNX Runtime falls back to ``ConvInteger`` kernels, which
+  are several times *slower* than fp32 on CPU (MobileCLIP2-S0's image tower: 23.6 ms fp32
+  against 208.8 ms dynamic int8, DESIGN.md), so convolutions stay fp32.
+* **static** (``quantize_static``, QDQ format): activation ranges calibrated on real
+  inputs (images of a dataset, ``--calib``), per-channel int8 weights. The QDQ form runs
+  fast on ONNX Runtime's CPU kernels and is what TensorRT consumes for int8.
+
+Both run on a copy prepared by :func:`prepare`: the exporter's ``value_info`` is
+dropped (``quantize_dynamic`` fails on dynamo-exported graphs with "Inferred shape and
+existing shape differ" otherwise) and shapes are re-inferred by ONNX. (ORT's
+``quant_pre_process`` fails on these graphs: its symbolic shape inference cannot follow
+the dynamo exporter's ``Expand`` nodes.)
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from mobileclip.errors import ConfigError
+
+METHODS = ("dynamic", "static")
+DYNAMIC_OPS = ("MatMul", "Gemm", "Gather")  # Gather: the token-embedding table
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
+def prepare(src: Path, dst: Path) -> None:
+    """Drop the exporter's ``value_info`` and re-infer shapes with ONNX (no ORT-specific rewrites)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(dst))
+
+
+def quantize_dynamic_onnx(src: Path, dst: Path, op_types: Sequence[str] = DYNAMIC_OPS) -> dict:
+    """int8 weights for ``op_types`` (MatMul/Gemm by default), activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        prepare(Path(src), pre)
+        quantize_dynamic(str(pre), str(dst), op_types_to_quantize=list(op_types), weight_type=QuantType.QInt8,
+                         per_channel=False)
+    return {"quantization": {"method": "dynamic", "op_types": list(op_types), "weights": "int8 per-tensor",
+                             "activations": "uint8, scale computed per call"}}
+
+
+class _Reader:
+    """ONNX Runtime calibration reader over a list of input arrays, a few rows at a time."""
+
+    def __init__(self, name: str, samples: np.ndarray, batch: int = 8) -> None:
+        self.name, self.samples, self.batch, self.i = name, samples, batch, 0
+
+    def get_next(self) -> Optional[dict]:
+        if self.i >= len(self.samples):
+            return None
+        x = self.samples[self.i:self.i + self.batch]
+        self.i += self.batch
+        return {self.name: x}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+STATIC_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def grouped_convs(path: Path) -> list:
+    """Names of the grouped (depthwise) convolutions of an ONNX graph."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node
+            if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndarray,
+                         calibration: str = "minmax", op_types: Sequence[str] = STATIC_OPS,
+                         symmetric_activations: bool = False, keep_grouped_convs: bool = True) -> dict:
+    """QDQ int8 with activation ranges calibrated on ``samples`` (real inputs, first axis = batch).
+
+    Only ``op_types`` (Conv/MatMul/Gemm) are quantized: Q/DQ pairs around element-wise ops
+    cost more than they save. ``keep_grouped_convs`` leaves depthwise convolutions in fp32:
+    ONNX Runtime's int8 depthwise kernels are slower than its fp32 ones (measured on
+    MobileCLIP-S0's image tower, 2-core AVX-512 VNNI CPU: all convs int8 1.14x fp32 latency,
+    depthwise kept fp32 0.67x; benchmarks/results/export_latency.md has the current numbers).
+    ``symmetric_activations`` (int8 activations with zero point 0) is what TensorRT wants;
+    ONNX Runtime's CPU kernels are fastest with uint8 activations (the default).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"calibration {calibration!r} is not known; choose from {list(CALIBRATIONS)}")
+    if samples is None or len(samples) == 0:
+        raise ConfigError("static int8 needs calibration inputs: pass --calib with a folder of real images")
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[calibration]
+    act = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
+    extra = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True}
+    if calibration == "percentile":
+        extra["CalibPercentile"] = 99.99
+    with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        prepare(Path(src), pre)
+        excluded = grouped_convs(pre) if keep_grouped_convs else []
+        quantize_static(str(pre), str(dst), _Reader(input_name, samples), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(op_types), nodes_to_exclude=excluded, per_channel=True,
+                        activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
+                        extra_options=extra)
+    return {"quantization": {"method": "static", "format": "QDQ", "calibration": calibration,
+                             "calibration_samples": int(len(samples)), "op_types": list(op_types),
+                             "kept_fp32_grouped_convs": len(excluded), "weights": "int8 per-channel",
+                             "activations": "int8 symmetric" if symmetric_activations else "uint8"}}
+
+
+def calibration_images(folder: str, preprocess, n: int = 64, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Up to ``n`` preprocessed images from an image folder (spread over its classes).
+
+    Unreadable images are skipped and counted; no readable image at all is an error.
+    """
+    from mobileclip.data import ImageFolderDataset
+    from mobileclip.errors import DatasetError
+    from mobileclip.transforms import load_image
+
+    if not Path(folder).is_dir():
+        raise ConfigError(f"calibration folder {folder!r} does not exist; pass --calib with a folder of images "
+                          "(one sub-folder per class, or images directly)")
+    ds = ImageFolderDataset(folder)
+    order = np.random.default_rng(seed).permutation(len(ds.samples))
+    arrays, skipped = [], 0
+    for i in order:
+        if len(arrays) >= n:
+            break
+        try:
+            arrays.append(np.asarray(preprocess(load_image(ds.samples[i][0]))))
+        except (OSError, ValueError, DatasetError):
+            skipped += 1
+    if not arrays:
+        raise ConfigError(f"no readable image in calibration folder {folder!r} ({skipped} unreadable)")
+    return np.stack(arrays).astype(np.float32), {"calibration_images": len(arrays), "skipped_unreadable": skipped,
+                                                  "calibration_folder": str(Path(folder).resolve())}
+
+
+def calibration_tokens(tokenizer, texts: Iterable[str], dtype=np.int32) -> np.ndarray:
+    return np.asarray(tokenizer(list(texts))).astype(dtype)
+
+
+def op_counts(path: Path) -> dict:
+    """Node counts by op type (to check what a quantizer did)."""
+    import onnx
+
+    counts: dict = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

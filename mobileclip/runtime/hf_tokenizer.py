@@ -1,0 +1,536 @@
+"""CLIP's BPE as a Hugging Face ``tokenizer.json``, and a runtime tokenizer that uses it.
+
+Every bundle can carry a ``tokenizer.json`` that the ``tokenizers`` library (Rust; Python,
+Node and Kotlin/Java bindings) and its ports (transformers.js, swift-transformers) load,
+so apps tokenize without our Python code. It uses only standard components:
+
+* **normalizer** - a ``Sequence`` of ``Replace``/``NFC``/``Strip``/``Lowercase`` steps
+  that re-creates open_clip's cleaning (``ftfy.fix_text``, ``html.unescape`` twice,
+  whitespace collapse, ``str.lower``) as far as fixed string rewriting can (below);
+* **pre-tokenizer** - ``Split`` with CLIP's regex (its ``IGNORECASE`` spelled out as
+  character classes), then ``ByteLevel`` without its own regex;
+* **model** - ``BPE`` with CLIP's vocabulary (49408) and the first 48894 merges of
+  ``bpe_simple_vocab_16e6.txt.gz``, derived exactly as :class:`~.tokenizer.ClipBPE`
+  does, ``end_of_word_suffix="</w>"``;
+* **post-processor** - ``TemplateProcessing`` ``<start_of_text> $A <end_of_text>``;
+* **truncation** to the context length *before* the two special tokens are added (so
+  a long text keeps its start token, the first ``context_length - 2`` tokens and the
+  end token - open_clip's ``tokens[:C]; tokens[-1] = eot``) and fixed **padding** to
+  the context length with ``pad_id`` (open_clip pads with 0).
+
+What the normalizer reproduces exactly (for text it can see, see the gaps below):
+
+* ftfy's ``unescape_html`` (semicolon-terminated HTML5 entities, their all-caps forms,
+  numeric references) including its rule that a line containing ``<`` - and every line
+  after it - is not unescaped, and its loop-until-stable for ``&amp;`` chains; only
+  the entities whose result ftfy's later fixes would change are decoded at that
+  stage (curly quotes, ligatures, full-width forms, C1 and control characters, NFC
+  changes, the all-caps names), the others are left to the two ``html.unescape``
+  passes, which give the same text;
+* ftfy's ``fix_c1_controls`` (Windows-1252), ``fix_latin_ligatures``,
+  ``fix_character_width``, ``uncurl_quotes``, ``remove_terminal_escapes``,
+  ``remove_control_chars`` and NFC (``fix_line_breaks`` and ``fix_surrogates`` do not
+  change tokens: line breaks are whitespace, and Rust strings hold no surrogates -
+  :class:`HFTokenizer` fixes those in Python);
+* ``html.unescape`` twice: all 2231 HTML5 names, with and without semicolon (longest
+  prefix rule), and numeric references with a semicolon for the code points in
+  :data:`NUMERIC_REFS`;
+* whitespace: Python's ``str.split()`` set (incl. U+001C-U+001F) collapsed to one
+  space, then stripped;
+* ``str.lower()`` including Greek final sigma (a ``Σ`` after a cased letter and not
+  before one becomes ``ς``; Rust lower-cases per character);
+* CLIP's regex with ``IGNORECASE`` (``'ſ`` is the contraction ``'s``; U+0345, which
+  the ignore-case classes match nowhere, splits pieces and is dropped).
+
+What it cannot express (ids then differ from open_clip's):
+
+* ftfy's ``fix_encoding`` (mojibake such as ``cafÃ©`` -> ``café``, and its helpers
+  ``restore_byte_a0``, ``replace_lossy_sequences``, ``decode_inconsistent_utf8``): it
+  is a heuristic that scores candidate re-decodings; no fixed rewriting is equivalent;
+* numeric character references outside :data:`NUMERIC_REFS`, numeric references
+  without a semicolon (``&#39``), and zero-padded forms other than 3 digits / 4 hex
+  digits (``html.unescape`` decodes any number);
+* ``<`` more than :data:`LOOKBEHIND` characters before an entity (the rule is written
+  as a bounded look-behind so that ICU/Swift can compile it); ``&amp;`` chains nested
+  three or more deep on a line with ``<`` (decoded fully instead of twice), and other
+  entity text that only appears after a decode (``&#38;lt;`` nested inside chains, an
+  entity completed by a decoded ``;``);
+* ftfy's later loop iterations (an entity that only appears after a fix, e.g. from
+  full-width ``＆ａｍｐ；`` on a line without ``<``, is decoded by the html passes
+  instead, which matters only where ftfy's fixes would change its result);
+* ``<start_of_text>``/``<end_of_text>`` typed in the text right after punctuation
+  (open_clip's regex folds the ``<`` into the punctuation run; ``tokenizers`` matches
+  the special token anywhere);
+* the noncharacter U+FDD0 in the input (used internally as a marker, read back as ``&``);
+* characters assigned after the Unicode version of the Python that runs open_clip
+  (3.11: Unicode 14) - Rust lower-cases them, Python does not.
+
+:class:`HFTokenizer` (the Python runtime) does the cleaning with ftfy in Python when
+ftfy is installed (``clean="python"``, the default), which closes every gap above
+except the special-token one, so its ids equal :class:`~.tokenizer.ClipBPE`'s; apps on
+other platforms run the JSON's normalizer (``clean="json"``).
+"""
+from __future__ import annotations
+
+import gzip
+import html
+import html.entities
+import json
+import os
+import unicodedata
+from pathlib import Path
+from typing import List, Sequence, Tuple, Union
+
+import numpy as np
+
+from .tokenizer import N_MERGES, SPECIAL_TOKENS, ClipBPE, TokenizerError, bytes_to_unicode, tokenizer_from_manifest
+
+TOKENIZER_JSON = "tokenizer.json"   # the file name a bundle uses
+MANIFEST_KEY = "tokenizer_json"     # manifest["tokenizer"][MANIFEST_KEY] = TOKENIZER_JSON
+AMP_MARK = "\ufdd0"                 # a noncharacter: marks '&' that ftfy would not unescape
+LOOKBEHIND = 4096                   # how far back a '<' is seen (ICU needs a bounded look-behind)
+
+# Code points whose numeric references (&#N; &#0NN; &#xH; &#XH; &#x00HH;) the normalizer decodes.
+NUMERIC_REFS: Tuple[range, ...] = (
+    range(0x00, 0x180),      # ASCII, C1 (as Windows-1252), Latin-1, Latin Extended-A
+    range(0x2BC, 0x2BD),     # modifier apostrophe (ftfy uncurls it)
+    range(0x2010, 0x2028),   # dashes, quotes, bullets, ellipsis
+    range(0x2030, 0x2040),   # per mille, primes, guillemets
+    range(0x20AC, 0x20AD),   # euro
+    range(0x2122, 0x2123),   # trade mark
+    range(0xFB00, 0xFB07),   # Latin ligatures (ftfy splits them)
+)
+
+# CLIP's regex (open_clip ``SimpleTokenizer.pat``), compiled there with IGNORECASE.
+_CLIP_PATTERN = ("<start_of_text>|<end_of_text>"
+                 r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
+
+
+def _read_merges(vocab_file: Union[str, Path]) -> List[Tuple[str, str]]:
+    """The merges of CLIP's ``bpe_simple_vocab_16e6.txt.gz``, read and checked as :class:`ClipBPE` does."""
+    vocab_file = Path(vocab_file)
+    if not vocab_file.is_file():
+        raise TokenizerError(f"tokenizer vocabulary {str(vocab_file)!r} does not exist; re-export the bundle")
+    try:
+        with gzip.open(vocab_file, "rb") as f:
+            lines = f.read().decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"tokenizer vocabulary {str(vocab_file)!r} cannot be read ({e}); "
+                             "it should be CLIP's gzipped BPE merges file") from e
+    merges = [tuple(m.split()) for m in lines[1:N_MERGES + 1]]
+    if len(merges) != N_MERGES or any(len(m) != 2 for m in merges):
+        raise TokenizerError(f"{str(vocab_file)!r} is not CLIP's BPE merges file (expected {N_MERGES} merge "
+                             f"pairs after the header line)")
+    return merges
+
+
+def clip_vocab(merges: Sequence[Tuple[str, str]]) -> List[str]:
+    """Tokens by id: 256 byte symbols, the same with ``</w>``, one per merge, the two special tokens."""
+    byte_symbols = list(bytes_to_unicode().values())
+    return byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges] + list(SPECIAL_TOKENS)
+
+
+# ------------------------------------------------------------------ normalizer
+
+def _string(pattern: str, content: str) -> dict:
+    return {"type": "Replace", "pattern": {"String": pattern}, "content": content}
+
+
+def _regex(pattern: str, content: str) -> dict:
+    # Regex contents stay free of '$' and '\\' (swift-transformers uses them as a template).
+    assert "$" not in content and "\\" not in content
+    return {"type": "Replace", "pattern": {"Regex": pattern}, "content": content}
+
+
+def _char_class(codepoints) -> str:
+    """A regex character class of code points, as ranges, with escapes every engine reads alike."""
+    def esc(c: int) -> str:
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" if c < 0x10000 else f"\\u{{{c:x}}}"
+
+    cps = sorted(set(codepoints))
+    assert cps and cps[-1] < 0x10000, "astral code points are not supported here"
+    out, i = [], 0
+    while i < len(cps):
+        j = i
+        while j + 1 < len(cps) and cps[j + 1] == cps[j] + 1:
+            j += 1
+        out.append(esc(cps[i]) if i == j else f"{esc(cps[i])}-{esc(cps[j])}")
+        i = j + 1
+    return "[" + "".join(out) + "]"
+
+
+def _ignorecase_class(ch: str) -> str:
+    """``[sSſ]``: the characters Python's ``regex`` matches for ``ch`` under IGNORECASE."""
+    if not ch.isalpha():
+        return ch
+    import regex
+
+    pat = regex.compile(regex.escape(ch), regex.IGNORECASE)
+    # Case-insensitive matches of a Latin letter lie in a few small blocks; test them all.
+    cands = [chr(c) for c in list(range(0x80)) + list(range(0x80, 0x250)) + list(range(0x1E00, 0x2200))]
+    return "[" + "".join(c for c in cands if pat.fullmatch(c)) + "]"
+
+
+def _split_pattern() -> str:
+    """CLIP's regex without the IGNORECASE flag (inline flags are not portable), as explicit classes."""
+    specials = "|".join("".join(_ignorecase_class(c) for c in t) for t in SPECIAL_TOKENS)
+    contractions = "|".join("'" + "".join(_ignorecase_class(c) for c in t) for t in ("s", "t", "re", "ve", "m", "ll", "d"))
+    # Under IGNORECASE U+0345 (which case-folds to a letter) matches neither [\p{L}] nor [^\s\p{L}\p{N}];
+    # excluding it here makes it a separator that Split drops, as open_clip does.
+    return f"{specials}|{contractions}|[\\p{{L}}]+|[\\p{{N}}]|[^\\s\\p{{L}}\\p{{N}}\\u0345]+"
+
+
+def _hex_pattern(n: int) -> str:
+    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in f"{n:x}")
+
+
+def _numeric_alternatives(n: int, ftfy: bool) -> List[str]:
+    """Regex alternatives (after ``&``) for every numeric reference to ``n``.
+
+    ``html.unescape``: any number of leading zeros, decimal or ``x``/``X`` hex in any case, ``;``
+    optional (then the digits must end there). ftfy: the ``;`` is required and at most 24
+    characters may follow the ``#`` (``&#?[0-9A-Za-z]{1,24};``).
+    """
+    dec, hx = str(n), _hex_pattern(n)
+    if ftfy:
+        return [f"#0{{0,{24 - len(dec)}}}{dec};", f"#[xX]0{{0,{23 - len(f'{n:x}')}}}{hx};"]
+    return [f"#0*{dec}(?:;|(?![0-9]))", f"#[xX]0*{hx}(?:;|(?![0-9a-fA-F]))"]
+
+
+def _numeric_codepoints() -> List[int]:
+    cps = {n for r in NUMERIC_REFS for n in r} | set(html.entities.name2codepoint.values())
+    return sorted(cps)
+
+
+def _ftfy_fixes(text: str) -> str:
+    """ftfy's fixes after ``unescape_html`` in one ``fix_and_explain`` round, without ``fix_encoding``."""
+    from ftfy import fixes
+
+    for fix in (fixes.fix_c1_controls, fixes.fix_latin_ligatures, fixes.fix_character_width,
+                fixes.uncurl_quotes, fixes.fix_line_breaks, fixes.fix_surrogates,
+                fixes.remove_terminal_escapes, fixes.remove_control_chars):
+        text = fix(text)
+    return unicodedata.normalize("NFC", text)
+
+
+def _canonical(text: str, lowercase: bool) -> str:
+    """What a decoded entity may be replaced by: the same tokens come out in the end."""
+    if text and all(c.isspace() for c in text):
+        return " "                       # collapsed by whitespace_clean later
+    if lowercase and "\u03a3" not in text:
+        return text.lower()              # lower-cased later anyway (final sigma needs context)
+    return text
+
+
+_TEMPLATE_CHARS = "$\\"   # swift-transformers passes a Regex Replace's content to ICU as a template
+
+
+def _group_steps(groups: dict) -> List[dict]:
+    """One regex per output: ``&(?:alt|alt|...)`` -> output, in output order (deterministic).
+
+    An output with a template character (``$``, ``\\``) gets plain string replacements of its
+    usual spellings instead (its other spellings are then not decoded).
+    """
+    steps = []
+    for out, alts in sorted(groups.items()):
+        if not any(c in out for c in _TEMPLATE_CHARS):
+            steps.append(_regex("&(?:" + "|".join(alts) + ")", out))
+            continue
+        n = ord(out) if len(out) == 1 else None
+        names = [a for a in alts if a.endswith(";") and a[:-1].isalnum()]
+        forms = {"&" + a for a in names}
+        if n is not None:
+            forms |= {f"&#{n};", f"&#{n:03d};", f"&#x{n:x};", f"&#x{n:X};", f"&#X{n:x};", f"&#X{n:X};"}
+        steps += [_string(f, out) for f in sorted(forms)]
+    return steps
+
+
+def _html_groups(lowercase: bool):
+    """``html.unescape`` as regex replacements, one per output; returns (the '&' group, the others).
+
+    Covered: every numeric reference to :func:`_numeric_codepoints` and every HTML5 name whose
+    character one of those is. A name without ``;`` (legacy, e.g. ``&copy``) is decoded by
+    ``html.unescape`` as the longest such prefix unless the whole name is known: its
+    alternative carries a look-ahead that excludes the longer names it begins.
+    """
+    html5 = html.entities.html5
+    groups: dict = {}
+    covered = set()
+    for n in _numeric_codepoints():
+        out = _canonical(html.unescape(f"&#{n};"), lowercase)
+        covered.add(out)
+        groups.setdefault(out, [[], []])[1] += _numeric_alternatives(n, ftfy=False)
+    for name in sorted(html5):
+        out = _canonical(html5[name], lowercase)
+        if out not in covered:
+            continue
+        if name.endswith(";"):
+            groups[out][0].insert(0, name)
+        else:
+            longer = sorted(k[len(name):-1] for k in html5 if k.startswith(name) and k != name + ";")
+            guard = f"(?!(?:{'|'.join(longer)});)" if longer else ""
+            groups[out][0].append(name + guard)
+    merged = {out: names + nums for out, (names, nums) in groups.items()}
+    amp = merged.pop("&")
+    return _group_steps({"&": amp}), _group_steps(merged)
+
+
+def _ftfy_entity_groups() -> List[dict]:
+    """Entities ftfy decodes (no '<' on the line) whose text its later fixes change, e.g. ``&rsquo;``
+    -> ``'``; the others give the same text when the html.unescape passes decode them. (Outputs are
+    not lower-cased here: entity names after them are still case-sensitive.)"""
+    from ftfy.fixes import unescape_html
+
+    groups: dict = {}
+    for name, char in sorted(html.entities.html5.items()):
+        if name.endswith(";") and len(name) <= 25:
+            fixed = _ftfy_fixes(unescape_html("&" + name))
+            if fixed != char:
+                groups.setdefault(_canonical(fixed, False), []).append(name)
+    for n in _numeric_codepoints():
+        fixed = _ftfy_fixes(unescape_html(f"&#{n};"))
+        if fixed != html.unescape(f"&#{n};"):
+            groups.setdefault(_canonical(fixed, False), []).extend(_numeric_alternatives(n, ftfy=True))
+    return _group_steps(groups)
+
+
+def normalizer_steps(lowercase: bool = True) -> List[dict]:
+    """The normalizer ``Sequence`` that stands in for open_clip's ``_clean_lower`` (or ``_clean_whitespace``)."""
+    from ftfy.chardata import CONTROL_CHARS, LIGATURES, WIDTH_MAP
+
+    steps: List[dict] = []
+    # --- ftfy.fix_text, one round of fix_and_explain ---------------------------------------------
+    # ftfy unescapes HTML only in a line without '<' that follows no line with '<': mark the other '&'.
+    steps.append(_regex(f"(?<=<[\\s\\S]{{0,{LOOKBEHIND}}})&|&(?=[^\\n]*<)", AMP_MARK))
+    # ftfy repeats its fixes until the text is stable: a chain of '&amp;' unescapes to one '&'.
+    steps.append(_regex("&(?:amp;|AMP;|#0{0,22}38;|#[xX]0{0,21}26;)+", "&"))
+    steps += _ftfy_entity_groups()
+    # fix_encoding: a heuristic, not expressible (see the module docstring).
+    c1 = {}
+    for b in range(0x80, 0xA0):
+        out = bytes([b]).decode("sloppy-windows-1252")
+        if out != chr(b):
+            c1[chr(b)] = out
+    steps += [_string(k, v) for k, v in sorted(c1.items())]
+    steps += [_string(chr(k), v) for k, v in sorted(LIGATURES.items())]
+    steps += [_string(chr(k), v) for k, v in sorted(WIDTH_MAP.items())]
+    steps.append(_regex("[\u02bc\u2018-\u201b]", "'"))      # ftfy.chardata.SINGLE_QUOTE_RE
+    steps.append(_regex("[\u201c-\u201f]", '"'))            # DOUBLE_QUOTE_RE
+    # fix_line_breaks only rewrites whitespace; fix_surrogates cannot apply to Rust strings.
+    steps.append(_regex("\\x1b\\[(?:\\p{Nd}|;)*[a-zA-Z]", ""))   # ANSI_RE (Python's \d is \p{Nd})
+    steps.append(_regex(_char_class(CONTROL_CHARS), ""))
+    steps.append({"type": "NFC"})
+    steps.append(_string(AMP_MARK, "&"))
+    # --- html.unescape(html.unescape(.)): the '&'-producers first, so that '&amp;lt;' becomes '<' as
+    # in two passes, and once more at the end for '&amp;amp;' -> '&'.
+    amp, rest = _html_groups(lowercase)
+    steps += amp + rest + amp
+    # --- whitespace_clean + strip ----------------------------------------------------------------
+    steps.append(_regex(_char_class(c for c in range(0x10000) if chr(c).isspace()) + "+", " "))
+    steps.append({"type": "Strip", "strip_left": True, "strip_right": True})
+    if lowercase:
+        # Python's str.lower() maps a final capital sigma to 'ς'; Rust lower-cases per character.
+        steps.append(_regex("(?<=\\p{Cased}\\p{Case_Ignorable}{0,15})\u03a3(?!\\p{Case_Ignorable}*\\p{Cased})",
+                            "\u03c2"))
+        steps.append({"type": "Lowercase"})
+    return steps
+
+
+# ------------------------------------------------------------------ tokenizer.json
+
+def tokenizer_json(vocab_file: Union[str, Path], context_length: int, pad_id: int = 0,
+                   lowercase: bool = True) -> dict:
+    """The complete ``tokenizer.json`` of CLIP's BPE for ``context_length`` (see the module docstring)."""
+    if not isinstance(context_length, int) or isinstance(context_length, bool) or context_length < 2:
+        raise TokenizerError(f"context length must be an integer >= 2 (room for the start and end tokens), "
+                             f"got {context_length!r}")
+    merges = _read_merges(vocab_file)
+    vocab = clip_vocab(merges)
+    if not 0 <= int(pad_id) < len(vocab):
+        raise TokenizerError(f"pad id {pad_id!r} is outside the vocabulary (0..{len(vocab) - 1})")
+    ids = {tok: i for i, tok in enumerate(vocab)}
+    sot, eot = SPECIAL_TOKENS
+
+    def special(tok):
+        return {"id": ids[tok], "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+                "normalized": True, "special": True}
+
+    def tmpl(*parts):
+        out = []
+        for p in parts:
+            name, type_id = (p.split(":") + ["0"])[:2]
+            key = "Sequence" if name in ("$A", "$B") else "SpecialToken"
+            out.append({key: {"id": name[1:] if key == "Sequence" else name, "type_id": int(type_id)}})
+        return out
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    return {
+        "version": "1.0",
+        "truncation": {"direction": "Right", "max_length": context_length, "strategy": "LongestFirst", "stride": 0},
+        "padding": {"strategy": {"Fixed": context_length}, "direction": "Right", "pad_to_multiple_of": None,
+                    "pad_id": int(pad_id), "pad_type_id": 0, "pad_token": vocab[int(pad_id)]},
+        "added_tokens": [special(sot), special(eot)],
+        "normalizer": {"type": "Sequence", "normalizers": normalizer_steps(lowercase)},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": _split_pattern()}, "behavior": "Removed", "invert": True},
+            byte_level]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": "</w>", "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": False, "vocab": ids, "merges": [f"{a} {b}" for a, b in merges]},
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": tmpl(sot, "$A", eot),
+                           "pair": tmpl(sot, "$A", eot, "$B:1", f"{eot}:1"),
+                           "special_tokens": {t: {"id": t, "ids": [ids[t]], "tokens": [t]} for t in (sot, eot)}},
+        "decoder": {"type": "Sequence", "decoders": [
+            byte_level,
+            {"type": "Replace", "pattern": {"String": "</w>"}, "content": " "},
+            {"type": "Strip", "content": " ", "start": 0, "stop": 1}]},
+    }
+
+
+def dumps(content: dict) -> bytes:
+    """Canonical bytes: sorted keys, compact separators, UTF-8, a final newline."""
+    return (json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            + "\n").encode("utf-8")
+
+
+def write_tokenizer_json(vocab_file: Union[str, Path], context_length: int, path: Union[str, Path],
+                         pad_id: int = 0, lowercase: bool = True) -> Path:
+    """Write :func:`tokenizer_json` to ``path`` (same inputs, same bytes); returns ``path``."""
+    path = Path(path)
+    data = dumps(tokenizer_json(vocab_file, context_length, pad_id, lowercase))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------ runtime
+
+def _fix_surrogates(text: str) -> str:
+    """ftfy's ``fix_surrogates`` (Rust strings cannot hold surrogates)."""
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    from ftfy.fixes import fix_surrogates
+
+    return fix_surrogates(text)
+
+
+class HFTokenizer:
+    """``HFTokenizer("tokenizer.json")(["a photo of a cat"])`` -> ``int64 [N, context_length]``, like :class:`ClipBPE`.
+
+    ``clean="python"`` cleans text with ftfy/html in Python first (exactly open_clip's cleaning; the
+    JSON's normalizer is then skipped), ``"json"`` uses only the JSON (what other platforms run),
+    ``"auto"`` (default) is ``"python"`` when ftfy is installed.
+    """
+
+    def __init__(self, path: Union[str, Path], clean: str = "auto") -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise TokenizerError("the 'tokenizers' package is not installed; use ClipBPE") from e
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(f"tokenizer file {str(path)!r} does not exist; re-export the bundle")
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as e:   # tokenizers raises plain Exception on bad JSON
+            raise TokenizerError(f"{str(path)!r} is not a valid tokenizer.json ({e})") from e
+        padding, truncation = self._tok.padding, self._tok.truncation
+        if not padding or not truncation or padding.get("length") != truncation.get("max_length"):
+            raise TokenizerError(f"{str(path)!r} does not pad and truncate to one fixed length; re-export the bundle")
+        self.context_length = int(padding["length"])
+        self.pad_id = int(padding["pad_id"])
+        self.sot_token_id = self._tok.token_to_id(SPECIAL_TOKENS[0])
+        self.eot_token_id = self._tok.token_to_id(SPECIAL_TOKENS[1])
+        if self.sot_token_id is None or self.eot_token_id is None:
+            raise TokenizerError(f"{str(path)!r} has no CLIP start/end tokens; re-export the bundle")
+        if clean not in ("auto", "python", "json"):
+            raise ValueError(f"clean must be 'auto', 'python' or 'json', got {clean!r}")
+        if clean == "auto":
+            try:
+                import ftfy  # noqa: F401
+                clean = "python"
+            except ImportError:
+                clean = "json"
+        self.clean_mode = clean
+        self._clean = None
+        if clean == "python":
+            import ftfy
+
+            config = json.loads(path.read_text(encoding="utf-8"))
+            steps = (config.get("normalizer") or {}).get("normalizers", [])
+            lower = any(s.get("type") == "Lowercase" for s in steps)
+            fix_text = ftfy.fix_text
+
+            def clean_text(text: str) -> str:
+                text = " ".join(html.unescape(html.unescape(fix_text(text))).strip().split())
+                return text.lower() if lower else text
+
+            self._clean = clean_text
+            self._tok.normalizer = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, texts: Union[str, Sequence[str]], dtype=np.int64) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TokenizerError(f"the tokenizer takes a string or a list of strings, got items of type {bad[0]}")
+        texts = [self._clean(t) if self._clean else _fix_surrogates(t) for t in texts]
+        out = np.full((len(texts), self.context_length), self.pad_id, dtype=dtype)
+        if texts:
+            out[:] = [e.ids for e in self._tok.encode_batch(texts)]
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of one row of ids: the start token is dropped, everything from the end token on too."""
+        ids = [int(i) for i in ids]
+        if self.eot_token_id in ids:
+            ids = ids[: ids.index(self.eot_token_id)]
+        return self._tok.decode([i for i in ids if i != self.sot_token_id], skip_special_tokens=True).strip()
+
+    def __repr__(self) -> str:
+        return (f"HFTokenizer(vocab={self.vocab_size}, context_length={self.context_length}, "
+                f"clean={self.clean_mode!r})")
+
+
+def tokenizers_available() -> bool:
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_bundle_tokenizer(bundle_dir: Union[str, Path], info: dict, prefer: str = "auto"):
+    """The bundle's tokenizer: :class:`HFTokenizer` when ``tokenizers`` is importable and the manifest's
+    tokenizer entry names a ``tokenizer_json`` file, else :class:`ClipBPE` (``prefer="python"`` forces
+    ClipBPE, ``"hf"`` requires the JSON path)."""
+    if prefer not in ("auto", "hf", "python"):
+        raise ValueError(f"prefer must be 'auto', 'hf' or 'python', got {prefer!r}")
+    name = info.get(MANIFEST_KEY)
+    use_hf = prefer != "python" and info.get("name") == "clip-bpe" and bool(name) and tokenizers_available()
+    if prefer == "hf" and not use_hf:
+        raise TokenizerError("a tokenizers-based tokenizer was requested, but "
+                             + ("the 'tokenizers' package is not installed" if not tokenizers_available()
+                                else f"the bundle manifest's tokenizer entry names no {MANIFEST_KEY!r}"))
+    if not use_hf:
+        return tokenizer_from_manifest(bundle_dir, info)
+    tok = HFTokenizer(Path(bundle_dir) / name)
+    want = {"context_length": int(info.get("context_length", tok.context_length)),
+            "pad_id": int(info.get("pad_id", 0))}
+    got = {"context_length": tok.context_length, "pad_id": tok.pad_id}
+    if want != got:
+        raise TokenizerError(f"{name!r} does not match the manifest's tokenizer entry ({got} vs {want}); "
+                             "re-export the bundle")
+    return tok
+
+
+__all__ = ["TOKENIZER_JSON", "MANIFEST_KEY", "NUMERIC_REFS", "HFTokenizer", "clip_vocab", "dumps",
+           "load_bundle_tokenizer", "normalizer_steps", "tokenizer_json", "tokenizers_available",
+           "write_tokenizer_json"]
