@@ -396,7 +396,7 @@ def export_coreml(image_tower: nn.Module, text_tower: nn.Module, out_dir: Path, 
     """Write ``out_dir/image.mlpackage`` and ``out_dir/text.mlpackage``; return their artifact entries.
 
     ``image_tower`` takes normalized float images ``[B, 3, S, S]`` and ``text_tower`` int tokens
-    ``[B, L]`` (both return L2-normalized embeddings), e.g. :class:`mobileclip.export.onnx.ImageTower`
+    ``[B, L]`` (both return L2-normalized embeddings), e.g. :class:`mobileclip.backends.onnx_graph.ImageTower`
     on a reparameterized model. Raises :class:`ConfigError` on a bad argument (before any work)
     and :class:`CoreMLExportError` when an fp16 export would overflow or a saved package does not
     match its entry.

@@ -5,7 +5,7 @@ Written against the TensorRT 10.x / 11.x Python API:
 * Networks are **strongly typed**: precision comes from the ONNX file's own types, never
   from builder flags (``BuilderFlag.FP16``/``INT8`` are gone in 11.x). An fp32 engine is
   built from the fp32 ONNX, an fp16 engine from the fp16-typed ONNX of
-  :func:`mobileclip.export.onnx.to_fp16` (fp32 I/O, LayerNorm/Softmax/reductions kept
+  :func:`mobileclip.backends.onnx_graph.to_fp16` (fp32 I/O, LayerNorm/Softmax/reductions kept
   fp32), an int8 engine from a QDQ ONNX (explicit quantization). ``STRONGLY_TYPED`` is
   required on 10.x and accepted (ignored) on 11.x, where every network is strongly typed.
 * One optimization profile covers the batch axis of every input: ``min=1``, ``opt``,
@@ -100,7 +100,7 @@ def profile_shapes(input_shape: Sequence, max_batch: int, opt_batch: Optional[in
                    name: str = "input") -> tuple[tuple, tuple, tuple]:
     """``(min, opt, max)`` shapes of the optimization profile for one input.
 
-    ``input_shape`` is an ONNX input shape as :func:`mobileclip.export.onnx.io_spec` gives
+    ``input_shape`` is an ONNX input shape as :func:`mobileclip.backends.onnx_graph.io_spec` gives
     it (a symbolic dim is a string such as ``"batch"``) or as TensorRT reports it (``-1``).
     Only axis 0 may vary:
 

@@ -10,7 +10,7 @@
 
 Nothing here imports torch (a test checks ``sys.modules`` in a fresh interpreter).
 """
-from mobileclip.export.bundle import BundleError
+from mobileclip.backends.bundle import BundleError
 
 from .core import (
     DEFAULT_TEMPLATES, ImageReadError, Preprocessor, RuntimeBackendError, RuntimeInputError, RuntimeModel,

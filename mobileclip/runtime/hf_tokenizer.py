@@ -330,8 +330,9 @@ def normalizer_steps(lowercase: bool = True) -> List[dict]:
     steps.append({"type": "Strip", "strip_left": True, "strip_right": True})
     if lowercase:
         # Python's str.lower() maps a final capital sigma to 'ς'; Rust lower-cases per character.
-        steps.append(_regex("(?<=\\p{Cased}\\p{Case_Ignorable}{0,15})\u03a3(?!\\p{Case_Ignorable}*\\p{Cased})",
-                            "\u03c2"))
+        # (Python: skipping case-ignorable characters, the one before is cased and the one after is not.)
+        steps.append(_regex("(?<=[^\\P{Cased}\\p{Case_Ignorable}]\\p{Case_Ignorable}{0,15})\u03a3"
+                            "(?=\\p{Case_Ignorable}*(?:[^\\p{Case_Ignorable}\\p{Cased}]|(?![\\s\\S])))", "\u03c2"))
         steps.append({"type": "Lowercase"})
     return steps
 
