@@ -18,52 +18,51 @@ so apps tokenize without our Python code. It uses only standard components:
   end token - open_clip's ``tokens[:C]; tokens[-1] = eot``) and fixed **padding** to
   the context length with ``pad_id`` (open_clip pads with 0).
 
-What the normalizer reproduces exactly (for text it can see, see the gaps below):
+What the normalizer reproduces exactly:
 
-* ftfy's ``unescape_html`` (semicolon-terminated HTML5 entities, their all-caps forms,
-  numeric references) including its rule that a line containing ``<`` - and every line
-  after it - is not unescaped, and its loop-until-stable for ``&amp;`` chains; only
-  the entities whose result ftfy's later fixes would change are decoded at that
-  stage (curly quotes, ligatures, full-width forms, C1 and control characters, NFC
-  changes, the all-caps names), the others are left to the two ``html.unescape``
-  passes, which give the same text;
+* ftfy's ``unescape_html`` of covered entities (below), with its rule that a line with
+  ``<`` - and every line after it - is not unescaped, and its loop-until-stable for
+  ``&amp;`` chains. Only the entities whose text ftfy's later fixes would change are
+  decoded at that stage (curly quotes, ligatures, C1 and control characters, NFC
+  singletons); html.unescape decodes the others to the same text later;
 * ftfy's ``fix_c1_controls`` (Windows-1252), ``fix_latin_ligatures``,
   ``fix_character_width``, ``uncurl_quotes``, ``remove_terminal_escapes``,
   ``remove_control_chars`` and NFC (``fix_line_breaks`` and ``fix_surrogates`` do not
   change tokens: line breaks are whitespace, and Rust strings hold no surrogates -
   :class:`HFTokenizer` fixes those in Python);
-* ``html.unescape`` twice: all 2231 HTML5 names, with and without semicolon (longest
-  prefix rule), and numeric references with a semicolon for the code points in
-  :data:`NUMERIC_REFS`;
+* ``html.unescape`` twice, for the covered entities: numeric references to the code
+  points of :data:`NUMERIC_REFS` and of the HTML 4 entities, in every spelling
+  (decimal or hex, any leading zeros, with or without ``;``), and every HTML5 name of
+  those characters (692 of the 2231 names, e.g. ``&rsquo;`` ``&nbsp;`` ``&eacute;``
+  ``&copy`` ``&notit;``), with or without ``;`` by the longest-prefix rule;
 * whitespace: Python's ``str.split()`` set (incl. U+001C-U+001F) collapsed to one
   space, then stripped;
-* ``str.lower()`` including Greek final sigma (a ``Σ`` after a cased letter and not
-  before one becomes ``ς``; Rust lower-cases per character);
+* ``str.lower()`` including Greek final sigma (Rust lower-cases per character);
 * CLIP's regex with ``IGNORECASE`` (``'ſ`` is the contraction ``'s``; U+0345, which
   the ignore-case classes match nowhere, splits pieces and is dropped).
 
 What it cannot express (ids then differ from open_clip's):
 
-* ftfy's ``fix_encoding`` (mojibake such as ``cafÃ©`` -> ``café``, and its helpers
-  ``restore_byte_a0``, ``replace_lossy_sequences``, ``decode_inconsistent_utf8``): it
-  is a heuristic that scores candidate re-decodings; no fixed rewriting is equivalent;
-* numeric character references outside :data:`NUMERIC_REFS`, numeric references
-  without a semicolon (``&#39``), and zero-padded forms other than 3 digits / 4 hex
-  digits (``html.unescape`` decodes any number);
-* ``<`` more than :data:`LOOKBEHIND` characters before an entity (the rule is written
-  as a bounded look-behind so that ICU/Swift can compile it); ``&amp;`` chains nested
-  three or more deep on a line with ``<`` (decoded fully instead of twice), and other
-  entity text that only appears after a decode (``&#38;lt;`` nested inside chains, an
-  entity completed by a decoded ``;``);
-* ftfy's later loop iterations (an entity that only appears after a fix, e.g. from
-  full-width ``＆ａｍｐ；`` on a line without ``<``, is decoded by the html passes
-  instead, which matters only where ftfy's fixes would change its result);
-* ``<start_of_text>``/``<end_of_text>`` typed in the text right after punctuation
-  (open_clip's regex folds the ``<`` into the punctuation run; ``tokenizers`` matches
-  the special token anywhere);
-* the noncharacter U+FDD0 in the input (used internally as a marker, read back as ``&``);
+* ftfy's ``fix_encoding``: mojibake such as ``cafÃ©`` -> ``café``, and its helpers
+  ``restore_byte_a0``, ``replace_lossy_sequences``, ``decode_inconsistent_utf8``,
+  which also fire on some plain mixes (``”É`` -> ``Ӄ``, ``ß\ufffd`` -> ``\ufffd``). It
+  scores candidate re-decodings; no fixed rewriting is equivalent;
+* entities outside the coverage: numeric references to other code points
+  (``&#128512;``), HTML5 names of other characters (``&ltimes;``, ``&copysr;``), ftfy's
+  all-caps names (``&EACUTE;``), and spellings of ``$``/``\\`` references other than
+  ``&#36;``/``&#036;``/``&#x24;``/``&dollar;`` (resp. 92/5C/``&bsol;``);
+* entity text that only appears after a decode or a fix (``&lt&#59;``; full-width
+  ``＆ｒｓｑｕｏ；`` on a line without ``<``, which ftfy decodes in its next round);
+* a ``<`` more than :data:`LOOKBEHIND` characters before the entity (the rule is a
+  bounded look-behind so that ICU/Swift can compile it; it shows only when those
+  characters are mostly whitespace, as 77 tokens come from far fewer characters);
+* ``<start_of_text>``/``<end_of_text>`` typed right after punctuation (open_clip's regex
+  folds the ``<`` into the punctuation run; ``tokenizers`` matches special tokens anywhere);
+* the noncharacter U+FDD0 in the input (the internal marker, read back as ``&``);
 * characters assigned after the Unicode version of the Python that runs open_clip
-  (3.11: Unicode 14) - Rust lower-cases them, Python does not.
+  (3.11: Unicode 14; Rust's tables are newer): lower-casing and ``\\p{L}`` differ.
+
+The normalizer has ~670 steps (about 0.4 ms per caption in Rust ``tokenizers``).
 
 :class:`HFTokenizer` (the Python runtime) does the cleaning with ftfy in Python when
 ftfy is installed (``clean="python"``, the default), which closes every gap above
@@ -90,16 +89,19 @@ MANIFEST_KEY = "tokenizer_json"     # manifest["tokenizer"][MANIFEST_KEY] = TOKE
 AMP_MARK = "\ufdd0"                 # a noncharacter: marks '&' that ftfy would not unescape
 LOOKBEHIND = 4096                   # how far back a '<' is seen (ICU needs a bounded look-behind)
 
-# Code points whose numeric references (&#N; &#0NN; &#xH; &#XH; &#x00HH;) the normalizer decodes.
+# Code points whose numeric references the normalizer decodes in every spelling html.unescape reads
+# (decimal or hex, any leading zeros, with or without ";").
 NUMERIC_REFS: Tuple[range, ...] = (
     range(0x00, 0x180),      # ASCII, C1 (as Windows-1252), Latin-1, Latin Extended-A
     range(0x2BC, 0x2BD),     # modifier apostrophe (ftfy uncurls it)
-    range(0x2010, 0x2028),   # dashes, quotes, bullets, ellipsis
-    range(0x2030, 0x2040),   # per mille, primes, guillemets
+    range(0x2000, 0x2070),   # General Punctuation: spaces, dashes, quotes, ellipsis, invisible marks
     range(0x20AC, 0x20AD),   # euro
     range(0x2122, 0x2123),   # trade mark
+    range(0x3000, 0x3001),   # ideographic space
     range(0xFB00, 0xFB07),   # Latin ligatures (ftfy splits them)
-)
+    range(0xFEFF, 0xFF00),   # byte order mark (ftfy removes it)
+    range(0xFFF9, 0xFFFD),   # interlinear annotation marks (ftfy removes them)
+)   # plus the characters of the HTML 4 entities (html.entities.name2codepoint)
 
 # CLIP's regex (open_clip ``SimpleTokenizer.pat``), compiled there with IGNORECASE.
 _CLIP_PATTERN = ("<start_of_text>|<end_of_text>"
@@ -420,9 +422,11 @@ def _fix_surrogates(text: str) -> str:
 class HFTokenizer:
     """``HFTokenizer("tokenizer.json")(["a photo of a cat"])`` -> ``int64 [N, context_length]``, like :class:`ClipBPE`.
 
-    ``clean="python"`` cleans text with ftfy/html in Python first (exactly open_clip's cleaning; the
-    JSON's normalizer is then skipped), ``"json"`` uses only the JSON (what other platforms run),
-    ``"auto"`` (default) is ``"python"`` when ftfy is installed.
+    ``clean="python"``: open_clip's cleaning (ftfy, ``html.unescape`` twice, whitespace, ``lower``)
+    and its regex split run in Python, ``tokenizers`` does the byte-level BPE, the special tokens,
+    truncation and padding - ids equal open_clip's (and :class:`ClipBPE`'s) on every text.
+    ``clean="json"``: only the JSON (what apps on other platforms run; see the module docstring for
+    where it differs). ``"auto"`` (default): ``"python"`` when ftfy and regex are installed.
     """
 
     def __init__(self, path: Union[str, Path], clean: str = "auto") -> None:
@@ -430,13 +434,16 @@ class HFTokenizer:
             from tokenizers import Tokenizer
         except ImportError as e:
             raise TokenizerError("the 'tokenizers' package is not installed; use ClipBPE") from e
+        if clean not in ("auto", "python", "json"):
+            raise ValueError(f"clean must be 'auto', 'python' or 'json', got {clean!r}")
         path = Path(path)
         if not path.is_file():
             raise TokenizerError(f"tokenizer file {str(path)!r} does not exist; re-export the bundle")
         try:
-            self._tok = Tokenizer.from_file(str(path))
-        except Exception as e:   # tokenizers raises plain Exception on bad JSON
-            raise TokenizerError(f"{str(path)!r} is not a valid tokenizer.json ({e})") from e
+            config = json.loads(path.read_text(encoding="utf-8"))
+            self._tok = Tokenizer.from_str(json.dumps(config))
+        except Exception as e:   # tokenizers raises plain Exception on a bad file
+            raise TokenizerError(f"{str(path)!r} is not a valid tokenizer.json ({e}); re-export the bundle") from e
         padding, truncation = self._tok.padding, self._tok.truncation
         if not padding or not truncation or padding.get("length") != truncation.get("max_length"):
             raise TokenizerError(f"{str(path)!r} does not pad and truncate to one fixed length; re-export the bundle")
@@ -446,34 +453,32 @@ class HFTokenizer:
         self.eot_token_id = self._tok.token_to_id(SPECIAL_TOKENS[1])
         if self.sot_token_id is None or self.eot_token_id is None:
             raise TokenizerError(f"{str(path)!r} has no CLIP start/end tokens; re-export the bundle")
-        if clean not in ("auto", "python", "json"):
-            raise ValueError(f"clean must be 'auto', 'python' or 'json', got {clean!r}")
+        steps = (config.get("normalizer") or {}).get("normalizers", [])
+        self.lowercase = any(step.get("type") == "Lowercase" for step in steps)
         if clean == "auto":
             try:
                 import ftfy  # noqa: F401
+                import regex  # noqa: F401
                 clean = "python"
             except ImportError:
                 clean = "json"
         self.clean_mode = clean
-        self._clean = None
         if clean == "python":
             import ftfy
+            import regex
 
-            config = json.loads(path.read_text(encoding="utf-8"))
-            steps = (config.get("normalizer") or {}).get("normalizers", [])
-            lower = any(s.get("type") == "Lowercase" for s in steps)
-            fix_text = ftfy.fix_text
-
-            def clean_text(text: str) -> str:
-                text = " ".join(html.unescape(html.unescape(fix_text(text))).strip().split())
-                return text.lower() if lower else text
-
-            self._clean = clean_text
+            self._fix_text = ftfy.fix_text
+            self._pat = regex.compile(_CLIP_PATTERN, regex.IGNORECASE)
             self._tok.normalizer = None
 
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def clean(self, text: str) -> str:
+        """open_clip's ``_clean_lower`` (``_clean_whitespace`` for a case-keeping tokenizer)."""
+        text = " ".join(html.unescape(html.unescape(self._fix_text(text))).strip().split())
+        return text.lower() if self.lowercase else text
 
     def __call__(self, texts: Union[str, Sequence[str]], dtype=np.int64) -> np.ndarray:
         if isinstance(texts, str):
@@ -482,10 +487,22 @@ class HFTokenizer:
         bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
         if bad:
             raise TokenizerError(f"the tokenizer takes a string or a list of strings, got items of type {bad[0]}")
-        texts = [self._clean(t) if self._clean else _fix_surrogates(t) for t in texts]
         out = np.full((len(texts), self.context_length), self.pad_id, dtype=dtype)
-        if texts:
-            out[:] = [e.ids for e in self._tok.encode_batch(texts)]
+        if not texts:
+            return out
+        if self.clean_mode == "json":
+            out[:] = [e.ids for e in self._tok.encode_batch([_fix_surrogates(t) for t in texts])]
+            return out
+        cleaned = [self.clean(t) for t in texts]
+        # A special token's text is one piece for open_clip's regex only where no punctuation run
+        # precedes it, while tokenizers would match it anywhere: such texts are split in Python.
+        special = [i for i, t in enumerate(cleaned) if any(s in t for s in SPECIAL_TOKENS)]
+        plain = sorted(set(range(len(cleaned))) - set(special))
+        if plain:
+            out[plain] = [e.ids for e in self._tok.encode_batch([cleaned[i] for i in plain])]
+        if special:
+            words = [self._pat.findall(cleaned[i]) for i in special]
+            out[special] = [e.ids for e in self._tok.encode_batch(words, is_pretokenized=True)]
         return out
 
     def decode(self, ids: Sequence[int]) -> str:
