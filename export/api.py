@@ -96,6 +96,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
         for f in src.tokenizer_files:
             shutil.copy(f, tmp / Path(f).name)
         manifest = _manifest(src, arts, token_dtype, time.time() - t0)
+        _portable_tokenizer(tmp, manifest["tokenizer"])
         report = _parity(tmp, manifest, src, _batches(fixed_batch, max_batch), _images(data, max_batch))
         (tmp / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
         manifest["parity"] = _parity_summary(report)
@@ -106,6 +107,18 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
     if not report["passed"] and not allow_mismatch:
         raise ParityError(f"{out}: parity check failed: " + "; ".join(report["misses"]), report)
     return manifest
+
+
+def _portable_tokenizer(directory: Path, info: dict) -> None:
+    """A CLIP BPE bundle also carries ``tokenizer.json`` (Hugging Face ``tokenizers`` format) for apps
+    in Swift, Kotlin or JS; the vocabulary file stays for the pure-Python tokenizer."""
+    from mobileclip.runtime.hf_tokenizer import MANIFEST_KEY, TOKENIZER_JSON, write_tokenizer_json
+
+    if info.get("name") != "clip-bpe":
+        return
+    write_tokenizer_json(directory / info["vocab_file"], info["context_length"], directory / TOKENIZER_JSON,
+                         pad_id=info.get("pad_id", 0), lowercase=info.get("lowercase", True))
+    info[MANIFEST_KEY] = TOKENIZER_JSON
 
 
 def _manifest(src: ExportSource, arts: dict, token_dtype: str, seconds: float) -> dict:
@@ -135,7 +148,7 @@ def _bundle_inputs(directory: Path, manifest: dict) -> tuple:
     """The preprocessing and tokenizer the runtime builds from this manifest (None: it has none or they
     cannot be built), and the misses that explain a None."""
     from mobileclip.runtime.core import Preprocessor
-    from mobileclip.runtime.tokenizer import tokenizer_from_manifest
+    from mobileclip.runtime.hf_tokenizer import load_bundle_tokenizer
 
     pre = tok = None
     misses = []
@@ -146,7 +159,7 @@ def _bundle_inputs(directory: Path, manifest: dict) -> tuple:
     info = manifest.get("tokenizer") or {}
     if info.get("name") != "hf":   # the runtime has no HF tokenizer: the text side then gets the source's ids
         try:
-            tok = tokenizer_from_manifest(directory, info)
+            tok = load_bundle_tokenizer(directory, info)   # what the runtime will use: tokenizer.json when it can
         except (MobileCLIPError, OSError, TypeError, ValueError) as e:
             misses.append(f"the bundle's tokenizer cannot be built from its manifest: {e}")
     return pre, tok, misses

@@ -23,10 +23,12 @@ def bundle(tmp_path_factory):
 def test_bundle_contents_and_manifest(bundle):
     m = load_manifest(bundle)
     assert sorted(p.name for p in bundle.iterdir()) == sorted(
-        ["image.onnx", "text.onnx", "manifest.json", "parity.json", "bpe_simple_vocab_16e6.txt.gz"])
+        ["image.onnx", "text.onnx", "manifest.json", "parity.json", "bpe_simple_vocab_16e6.txt.gz",
+         "tokenizer.json"])
     assert m["embed_dim"] == 256 and m["image_size"] == 64 and m["mean"] == [0.0, 0.0, 0.0]
     assert m["tokenizer"] == {"name": "clip-bpe", "vocab_file": "bpe_simple_vocab_16e6.txt.gz", "pad_id": 0,
-                              "lowercase": True, "context_length": 16, "token_dtype": "int32"}
+                              "lowercase": True, "context_length": 16, "token_dtype": "int32",
+                              "tokenizer_json": "tokenizer.json"}
     assert m["source"]["model"] == "mobileclip-tiny" and m["source"]["seed"] == 0 and m["source_kind"] == "mobileclip"
     tiny = mobileclip.get_model_config("mobileclip-tiny").to_dict()
     assert m["source"]["architecture"] == json.loads(json.dumps(tiny))   # the network, as JSON
@@ -34,7 +36,9 @@ def test_bundle_contents_and_manifest(bundle):
     assert img["inputs"][0] == {"name": "image", "shape": ["batch", 3, 64, 64], "dtype": "float32"}
     assert txt["inputs"][0] == {"name": "tokens", "shape": ["batch", 16], "dtype": "int32"}
     assert txt["outputs"][0]["shape"] == ["batch", 256] and img["opset"] >= 17
-    assert set(m["files"]) == {"image.onnx", "text.onnx", "parity.json", "bpe_simple_vocab_16e6.txt.gz"}
+    assert set(m["files"]) == {"image.onnx", "text.onnx", "parity.json", "bpe_simple_vocab_16e6.txt.gz",
+                               "tokenizer.json"}
+    assert m["tokenizer"]["tokenizer_json"] == "tokenizer.json"
     assert m["parity"]["passed"] and m["parity"]["top1_agreement"] == 1.0
     parity = json.loads((bundle / "parity.json").read_text())
     assert [r["batch"] for r in parity["image"]] == [1, 2, 8]

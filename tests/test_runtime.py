@@ -255,6 +255,7 @@ def test_unsupported_backend_and_tokenizer(bundle, tmp_path):
         runtime.load(_variant(bundle, tmp_path / "coreml", coreml))
 
     def hf(d, m):
+        (d / "tokenizer.json").unlink()   # a hard link to the shared bundle's file: replace, never modify
         (d / "tokenizer.json").write_text("{}")
         m["tokenizer"] = {"name": "hf", "files": ["tokenizer.json"], "context_length": 16, "pad_id": 0}
 

@@ -191,6 +191,8 @@ def check_manifest(manifest) -> dict:
     _get(tok, "lowercase", "tokenizer.", bool, required=False)
     if name == "clip-bpe":
         check_relpath(_get(tok, "vocab_file", "tokenizer.", str), "tokenizer.vocab_file")
+        if "tokenizer_json" in tok:
+            check_relpath(_get(tok, "tokenizer_json", "tokenizer.", str), "tokenizer.tokenizer_json")
     else:
         for i, f in enumerate(_get(tok, "files", "tokenizer.", list)):
             check_relpath(f, f"tokenizer.files[{i}]")
@@ -218,7 +220,8 @@ def files_read(manifest: dict) -> list:
     artifact such as a Core ML ``.mlpackage``) and the tokenizer's files."""
     tok = manifest["tokenizer"]
     return ([manifest["artifacts"][r]["file"] for r in ("image", "text")]
-            + ([tok["vocab_file"]] if tok["name"] == "clip-bpe" else list(tok["files"])))
+            + ([tok["vocab_file"]] + ([tok["tokenizer_json"]] if "tokenizer_json" in tok else [])
+               if tok["name"] == "clip-bpe" else list(tok["files"])))
 
 
 # ------------------------------------------------------------------ loading

@@ -18,11 +18,12 @@ from .core import (
 )
 from .index import IMAGE_EXTENSIONS, ImageIndex, ImageIndexError, IndexMismatchError, build_index, load_index, \
     scan_images
+from .hf_tokenizer import HFTokenizer, load_bundle_tokenizer
 from .tokenizer import ClipBPE, TokenizerError, tokenizer_from_manifest
 
 __all__ = [
     "BundleError", "ClipBPE", "DEFAULT_TEMPLATES", "IMAGE_EXTENSIONS", "ImageIndex", "ImageIndexError",
     "ImageReadError", "IndexMismatchError", "Preprocessor", "RuntimeBackendError", "RuntimeInputError",
     "RuntimeModel", "TokenizerError", "build_index", "bundle_fingerprint", "load", "load_index", "read_image",
-    "scan_images", "tokenizer_from_manifest",
+    "scan_images", "tokenizer_from_manifest", "HFTokenizer", "load_bundle_tokenizer",
 ]

@@ -20,7 +20,8 @@ from mobileclip.backends.bundle import BundleError, load_manifest
 from mobileclip.backends.onnx import OrtRunner, ort_session  # noqa: F401  (ort_session: for old imports)
 from mobileclip.transforms import load_image, preprocess_array
 
-from .tokenizer import ClipBPE, tokenizer_from_manifest
+from .hf_tokenizer import HFTokenizer, load_bundle_tokenizer
+from .tokenizer import ClipBPE
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 RESIZE_MODES = ("shortest", "squash")
@@ -277,7 +278,8 @@ class RuntimeModel:
         self.token_dtype = np.dtype(token_dtype)
         self.fingerprint = bundle_fingerprint(manifest)
         self.preprocess = Preprocessor.from_manifest(manifest)
-        self.tokenizer: ClipBPE = tokenizer_from_manifest(self.directory, manifest["tokenizer"])
+        # tokenizer.json through the `tokenizers` library when it is installed, else our pure-Python BPE
+        self.tokenizer: Union[ClipBPE, HFTokenizer] = load_bundle_tokenizer(self.directory, manifest["tokenizer"])
         # Backends are checked for both towers before any session is created.
         for role, entry in entries.items():
             check_backend(self.directory, role, entry)

@@ -64,10 +64,12 @@ What it cannot express (ids then differ from open_clip's):
 
 The normalizer has ~670 steps (about 0.4 ms per caption in Rust ``tokenizers``).
 
-:class:`HFTokenizer` (the Python runtime) does the cleaning with ftfy in Python when
-ftfy is installed (``clean="python"``, the default), which closes every gap above
-except the special-token one, so its ids equal :class:`~.tokenizer.ClipBPE`'s; apps on
-other platforms run the JSON's normalizer (``clean="json"``).
+:class:`HFTokenizer`, the Python runtime's tokenizer, cleans text in Python (ftfy,
+``html.unescape``, ``str.lower``: ``clean="python"``, the default when ftfy is installed)
+and leaves the regex split, BPE, special tokens, truncation and padding to ``tokenizers``,
+so its ids equal :class:`~.tokenizer.ClipBPE`'s (only letters assigned in the newest
+Unicode versions may split differently: Oniguruma's tables against the ``regex``
+module's). Apps on other platforms run the JSON's normalizer (``clean="json"``).
 """
 from __future__ import annotations
 
@@ -176,7 +178,8 @@ def _ignorecase_class(ch: str) -> str:
 def _split_pattern() -> str:
     """CLIP's regex without the IGNORECASE flag (inline flags are not portable), as explicit classes."""
     specials = "|".join("".join(_ignorecase_class(c) for c in t) for t in SPECIAL_TOKENS)
-    contractions = "|".join("'" + "".join(_ignorecase_class(c) for c in t) for t in ("s", "t", "re", "ve", "m", "ll", "d"))
+    contractions = "|".join("'" + "".join(_ignorecase_class(c) for c in t)
+                            for t in ("s", "t", "re", "ve", "m", "ll", "d"))
     # Under IGNORECASE U+0345 (which case-folds to a letter) matches neither [\p{L}] nor [^\s\p{L}\p{N}];
     # excluding it here makes it a separator that Split drops, as open_clip does.
     return f"{specials}|{contractions}|[\\p{{L}}]+|[\\p{{N}}]|[^\\s\\p{{L}}\\p{{N}}\\u0345]+"
@@ -420,7 +423,7 @@ def _fix_surrogates(text: str) -> str:
 
 
 class HFTokenizer:
-    """``HFTokenizer("tokenizer.json")(["a photo of a cat"])`` -> ``int64 [N, context_length]``, like :class:`ClipBPE`.
+    """``HFTokenizer("tokenizer.json")(["a photo of a cat"])`` -> ``int64 [N, context_length]`` like :class:`ClipBPE`.
 
     ``clean="python"``: open_clip's cleaning (ftfy, ``html.unescape`` twice, whitespace, ``lower``)
     and its regex split run in Python, ``tokenizers`` does the byte-level BPE, the special tokens,
@@ -440,8 +443,9 @@ class HFTokenizer:
         if not path.is_file():
             raise TokenizerError(f"tokenizer file {str(path)!r} does not exist; re-export the bundle")
         try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-            self._tok = Tokenizer.from_str(json.dumps(config))
+            text = path.read_text(encoding="utf-8")
+            config = json.loads(text)
+            self._tok = Tokenizer.from_str(text)
         except Exception as e:   # tokenizers raises plain Exception on a bad file
             raise TokenizerError(f"{str(path)!r} is not a valid tokenizer.json ({e}); re-export the bundle") from e
         padding, truncation = self._tok.padding, self._tok.truncation
@@ -476,7 +480,10 @@ class HFTokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def clean(self, text: str) -> str:
-        """open_clip's ``_clean_lower`` (``_clean_whitespace`` for a case-keeping tokenizer)."""
+        """The cleaned text that is split: open_clip's ``_clean_lower`` (``_clean_whitespace`` for a
+        case-keeping tokenizer) with ``clean="python"``, the JSON's normalizer with ``"json"``."""
+        if self.clean_mode == "json":
+            return self._tok.normalizer.normalize_str(_fix_surrogates(text))
         text = " ".join(html.unescape(html.unescape(self._fix_text(text))).strip().split())
         return text.lower() if self.lowercase else text
 
@@ -525,7 +532,8 @@ def tokenizers_available() -> bool:
     return True
 
 
-def load_bundle_tokenizer(bundle_dir: Union[str, Path], info: dict, prefer: str = "auto"):
+def load_bundle_tokenizer(bundle_dir: Union[str, Path], info: dict,
+                          prefer: str = "auto") -> Union["HFTokenizer", ClipBPE]:
     """The bundle's tokenizer: :class:`HFTokenizer` when ``tokenizers`` is importable and the manifest's
     tokenizer entry names a ``tokenizer_json`` file, else :class:`ClipBPE` (``prefer="python"`` forces
     ClipBPE, ``"hf"`` requires the JSON path)."""
