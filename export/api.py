@@ -14,7 +14,7 @@ import torch
 
 from mobileclip import backends
 from mobileclip.backends import BackendUnavailable, ExportOptions
-from mobileclip.backends.bundle import FORMAT_VERSION, load_manifest, write_manifest
+from mobileclip.backends.bundle import FORMAT_VERSION, load_manifest, signature_misses, write_manifest
 from mobileclip.errors import ConfigError, MobileCLIPError
 from mobileclip.files import replace_dir, temp_dir_for
 
@@ -178,10 +178,8 @@ def _manifest_checks(directory: Path, manifest: dict, src: ExportSource) -> list
                if want[k] is not None and have[k] != want[k]]
     if not math.isclose(manifest["logit_scale"], src.logit_scale, rel_tol=1e-5):
         misses.append(f"the manifest's logit_scale is {manifest['logit_scale']}, the source's {src.logit_scale}")
-    token_dtype = tok.get("token_dtype", "int32")
     for role in ("image", "text"):
         entry = manifest["artifacts"][role]
-        spec_in, spec_out = entry["inputs"][0], entry["outputs"][0]
         if entry["backend"] == "onnx":   # the file's own signature against what the manifest says of it
             from .onnx import io_spec
 
@@ -191,21 +189,7 @@ def _manifest_checks(directory: Path, manifest: dict, src: ExportSource) -> list
                 if said != [{k: s[k] for k in ("name", "shape", "dtype")} for s in real[key]]:
                     misses.append(f"{role}: the manifest's {key} {said} are not those of {entry['file']} "
                                   f"{real[key]}")
-        shape_in, shape_out = spec_in["shape"], spec_out["shape"]
-        if role == "image" and shape_in[-2:] != [manifest["image_size"]] * 2:
-            misses.append(f"image: the artifact takes {shape_in[-2:]} images, the manifest's image_size is "
-                          f"{manifest['image_size']}")
-        if role == "text":
-            if shape_in[-1] != tok["context_length"]:
-                misses.append(f"text: the artifact takes {shape_in[-1]} tokens, the manifest's context_length is "
-                              f"{tok['context_length']}")
-            if spec_in["dtype"] != token_dtype:
-                misses.append(f"text: the artifact takes {spec_in['dtype']} tokens, the manifest's token_dtype is "
-                              f"{token_dtype}")
-        if shape_out[-1] != manifest["embed_dim"]:
-            misses.append(f"{role}: the artifact gives {shape_out[-1]}-d embeddings, the manifest's embed_dim is "
-                          f"{manifest['embed_dim']}")
-    return misses
+    return misses + signature_misses(manifest)
 
 
 def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images) -> dict:

@@ -59,6 +59,13 @@ def leftovers(folder: Path) -> list:
     return sorted(p.name for p in Path(folder).rglob("*") if ".tmp" in p.name or p.name.endswith(".old"))
 
 
+def with_bundle(folder: Path, bundle: Path) -> Path:
+    """``folder`` holding a copy of ``bundle`` as ``b``: the starting state of a bundle command."""
+    folder.mkdir()
+    shutil.copytree(bundle, folder / "b")
+    return folder
+
+
 def killed(p) -> bool:
     return p.returncode == -signal.SIGKILL
 
@@ -72,14 +79,9 @@ def old_bundle(tmp_path_factory):
 
 def test_kill_export(old_bundle, tmp_path):
     args = ["export", "mobileclip-tiny", "--out", "b", "--overwrite", "--max-batch", "2", "--seed", "0"]
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    shutil.copytree(old_bundle, ref / "b")
     old = digest(old_bundle)
-    for n in crash_points("export", args, ref):
-        work = tmp_path / f"at{n}"
-        work.mkdir()
-        shutil.copytree(old_bundle, work / "b")
+    for n in crash_points("export", args, with_bundle(tmp_path / "ref", old_bundle)):
+        work = with_bundle(tmp_path / f"at{n}", old_bundle)
         p = run(args, work, crash_at=n)
         assert killed(p), (n, p.returncode, p.stderr[-1000:])
         b, parked = work / "b", work / ".b.old"
@@ -125,14 +127,9 @@ def test_kill_index(tiny_bundle, tmp_path):
 
 def test_kill_validate(tiny_bundle, tmp_path):
     args = ["validate", "b", "--max-batch", "2"]
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    shutil.copytree(tiny_bundle, ref / "b")
     before = digest(tiny_bundle)
-    for n in crash_points("validate", args, ref):
-        work = tmp_path / f"at{n}"
-        work.mkdir()
-        shutil.copytree(tiny_bundle, work / "b")
+    for n in crash_points("validate", args, with_bundle(tmp_path / "ref", tiny_bundle)):
+        work = with_bundle(tmp_path / f"at{n}", tiny_bundle)
         p = run(args, work, crash_at=n)
         assert killed(p), (n, p.returncode, p.stderr[-1000:])
         assert digest(work / "b") == before and load_manifest(work / "b")

@@ -17,16 +17,7 @@ from mobileclip.runtime.tokenizer import ClipBPE, TokenizerError  # noqa: E402
 
 VOCAB = default_bpe()
 
-# The hard corpus of tests/test_runtime.py (copied: that module needs onnxruntime).
-CORPUS = [
-    "a photo of a cat", "A PHOTO OF A CAT!!!", "   lots   of\twhitespace \n here ",
-    "don't stop: it's 3.14 o'clock; (really) [sic] {x} -- ...?!", "naïve café — déjà vu, Zürich",
-    "emoji 🐶🚗🏳️‍🌈 and unicode ✓ ☃ ½", "&amp;lt;b&amp;gt; &quot;quoted&quot; &#39;x&#39; &copy;",
-    "<p> &amp;lt;b&amp;gt; x &amp;amp; y</p>",   # a '<' keeps ftfy from unescaping: the double unescape counts
-    "東京タワー 北京 서울 こんにちは", "MiXeD CaSe CamelCaseWords", "mojibake cafÃ© and ﬁ ligature",
-    "Ｆｕｌｌｗｉｄｔｈ　ｓｐａｃｅ", "zero\u200bwidth and\u00a0nbsp", "<start_of_text> x <END_OF_TEXT>",
-    "1,000,000 and 2024-01-01", "", "word " * 100, "supercalifragilisticexpialidocious" * 8,
-]
+from tokenizer_corpus import CORPUS  # noqa: E402  (the hard corpus, shared with test_runtime.py)
 # What the JSON's normalizer cannot do (module docstring of hf_tokenizer): ftfy's mojibake repair.
 JSON_GAPS = {"mojibake cafÃ© and ﬁ ligature"}
 

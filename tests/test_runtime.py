@@ -21,6 +21,7 @@ from mobileclip.config import OPENAI_MEAN, OPENAI_STD, PreprocessConfig  # noqa:
 from mobileclip.export.bundle import BundleError, load_manifest, write_manifest  # noqa: E402
 from mobileclip.runtime.commands import add_commands  # noqa: E402
 from mobileclip.transforms import ImagePreprocess, load_image  # noqa: E402
+from tokenizer_corpus import CORPUS  # noqa: E402  (the hard corpus, shared with test_hf_tokenizer.py)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -283,15 +284,6 @@ def test_undecodable_image_names_the_file(model, garbage_jpg, image_files, tmp_p
 
 # ------------------------------------------------------------------ tokenizer parity
 
-CORPUS = [
-    "a photo of a cat", "A PHOTO OF A CAT!!!", "   lots   of\twhitespace \n here ",
-    "don't stop: it's 3.14 o'clock; (really) [sic] {x} -- ...?!", "naïve café — déjà vu, Zürich",
-    "emoji 🐶🚗🏳️‍🌈 and unicode ✓ ☃ ½", "&amp;lt;b&amp;gt; &quot;quoted&quot; &#39;x&#39; &copy;",
-    "<p> &amp;lt;b&amp;gt; x &amp;amp; y</p>",   # a '<' keeps ftfy from unescaping: the double unescape counts
-    "東京タワー 北京 서울 こんにちは", "MiXeD CaSe CamelCaseWords", "mojibake cafÃ© and ﬁ ligature",
-    "Ｆｕｌｌｗｉｄｔｈ　ｓｐａｃｅ", "zero\u200bwidth and\u00a0nbsp", "<start_of_text> x <END_OF_TEXT>",
-    "1,000,000 and 2024-01-01", "", "word " * 100, "supercalifragilisticexpialidocious" * 8,
-]
 
 
 @pytest.mark.parametrize("context", [77, 16, 5])

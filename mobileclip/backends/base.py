@@ -1,6 +1,7 @@
 """What every backend provides: :class:`Backend`, :class:`Runner`, :class:`ExportOptions`."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -58,7 +59,7 @@ def fixed_batch(entry: dict) -> int:
     return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else 0
 
 
-class Runner:
+class Runner(ABC):
     """One tower artifact, numpy in and numpy out, with Polygraphy's lifecycle.
 
     ``activate()`` loads it (a session, an engine, an interpreter), ``infer(x)`` runs any batch —
@@ -111,14 +112,17 @@ class Runner:
 
     __call__ = infer
 
+    @abstractmethod
     def _activate(self) -> None:
-        raise NotImplementedError
+        """Load the artifact (a session, an engine, an interpreter)."""
 
+    @abstractmethod
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """One call on ``x``, whose batch is within the artifact's limits."""
 
     def _deactivate(self) -> None:
-        pass
+        """Free what ``_activate`` loaded; runners holding nothing that needs closing keep this default."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, active={self.active})"

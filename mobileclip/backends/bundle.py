@@ -215,6 +215,31 @@ def check_manifest(manifest) -> dict:
     return manifest
 
 
+def signature_misses(manifest: dict) -> list:
+    """Where the artifact entries' inputs and outputs disagree with the manifest's own image size,
+    context length, token dtype and embed dim (empty when they agree). A runtime sizes its inputs from
+    the manifest, so each of these would feed a graph what it does not take."""
+    misses = []
+    tok = manifest["tokenizer"]
+    for role in ("image", "text"):
+        spec_in, spec_out = (manifest["artifacts"][role][k][0] for k in ("inputs", "outputs"))
+        shape_in = spec_in["shape"]
+        if role == "image" and shape_in[-2:] != [manifest["image_size"]] * 2:
+            misses.append(f"image: the artifact takes {shape_in[-2:]} images, the manifest's image_size is "
+                          f"{manifest['image_size']}")
+        if role == "text":
+            if shape_in[-1] != tok["context_length"]:
+                misses.append(f"text: the artifact takes {shape_in[-1]} tokens, the manifest's context_length is "
+                              f"{tok['context_length']}")
+            if spec_in["dtype"] != tok.get("token_dtype", "int32"):
+                misses.append(f"text: the artifact takes {spec_in['dtype']} tokens, the manifest's token_dtype is "
+                              f"{tok.get('token_dtype', 'int32')}")
+        if spec_out["shape"][-1] != manifest["embed_dim"]:
+            misses.append(f"{role}: the artifact gives {spec_out['shape'][-1]}-d embeddings, the manifest's "
+                          f"embed_dim is {manifest['embed_dim']}")
+    return misses
+
+
 def files_read(manifest: dict) -> list:
     """The bundle paths a runtime reads: the artifacts (a file, or every listed file of a directory
     artifact such as a Core ML ``.mlpackage``) and the tokenizer's files."""

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mobileclip.config import PreprocessConfig
 from mobileclip.errors import MobileCLIPError
-from mobileclip.backends.bundle import BundleError, load_manifest
+from mobileclip.backends.bundle import BundleError, load_manifest, signature_misses
 from mobileclip.backends.onnx import OrtRunner, ort_session  # noqa: F401  (ort_session: for old imports)
 from mobileclip.transforms import load_image, preprocess_array
 
@@ -165,14 +165,8 @@ def check_backend(directory: Path, role: str, entry: dict) -> None:
 
 def _tower(directory: Path, role: str, entry: dict, providers, threads: int) -> OrtRunner:
     """One tower's ONNX Runtime runner, activated (the graph's signature checked against the manifest)."""
-    check_backend(directory, role, entry)
-    try:
-        runner = OrtRunner(directory, entry, threads=threads, providers=providers)
-        runner.input_shape = list(entry["inputs"][0].get("shape", []))
-    except (KeyError, IndexError, TypeError) as e:
-        raise BundleError(f"the manifest entry of the {role} tower of {str(directory)!r} is incomplete "
-                          f"({e!r}); re-export the bundle") from e
-    return runner.activate()
+    check_backend(directory, role, entry)   # the manifest's schema was checked when it was loaded
+    return OrtRunner(directory, entry, threads=threads, providers=providers).activate()
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -285,17 +279,9 @@ class RuntimeModel:
             check_backend(self.directory, role, entry)
         self.image_tower = _tower(self.directory, "image", entries["image"], providers, threads)
         self.text_tower = _tower(self.directory, "text", entries["text"], providers, threads)
-        shape = self.image_tower.input_shape
-        if len(shape) != 4 or shape[1:] != [3, self.preprocess.image_size, self.preprocess.image_size]:
-            raise BundleError(f"the image tower takes {shape} images, the manifest's image_size is "
-                              f"{self.preprocess.image_size}; re-export the bundle")
-        tshape = self.text_tower.input_shape
-        if len(tshape) != 2 or tshape[1] != self.tokenizer.context_length:
-            raise BundleError(f"the text tower takes tokens of shape {tshape}, the manifest's context_length is "
-                              f"{self.tokenizer.context_length}; re-export the bundle")
-        if entries["text"]["inputs"][0].get("dtype") != token_dtype:
-            raise BundleError(f"the text tower takes {entries['text']['inputs'][0].get('dtype')} tokens, the "
-                              f"manifest's token_dtype is {token_dtype}; re-export the bundle")
+        misses = signature_misses(manifest)   # the graphs' own signatures were checked against these entries
+        if misses:
+            raise BundleError(f"bundle {str(self.directory)!r}: {'; '.join(misses)}; re-export the bundle")
         for role, tower in (("image", self.image_tower), ("text", self.text_tower)):
             if tower.output_dim is not None and tower.output_dim != self.embed_dim:
                 raise BundleError(f"the {role} tower gives {tower.output_dim}-d embeddings, the manifest's "

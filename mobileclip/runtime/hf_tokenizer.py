@@ -73,7 +73,6 @@ module's). Apps on other platforms run the JSON's normalizer (``clean="json"``).
 """
 from __future__ import annotations
 
-import gzip
 import html
 import html.entities
 import json
@@ -84,7 +83,8 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
-from .tokenizer import N_MERGES, SPECIAL_TOKENS, ClipBPE, TokenizerError, bytes_to_unicode, tokenizer_from_manifest
+from .tokenizer import SPECIAL_TOKENS, ClipBPE, TokenizerError, bytes_to_unicode, read_merges, \
+    tokenizer_from_manifest
 
 TOKENIZER_JSON = "tokenizer.json"   # the file name a bundle uses
 MANIFEST_KEY = "tokenizer_json"     # manifest["tokenizer"][MANIFEST_KEY] = TOKENIZER_JSON
@@ -108,24 +108,6 @@ NUMERIC_REFS: Tuple[range, ...] = (
 # CLIP's regex (open_clip ``SimpleTokenizer.pat``), compiled there with IGNORECASE.
 _CLIP_PATTERN = ("<start_of_text>|<end_of_text>"
                  r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
-
-
-def _read_merges(vocab_file: Union[str, Path]) -> List[Tuple[str, str]]:
-    """The merges of CLIP's ``bpe_simple_vocab_16e6.txt.gz``, read and checked as :class:`ClipBPE` does."""
-    vocab_file = Path(vocab_file)
-    if not vocab_file.is_file():
-        raise TokenizerError(f"tokenizer vocabulary {str(vocab_file)!r} does not exist; re-export the bundle")
-    try:
-        with gzip.open(vocab_file, "rb") as f:
-            lines = f.read().decode("utf-8").split("\n")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"tokenizer vocabulary {str(vocab_file)!r} cannot be read ({e}); "
-                             "it should be CLIP's gzipped BPE merges file") from e
-    merges = [tuple(m.split()) for m in lines[1:N_MERGES + 1]]
-    if len(merges) != N_MERGES or any(len(m) != 2 for m in merges):
-        raise TokenizerError(f"{str(vocab_file)!r} is not CLIP's BPE merges file (expected {N_MERGES} merge "
-                             f"pairs after the header line)")
-    return merges
 
 
 def clip_vocab(merges: Sequence[Tuple[str, str]]) -> List[str]:
@@ -350,7 +332,7 @@ def tokenizer_json(vocab_file: Union[str, Path], context_length: int, pad_id: in
     if not isinstance(context_length, int) or isinstance(context_length, bool) or context_length < 2:
         raise TokenizerError(f"context length must be an integer >= 2 (room for the start and end tokens), "
                              f"got {context_length!r}")
-    merges = _read_merges(vocab_file)
+    merges = read_merges(vocab_file)
     vocab = clip_vocab(merges)
     if not 0 <= int(pad_id) < len(vocab):
         raise TokenizerError(f"pad id {pad_id!r} is outside the vocabulary (0..{len(vocab) - 1})")

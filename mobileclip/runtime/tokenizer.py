@@ -47,6 +47,24 @@ def _pairs(word: tuple) -> set:
     return {(a, b) for a, b in zip(word[:-1], word[1:])}
 
 
+def read_merges(vocab_file: Union[str, Path]) -> list:
+    """The merge pairs of CLIP's ``bpe_simple_vocab_16e6.txt.gz``; :class:`TokenizerError` says what is wrong."""
+    vocab_file = Path(vocab_file)
+    if not vocab_file.is_file():
+        raise TokenizerError(f"tokenizer vocabulary {str(vocab_file)!r} does not exist; re-export the bundle")
+    try:
+        with gzip.open(vocab_file, "rb") as f:
+            lines = f.read().decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"tokenizer vocabulary {str(vocab_file)!r} cannot be read ({e}); "
+                             "it should be CLIP's gzipped BPE merges file") from e
+    merges = [tuple(m.split()) for m in lines[1:N_MERGES + 1]]
+    if len(merges) != N_MERGES or any(len(m) != 2 for m in merges):
+        raise TokenizerError(f"{str(vocab_file)!r} is not CLIP's BPE merges file (expected {N_MERGES} merge "
+                             f"pairs after the header line)")
+    return merges
+
+
 class ClipBPE:
     """``ClipBPE(vocab_file, context_length)(["a photo of a cat"])`` → ``int64 [N, context_length]``."""
 
@@ -62,16 +80,7 @@ class ClipBPE:
         if not isinstance(context_length, int) or context_length < 2:
             raise TokenizerError(f"context length must be an integer >= 2 (room for the start and end tokens), "
                                  f"got {context_length!r}")
-        try:
-            with gzip.open(vocab_file, "rb") as f:
-                lines = f.read().decode("utf-8").split("\n")
-        except (OSError, EOFError, UnicodeDecodeError) as e:
-            raise TokenizerError(f"tokenizer vocabulary {str(vocab_file)!r} cannot be read ({e}); "
-                                 "it should be CLIP's gzipped BPE merges file") from e
-        merges = [tuple(m.split()) for m in lines[1:N_MERGES + 1]]
-        if len(merges) != N_MERGES or any(len(m) != 2 for m in merges):
-            raise TokenizerError(f"{str(vocab_file)!r} is not CLIP's BPE merges file (expected {N_MERGES} merge "
-                                 f"pairs after the header line)")
+        merges = read_merges(vocab_file)
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
         vocab = list(self.byte_encoder.values())
