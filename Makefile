@@ -25,7 +25,7 @@ $(VENV)/.installed-%: pyproject.toml setup.py | $(VPY)
 
 # The extras `make demo` and `make test` install (tensorrt never: it is not on PyPI).
 # `train` is PyTorch and the libraries built on it; the base install is torch-free.
-EXTRAS ?= dev,train,onnx,coreml,runtime,bench
+EXTRAS ?= dev,train,onnx,coreml,runtime,bench,litert,executorch
 
 install: $(VENV)/.installed-$(EXTRAS)
 

@@ -56,7 +56,7 @@ def install() -> None:
 
 def main() -> int:
     install()
-    from mobileclip.cli import main as cli_main
+    from mobileclip.app.cli import main as cli_main
 
     try:
         code = cli_main(sys.argv[1:])

@@ -94,8 +94,14 @@ def test_runner_chunks_to_the_artifacts_batch(fixed, max_batch, n, calls):
 
 # ------------------------------------------------------------------ import directions
 
-UPPER = ("mobileclip.export", "mobileclip.distill", "mobileclip.benchmarks", "mobileclip.cli", "mobileclip.demo")
-APP = {"cli.py", "demo.py", "__main__.py"}   # the application layer: the command line and the demo
+# app -> export/distill/benchmarks -> backends/runtime -> core. The application layer (the command
+# line and the demo) is mobileclip/app/ plus mobileclip/__main__.py; nothing else imports it.
+APP = "mobileclip.app"
+UPPER = (APP, "mobileclip.export", "mobileclip.distill", "mobileclip.benchmarks")
+
+
+def _in_app(path: Path) -> bool:
+    return path == REPO / "mobileclip" / "__main__.py" or (REPO / "mobileclip" / "app") in path.parents
 
 
 def _imports(path: Path, package: str, top_level_only: bool = False) -> list:
@@ -123,14 +129,19 @@ def _modules(folder: str, package: str):
         yield p, ".".join([package, *rel.parts[:-1]])   # the package a relative import starts from
 
 
-@pytest.mark.parametrize("folder, package", [("mobileclip", "mobileclip")])
-def test_core_backends_and_runtime_never_import_the_layers_above(folder, package):
+@pytest.mark.parametrize("folder, package, above", [
+    ("mobileclip", "mobileclip", UPPER),   # the core, backends/ and runtime/: none of the layers above
+    ("export", "mobileclip.export", (APP,)),   # the middle layer: never the app
+    ("distill", "mobileclip.distill", (APP,)),
+    ("benchmarks", "mobileclip.benchmarks", (APP,)),
+])
+def test_no_layer_imports_the_layers_above(folder, package, above):
     bad = []
     for path, pkg in _modules(folder, package):
-        if path.parent == REPO / folder and path.name in APP:
+        if _in_app(path):
             continue
         for mod in _imports(path, pkg):
-            if any(mod == u or mod.startswith(u + ".") for u in UPPER):
+            if any(mod == u or mod.startswith(u + ".") for u in above):
                 bad.append(f"{path.relative_to(REPO)} imports {mod}")
     assert not bad, "imports must go app -> export/distill/benchmarks -> backends/runtime -> core:\n" + "\n".join(bad)
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import mobileclip
-from mobileclip.cli import main
+from mobileclip.app.cli import main
 
 
 def test_models_lists_students_and_teachers(capsys):

@@ -100,7 +100,7 @@ def test_s0_text_tower_has_apples_blocks():
 
 
 def test_convert_cli_writes_a_checkpoint(tmp_path, apple_ref, apple_files, capsys):
-    from mobileclip.cli import main
+    from mobileclip.app.cli import main
 
     _, ref = apple_ref
     out = tmp_path / "s0"
@@ -121,7 +121,7 @@ def test_b_files_convert_to_the_right_b(tmp_path, apple_files, capsys):
     """Apple's B and B (LT) files are Apple's B; a bare file in our layout fits both Bs and must name --model."""
     from safetensors.torch import save_file
 
-    from mobileclip.cli import main
+    from mobileclip.app.cli import main
 
     blt = tmp_path / "mobileclip_blt.pt"
     blt.symlink_to(apple_files("mobileclip_b"))
@@ -138,7 +138,7 @@ def test_b_files_convert_to_the_right_b(tmp_path, apple_files, capsys):
 # ------------------------------------------------------------------ hostile and wrong files
 
 def test_wrong_files_are_refused_with_what_differs(tmp_path, apple_files, capsys):
-    from mobileclip.cli import main
+    from mobileclip.app.cli import main
 
     s0 = torch.load(apple_files("mobileclip_s0"), weights_only=True)
     # another model's weights: says which model the file is
@@ -186,7 +186,7 @@ class _Boom:
 
 
 def test_a_pickle_with_code_is_refused_before_it_runs(tmp_path, monkeypatch, capsys):
-    from mobileclip.cli import main
+    from mobileclip.app.cli import main
 
     monkeypatch.chdir(tmp_path)
     with open("mobileclip_s0.pt", "wb") as f:

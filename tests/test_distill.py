@@ -251,7 +251,7 @@ def test_two_process_gloo_equals_one_process(tmp_path, local_loss):
 
 def test_demo_pipeline_quick(tmp_path):
     """The demo end to end (teacher -> cache -> distilled and clip-only students -> report), few steps."""
-    from mobileclip.demo import run_demo
+    from mobileclip.app.demo import run_demo
 
     report = run_demo(tmp_path, quick=True)
     assert [r["model"] for r in report["rows"]] == ["teacher", "student, distilled", "student, clip loss only"]

@@ -101,7 +101,7 @@ def test_validate_detects_a_mismatch(bundle, tmp_path):
 
 
 def test_cli_export_validate_and_errors(tmp_path, capsys, synth_folder):
-    from mobileclip.cli import main
+    from mobileclip.app.cli import main
 
     ck = tmp_path / "ck"
     model, _, _ = mobileclip.create_model("mobileclip-tiny")
@@ -172,7 +172,7 @@ def _fp32_sizes(bundle):
 
 
 def test_int8_static_bundle_calibrated_on_real_images(tmp_path, synth_folder, capsys):
-    from mobileclip.cli import main
+    from mobileclip.app.cli import main
     from mobileclip.export.quantize import op_counts
 
     out = tmp_path / "st"
@@ -301,7 +301,7 @@ def test_coreml_bundle_through_the_cli(tmp_path, capsys):
     pytest.importorskip("coremltools", reason="the coreml extra is not installed")
     import sys
 
-    from mobileclip.cli import main
+    from mobileclip.app.cli import main
     from mobileclip.errors import ConfigError
 
     out = tmp_path / "cm"
@@ -379,7 +379,7 @@ def test_parity_cannot_pass_with_the_wrong_preprocessing(bundle, tmp_path, field
 
 
 def test_export_with_pretrained_weights_records_and_checks_them(tmp_path, capsys):
-    from mobileclip.cli import main
+    from mobileclip.app.cli import main
 
     torch.manual_seed(5)
     model, _, _ = mobileclip.create_model("mobileclip-tiny")

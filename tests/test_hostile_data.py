@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mobileclip import runtime
-from mobileclip.cli import main
+from mobileclip.app.cli import main
 from mobileclip.config import PreprocessConfig
 from mobileclip.data import CaptionDataset, ImageFolderDataset, collate_skip, write_synthetic
 from mobileclip.distill.data import CaptionPairs, WebDatasetPairs

@@ -120,7 +120,7 @@ def not_a_model():
 
 
 def test_py_teacher_for_zeroshot_retrieval_cache_and_distill(tmp_path, monkeypatch, capsys, synth_folder):
-    from mobileclip.cli import main
+    from mobileclip.app.cli import main
 
     (tmp_path / "my_teachers.py").write_text(TEACHER_MODULE)
     monkeypatch.chdir(tmp_path)   # the dotted form is found in the working directory

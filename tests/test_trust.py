@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
 import mobileclip  # noqa: E402
 from mobileclip import runtime  # noqa: E402
-from mobileclip.cli import main  # noqa: E402
+from mobileclip.app.cli import main  # noqa: E402
 from mobileclip.distill import TeacherCache, build_cache, load_config, train  # noqa: E402
 from mobileclip.distill.cache import CacheError  # noqa: E402
 from mobileclip.distill.data import CaptionPairs, SyntheticPairs  # noqa: E402
@@ -509,22 +509,22 @@ def test_missing_files_are_one_line_errors(tmp_path, capsys, tiny_bundle):
 
 
 def test_missing_extra_is_named(monkeypatch, capsys):
-    from mobileclip import cli
+    from mobileclip.app import models
 
     def needs_torch(args):
         raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
-    monkeypatch.setattr(cli, "cmd_models", needs_torch)
+    monkeypatch.setattr(models, "cmd_models", needs_torch)
     code, err = run_cli(capsys, "models")
     assert code == 2 and "pip install 'mobileclip-toolkit[train]'" in err
 
 
 def test_unknown_exceptions_keep_their_traceback(monkeypatch):
-    from mobileclip import cli
+    from mobileclip.app import models
 
     def bug(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_models", bug)
+    monkeypatch.setattr(models, "cmd_models", bug)
     with pytest.raises(ZeroDivisionError):
         main(["models"])

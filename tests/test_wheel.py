@@ -96,7 +96,7 @@ def test_wheel_holds_every_package_and_its_data(wheel):
                          in ("torch", "torchvision", "timm", "open-clip-torch", "transformers")], base
     assert any(ln.startswith("Requires-Dist: torch") and 'extra == "train"' in ln for ln in meta.splitlines())
     entry = zipfile.ZipFile(wheel).read(f"{DIST.replace('-', '_')}-0.1.0.dist-info/entry_points.txt").decode()
-    assert "mobileclip = mobileclip.cli:main" in entry
+    assert "mobileclip = mobileclip.app.cli:main" in entry
 
 
 @pytest.fixture(scope="module")

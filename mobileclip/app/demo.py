@@ -29,7 +29,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write, atomic_write_json
+from ..files import atomic_write, atomic_write_json
 
 # Budget: the training part (teacher + cache + two students) must stay under 8 minutes on
 # a 2-core CPU; report.md records the measured times.
@@ -49,9 +49,9 @@ def _params(ckpt: Path) -> dict:
 
 def run_demo(out: Path, quick: bool = False) -> dict:
     """The full demo; ``quick=True`` runs the same pipeline with a few steps (for tests)."""
-    from .distill import build_cache, load_config, train
-    from .distill.data import SyntheticPairs
-    from .teachers import load_teacher
+    from ..distill import build_cache, load_config, train
+    from ..distill.data import SyntheticPairs
+    from ..teachers import load_teacher
 
     out.mkdir(parents=True, exist_ok=True)
     times, results = {}, {}
@@ -138,8 +138,8 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
     A parity miss does not stop the demo: it is recorded in the report (and the bundle's
     ``parity.json``) for the reader to see.
     """
-    from .data import write_synthetic
-    from .export import export
+    from ..data import write_synthetic
+    from ..export import export
 
     data = out / "data"
     write_synthetic(data / "heldout", 16 if quick else 64, split="val", seed=1, overwrite=True)
@@ -170,8 +170,8 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
 
 def runtime_step(out: Path, quick: bool = False) -> dict:
     """Classify held-out images and search an index of them with the torch-free runtime."""
-    from . import runtime
-    from .data.synthetic import classnames
+    from .. import runtime
+    from ..data.synthetic import classnames
 
     model = runtime.load(out / "bundles" / "onnx-int8")
     folder = out / "data" / "heldout"
@@ -208,7 +208,7 @@ def runtime_table(rows: dict) -> list:
 
 def latency_step(out: Path, quick: bool = False) -> list:
     """``mobileclip bench`` over the ONNX bundles and the PyTorch student; its table for the report."""
-    from .benchmarks.harness import main as bench
+    from ..benchmarks.harness import main as bench
 
     runs = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1"] if quick else [
         "--min-runs", "20", "--min-seconds", "1"]
@@ -240,6 +240,18 @@ def export_table(rows: list, seconds: float) -> list:
            + (" (spec + PyTorch fp16 check; Core ML predictions need macOS)"
               if r["mode"] and r["mode"].startswith("spec") else "") + " |" for r in rows]
     return md + [""]
+
+
+def cmd_demo(args) -> int:
+    run_demo(Path(args.out))
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``demo`` to an argparse sub-parsers object."""
+    s = sub.add_parser("demo", help="the embedded end-to-end demo (no downloads)")
+    s.add_argument("--out", default="runs/demo")
+    s.set_defaults(func=cmd_demo)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""`mobileclip convert`, `export` and `validate`: released weights in, bundles out, parity checked."""
+from __future__ import annotations
+
+from .. import backends
+from ..errors import MobileCLIPError
+from .cli import _EXTRA_OF
+
+
+def _parity_line(p: dict) -> str:
+    agree = p.get("top1_agreement")
+    return (("passed" if p["passed"] else "FAILED: " + "; ".join(p["misses"]))
+            + (f" (zero-shot top-1 agreement {100 * agree:.1f}%)" if agree is not None else "")
+            + (f" [{p['mode']}]" if p.get("mode") and p["mode"] != "predictions" else ""))
+
+
+def cmd_export(args) -> int:
+    from ..export import export
+
+    try:
+        m = export(args.model, args.out, fmt=args.format, precision=args.precision, fixed_batch=args.fixed_batch,
+                   exporter=args.exporter, token_dtype=args.token_dtype, max_batch=args.max_batch, data=args.data,
+                   calib=args.calib, calib_size=args.calib_size, quant=args.quant, compress=args.compress,
+                   overwrite=args.overwrite, allow_mismatch=args.allow_mismatch, seed=args.seed,
+                   workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, pretrained=args.pretrained)
+    except ModuleNotFoundError as e:
+        from .. import DISTRIBUTION
+
+        top = (e.name or "").split(".")[0]
+        extra = {"coremltools": "coreml", "tensorrt": "tensorrt"}.get(top, _EXTRA_OF.get(top, "onnx"))
+        extra = "onnx" if extra == "runtime" else extra
+        raise MobileCLIPError(f"export --format {args.format} needs the {extra} extra: "
+                              f"pip install '{DISTRIBUTION}[{extra}]' ({e})") from e
+    print(f"wrote {args.out}: {', '.join(a['file'] for a in m['artifacts'].values())}; parity "
+          + _parity_line(m["parity"]))
+    return 0 if m["parity"]["passed"] else 1
+
+
+def cmd_validate(args) -> int:
+    from ..export import validate
+
+    r = validate(args.bundle, data=args.data, allow_mismatch=True, max_batch=args.max_batch, report=args.report)
+    for tower in ("image", "text"):
+        for row in r[tower]:
+            print(f"{tower:5} batch {row['batch']:4}: min cosine {row['min_cosine']:.7f}  "
+                  f"mean {row['mean_cosine']:.7f}  max-abs {row['max_abs_diff']:.2e}")
+    print("parity " + _parity_line(r) + f"; report: {r['report_path']} (the bundle is not modified)")
+    if not r["passed"] and args.allow_mismatch:
+        return 0
+    return 0 if r["passed"] else 1
+
+
+def cmd_convert(args) -> int:
+    from ..convert import convert_checkpoint
+
+    r = convert_checkpoint(args.src, args.out, model=args.model, overwrite=args.overwrite)
+    print(f"wrote {r['out']}: {r['model']} converted from {args.src} ({r['layout']} layout, sha256 "
+          f"{r['sha256'][:12]}…); load it with mobileclip.create_model({r['out']!r})")
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``convert``, ``export`` and ``validate`` to an argparse sub-parsers object."""
+    s = sub.add_parser("convert", help="convert released weights (Apple's mobileclip_*.pt, open_clip MobileCLIP/"
+                                       "MobileCLIP2 files) into one of our checkpoints")
+    s.add_argument("src", help="weights file: .pt/.pth/.bin (read with weights_only=True) or .safetensors")
+    s.add_argument("--model", default=None, help="registered model name (default: detected from the keys)")
+    s.add_argument("--out", required=True, help="checkpoint directory to write (config.json + model.safetensors)")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("export", help="export both towers to a bundle and check parity with PyTorch")
+    s.add_argument("model", help="checkpoint directory; a registered name (random weights, seeded by --seed); "
+                                 "open_clip:<arch>[:<tag or weights file>]; or hf:<CLIPModel directory>")
+    s.add_argument("--pretrained", default=None,
+                   help="weights for a registered MODEL: our checkpoint, Apple's mobileclip_*.pt, or an open_clip "
+                        "MobileCLIP/MobileCLIP2 file (converted on load)")
+    s.add_argument("--format", default="onnx", choices=backends.names(),
+                   help="artifact format (a backend of mobileclip.backends)")
+    s.add_argument("--precision", default="fp32", choices=backends.all_precisions(),
+                   help="fp16 keeps fp32 inputs/outputs and LayerNorm/Softmax/reductions in fp32; int8: see --quant")
+    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.add_argument("--fixed-batch", type=int, default=0, help="a fixed batch size instead of a dynamic one")
+    s.add_argument("--max-batch", type=int, default=32,
+                   help="largest batch the parity check runs (and TensorRT's profile / Core ML's range allow)")
+    s.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"])
+    s.add_argument("--token-dtype", default="int32", choices=["int32", "int64"])
+    s.add_argument("--quant", default="auto", choices=["auto", "dynamic", "static"],
+                   help="int8 method for the image tower: static QDQ calibrated on --calib, or dynamic; "
+                        "auto = static when --calib is given")
+    s.add_argument("--calib", default=None, help="image folder for static int8 calibration (real images)")
+    s.add_argument("--calib-size", type=int, default=64, help="calibration images to use")
+    s.add_argument("--compress", default="none",
+                   choices=["none", "palettize4", "palettize6", "palettize8", "int8"],
+                   help="Core ML weight compression")
+    s.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit")
+    s.add_argument("--timing-cache", default=None, help="TensorRT timing cache file, reused across builds")
+    s.add_argument("--data", default=None, help="image folder for the parity check (default: synthetic images)")
+    s.add_argument("--allow-mismatch", action="store_true", help="exit 0 even when parity fails")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("validate", help="re-check a bundle against PyTorch; non-zero exit when it fails")
+    s.add_argument("bundle")
+    s.add_argument("--data", default=None, help="image folder (default: synthetic images)")
+    s.add_argument("--max-batch", type=int, default=32)
+    s.add_argument("--allow-mismatch", action="store_true", help="exit 0 even when parity fails")
+    s.add_argument("--report", default=None,
+                   help="where to write the JSON report (default: BUNDLE.validate.json beside the bundle; "
+                        "validate never modifies the bundle)")
+    s.set_defaults(func=cmd_validate)

@@ -1,0 +1,96 @@
+"""`mobileclip synth`, `distill` and `cache-teacher`: data, training and the teacher cache."""
+from __future__ import annotations
+
+import json
+import os
+
+from ..errors import MobileCLIPError
+from .cli import _device
+
+
+def cmd_synth(args) -> int:
+    from ..data import write_synthetic
+
+    info = write_synthetic(args.out, args.n, split=args.split, image_size=args.image_size, seed=args.seed,
+                           two_object_prob=args.two_object_prob)
+    print(f"wrote {info['images']} {info['split']} images in {info['classes']} class folders to {info['root']} "
+          f"(+ captions.csv)")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from ..distill import load_config, train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary.get("eval", {}), indent=2))
+        print(f"student checkpoint: {summary.get('student')}")
+    return 0
+
+
+def cmd_cache_teacher(args) -> int:
+    import torch
+
+    from ..distill.cache import build_cache, check_cache_args
+    from ..distill.data import CaptionPairs, SyntheticPairs, WebDatasetPairs
+    from ..teachers import load_teacher
+
+    check_cache_args(args.augs, args.shard_size, args.batch_size, args.scale, (3 / 4, 4 / 3), args.flip_prob)
+    if args.data == "synthetic" and args.size < 1:
+        raise MobileCLIPError(f"--size is the number of synthetic images and must be at least 1, got {args.size}")
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = _device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    if args.data == "synthetic":
+        source = SyntheticPairs("train", args.size, args.image_size, args.seed, args.two_object_prob)
+    elif args.data.endswith(".tar") or "{" in args.data:
+        source = WebDatasetPairs(args.data)
+    else:
+        source = CaptionPairs(args.data, args.image_root)
+    teachers = [load_teacher(t, device=device) for t in args.teacher]
+    build_cache(teachers, source, args.out, augs=args.augs, shard_size=args.shard_size, batch_size=args.batch_size,
+                seed=args.seed, scale=tuple(args.scale), flip_prob=args.flip_prob, device=device, rank=rank,
+                world=world, num_workers=args.workers)
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``synth``, ``distill`` and ``cache-teacher`` to an argparse sub-parsers object."""
+    s = sub.add_parser("synth", help="write synthetic captioned images as an image folder + captions.csv")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--split", choices=["train", "val", "novel"], default="val")
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--two-object-prob", type=float, default=0.0)
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("distill", help="train a student (distillation and/or contrastive losses)")
+    s.add_argument("--config", default=None, help="YAML config; keys as in mobileclip.distill.TrainConfig")
+    s.add_argument("--resume", default=None, help="a run's out dir or its last/ checkpoint")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in out= (without it, an existing run directory is refused)")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student=mobileclip-s0 losses.kd=0.75")
+    s.set_defaults(func=cmd_distill)
+
+    s = sub.add_parser("cache-teacher", help="run teachers once over a dataset with K augmentations; store embeddings")
+    s.add_argument("--teacher", action="append", required=True,
+                   help="teacher spec (repeat for an ensemble): open_clip:ARCH[:TAG|FILE], hf:DIR, checkpoint dir")
+    s.add_argument("--data", required=True,
+                   help="'synthetic', a caption file (.csv/.tsv/.jsonl), or WebDataset shards ('shards/{000..099}.tar')")
+    s.add_argument("--image-root", default=None)
+    s.add_argument("--out", required=True)
+    s.add_argument("--augs", type=int, default=4, help="augmentations per image (K)")
+    s.add_argument("--shard-size", type=int, default=1024)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    s.add_argument("--device", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.0), help="crop area range")
+    s.add_argument("--flip-prob", type=float, default=0.5)
+    s.add_argument("--size", type=int, default=10000, help="synthetic: number of images")
+    s.add_argument("--image-size", type=int, default=64, help="synthetic: rendered size")
+    s.add_argument("--two-object-prob", type=float, default=0.35)
+    s.set_defaults(func=cmd_cache_teacher)
