@@ -125,7 +125,7 @@ def _manifest(src: ExportSource, arts: dict, token_dtype: str, seconds: float) -
     from mobileclip import __version__
 
     tools = {"mobileclip": __version__, "torch": torch.__version__}
-    for mod in ("onnx", "onnxruntime", "coremltools", "tensorrt"):
+    for mod in ("onnx", "onnxruntime", "coremltools", "tensorrt", "litert_torch", "ai_edge_litert", "executorch"):
         m = sys.modules.get(mod)
         if m is not None and hasattr(m, "__version__"):
             tools[mod] = m.__version__
@@ -180,10 +180,9 @@ def _manifest_checks(directory: Path, manifest: dict, src: ExportSource) -> list
         misses.append(f"the manifest's logit_scale is {manifest['logit_scale']}, the source's {src.logit_scale}")
     for role in ("image", "text"):
         entry = manifest["artifacts"][role]
-        if entry["backend"] == "onnx":   # the file's own signature against what the manifest says of it
-            from .onnx import io_spec
-
-            real = io_spec(directory / entry["file"])
+        read_io = backends.get(entry["backend"]).read_io
+        if read_io is not None:   # the file's own signature against what the manifest says of it
+            real = read_io(directory, entry)
             for key in ("inputs", "outputs"):
                 said = [{k: s.get(k) for k in ("name", "shape", "dtype")} for s in entry[key]]
                 if said != [{k: s[k] for k in ("name", "shape", "dtype")} for s in real[key]]:

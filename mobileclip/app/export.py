@@ -5,6 +5,8 @@ from .. import backends
 from ..errors import MobileCLIPError
 from .cli import _EXTRA_OF
 
+ORT_FORMAT = "ort"   # the backend --ort-format selects
+
 
 def _parity_line(p: dict) -> str:
     agree = p.get("top1_agreement")
@@ -14,8 +16,13 @@ def _parity_line(p: dict) -> str:
 
 
 def cmd_export(args) -> int:
+    from ..errors import ConfigError
     from ..export import export
 
+    if args.ort_format:   # the ONNX bundle, also in ORT format for ONNX Runtime Mobile: the `ort` backend
+        if args.format not in ("onnx", ORT_FORMAT):
+            raise ConfigError(f"--ort-format converts ONNX towers; it cannot be combined with --format {args.format}")
+        args.format = ORT_FORMAT
     try:
         m = export(args.model, args.out, fmt=args.format, precision=args.precision, fixed_batch=args.fixed_batch,
                    exporter=args.exporter, token_dtype=args.token_dtype, max_batch=args.max_batch, data=args.data,
@@ -26,8 +33,8 @@ def cmd_export(args) -> int:
         from .. import DISTRIBUTION
 
         top = (e.name or "").split(".")[0]
-        extra = {"coremltools": "coreml", "tensorrt": "tensorrt"}.get(top, _EXTRA_OF.get(top, "onnx"))
-        extra = "onnx" if extra == "runtime" else extra
+        # the PyTorch stack is the train extra; anything else is the format's own tools
+        extra = "train" if _EXTRA_OF.get(top) == "train" else backends.get(args.format).extra
         raise MobileCLIPError(f"export --format {args.format} needs the {extra} extra: "
                               f"pip install '{DISTRIBUTION}[{extra}]' ({e})") from e
     print(f"wrote {args.out}: {', '.join(a['file'] for a in m['artifacts'].values())}; parity "
@@ -78,6 +85,9 @@ def register(sub) -> None:
                    help="artifact format (a backend of mobileclip.backends)")
     s.add_argument("--precision", default="fp32", choices=backends.all_precisions(),
                    help="fp16 keeps fp32 inputs/outputs and LayerNorm/Softmax/reductions in fp32; int8: see --quant")
+    s.add_argument("--ort-format", action="store_true",
+                   help="ONNX Runtime Mobile: also write each tower as an .ort file plus the reduced-operator "
+                        "config a minimal ORT build needs; the bundle runs the .ort files (= --format ort)")
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--fixed-batch", type=int, default=0, help="a fixed batch size instead of a dynamic one")

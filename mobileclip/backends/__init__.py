@@ -25,6 +25,9 @@ REGISTRY = {
     "onnx": ("mobileclip.backends.onnx", ("fp32", "fp16", "int8"), "onnxruntime"),
     "coreml": ("mobileclip.backends.coreml", ("fp32", "fp16", "int8"), "coreml"),
     "tensorrt": ("mobileclip.backends.tensorrt", ("fp32", "fp16", "int8"), "tensorrt"),
+    "ort": ("mobileclip.backends.ort_mobile", ("fp32", "fp16", "int8"), "onnxruntime-mobile"),
+    "litert": ("mobileclip.backends.litert", ("fp32", "fp16", "int8"), "litert"),
+    "executorch": ("mobileclip.backends.executorch", ("fp32", "int8"), "executorch"),
 }
 
 

@@ -30,9 +30,10 @@ from typing import Union
 from mobileclip.errors import MobileCLIPError
 from mobileclip.hashing import sha256_file
 
+from . import REGISTRY
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-BACKENDS = ("onnx", "coreml", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 TOKEN_DTYPES = ("int32", "int64")
 RESIZE_MODES = ("shortest", "squash")
@@ -201,7 +202,7 @@ def check_manifest(manifest) -> dict:
         entry = _get(arts, role, "artifacts.", dict)
         w = f"artifacts.{role}."
         check_relpath(_get(entry, "file", w, str), f"{w}file")
-        _choice(entry, "backend", w, BACKENDS)
+        _choice(entry, "backend", w, tuple(REGISTRY))   # the registered backends
         _choice(entry, "precision", w, PRECISIONS)
         _tensor_specs(entry, "inputs", w)
         _tensor_specs(entry, "outputs", w)

@@ -183,6 +183,30 @@ class OrtRunner(Runner):
         self.session = None
 
 
+def read_io_file(directory, entry: dict) -> dict:
+    """An ONNX file's inputs and outputs as the ONNX library reads them (symbolic dims as names)."""
+    from .onnx_graph import io_spec
+
+    real = io_spec(Path(directory) / entry["file"])
+    return {k: real[k] for k in ("inputs", "outputs")}
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
+              "tensor(int64)": "int64", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+
+
+def read_io_session(directory, entry: dict) -> dict:
+    """A model's inputs and outputs as an ONNX Runtime session reads them (for .ort files, which the
+    ONNX library cannot open)."""
+    session = ort_session(Path(directory) / entry["file"], entry.get("precision", "fp32"))
+
+    def one(v):
+        return {"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in v.shape],
+                "dtype": _ORT_TYPES.get(v.type, v.type)}
+
+    return {"inputs": [one(v) for v in session.get_inputs()], "outputs": [one(v) for v in session.get_outputs()]}
+
+
 def _unavailable() -> Optional[str]:
     try:
         import onnxruntime
@@ -195,4 +219,5 @@ BACKEND = Backend(
     name="onnx", precisions=("fp32", "fp16", "int8"), runtime="onnxruntime", extra="onnx",
     io="host numpy arrays in and out",
     summary="ONNX files run by ONNX Runtime (CPU, CUDA; Android/iOS apps that bundle ORT)",
-    export=export_onnx, runner=OrtRunner, unavailable=_unavailable, check_options=check_options)
+    export=export_onnx, runner=OrtRunner, unavailable=_unavailable, check_options=check_options,
+    read_io=read_io_file)

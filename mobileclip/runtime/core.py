@@ -16,6 +16,7 @@ from PIL import Image
 
 from mobileclip.config import PreprocessConfig
 from mobileclip.errors import MobileCLIPError
+from mobileclip.backends import names as backend_names, runtime_name
 from mobileclip.backends.bundle import BundleError, load_manifest, signature_misses
 from mobileclip.backends.onnx import OrtRunner, ort_session  # noqa: F401  (ort_session: for old imports)
 from mobileclip.transforms import load_image, preprocess_array
@@ -150,7 +151,8 @@ class Preprocessor:
 
 # ------------------------------------------------------------------ sessions
 
-RUNTIME_BACKENDS = ("onnx",)   # what this torch-free runtime runs: ONNX Runtime sessions
+# What this torch-free runtime runs: artifacts whose engine is ONNX Runtime (.onnx, and .ort files).
+RUNTIME_BACKENDS = tuple(n for n in backend_names() if runtime_name(n).startswith("onnxruntime"))
 
 
 def check_backend(directory: Path, role: str, entry: dict) -> None:
@@ -158,7 +160,7 @@ def check_backend(directory: Path, role: str, entry: dict) -> None:
     if backend not in RUNTIME_BACKENDS:
         raise RuntimeBackendError(
             f"the {role} tower of bundle {str(directory)!r} is a {backend!r} artifact; mobileclip.runtime "
-            "runs ONNX bundles only (ONNX Runtime). Export an ONNX bundle of the same model with "
+            f"runs ONNX Runtime bundles only ({', '.join(RUNTIME_BACKENDS)}). Export an ONNX bundle of the same model with "
             "`mobileclip export <model> --format onnx --out <dir>`, or use `mobileclip bench` for "
             f"{backend} artifacts")
 
