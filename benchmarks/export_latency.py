@@ -52,7 +52,8 @@ def _min_cos(bundle: Path, tower: str) -> float:
     return min(r["min_cosine"] for r in report[tower])
 
 
-def _time(cases: dict, rounds: int, iters: int, warmup: int = 5) -> dict:
+def time_interleaved(cases: dict, rounds: int, iters: int, warmup: int = 5) -> dict:
+    """Per-case latency percentiles (ms), every case timed in each round in turn."""
     for fn in cases.values():
         for _ in range(warmup):
             fn()
@@ -146,7 +147,7 @@ def main() -> None:
     hf_note = _hf_cases(work, add, img224, tok77, args.threads)
     hf_note = " ".join([hf_note] + fusion_notes)
     print(f"timing {len(cases)} cases: {args.rounds} rounds x {args.iters} calls, batch 1, {args.threads} threads")
-    stats = _time(cases, args.rounds, args.iters)
+    stats = time_interleaved(cases, args.rounds, args.iters)
     rows = [{"case": k, **stats[k], **meta[k]} for k in cases]
     for r in rows:
         print(f"{r['case']:48} p50 {r['p50']:8.2f} ms  p90 {r['p90']:8.2f}")

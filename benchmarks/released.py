@@ -144,7 +144,7 @@ def export_s0(work: Path, threads: int, rounds: int, iters: int) -> dict:
     from mobileclip.data import write_synthetic
     from mobileclip.export import export
 
-    from .export_latency import _ort_case, _time
+    from .export_latency import _ort_case, time_interleaved
 
     calib = work / "calib"
     write_synthetic(calib, 64, split="train", image_size=256)
@@ -188,7 +188,7 @@ def export_s0(work: Path, threads: int, rounds: int, iters: int) -> dict:
             cases[f"{tower} ONNX {label}"] = _ort_case(b / f"{tower}.onnx", {inp: x}, threads)
         cases[f"{tower} PyTorch eager"] = eager(getattr(model, f"encode_{tower}"),
                                                 x.astype(np.int64) if tower == "text" else x)
-    out["latency_ms"] = _time(cases, rounds, iters)
+    out["latency_ms"] = time_interleaved(cases, rounds, iters)
     return out
 
 

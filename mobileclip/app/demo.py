@@ -14,11 +14,14 @@ No pretrained CLIP can be downloaded here, so the demo makes its own teacher:
 5. evaluates all three on held-out images, on held-out colour–shape pairs, and for
    retrieval;
 6. exports the distilled student to ONNX fp32, ONNX int8 (static QDQ image tower
-   calibrated on training images, dynamic int8 text tower) and Core ML fp16 (when
-   coremltools is installed), checks each against PyTorch on held-out images;
+   calibrated on training images, dynamic int8 text tower), Core ML fp16, and the
+   Android/mobile formats — ONNX Runtime Mobile (.ort) int8, LiteRT fp32 and int8
+   (dynamic range), ExecuTorch fp32 and int8 (PT2E, calibrated) — each where its tools
+   are installed (skipped with the reason otherwise), and checks each against PyTorch on
+   held-out images;
 7. with the torch-free runtime and the int8 bundle, classifies a few held-out images and
-   runs a text search over an index of the held-out images; times the bundles and the
-   PyTorch student (``mobileclip bench``), and writes ``runs/demo/report.md`` and
+   runs a text search over an index of the held-out images; times every bundle this
+   machine can run, side by side with the PyTorch student (``mobileclip bench``), and writes ``runs/demo/report.md`` and
    ``report.json``.
 """
 from __future__ import annotations
@@ -97,7 +100,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         rows.append({"model": label, "arch": arch, "params_m": p["total"] / 1e6, "train_s": times[key],
                      "zeroshot_top1": ev["zeroshot_top1"], "zeroshot_novel_top1": ev["zeroshot_novel_top1"],
                      "retrieval_R@1": ev["retrieval_R@1"]})
-    print("[5/5] exporting the distilled student (ONNX fp32 and int8, Core ML) and checking parity")
+    print("[5/5] exporting the distilled student (ONNX, Core ML, ORT Mobile, LiteRT, ExecuTorch) and checking parity")
     t = time.time()
     exports = export_student(out / "distilled" / "student", out, quick)
     times_export = time.time() - t
@@ -138,19 +141,28 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
     A parity miss does not stop the demo: it is recorded in the report (and the bundle's
     ``parity.json``) for the reader to see.
     """
+    from .. import backends
     from ..data import write_synthetic
+    from ..errors import MobileCLIPError
     from ..export import export
 
     data = out / "data"
     write_synthetic(data / "heldout", 16 if quick else 64, split="val", seed=1, overwrite=True)
     write_synthetic(data / "calib", 16 if quick else 64, split="train", seed=2, overwrite=True)
-    jobs = [("ONNX", "onnx", "fp32", {}), ("ONNX", "onnx", "int8", {"calib": str(data / "calib")})]
-    try:
-        import coremltools  # noqa: F401
-
-        jobs.append(("Core ML", "coreml", "fp16", {}))
-    except ImportError:
-        print("coremltools is not installed (pip install 'mobileclip-toolkit[coreml]'): skipping the Core ML export")
+    calib = {"calib": str(data / "calib")}
+    jobs = [("onnx", "fp32", {}), ("onnx", "int8", calib), ("coreml", "fp16", {})]
+    if not quick:   # the on-device formats for Android (and ORT Mobile apps); the quick run keeps to the above
+        jobs += [("ort", "int8", calib), ("litert", "fp32", {}), ("litert", "int8", {"quant": "dynamic"}),
+                 ("executorch", "fp32", {}), ("executorch", "int8", calib)]
+    ready = []
+    for fmt, precision, extra in jobs:
+        try:
+            backends.get(fmt).prepare_export()
+        except MobileCLIPError as e:   # its tools are not installed here: said, not hidden
+            print(f"skipping the {fmt} export: {e}")
+            continue
+        ready.append((backends.get(fmt).label or fmt, fmt, precision, extra))
+    jobs = ready
     rows = []
     for label, fmt, precision, extra in jobs:
         dest = out / "bundles" / f"{fmt}-{precision}"
@@ -207,14 +219,22 @@ def runtime_table(rows: dict) -> list:
 
 
 def latency_step(out: Path, quick: bool = False) -> list:
-    """``mobileclip bench`` over the ONNX bundles and the PyTorch student; its table for the report."""
+    """``mobileclip bench`` over the bundles this machine can run and the PyTorch student; its table for the report."""
     from ..benchmarks.harness import main as bench
 
     runs = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1"] if quick else [
         "--min-runs", "20", "--min-seconds", "1"]
-    bench([str(out / "bundles" / "onnx-fp32"), str(out / "bundles" / "onnx-int8"), "--model",
-           str(out / "distilled" / "student"), "--runtime", "torch,onnxruntime", "--batch", "1,8",
-           "--threads", "2", *runs, "--out", str(out / "bench")])
+    from .. import backends
+    from ..backends.bundle import load_manifest
+
+    bundles, engines = [], ["torch"]
+    for d in sorted((out / "bundles").iterdir()):   # every bundle whose engine runs on this machine
+        backend = backends.get(load_manifest(d)["artifacts"]["image"]["backend"])
+        if backend.unavailable() is None:
+            bundles.append(str(d))
+            engines += [backend.runtime] if backend.runtime not in engines else []
+    bench([*bundles, "--model", str(out / "distilled" / "student"), "--runtime", ",".join(engines),
+           "--batch", "1,8", "--threads", "2", *runs, "--out", str(out / "bench")])
     table = (out / "bench" / "bench.md").read_text().splitlines()
     return ["## Latency (`mobileclip bench`)", "", f"Full output: `{out / 'bench'}` (JSON, plots).", ""] + [
         ln for ln in table if not ln.startswith("# ")] + [""]

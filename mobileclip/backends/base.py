@@ -48,6 +48,7 @@ class Backend:
     prepare_export: Callable[[], None] = lambda: None      # a clear error, before any work, where export cannot run
     # Where predictions cannot run here: (directory, manifest, model, images, tokens, fp16 min cosine) -> report
     static_parity: Optional[Callable] = None
+    label: str = ""                             # how reports name it ("ONNX", "Core ML", ...); default: name
     # The artifact's own inputs and outputs read back from the file: (directory, entry) ->
     # {"inputs": [{name, shape, dtype}], "outputs": [...]}; validate compares them with the manifest.
     read_io: Optional[Callable] = None

@@ -803,7 +803,7 @@ def _unavailable():
 
 
 BACKEND = Backend(
-    name="coreml", precisions=("fp32", "fp16", "int8"), runtime="coreml", extra="coreml",
+    label="Core ML", name="coreml", precisions=("fp32", "fp16", "int8"), runtime="coreml", extra="coreml",
     io="host arrays in and out (Core ML picks CPU/GPU/Neural Engine)",
     summary="Core ML ML programs (.mlpackage) for iOS/macOS; exported anywhere, predicted on macOS",
     export=export_backend, runner=PredictorRunner, unavailable=_unavailable, check_options=_check_options,

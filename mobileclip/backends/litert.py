@@ -477,7 +477,7 @@ class LiteRTRunner(Runner):
 
 
 BACKEND = Backend(
-    name="litert", precisions=("fp32", "fp16", "int8"), runtime="litert", extra="litert",
+    label="LiteRT", name="litert", precisions=("fp32", "fp16", "int8"), runtime="litert", extra="litert",
     io="host numpy arrays in and out",
     summary="LiteRT (TensorFlow Lite) .tflite files run by the LiteRT interpreter (Android, iOS, Linux/macOS CPU; "
             "a fixed batch)",

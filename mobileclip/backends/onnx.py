@@ -216,7 +216,7 @@ def _unavailable() -> Optional[str]:
 
 
 BACKEND = Backend(
-    name="onnx", precisions=("fp32", "fp16", "int8"), runtime="onnxruntime", extra="onnx",
+    label="ONNX", name="onnx", precisions=("fp32", "fp16", "int8"), runtime="onnxruntime", extra="onnx",
     io="host numpy arrays in and out",
     summary="ONNX files run by ONNX Runtime (CPU, CUDA; Android/iOS apps that bundle ORT)",
     export=export_onnx, runner=OrtRunner, unavailable=_unavailable, check_options=check_options,

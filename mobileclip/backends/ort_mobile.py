@@ -89,7 +89,7 @@ def _prepare_export() -> None:
 
 
 BACKEND = Backend(
-    name="ort", precisions=("fp32", "fp16", "int8"), runtime="onnxruntime-mobile", extra="onnx",
+    label="ORT Mobile", name="ort", precisions=("fp32", "fp16", "int8"), runtime="onnxruntime-mobile", extra="onnx",
     io="host numpy arrays in and out",
     summary="ORT-format files (+ reduced-operator config) for ONNX Runtime Mobile builds on Android/iOS",
     export=export_ort, runner=OrtRunner, unavailable=_unavailable, check_options=check_options,

@@ -529,7 +529,7 @@ def _unavailable():
 
 
 BACKEND = Backend(
-    name="tensorrt", precisions=("fp32", "fp16", "int8"), runtime="tensorrt", extra="tensorrt",
+    label="TensorRT", name="tensorrt", precisions=("fp32", "fp16", "int8"), runtime="tensorrt", extra="tensorrt",
     io="host numpy arrays in and out (host/device copies included)",
     summary="TensorRT engines built from the ONNX towers (NVIDIA GPUs)",
     export=export_tensorrt, runner=EngineRunner, unavailable=_unavailable, check_options=_check_tensorrt_options,
