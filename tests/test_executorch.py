@@ -49,6 +49,7 @@ def test_int8_bundle_passes_parity_and_records_how_it_was_made(int8_bundle):
     assert qi["method"] == "static" and qi["calibration_images"] == 16 and qi["calibration_samples"] == 16
     assert qi["kept_fp32"]["final_projection"].endswith("head.fc") and qi["kept_fp32"]["depthwise_convs"] > 0
     assert qt["method"] == "dynamic" and "calibration_images" not in qt and "token_embedding" in qt["kept_fp32"]
+    assert "batch_norms_not_folded" not in qi   # fastvit_t8 has no attention stage: every batch norm is folded
     for entry in (img, txt):
         d = entry["delegation"]
         assert d["delegate"] == "XnnpackBackend" and d["delegated_subgraphs"] >= 1 and d["delegated_nodes"] > 50
@@ -185,3 +186,43 @@ def test_calibration_runs_in_the_programs_fixed_batch():
     chunks = [c.numpy() for c in _example_batches(x, 2)]
     assert [c.shape for c in chunks] == [(2, 2)] * 3
     np.testing.assert_array_equal(chunks[-1], x[[4, 4]])   # the last one padded with its last row
+
+
+def test_a_batch_norm_is_not_folded_into_a_conv_whose_output_has_other_users():
+    """prepare_pt2e folds conv -> batch_norm without checking the conv's other users (torchao 0.18); in
+    MobileCLIP-S0's attention stage that normalized the residual stream (image cosine 0.91, nothing
+    quantized). The shield keeps such a batch norm apart, and leaves a conv's only batch norm to be folded."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    from mobileclip.backends.executorch import _capture, _shield_shared_conv_batch_norms
+
+    class Block(torch.nn.Module):   # FastViT: x = pos_emb(x); x = x + mixer(norm(x)); plus a ConvNorm
+        def __init__(self):
+            super().__init__()
+            self.pos_emb = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.norm = torch.nn.BatchNorm2d(4)
+            self.conv = torch.nn.Conv2d(4, 4, 1)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            x = self.pos_emb(x)
+            return self.bn(self.conv(x + self.norm(x)))
+
+    torch.manual_seed(0)
+    block = Block().eval()
+    for bn in (block.norm, block.bn):   # non-trivial statistics (a fresh BatchNorm is near identity)
+        bn.running_mean.uniform_(-2, 2)
+        bn.running_var.uniform_(0.2, 3)
+        bn.weight.data.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        want = block(x)
+        graph = _capture("image", block, x).module()
+        assert _shield_shared_conv_batch_norms(graph) == ["norm"]   # not bn: conv's only user, folded
+        converted = convert_pt2e(prepare_pt2e(graph, XNNPACKQuantizer()))   # no annotations: only the folding
+        torch.testing.assert_close(converted(x), want, rtol=1e-4, atol=1e-4)
+    norms = [n for n in converted.graph.nodes if "batch_norm" in str(n.target)]
+    assert len(norms) == 1   # bn was folded into conv; norm was kept

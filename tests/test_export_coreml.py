@@ -242,6 +242,11 @@ def test_compression_keeps_weights_it_would_break(compress):
     (int8) or garbage (LUT). Those stay uncompressed; ordinary weights are compressed."""
     mlmodel = mlmodel_of(TwoLinears(1e-5))
     compressed, record = coreml._compress(mlmodel, compress)
+    if compress.startswith("palettize") and coreml._has_kmeans() and "kept_uncompressed" not in record:
+        # scikit-learn's k-means (installed with the executorch extra) sometimes fits a table to the tiny
+        # weights too (its result varies between runs): then both are compressed, and both within the limit
+        assert record["weights_compressed"] == 2 and record["max_weight_error"] < record["weight_error_limit"]
+        return
     assert list(record["kept_uncompressed"]) == ["small_weight_to_fp16"], record
     assert record["kept_uncompressed"]["small_weight_to_fp16"] > record["weight_error_limit"]
     assert record["weights_compressed"] == 1 and record["max_weight_error"] < record["weight_error_limit"]

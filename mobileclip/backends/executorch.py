@@ -23,7 +23,12 @@ int8 (PT2E with the XNNPACK quantizer, ``torchao.quantization.pt2e``)
       and, in static mode, depthwise convolutions (measured on ``mobileclip-tiny``, static
       image tower min cosine: all ops 0.72, conv + linear without the projection 0.993,
       and without depthwise convs 0.996), and the token-embedding table (ExecuTorch's Python
-      runtime has no quantized embedding kernel, so the int8 text tower is barely smaller).
+      runtime has no quantized embedding kernel, so the int8 text tower is barely smaller);
+    * batch norms are not folded into a convolution whose output has other users (torchao's
+      ``prepare_pt2e`` would fold them anyway, normalizing those users' input too): in FastViT's
+      attention stage (MobileCLIP-S0) that is the first block's ``norm`` after the positional-encoding
+      conv, which also feeds the residual stream. Folded, it took the S0 image tower's cosine to 0.91
+      with *nothing* quantized; the entry lists such batch norms under ``batch_norms_not_folded``.
 
 Run
     :class:`ExecuTorchRunner` loads the program with ``executorch.runtime`` (which takes torch
@@ -213,6 +218,7 @@ def _quantize(role: str, tower, example, src, o: ExportOptions):
     static = role == "image" and (o.quant == "static" or (o.quant == "auto" and bool(o.calib)))
     b = example.shape[0]
     graph = _capture(role, tower, example).module()
+    unfolded = _shield_shared_conv_batch_norms(graph)
     linears = [n for n in graph.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
     keep_fp32 = {n.name for n in linears[-1:]}   # the embedding projection
     depthwise = [n.name for n in graph.graph.nodes if _is_depthwise_conv(n)] if static else []
@@ -232,6 +238,8 @@ def _quantize(role: str, tower, example, src, o: ExportOptions):
               "op_types": ["conv", "linear"],
               "kept_fp32": {"final_projection": _module_path(linears[-1]) if linears else None,
                             "depthwise_convs": len(depthwise)}}
+    if unfolded:
+        record["batch_norms_not_folded"] = {"modules": unfolded, "why": _UNFOLDED_WHY}
     if role == "text":
         record["kept_fp32"]["token_embedding"] = ("ExecuTorch's Python runtime has no quantized embedding "
                                                   "kernel; the table is most of a small text tower's bytes")
@@ -252,6 +260,49 @@ def _quantize(role: str, tower, example, src, o: ExportOptions):
     except Exception as e:
         raise LoweringError(f"PT2E could not quantize the {role} tower: {_failure(e)}") from e
     return _capture(role, converted, example), record
+
+
+_UNFOLDED_WHY = ("the convolution before it also feeds a residual add; prepare_pt2e would fold the batch norm "
+                 "into the convolution's weights and so apply it to the residual too (on MobileCLIP-S0 the int8 "
+                 "image cosine fell to 0.91 with nothing quantized): it runs as its own fp32 op")
+
+
+def _shield_shared_conv_batch_norms(graph) -> list:
+    """Keep PT2E from folding a batch norm into a convolution whose output has other users; returns the
+    module paths of those batch norms.
+
+    ``prepare_pt2e`` folds every ``conv -> batch_norm`` into the convolution's weights without checking
+    that the batch norm is the convolution's only user (torchao 0.18, ``_fuse_conv_bn_``): the other users
+    then get the normalized tensor. In FastViT's attention stage (``fastvit_mci0``, MobileCLIP-S0) the
+    conditional positional encoding (a depthwise conv) feeds both the first block's ``norm`` and its
+    residual add, so the whole residual stream was normalized. A ``clone`` between the two hides the
+    pattern; XNNPACK drops the clone when lowering, and its own batch norm fusion checks the users.
+    """
+    import torch
+
+    bns = (torch.ops.aten.batch_norm.default, torch.ops.aten._native_batch_norm_legit_no_training.default)
+    shielded = []
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target not in bns:
+            continue
+        conv = node.args[0]
+        if not _is_conv(conv) or len(conv.users) < 2:
+            continue
+        with graph.graph.inserting_after(conv):
+            copy = graph.graph.call_function(torch.ops.aten.clone.default, (conv,))
+        copy.meta = dict(conv.meta)
+        node.replace_input_with(conv, copy)
+        shielded.append(_module_path(node))
+    if shielded:
+        graph.recompile()
+    return shielded
+
+
+def _is_conv(node) -> bool:
+    """A convolution or transposed convolution of any rank (``aten.conv2d``, ``aten.convolution``, ...)."""
+    packet = getattr(getattr(node, "target", None), "overloadpacket", None)
+    return getattr(node, "op", None) == "call_function" and packet is not None and \
+        str(getattr(packet, "__name__", "")).startswith("conv")
 
 
 def _module_path(node) -> str:
@@ -432,7 +483,7 @@ def _unavailable() -> Optional[str]:
 
 
 BACKEND = Backend(
-    name="executorch", precisions=("fp32", "int8"), runtime="executorch", extra="executorch",
+    label="ExecuTorch", name="executorch", precisions=("fp32", "int8"), runtime="executorch", extra="executorch",
     io="host numpy arrays in and out (as torch tensors through ExecuTorch's Python runtime)",
     summary="ExecuTorch .pte programs with the XNNPACK delegate (Android, iOS and embedded CPUs)",
     export=export_executorch, runner=ExecuTorchRunner, unavailable=_unavailable, check_options=check_options,
