@@ -104,6 +104,7 @@ def main() -> None:
     from mobileclip.factory import create_model
 
     work = Path(tempfile.mkdtemp(prefix="mobile_backends_"))
+    torch.manual_seed(0)   # the parameters lively() leaves (embeddings, norms) come from the seeded init
     model, preprocess, tokenizer = create_model(args.model)
     lively(model.eval())
     ckpt = save_checkpoint(model, work / "model")

@@ -61,3 +61,22 @@ def tiny_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-bundle") / "tiny"
     export("mobileclip-tiny", out, max_batch=4)
     return out
+
+
+@pytest.fixture(scope="session")
+def backend_bundle(tmp_path_factory):
+    """``backend_bundle(name)``: an fp32 bundle of ``mobileclip-tiny`` (seed 0, parity up to batch 2) in backend
+    ``name``'s format, exported once per session and shared by the registry test and that backend's own
+    tests; tests copy it before changing it."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            from mobileclip.export import export
+
+            out = tmp_path_factory.mktemp(f"bundle-{name}") / name
+            export("mobileclip-tiny", out, fmt=name, max_batch=2)
+            made[name] = out
+        return made[name]
+
+    return get

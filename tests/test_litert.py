@@ -30,11 +30,11 @@ MODEL = "mobileclip-tiny"
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory):
-    """A real fp32 export (both towers converted by litert-torch), plus a copy of its .tflite files."""
+def fp32(tmp_path_factory, backend_bundle):
+    """A real fp32 export (both towers converted by litert-torch; the registry test's), plus a copy of its
+    .tflite files."""
     root = tmp_path_factory.mktemp("litert")
-    out = root / "fp32"
-    export(MODEL, out, fmt="litert", precision="fp32", max_batch=2, allow_mismatch=True)
+    out = backend_bundle("litert")
     cache = root / "cache"
     cache.mkdir()
     for t in ("image", "text"):

@@ -52,7 +52,7 @@ from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .base import Backend, BackendUnavailable, ExportOptions, Runner
 from .bundle import BundleError
-from .onnx import QUANT_METHODS
+from .onnx import check_options as check_int8_options
 
 INSTALL_HINT = "pip install 'mobileclip-toolkit[executorch]'"
 DELEGATE = "XnnpackBackend"
@@ -323,17 +323,7 @@ def _is_depthwise_conv(node) -> bool:
 def check_options(o: ExportOptions) -> None:
     """The ONNX backend's int8 rules (``--quant`` / ``--calib`` with int8 only; static needs ``--calib``),
     and no options of other formats."""
-    if o.quant not in QUANT_METHODS:
-        raise ConfigError(f"quantization {o.quant!r} is not known; choose from {list(QUANT_METHODS)}")
-    if o.quant != "auto" and o.precision != "int8":
-        raise ConfigError(f"--quant {o.quant} applies to --precision int8 only")
-    if o.precision == "int8" and o.quant == "static" and not o.calib:
-        raise ConfigError("static int8 quantization needs calibration images: pass --calib <image folder> "
-                          "(real images, one sub-folder per class), or use --quant dynamic")
-    if o.calib and o.precision != "int8":
-        raise ConfigError("--calib applies to --precision int8 only")
-    if o.compress != "none":
-        raise ConfigError("--compress (weight palettization / int8) applies to --format coreml only")
+    check_int8_options(o)
     if o.exporter != "dynamo":
         raise ConfigError(f"--exporter {o.exporter} applies to --format onnx only; ExecuTorch programs are "
                           "captured with torch.export")

@@ -34,7 +34,7 @@ from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .base import Backend, BackendUnavailable, ExportOptions, Runner
 from .bundle import BundleError
-from .onnx import QUANT_METHODS
+from .onnx import check_options as check_int8_options
 
 INSTALL = "pip install 'mobileclip-toolkit[litert]'"
 SIGNATURE = "serving_default"
@@ -131,17 +131,8 @@ def prepare_export() -> None:
 
 
 def check_options(o: ExportOptions) -> None:
-    if o.quant not in QUANT_METHODS:
-        raise ConfigError(f"quantization {o.quant!r} is not known; choose from {list(QUANT_METHODS)}")
-    if o.quant != "auto" and o.precision != "int8":
-        raise ConfigError(f"--quant {o.quant} applies to --precision int8 only")
-    if o.precision == "int8" and o.quant == "static" and not o.calib:
-        raise ConfigError("static int8 quantization needs calibration images: pass --calib <image folder> "
-                          "(real images, one sub-folder per class), or use --quant dynamic")
-    if o.calib and o.precision != "int8":
-        raise ConfigError("--calib applies to --precision int8 only")
-    if o.compress != "none":
-        raise ConfigError("--compress (weight palettization / int8) applies to --format coreml only")
+    """The ONNX backend's int8 rules, and int32 tokens only."""
+    check_int8_options(o)
     if o.token_dtype != "int32":
         raise ConfigError(f"LiteRT takes int32 tokens (it has no int64 arg_max); --token-dtype {o.token_dtype} "
                           "is not available for --format litert")
