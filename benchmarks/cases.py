@@ -23,7 +23,8 @@ CONV_STATIC_INT8 = 0.5         # image towers with more conv FLOPs than this get
 ROW_KEYS = ("model", "runtime", "precision", "quant", "compile", "device", "tower", "batch", "status", "reason",
             "bundle", "io", "threads", "n_runs", "timed_s", "mean_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms",
             "throughput_sps", "peak_rss_mb", "run_rss_mb", "load_rss_mb", "peak_cuda_mb", "artifact_mb",
-            "bundle_mb", "params", "gflops_per_sample", "limit_ms", "gap", "accuracy", "accuracy_source")
+            "bundle_mb", "params", "gflops_per_sample", "limit_ms", "gap", "accuracy", "accuracy_source",
+            "min_cosine")
 
 
 # =========================================================================== model facts
@@ -339,6 +340,17 @@ def _fill(row: dict, case: Optional[Case], facts, peak: dict, cfg: BenchConfig, 
     return row
 
 
+def _parity_cosines(path: Path) -> dict:
+    """Each tower's minimum cosine to PyTorch in the bundle's own parity report (empty when it has none)."""
+    import json
+
+    try:
+        report = json.loads((path / "parity.json").read_text())
+        return {t: min(r["min_cosine"] for r in report[t]) for t in ("image", "text") if report.get(t)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def _bundle_runtime(path: Path, manifest: dict, cfg: BenchConfig, tokenizer) -> Runtime:
     return BundleRuntime(path, manifest, cfg.device, cfg.threads, tokenizer)
 
@@ -391,13 +403,15 @@ def _run_group(g: _Group, cfg: BenchConfig, sources: _Sources, probe: MemoryProb
         rt = _bundle_runtime(path, manifest, cfg, tokenizer)
         runtimes.append(rt)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+        cosine = _parity_cosines(path)
         for tower in cfg.towers:
             entry = manifest["artifacts"][tower]
             for batch in cfg.batches:
                 row = _new_row(cfg, g, rt.name, entry["precision"], tower, batch, io=rt.io,
                                bundle=str(path) + (" (exported by this run)" if exported else ""),
                                quant=entry.get("quantization", {}).get("method"),
-                               artifact_mb=_size_mb(path / entry["file"]), bundle_mb=size)
+                               artifact_mb=_size_mb(path / entry["file"]), bundle_mb=size,
+                               min_cosine=cosine.get(tower))
                 if tower == "text" and tok_error:
                     row.update(status="failed", reason=tok_error)
                     rows.append((row, None, rt))

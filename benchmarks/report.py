@@ -14,6 +14,8 @@ DEFINITIONS = {
                 "the latency that peak would allow",
     "gap": "p50_ms / limit_ms (int8 kernels can beat the fp32 peak, so a gap below 1 is possible)",
     "artifact_mb": "size of the tower's exported file (sum of files for a directory such as a .mlpackage)",
+    "min_cosine": "a bundle tower's minimum cosine to its PyTorch source in the bundle's parity report (parity.json, "
+                  "written by export)",
 }
 
 
@@ -31,15 +33,15 @@ def markdown(result: dict) -> str:
              f"Machine: {machine}; device {env['device']}; torch {env.get('torch')}, onnxruntime "
              f"{env.get('onnxruntime')}; {env['date']}. Measured peak: {p['gflops']:.1f} GFLOP/s ({p['how']}).", "",
              "| model | runtime | precision | tower | batch | p50 ms | p90 ms | p99 ms | samples/s | peak RSS MB "
-             "| size MB | params M | GFLOP/sample | limit ms | gap |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| size MB | cosine | params M | GFLOP/sample | limit ms | gap |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["status"] != "ok":
             continue
         prec = r["precision"] + (f" ({r['quant']})" if r["quant"] else "")
         lines.append(f"| {r['model']} | {r['runtime']} | {prec} | {r['tower']} | {r['batch']} | {_f(r['p50_ms'])} | "
                      f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {_f(r['throughput_sps'], '.1f')} | "
-                     f"{_f(r['peak_rss_mb'], '.0f')} | {_f(r['artifact_mb'], '.1f')} | "
+                     f"{_f(r['peak_rss_mb'], '.0f')} | {_f(r['artifact_mb'], '.1f')} | {_f(r['min_cosine'], '.5f')} | "
                      f"{_f(r['params'] / 1e6 if r['params'] else None)} | {_f(r['gflops_per_sample'], '.3f')} | "
                      f"{_f(r['limit_ms'], '.3f')} | {_f(r['gap'], '.1f')} |")
     other = [r for r in rows if r["status"] != "ok"]

@@ -6,6 +6,7 @@ import math
 import shutil
 import struct
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,6 +199,11 @@ def test_bench_end_to_end_rows(e2e, tiny_bundle):
         assert r["n_runs"] >= 3 and r["timed_s"] >= 0.02
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["throughput_sps"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"])
+        if r["runtime"] == "onnxruntime":   # the bundle's own parity: its cosine to PyTorch, beside its latency
+            report = json.loads((Path(r["bundle"].split(" (")[0]) / "parity.json").read_text())
+            assert r["min_cosine"] == min(x["min_cosine"] for x in report[r["tower"]]) and 0.9 < r["min_cosine"] < 1.0001
+        else:
+            assert r["min_cosine"] is None
         assert r["gflops_per_sample"] > 0 and r["params"] > 0
         assert r["limit_ms"] == pytest.approx(r["gflops_per_sample"] * r["batch"] / peak * 1000)
         assert r["gap"] == pytest.approx(r["p50_ms"] / r["limit_ms"])

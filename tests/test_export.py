@@ -227,7 +227,9 @@ def test_corrupted_artifact_trips_the_parity_check(bundle, tmp_path):
         validate(copy, max_batch=4)
 
 
-@pytest.mark.parametrize("spec", ["open_clip:ViT-B-32", "open_clip:MobileCLIP-S1", "hf"])
+# The two open_clip models take 40-50 s each to export and check: `make test-slow` runs them.
+@pytest.mark.parametrize("spec", [pytest.param("open_clip:ViT-B-32", marks=pytest.mark.slow),
+                                  pytest.param("open_clip:MobileCLIP-S1", marks=pytest.mark.slow), "hf"])
 def test_third_party_models_export_with_fp32_parity(spec, tmp_path, hf_clip_dir):
     spec = f"hf:{hf_clip_dir}" if spec == "hf" else spec
     m = export(spec, tmp_path / "b", max_batch=2)
