@@ -162,8 +162,8 @@ class BundleRuntime(Runtime):
     def inputs(self, tower: str, batch: int) -> np.ndarray:
         fixed = self.runner(tower).fixed_batch
         if fixed and fixed != batch:
-            raise Skip(f"the {tower} artifact has a fixed batch of {fixed}; re-export with a dynamic batch to time "
-                       f"batch {batch}")
+            raise Skip(f"the {tower} artifact has a fixed batch of {fixed}; re-export with --fixed-batch {batch} "
+                       "(or a dynamic batch, where the format has one) to time that batch")
         m = self.manifest
         if tower == "image":
             return _image_batch(batch, int(m["image_size"]), m["mean"], m["std"])
