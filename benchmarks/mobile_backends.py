@@ -183,14 +183,9 @@ def main() -> None:
 
     import onnxruntime
 
-    from importlib.metadata import PackageNotFoundError, version
+    from mobileclip.backends.base import installed_versions
 
-    tools = {}
-    for dist in ("onnxruntime", "litert-torch", "ai-edge-litert", "executorch", "torchao"):
-        try:
-            tools[dist] = version(dist)
-        except PackageNotFoundError:
-            tools[dist] = None
+    tools = installed_versions("onnxruntime", "litert-torch", "ai-edge-litert", "executorch", "torchao")
     cmd = "python -m mobileclip.benchmarks.mobile_backends " + " ".join(sys.argv[1:])
     env = environment(torch=torch.__version__, onnxruntime=onnxruntime.__version__, threads=args.threads, batch=1,
                       **{k.replace("-", "_"): v for k, v in tools.items() if k != "onnxruntime"})

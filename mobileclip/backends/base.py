@@ -54,6 +54,19 @@ class Backend:
     read_io: Optional[Callable] = None
 
 
+def installed_versions(*dists: str) -> dict:
+    """``{distribution: version}`` for those of ``dists`` that are installed (a tool record for manifests)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in dists:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue   # not installed: nothing to record
+    return out
+
+
 def fixed_batch(entry: dict) -> int:
     """The fixed batch of an artifact (its first input's first dimension), or 0 for a dynamic one."""
     try:

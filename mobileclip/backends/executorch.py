@@ -52,6 +52,7 @@ from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .base import Backend, BackendUnavailable, ExportOptions, Runner
 from .bundle import BundleError
+from .base import installed_versions
 from .onnx import check_options as check_int8_options
 
 INSTALL_HINT = "pip install 'mobileclip-toolkit[executorch]'"
@@ -101,15 +102,7 @@ def export_executorch(src, out_dir: Path, options: ExportOptions) -> dict:
 
 
 def _versions(int8: bool) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("executorch",) + (("torchao",) if int8 else ()):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    return installed_versions("executorch", *(("torchao",) if int8 else ()))
 
 
 def _capture(role: str, tower, example):

@@ -23,7 +23,7 @@ import platform
 import re
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import import_module
 from pathlib import Path
 from typing import Optional
@@ -34,6 +34,7 @@ from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .base import Backend, BackendUnavailable, ExportOptions, Runner
 from .bundle import BundleError
+from .base import installed_versions
 from .onnx import check_options as check_int8_options
 
 INSTALL = "pip install 'mobileclip-toolkit[litert]'"
@@ -78,10 +79,8 @@ def _captured_stderr():
         try:
             yield out
         finally:
-            try:
+            with suppress(OSError, ValueError):   # a closed sys.stderr: nothing left to flush
                 sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
             os.dup2(saved, 2)
             os.close(saved)
             f.seek(0)
@@ -332,8 +331,6 @@ def tflite_io(path: Path) -> dict:
 
 def export_litert(src, out_dir: Path, options: ExportOptions) -> dict:
     """Both towers as .tflite files in ``out_dir``; returns their manifest entries."""
-    import importlib.metadata as md
-
     import torch
 
     prepare_export()
@@ -344,12 +341,7 @@ def export_litert(src, out_dir: Path, options: ExportOptions) -> dict:
     x = torch.rand(b, 3, s, s, generator=torch.Generator().manual_seed(o.seed))
     tok = src.tokenizer(["a photo of a dog", "a cat"] * b)[:b].to(torch.int32)
     static = o.precision == "int8" and (o.quant == "static" or (o.quant == "auto" and bool(o.calib)))
-    tools = {}
-    for dist in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer"):
-        try:
-            tools[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
+    tools = installed_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer")
     info = {}
     for role, tower, example in (("image", image_tower, x), ("text", text_tower, tok)):
         path = out_dir / f"{role}.tflite"
