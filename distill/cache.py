@@ -12,6 +12,11 @@ image and stores, per shard of ``shard_size`` samples, memory-mappable ``.npy`` 
       ...                      img_1.npy, txt_1.npy for a second teacher
       shard_00000/sha256.json  the sha256 of each array file of the shard
 
+A cache of *unpaired* data (``manifest["modality"]``) holds one side only: images without
+captions (``aug``, ``ok``, ``img_<t>``; ``captions`` is 0) or texts without images (``ok``,
+``txt_<t>`` with one text per sample; ``augs`` is 1). The trainer checks that such caches
+were built by the same teachers as the paired cache it trains from.
+
 The manifest fingerprints what the embeddings depend on: each teacher's weights (a sha256 of
 its state dict), preprocessing and tokenizer; the dataset (a sha256 per shard over every
 sample's path and captions); K, the crop/flip settings and the seed. Resuming a build, or
@@ -43,7 +48,7 @@ from mobileclip.files import atomic_write_json, disk_full, remove_stale_temps, r
 from mobileclip.hashing import sha256_file
 from mobileclip.errors import ConfigError, MobileCLIPError
 
-from .data import apply_aug, sample_aug
+from .data import apply_aug, modality, sample_aug
 
 FORMAT_VERSION = 2
 
@@ -129,6 +134,9 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
     n = len(source)
     if n == 0:
         raise ConfigError("the dataset has no samples; nothing to cache")
+    kind = modality(source)
+    if kind == "texts":
+        augs = 1   # texts have no augmentations
     n_shards = (n + shard_size - 1) // shard_size
     device = torch.device(device)
     for t in teachers:
@@ -138,7 +146,8 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
     meta = [teacher_fingerprint(t, device) for t in teachers]
     digests = dataset_digests(source, shard_size, progress)
     manifest = {
-        "format_version": FORMAT_VERSION, "teachers": meta, "dataset": source.spec(), "num_samples": n,
+        "format_version": FORMAT_VERSION, "modality": kind, "teachers": meta, "dataset": source.spec(),
+        "num_samples": n,
         "dataset_sha256": hashlib.sha256("".join(digests).encode()).hexdigest(), "dataset_shards": digests,
         "augs": augs, "captions": source.n_captions, "shard_size": shard_size, "num_shards": n_shards,
         "seed": seed, "aug": {"scale": [float(v) for v in scale], "ratio": [float(v) for v in ratio],
@@ -199,16 +208,7 @@ _TEACHER_KEYS = ("weights_sha256", "name", "embed_dim", "logit_scale", "preproce
 
 def manifest_differences(old: dict, new: dict) -> list:
     """What differs between a cache's manifest and a request (empty: the same cache)."""
-    diff = []
-    ot, nt = old.get("teachers", []), new["teachers"]
-    if len(ot) != len(nt):
-        diff.append(f"{len(ot)} teacher(s) in the cache, {len(nt)} given")
-    else:
-        for i, (a, b) in enumerate(zip(ot, nt)):
-            for k in _TEACHER_KEYS:
-                if _jsonable(a.get(k)) != _jsonable(b.get(k)):
-                    what = "weights (sha256 of the state dict)" if k == "weights_sha256" else k
-                    diff.append(f"teacher {i} {what}: {_short(a.get(k))} in the cache, {_short(b.get(k))} now")
+    diff = teacher_differences(old.get("teachers", []), new["teachers"])
     if old.get("num_samples") != new["num_samples"]:
         diff.append(f"the dataset has {new['num_samples']} samples, the cache {old.get('num_samples')}")
     elif old.get("dataset_shards") != new["dataset_shards"]:
@@ -217,9 +217,28 @@ def manifest_differences(old: dict, new: dict) -> list:
         size = new["shard_size"]
         diff.append(f"the dataset's samples differ (paths or captions edited or reordered), first in samples "
                     f"{s * size}..{min(new['num_samples'], (s + 1) * size) - 1} (shard {s})")
-    for k in ("dataset", "augs", "captions", "shard_size", "seed", "aug"):
-        if _jsonable(old.get(k)) != _jsonable(new[k]):
-            diff.append(f"{k}: {_short(old.get(k))} in the cache, {_short(new[k])} now")
+    for k in ("modality", "dataset", "augs", "captions", "shard_size", "seed", "aug"):
+        a, b = _jsonable(old.get(k)), _jsonable(new[k])
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):   # name the keys that differ, not two long dicts
+            diff += [f"{k} {sub}: {_short(a.get(sub))} in the cache, {_short(b.get(sub))} now"
+                     for sub in sorted(set(a) | set(b)) if a.get(sub) != b.get(sub)]
+        else:
+            diff.append(f"{k}: {_short(a)} in the cache, {_short(b)} now")
+    return diff
+
+
+def teacher_differences(ot: list, nt: list, here: str = "in the cache", there: str = "now") -> list:
+    """What differs between two lists of teacher fingerprints (empty: the same teachers)."""
+    if len(ot) != len(nt):
+        return [f"{len(ot)} teacher(s) {here}, {len(nt)} {there}"]
+    diff = []
+    for i, (a, b) in enumerate(zip(ot, nt)):
+        for k in _TEACHER_KEYS:
+            if _jsonable(a.get(k)) != _jsonable(b.get(k)):
+                what = "weights (sha256 of the state dict)" if k == "weights_sha256" else k
+                diff.append(f"teacher {i} {what}: {_short(a.get(k))} {here}, {_short(b.get(k))} {there}")
     return diff
 
 
@@ -253,10 +272,14 @@ def read_manifest(root: Path) -> dict:
     def bad(key, what):
         raise CacheError(f"{str(mpath)!r}: {key} {what}; the manifest was edited or damaged — rebuild the cache")
 
+    kind = m.setdefault("modality", "pairs")
+    if kind not in ("pairs", "images", "texts"):
+        bad("modality", f"must be 'pairs', 'images' or 'texts', got {json.dumps(kind)}")
     for key in ("num_samples", "augs", "captions", "shard_size", "num_shards"):
         v = m.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            bad(key, f"must be a positive integer, got {json.dumps(v)}")
+        low = 0 if (key, kind) == ("captions", "images") else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            bad(key, f"must be {'an integer >= 0' if low == 0 else 'a positive integer'}, got {json.dumps(v)}")
     if m["num_shards"] != -(-m["num_samples"] // m["shard_size"]):
         bad("num_shards", f"is {m['num_shards']}, but {m['num_samples']} samples in shards of {m['shard_size']} "
                           f"make {-(-m['num_samples'] // m['shard_size'])}")
@@ -281,11 +304,15 @@ def read_manifest(root: Path) -> dict:
 
 def _expected_shapes(m: dict, s: int) -> dict:
     rows = min(m["num_samples"], (s + 1) * m["shard_size"]) - s * m["shard_size"]
-    k, c = m["augs"], m["captions"]
-    out = {"aug": ((rows, k, 5), np.float32), "ok": ((rows,), np.bool_)}
+    k, c, kind = m["augs"], m["captions"], m.get("modality", "pairs")
+    out = {"ok": ((rows,), np.bool_)}
+    if kind != "texts":
+        out["aug"] = ((rows, k, 5), np.float32)
     for t, meta in enumerate(m["teachers"]):
-        out[f"img_{t}"] = ((rows, k, meta["embed_dim"]), np.float16)
-        out[f"txt_{t}"] = ((rows, c, meta["embed_dim"]), np.float16)
+        if kind != "texts":
+            out[f"img_{t}"] = ((rows, k, meta["embed_dim"]), np.float16)
+        if kind != "images":
+            out[f"txt_{t}"] = ((rows, c, meta["embed_dim"]), np.float16)
     return out
 
 
@@ -323,6 +350,7 @@ class _ShardItems(torch.utils.data.Dataset):
 
     def __init__(self, teachers, source, indices, augs, seed, scale, ratio, flip_prob):
         self.teachers, self.source, self.indices = teachers, source, list(indices)
+        self.texts_only = modality(source) == "texts"
         self.augs, self.seed, self.scale, self.ratio, self.flip_prob = augs, seed, scale, ratio, flip_prob
 
     def __len__(self):
@@ -331,6 +359,8 @@ class _ShardItems(torch.utils.data.Dataset):
     def __getitem__(self, j):
         i = self.indices[j]
         im, captions = self.source.load(i)
+        if self.texts_only:
+            return {"ok": True, "captions": captions}
         if im is None:
             return {"ok": False, "captions": captions}
         params = [sample_aug(self.seed, i, k, self.scale, self.ratio, self.flip_prob, im.size[0] / im.size[1])
@@ -345,31 +375,37 @@ def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob,
     ds = _ShardItems(teachers, source, indices, augs, seed, scale, ratio, flip_prob)
     per = max(1, batch_size // augs)
     loader = torch.utils.data.DataLoader(ds, batch_size=per, num_workers=num_workers, collate_fn=list)
-    S, C = len(ds), source.n_captions
-    out = {"aug": np.zeros((S, augs, 5), np.float32), "ok": np.zeros(S, bool)}
+    S, C, kind = len(ds), source.n_captions, modality(source)
+    images, texts = kind != "texts", kind != "images"
+    out = {"ok": np.zeros(S, bool)}
+    if images:
+        out["aug"] = np.zeros((S, augs, 5), np.float32)
     for t, teacher in enumerate(teachers):
         d = teacher_dim(teacher, device)
-        out[f"img_{t}"] = np.zeros((S, augs, d), np.float16)
-        out[f"txt_{t}"] = np.zeros((S, C, d), np.float16)
+        if images:
+            out[f"img_{t}"] = np.zeros((S, augs, d), np.float16)
+        if texts:
+            out[f"txt_{t}"] = np.zeros((S, C, d), np.float16)
     j = 0
     for items in loader:
         for t, teacher in enumerate(teachers):
             good = [x for x in items if x["ok"]]
-            if good:
+            if images and good:
                 x = torch.cat([g["inputs"][t] for g in good]).to(device)
                 emb = teacher.encode_image(x, normalize=True).float().cpu().numpy().reshape(len(good), augs, -1)
-            caps = [(x["captions"] * C)[:C] for x in items]  # pad short caption lists by repeating
-            tok = teacher.tokenizer([c for cs in caps for c in cs]).to(device)
-            temb = teacher.encode_text(tok, normalize=True).float().cpu().numpy().reshape(len(items), C, -1)
-            g = 0
-            for r, x in enumerate(items):
-                out[f"txt_{t}"][j + r] = temb[r]
-                if x["ok"]:
-                    out[f"img_{t}"][j + r] = emb[g]
-                    g += 1
+                g = 0
+                for r, x in enumerate(items):
+                    if x["ok"]:
+                        out[f"img_{t}"][j + r] = emb[g]
+                        g += 1
+            if texts:
+                caps = [(x["captions"] * C)[:C] for x in items]  # pad short caption lists by repeating
+                tok = teacher.tokenizer([c for cs in caps for c in cs]).to(device)
+                temb = teacher.encode_text(tok, normalize=True).float().cpu().numpy().reshape(len(items), C, -1)
+                out[f"txt_{t}"][j:j + len(items)] = temb
         for r, x in enumerate(items):
             out["ok"][j + r] = x["ok"]
-            if x["ok"]:
+            if x["ok"] and images:
                 out["aug"][j + r] = x["aug"]
         j += len(items)
     return out
@@ -402,6 +438,7 @@ class TeacherCache:
                              f"shards missing (first: {missing[0]}); rerun cache-teacher with the same arguments "
                              "to finish it")
         self.augs = int(self.manifest["augs"])
+        self.modality = self.manifest["modality"]
         self.shard_size = int(self.manifest["shard_size"])
         self.num_teachers = len(self.manifest["teachers"])
         self._open: dict = {}

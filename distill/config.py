@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -21,6 +22,13 @@ class DataConfig:
     image_size: int = 64  # synthetic: rendered size
     two_object_prob: float = 0.35
     cache: str = ""  # teacher cache directory; when set, teachers are read from it, never run
+    # Unpaired data (needs data.cache): teacher caches of images without captions (cache-teacher --images)
+    # and of texts without images (cache-teacher --texts), built by the same teachers. Each step adds
+    # round(batch_size * ratio) of each to the batch_size paired samples.
+    image_cache: str = ""
+    text_cache: str = ""
+    image_ratio: float = 1.0
+    text_ratio: float = 1.0
     workers: int = 2
 
 
@@ -38,10 +46,15 @@ class LossConfig:
     kd: float = 0.0
     feature: float = 0.0
     icl: float = 0.0
+    # On unpaired data (data.image_cache / data.text_cache): see mobileclip.distill.losses
+    unpaired_feature: float = 0.0
+    unpaired_intra_kd: float = 0.0
+    unpaired_cross_kd: float = 0.0
     local_loss: bool = False
 
     def weights(self) -> dict:
-        return {k: getattr(self, k) for k in ("clip", "siglip", "kd", "feature", "icl")}
+        return {k: getattr(self, k) for k in ("clip", "siglip", "kd", "feature", "icl", "unpaired_feature",
+                                              "unpaired_intra_kd", "unpaired_cross_kd")}
 
 
 @dataclass
@@ -71,6 +84,10 @@ class TrainConfig:
     # open_clip MobileCLIP/MobileCLIP2 file. Tensors that do not fit keep their fresh init and are listed.
     student_pretrained: str = ""
     student_embed_dim: int = 0  # 0: the model's own; else a new embedding size (new projections)
+    # Smaller inputs for small machines (0: the model's own): the image tower's input size (timm towers
+    # take any size) and the text tower's context length. Recorded in the student's config.json.
+    student_image_size: int = 0
+    student_context_length: int = 0
     teachers: list = field(default_factory=list)  # teacher specs, run online when data.cache is empty
     out: str = "runs/distill"
     steps: int = 200
@@ -80,6 +97,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
     device: str = "auto"
+    threads: int = 0  # CPU threads for PyTorch (torch.set_num_threads); 0 keeps PyTorch's default
     log_every: int = 10
     ckpt_every: int = 100
     max_bad_steps: int = 20  # non-finite losses tolerated (each skips its step) before aborting
@@ -144,6 +162,38 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
     return cfg
 
 
+def _validate_unpaired(cfg: TrainConfig) -> None:
+    from .losses import UNPAIRED_LOSSES
+
+    d, w = cfg.data, cfg.losses.weights()
+    unpaired_losses = sorted(k for k in UNPAIRED_LOSSES if w.get(k))
+    caches = [k for k in ("image_cache", "text_cache") if getattr(d, k)]
+    for key in ("image_ratio", "text_ratio"):
+        v = getattr(d, key)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"data.{key}: must be a number >= 0, got {v}")
+    if unpaired_losses and not caches:
+        raise ConfigError(f"losses {unpaired_losses} train on unpaired data: set data.image_cache=DIR (cache-teacher "
+                          "--images) and/or data.text_cache=DIR (cache-teacher --texts)")
+    if caches and not unpaired_losses:
+        raise ConfigError(f"data.{caches[0]} is set but no unpaired loss has a weight: set one of "
+                          f"{sorted(UNPAIRED_LOSSES)} (e.g. losses.unpaired_cross_kd=1.0), or drop data.{caches[0]}")
+    if caches and not d.cache:
+        raise ConfigError(f"data.{caches[0]} needs data.cache: unpaired data is trained against cached teacher "
+                          "embeddings, so the paired data must come from a cache of the same teachers too")
+    for key, ratio in (("image_cache", "image_ratio"), ("text_cache", "text_ratio")):
+        path = getattr(d, key)
+        if not path:
+            continue
+        if not (Path(path) / "manifest.json").is_file():
+            raise ConfigError(f"data.{key}: {path!r} is not a teacher cache (no manifest.json); build one with "
+                              f"`mobileclip cache-teacher --{key.split('_')[0]}s ...`")
+        n = round(cfg.batch_size * getattr(d, ratio))
+        if n < 1:
+            raise ConfigError(f"data.{ratio}: {getattr(d, ratio)} x batch_size {cfg.batch_size} gives no unpaired "
+                              f"samples per step; raise it or drop data.{key}")
+
+
 def _validate(cfg: TrainConfig) -> None:
     def bad(key, msg):
         return ConfigError(f"{key}: {msg}")
@@ -153,8 +203,12 @@ def _validate(cfg: TrainConfig) -> None:
             raise bad(key, "must be positive")
     if cfg.batch_size % cfg.accum_steps:
         raise bad("accum_steps", f"must divide batch_size ({cfg.batch_size})")
-    if cfg.student_embed_dim < 0:
-        raise bad("student_embed_dim", "must be >= 0 (0 keeps the model's own)")
+    for key, low in (("student_embed_dim", 1), ("student_image_size", 16), ("student_context_length", 2)):
+        v = getattr(cfg, key)
+        if v < 0 or 0 < v < low:
+            raise bad(key, f"must be 0 (the model's own) or at least {low}, got {v}")
+    if cfg.threads < 0:
+        raise bad("threads", f"must be >= 0 (0: PyTorch's default), got {cfg.threads}")
     from mobileclip.factory import resolve_student_name
 
     resolve_student_name(cfg.student)   # open_clip archs that cannot be students fail here, before any work
@@ -180,6 +234,7 @@ def _validate(cfg: TrainConfig) -> None:
                                                          if Path(cfg.data.path).is_dir() else "does not exist"))
     if cfg.data.cache and not (Path(cfg.data.cache) / "manifest.json").is_file():
         raise bad("data.cache", f"{cfg.data.cache!r} is not a teacher cache (no manifest.json)")
+    _validate_unpaired(cfg)
     if not 0 <= cfg.aug.flip_prob <= 1:
         raise bad("aug.flip_prob", "must be within [0, 1]")
     sc, ra = cfg.aug.scale, cfg.aug.ratio

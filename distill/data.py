@@ -206,16 +206,139 @@ def _caption_text(raw: bytes, ext: str) -> str:
     return text.strip()
 
 
+# ------------------------------------------------------------------ unpaired sources
+#
+# Same interface as the pair sources, with ``modality`` "images" (``load(i) -> (image or None, [])``,
+# no captions) or "texts" (``load(i) -> (None, [text])``, no image). The teacher cache stores image
+# embeddings (with replayable augmentations) for the first, text embeddings for the second.
+
+class ImageFiles:
+    """Images without captions: every image file under a folder, recursively, sorted by relative path
+    (hidden files and folders left out). Unreadable files are skipped and counted like any other."""
+
+    modality = "images"
+    n_captions = 0
+
+    def __init__(self, root: str) -> None:
+        from mobileclip.data.datasets import IMAGE_EXTENSIONS
+
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DatasetError(f"image folder {str(self.root)!r} " + ("is a file; give the folder that holds the "
+                                                                      "images" if self.root.exists()
+                                                                      else "does not exist"))
+        self.files = sorted(
+            (f for f in self.root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+             and not any(part.startswith(".") for part in f.relative_to(self.root).parts)),
+            key=lambda f: f.relative_to(self.root).as_posix())
+        if not self.files:
+            raise DatasetError(f"{str(self.root)!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)}, "
+                               "in sub-folders too)")
+        self.args = dict(root=str(self.root.resolve()))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, i: int):
+        try:
+            return load_image(self.files[i]), []
+        except IMAGE_READ_ERRORS:
+            return None, []
+
+    def spec(self) -> dict:
+        return {"kind": "images", **self.args}
+
+    def identity(self, i: int) -> str:
+        return self.files[i].relative_to(self.root).as_posix()
+
+
+class TextLines:
+    """Texts without images: one per line of a UTF-8 text file; blank lines are left out."""
+
+    modality = "texts"
+    n_captions = 1
+
+    def __init__(self, path: str) -> None:
+        from mobileclip.data.datasets import read_utf8
+
+        p = Path(path).expanduser()
+        if p.is_dir():
+            raise DatasetError(f"text file {str(p)!r} is a directory; give a UTF-8 text file with one text per line")
+        if not p.is_file():
+            raise DatasetError(f"text file {str(p)!r} does not exist")
+        self.texts = [ln.strip() for ln in read_utf8(p, "text file").splitlines() if ln.strip()]
+        if not self.texts:
+            raise DatasetError(f"text file {str(p)!r} holds no text (one text per line)")
+        self.args = dict(path=str(p.resolve()))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def load(self, i: int):
+        return None, [self.texts[i]]
+
+    def spec(self) -> dict:
+        return {"kind": "texts", **self.args}
+
+    def identity(self, i: int) -> str:
+        return self.texts[i]
+
+
+class SyntheticImages(SyntheticPairs):
+    """The synthetic generator's images without their captions (e.g. the ``novel`` split: colour-shape
+    pairs the paired training data never shows)."""
+
+    modality = "images"
+
+    def __init__(self, *a, **k) -> None:
+        super().__init__(*a, **k)
+        self.n_captions = 0
+
+    def load(self, i: int):
+        return Image.fromarray(self.gen[i].image), []
+
+    def spec(self) -> dict:
+        return {"kind": "synthetic-images", **self.args}
+
+    def identity(self, i: int) -> str:
+        return str(i)
+
+
+class SyntheticTexts(SyntheticPairs):
+    """The synthetic generator's captions without their images (each sample's first caption)."""
+
+    modality = "texts"
+
+    def __init__(self, *a, **k) -> None:
+        super().__init__(*a, **k)
+        self.n_captions = 1
+
+    def load(self, i: int):
+        return None, [self.gen[i].captions[0]]
+
+    def spec(self) -> dict:
+        return {"kind": "synthetic-texts", **self.args}
+
+    def identity(self, i: int) -> str:
+        return f"{i}\t{self.gen[i].captions[0]}"
+
+
+SOURCE_KINDS = {"synthetic": SyntheticPairs, "captions": CaptionPairs, "webdataset": WebDatasetPairs,
+                "images": ImageFiles, "texts": TextLines, "synthetic-images": SyntheticImages,
+                "synthetic-texts": SyntheticTexts}
+
+
+def modality(source) -> str:
+    """``"pairs"``, ``"images"`` (no captions) or ``"texts"`` (no images)."""
+    return getattr(source, "modality", "pairs")
+
+
 def source_from_spec(spec: dict):
     kind = spec.get("kind")
     args = {k: v for k, v in spec.items() if k != "kind"}
-    if kind == "synthetic":
-        return SyntheticPairs(**args)
-    if kind == "captions":
-        return CaptionPairs(**args)
-    if kind == "webdataset":
-        return WebDatasetPairs(**args)
-    raise ConfigError(f"unknown data source kind {kind!r}; known: ['synthetic', 'captions', 'webdataset']")
+    if kind not in SOURCE_KINDS:
+        raise ConfigError(f"unknown data source kind {kind!r}; known: {sorted(SOURCE_KINDS)}")
+    return SOURCE_KINDS[kind](**args)
 
 
 # ------------------------------------------------------------------ augmentations
@@ -302,14 +425,62 @@ class TrainSamples(torch.utils.data.Dataset):
         return item
 
 
+class UnpairedSamples(torch.utils.data.Dataset):
+    """Items of an unpaired teacher cache, keyed ``(index, epoch)`` like :class:`TrainSamples`.
+
+    * images (``cache.modality == "images"``): ``ui_index``, ``ui_image`` — the student's input for one
+      of the cached augmentations (chosen by ``(seed, epoch, index)``) — and ``ui_t_image``, the
+      teachers' cached embeddings of that crop;
+    * texts: ``ut_index``, ``ut_tokens`` and ``ut_t_text``.
+
+    An unreadable image gives ``{"skip": "image-only <index>"}``.
+    """
+
+    def __init__(self, source, cache, student_preprocess: Callable, student_tokenizer: Callable, seed: int) -> None:
+        self.source, self.cache, self.pp, self.tok, self.seed = source, cache, student_preprocess, student_tokenizer, seed
+        self.images = cache.modality == "images"
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key):
+        i, epoch = key
+        im, texts = self.source.load(i)
+        if not self.images:
+            emb = self.cache.text_embedding(i, 0).astype(np.float32)
+            return {"ut_index": i, "ut_tokens": self.tok([texts[0]])[0], "ut_t_text": torch.from_numpy(emb)}
+        if im is None or not self.cache.ok(i):
+            return {"skip": f"image-only {i}"}
+        k = int(np.random.default_rng([self.seed, 13, epoch, i]).integers(self.cache.augs))
+        crop = apply_aug(im, self.cache.aug(i, k))
+        return {"ui_index": i, "ui_image": self.pp(crop),
+                "ui_t_image": torch.from_numpy(self.cache.image_embedding(i, k).astype(np.float32))}
+
+
+class MixedSamples(torch.utils.data.Dataset):
+    """Paired samples and unpaired parts behind one dataset: key ``(part, index, epoch)``, part 0 the
+    paired :class:`TrainSamples`, then each :class:`UnpairedSamples`."""
+
+    def __init__(self, parts: Sequence) -> None:
+        self.parts = list(parts)
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def __getitem__(self, key):
+        part, i, epoch = key
+        return self.parts[part][(i, epoch)]
+
+
 def collate_train(items: list) -> dict:
-    """Stack readable items; unreadable ones are dropped and their indices returned."""
+    """Stack readable items; unreadable ones are dropped and their indices returned. Items of different
+    parts (paired, ``ui_*`` image-only, ``ut_*`` text-only) have different keys; each key is stacked over
+    the items that have it."""
     kept = [x for x in items if "skip" not in x]
     batch = {"skipped": [x["skip"] for x in items if "skip" in x]}
-    if kept:
-        for key in kept[0]:
-            vals = [x[key] for x in kept]
-            batch[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
+    for key in dict.fromkeys(k for x in kept for k in x):
+        vals = [x[key] for x in kept if key in x]
+        batch[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
     return batch
 
 
@@ -322,21 +493,44 @@ class StepBatches(torch.utils.data.Sampler):
     """
 
     def __init__(self, n: int, global_batch: int, steps: int, seed: int, rank: int = 0, world: int = 1,
-                 start_step: int = 0) -> None:
+                 start_step: int = 0, stream: int = 11, what: str = "the dataset") -> None:
         if global_batch > n:
-            raise ConfigError(f"batch size {global_batch} is larger than the dataset ({n} samples)")
+            raise ConfigError(f"batch size {global_batch} is larger than {what} ({n} samples)")
         if global_batch % world:
-            raise ConfigError(f"batch size {global_batch} is not divisible by the {world} processes")
-        self.n, self.b, self.steps, self.seed = n, global_batch, steps, seed
+            raise ConfigError(f"batch size {global_batch} of {what} is not divisible by the {world} processes")
+        self.n, self.b, self.steps, self.seed, self.stream = n, global_batch, steps, seed, stream
         self.rank, self.world, self.start = rank, world, start_step
         self.per_epoch = n // global_batch  # drop the ragged tail of each epoch
 
     def indices_for_step(self, step: int) -> list:
         epoch, pos = divmod(step, self.per_epoch)
-        perm = np.random.default_rng([self.seed, 11, epoch]).permutation(self.n)
+        perm = np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.n)
         glob = perm[pos * self.b:(pos + 1) * self.b]
         per = self.b // self.world
         return [(int(i), epoch) for i in glob[self.rank * per:(self.rank + 1) * per]]
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            yield self.indices_for_step(step)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+class MixedStepBatches(torch.utils.data.Sampler):
+    """:class:`StepBatches` for paired data plus unpaired parts: each step's list holds ``(0, i, epoch)``
+    for its paired samples, then ``(p, j, epoch_p)`` for each unpaired part ``p``, every part drawn from
+    its own step-seeded permutation (its own epochs), so a step's data still depends only on its number."""
+
+    def __init__(self, parts: Sequence[tuple], steps: int, seed: int, rank: int = 0, world: int = 1,
+                 start_step: int = 0) -> None:
+        """``parts``: ``(number of samples, global count per step, name)`` per part, paired first."""
+        self.samplers = [StepBatches(n, b, steps, seed, rank, world, start_step, stream=11 + 2 * p, what=name)
+                         for p, (n, b, name) in enumerate(parts)]
+        self.steps, self.start = steps, start_step
+
+    def indices_for_step(self, step: int) -> list:
+        return [(p, i, e) for p, s in enumerate(self.samplers) for i, e in s.indices_for_step(step)]
 
     def __iter__(self):
         for step in range(self.start, self.steps):

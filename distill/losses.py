@@ -9,6 +9,11 @@ sums the terms with weights from the config.
 * :class:`TeacherOut` — normalized teacher features, one ``[N, D_t]`` tensor per teacher
   (an ensemble; sizes may differ), and each teacher's exponentiated logit scale ``[T]``.
 
+Both may also carry *unpaired* features: ``image_only`` (images without captions) and
+``text_only`` (texts without images), whose teacher embeddings come from their own caches.
+The paired losses ignore them; the ``unpaired_*`` losses use them (with the paired rows of
+the step as more columns where a term compares across items).
+
 Adding a loss is one class here plus one ``@register_loss`` line.
 """
 from __future__ import annotations
@@ -22,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {}
-TEACHER_LOSSES = {"kd", "feature", "icl"}  # losses that need teacher outputs
+TEACHER_LOSSES = {"kd", "feature", "icl", "unpaired_feature", "unpaired_intra_kd", "unpaired_cross_kd"}
+UNPAIRED_LOSSES = {"unpaired_feature", "unpaired_intra_kd", "unpaired_cross_kd"}  # need image-/text-only data
 
 
 def register_loss(name: str):
@@ -40,6 +46,8 @@ class StudentOut:
     text_features: torch.Tensor
     logit_scale: torch.Tensor  # exp of the learnable log scale
     logit_bias: Optional[torch.Tensor] = None
+    image_only: Optional[torch.Tensor] = None  # [M, D] images without captions
+    text_only: Optional[torch.Tensor] = None   # [L, D] texts without images
 
 
 @dataclass
@@ -47,6 +55,8 @@ class TeacherOut:
     image_features: Sequence[torch.Tensor]  # per teacher [N, D_t] (a stacked [T, N, D] tensor works too)
     text_features: Sequence[torch.Tensor]
     logit_scale: torch.Tensor  # [T], exponentiated
+    image_only: Optional[Sequence[torch.Tensor]] = None  # per teacher [M, D_t]
+    text_only: Optional[Sequence[torch.Tensor]] = None   # per teacher [L, D_t]
 
 
 def _labels(n: int, device) -> torch.Tensor:
@@ -169,6 +179,117 @@ class ICLLoss(nn.Module):
             b = s.logit_scale * st @ t.image_features[k].T
             total = total + (F.cross_entropy(a, labels) + F.cross_entropy(b, labels)) / 2
         return {"icl_loss": total / len(t.image_features)}
+
+
+def _rows(x) -> int:
+    return 0 if x is None else int(x.shape[0])
+
+
+def _sides(s: StudentOut, t: TeacherOut) -> list:
+    """The unpaired sides present: ``(student rows, teacher rows per teacher, student columns, teacher
+    columns per teacher, the other modality's student columns, ... teacher columns)`` for images, then texts.
+
+    Same-modality columns are every item of that modality in the step (paired first, then unpaired);
+    cross-modality columns every item of the other modality."""
+    out = []
+    T = len(t.image_features)
+    for mine, other in (("image", "text"), ("text", "image")):
+        s_rows, t_rows = getattr(s, f"{mine}_only"), getattr(t, f"{mine}_only")
+        if _rows(s_rows) == 0:
+            continue
+
+        def cat(a, b):
+            return a if _rows(b) == 0 else torch.cat([a, b])
+
+        s_same = cat(getattr(s, f"{mine}_features"), s_rows)
+        t_same = [cat(getattr(t, f"{mine}_features")[k], t_rows[k]) for k in range(T)]
+        s_cross = cat(getattr(s, f"{other}_features"), getattr(s, f"{other}_only"))
+        t_other = getattr(t, f"{other}_only")
+        t_cross = [cat(getattr(t, f"{other}_features")[k], None if t_other is None else t_other[k])
+                   for k in range(T)]
+        out.append((s_rows, t_rows, s_same, t_same, s_cross, t_cross))
+    return out
+
+
+@register_loss("unpaired_feature")
+class UnpairedFeatureLoss(nn.Module):
+    """Feature distillation on unpaired items: each image without a caption pulls the student's
+    (projected, renormalized) image embedding to the teacher's, each text without an image its text
+    embedding; ``2 - 2·cos`` per item, averaged over items of each side, the sides and the teachers."""
+
+    def __init__(self, student_dim: int = 0, teacher_dims: Optional[list] = None, **_: object) -> None:
+        super().__init__()
+        self.proj = _Projections(student_dim, list(teacher_dims or [student_dim]))
+
+    def forward(self, s: StudentOut, t: TeacherOut) -> dict:
+        sides = _sides(s, t)
+        total = s.image_features.new_zeros(())
+        for s_rows, t_rows, *_ in sides:
+            for k in range(len(t_rows)):
+                total = total + ((self.proj(s_rows, k) - t_rows[k]) ** 2).sum(-1).mean()
+        n = len(sides) * len(t.image_features)
+        return {"unpaired_feature_loss": total / n if n else total}
+
+
+def _kd_rows(t_rows, t_cols, scales, s_rows, s_cols, s_scale, exclude_self_from: Optional[int] = None):
+    """Mean KL(teacher || student) over rows of row-vs-column similarity distributions. With several
+    teachers the target is the mean of their probabilities. ``exclude_self_from``: row i is column
+    ``exclude_self_from + i`` (itself), which is left out of both distributions."""
+    mask = None
+    if exclude_self_from is not None:
+        m = s_rows.shape[0]
+        mask = torch.zeros(m, s_cols.shape[0], dtype=torch.bool, device=s_rows.device)
+        mask[torch.arange(m), exclude_self_from + torch.arange(m)] = True
+    probs = []
+    for k in range(len(t_rows)):
+        logits = scales[k] * t_rows[k] @ t_cols[k].T
+        if mask is not None:
+            logits = logits.masked_fill(mask, -math.inf)
+        probs.append(logits.softmax(dim=1))
+    p = torch.stack(probs).mean(dim=0)
+    sl = s_scale * s_rows @ s_cols.T
+    if mask is not None:
+        sl = sl.masked_fill(mask, -1e4)   # finite: its target probability is 0, so it adds nothing to the KL
+    return _kl_rows(p, sl)
+
+
+@register_loss("unpaired_intra_kd")
+class UnpairedIntraKDLoss(nn.Module):
+    """Relational KD within a modality: for each image without a caption, the teacher's distribution
+    over the step's other images (paired and unpaired; itself left out) at the teacher's temperature,
+    matched by the student's at its own; each text without an image likewise over the step's other
+    texts. KL averaged over rows, then over the sides present."""
+
+    def __init__(self, **_: object) -> None:
+        super().__init__()
+
+    def forward(self, s: StudentOut, t: TeacherOut) -> dict:
+        sides = _sides(s, t)
+        total = s.image_features.new_zeros(())
+        for s_rows, t_rows, s_same, t_same, _, _ in sides:
+            offset = s_same.shape[0] - s_rows.shape[0]   # the unpaired rows come after the paired ones
+            total = total + _kd_rows(t_rows, t_same, t.logit_scale, s_rows, s_same, s.logit_scale, offset)
+        return {"unpaired_intra_kd_loss": total / len(sides) if sides else total}
+
+
+@register_loss("unpaired_cross_kd")
+class UnpairedCrossKDLoss(nn.Module):
+    """Cross-modal KD from unpaired data: for each image without a caption, the teacher's image→text
+    distribution over a bank of texts — the step's captions and texts without images, as the teacher
+    embeds them — matched by the student's distribution over its own embeddings of the same texts;
+    each text without an image likewise over the step's images. This teaches the student which
+    captions fit an image (and which images a text) without any pair. KL averaged over rows, then
+    over the sides present."""
+
+    def __init__(self, **_: object) -> None:
+        super().__init__()
+
+    def forward(self, s: StudentOut, t: TeacherOut) -> dict:
+        sides = _sides(s, t)
+        total = s.image_features.new_zeros(())
+        for s_rows, t_rows, _, _, s_cross, t_cross in sides:
+            total = total + _kd_rows(t_rows, t_cross, t.logit_scale, s_rows, s_cross, s.logit_scale)
+        return {"unpaired_cross_kd_loss": total / len(sides) if sides else total}
 
 
 def build_losses(weights: dict, student_dim: int, teacher_dims: list, local_loss: bool = False) -> nn.ModuleDict:

@@ -35,10 +35,11 @@ from mobileclip.checkpoint import save_checkpoint, unwrap
 from mobileclip.files import atomic_write, atomic_write_json, disk_full, old_dir_for, replace_dir, temp_dir_for
 from mobileclip.errors import ConfigError, MobileCLIPError
 
-from .cache import TeacherCache, teacher_dim
+from .cache import CacheError, TeacherCache, teacher_differences, teacher_dim
 from .config import TrainConfig
 from .data import (
-    CaptionPairs, StepBatches, SyntheticPairs, TrainSamples, WebDatasetPairs, collate_train, source_from_spec,
+    CaptionPairs, MixedSamples, MixedStepBatches, StepBatches, SyntheticPairs, TrainSamples, UnpairedSamples,
+    WebDatasetPairs, collate_train, source_from_spec,
 )
 from .losses import StudentOut, TeacherOut, build_losses, max_logit_scale
 
@@ -186,11 +187,22 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * cos
 
 
+UNPAIRED_PREFIXES = ("ui_", "ut_")   # image-only and text-only items in a batch (see data.UnpairedSamples)
+
+
 def _split(batch: dict, n: int) -> list:
+    """``n`` micro-batches; the paired rows and each unpaired part are split separately, in order."""
     keys = [k for k in batch if k != "skipped"]
-    size = batch[keys[0]].shape[0]
-    bounds = [round(i * size / n) for i in range(n + 1)]
-    return [{k: batch[k][bounds[i]:bounds[i + 1]] for k in keys} for i in range(n) if bounds[i + 1] > bounds[i]]
+    groups: dict = {}
+    for k in keys:
+        groups.setdefault(next((p for p in UNPAIRED_PREFIXES if k.startswith(p)), ""), []).append(k)
+    bounds = {g: [round(i * batch[ks[0]].shape[0] / n) for i in range(n + 1)] for g, ks in groups.items()}
+    chunks = []
+    for i in range(n):
+        if all(b[i + 1] == b[i] for b in bounds.values()):
+            continue
+        chunks.append({k: batch[k][bounds[g][i]:bounds[g][i + 1]] for g, ks in groups.items() for k in ks})
+    return chunks
 
 
 RUN_MARKERS = ("train_config.yaml", "metrics.jsonl", "summary.json", "last", "student", "eval.jsonl",
@@ -243,6 +255,8 @@ class Trainer:
         from mobileclip.teachers import load_teacher
 
         self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         check_run_dir(Path(cfg.out), resume, overwrite, main=int(os.environ.get("RANK", "0")) == 0)
         if resume:
             find_resume_dir(Path(resume))   # a clear error before any model is built
@@ -282,6 +296,9 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.env.rank)  # rank-specific randomness from here on
         self.dataset = TrainSamples(self.source, self.preprocess, self.tokenizer, cfg.seed, dataclass_dict(cfg.aug),
                                     cache=self.cache, teachers=self.teachers)
+        self.unpaired = self._unpaired_parts()
+        if self.unpaired:
+            self.dataset = MixedSamples([self.dataset] + [p["dataset"] for p in self.unpaired])
 
         # --- optimisation
         self.params = [p for m in (self.student, self.losses) for p in m.parameters() if p.requires_grad]
@@ -302,17 +319,44 @@ class Trainer:
         if resume:
             self.load_state(Path(resume))
 
+    def _unpaired_parts(self) -> list:
+        """The image-only and text-only caches, checked against the paired cache's teachers and their data."""
+        parts = []
+        for key, kind, ratio in (("image_cache", "images", "image_ratio"), ("text_cache", "texts", "text_ratio")):
+            path = getattr(self.cfg.data, key)
+            if not path:
+                continue
+            cache = TeacherCache(path)
+            if cache.modality != kind:
+                raise ConfigError(f"data.{key}: {path!r} is a cache of {cache.modality}, not of {kind} without "
+                                  f"{'captions' if kind == 'images' else 'images'}; build one with "
+                                  f"`mobileclip cache-teacher --{kind} ...`")
+            diff = teacher_differences(self.cache.manifest["teachers"], cache.manifest["teachers"],
+                                       "in data.cache", f"in data.{key}")
+            if diff:
+                raise CacheError(f"data.{key} ({path!r}) was built by other teachers than data.cache: "
+                                 f"{'; '.join(diff)}. Its embeddings would not be comparable; rebuild it with the "
+                                 "same --teacher")
+            source = source_from_spec(cache.manifest["dataset"])
+            cache.check_source(source, progress=self.cfg.progress and self.env.main)
+            parts.append({"kind": kind, "cache": cache, "source": source,
+                          "per_step": round(self.cfg.batch_size * getattr(self.cfg.data, ratio)),
+                          "dataset": UnpairedSamples(source, cache, self.preprocess, self.tokenizer, self.cfg.seed)})
+        return parts
+
     def _build_student(self, resume: Optional[str]) -> tuple:
         """The student: on resume the run's own network (from its last/student/config.json, whatever the
         registered model has become since), else from the config, with its initial weights."""
         from mobileclip.checkpoint import CONFIG_NAME, read_config
         from mobileclip.config import architecture_differences
-        from mobileclip.factory import create_model, create_student, resolve_student_name
-        from mobileclip.zoo import get_model_config, list_models
+        from mobileclip.factory import create_model, create_student, resolve_student_name, student_config
+        from mobileclip.zoo import list_models
 
         saved = find_resume_dir(Path(resume)) / "student" if resume else None
         if saved is None or not (saved / CONFIG_NAME).is_file():
-            return create_student(self.cfg.student, self.cfg.student_pretrained or None, self.cfg.student_embed_dim)
+            return create_student(self.cfg.student, self.cfg.student_pretrained or None, self.cfg.student_embed_dim,
+                                  image_size=self.cfg.student_image_size,
+                                  context_length=self.cfg.student_context_length)
         arch = read_config(saved).get("architecture", {})
         name = resolve_student_name(self.cfg.student)[0]
         want = name if name in list_models() else read_config(Path(name)).get("architecture", {}).get("name")
@@ -321,7 +365,9 @@ class Trainer:
                                 f"this config's student is {self.cfg.student!r}")
         model, preprocess, tokenizer = create_model(str(saved))   # weights replaced by train_state.pt's below
         if name in list_models() and self.env.main:
-            diff = architecture_differences(arch, get_model_config(name), ignore=("embed_dim",))
+            want_cfg = student_config(name, self.cfg.student_embed_dim, self.cfg.student_image_size,
+                                      self.cfg.student_context_length)[0]
+            diff = architecture_differences(arch, want_cfg)
             if diff:
                 print(f"resuming on the run's own {name} network, which differs from today's registered one "
                       f"({'; '.join(diff[:3])})")
@@ -395,19 +441,35 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=dtype)
         return nullcontext()
 
-    def student_features(self, chunk: dict):
+    def student_features(self, chunk: dict) -> dict:
+        """Student embeddings by group: ``img``/``txt`` (paired), ``uimg`` (image-only), ``utxt`` (text-only).
+        Unpaired inputs go through the tower in the same call as the paired ones."""
+        images, tokens = chunk["image"], chunk["tokens"]
+        if "ui_image" in chunk:
+            images = torch.cat([images, chunk["ui_image"]])
+        if "ut_tokens" in chunk:
+            tokens = torch.cat([tokens, chunk["ut_tokens"]])
         with self.autocast():
-            img = self.encode_image(chunk["image"], normalize=True)
-            txt = self.encode_text(chunk["tokens"], normalize=True)
-        return img.float(), txt.float()
+            img = self.encode_image(images, normalize=True).float()
+            txt = self.encode_text(tokens, normalize=True).float()
+        n, m = chunk["image"].shape[0], chunk["tokens"].shape[0]
+        out = {"img": img[:n], "txt": txt[:m]}
+        if "ui_image" in chunk:
+            out["uimg"] = img[n:]
+        if "ut_tokens" in chunk:
+            out["utxt"] = txt[m:]
+        return out
 
     @torch.no_grad()
-    def teacher_features(self, chunk: dict) -> Optional[tuple]:
+    def teacher_features(self, chunk: dict) -> Optional[dict]:
+        """Teacher embeddings by group (as :meth:`student_features`), one ``[b, D_t]`` tensor per teacher."""
         if self.cache is not None:  # [b, sum of teacher dims] -> one [b, D_t] per teacher
             dims = self.cache.teacher_dims
-            ti = [F.normalize(x.float(), dim=-1) for x in chunk["t_image"].split(dims, dim=1)]
-            tt = [F.normalize(x.float(), dim=-1) for x in chunk["t_text"].split(dims, dim=1)]
-            return ti, tt
+            out = {}
+            for group, key in (("img", "t_image"), ("txt", "t_text"), ("uimg", "ui_t_image"), ("utxt", "ut_t_text")):
+                if key in chunk:
+                    out[group] = [F.normalize(x.float(), dim=-1) for x in chunk[key].split(dims, dim=1)]
+            return out
         if not self.teachers:
             return None
         imgs, txts = [], []
@@ -415,16 +477,24 @@ class Trainer:
             with self.autocast():
                 imgs.append(teacher.encode_image(chunk[f"t_inputs_{t}"], normalize=True).float())
                 txts.append(teacher.encode_text(chunk[f"t_tokens_{t}"], normalize=True).float())
-        return imgs, txts
+        return {"img": imgs, "txt": txts}
 
-    def loss_terms(self, img: torch.Tensor, txt: torch.Tensor, teacher: Optional[tuple]) -> tuple:
+    def loss_terms(self, feats: dict, teacher: Optional[dict]) -> tuple:
         w = self.env.world
-        s = StudentOut(gather(img, w, True), gather(txt, w, True), self.student.logit_scale.exp(),
-                       self.student.logit_bias)
+        img = feats["img"]
+
+        def opt(group, grad):
+            return gather(feats[group], w, grad) if group in feats else None
+
+        s = StudentOut(gather(img, w, True), gather(feats["txt"], w, True), self.student.logit_scale.exp(),
+                       self.student.logit_bias, image_only=opt("uimg", True), text_only=opt("utxt", True))
         t = None
         if teacher is not None:
-            t = TeacherOut([gather(x, w, False) for x in teacher[0]], [gather(x, w, False) for x in teacher[1]],
-                           self.teacher_scales)
+            def per_teacher(group):
+                return [gather(x, w, False) for x in teacher[group]] if group in teacher else None
+
+            t = TeacherOut(per_teacher("img"), per_teacher("txt"), self.teacher_scales,
+                           image_only=per_teacher("uimg"), text_only=per_teacher("utxt"))
         terms = {}
         for name, mod in self.losses.items():
             kwargs = {}
@@ -449,39 +519,42 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         teacher = [self.teacher_features(c) for c in chunks]
         t_all = None
-        if teacher[0] is not None:  # per teacher, the micro-batches concatenated
-            t_all = tuple([torch.cat([c[side][k] for c in teacher]) for k in range(len(teacher[0][side]))]
-                          for side in (0, 1))
+        if teacher[0] is not None:  # per group and teacher, the micro-batches concatenated
+            t_all = {g: [torch.cat([c[g][k] for c in teacher]) for k in range(len(teacher[0][g]))]
+                     for g in teacher[0]}
         if len(chunks) == 1:
-            img, txt = self.student_features(chunks[0])
-            total, terms, extra = self.loss_terms(img, txt, t_all)
+            total, terms, extra = self.loss_terms(self.student_features(chunks[0]), t_all)
             finite = not any_rank(not torch.isfinite(total).item(), self.env.world, self.device)
             if finite:
                 self.scaler.scale(total).backward()
         else:
             # GradCache: features without a graph, the loss once, then per-chunk backward.
             rng = []
-            feats = []
+            parts = []
             cuda = self.device.type == "cuda"
             with torch.no_grad():
                 for c in chunks:
                     rng.append((torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None))
-                    feats.append(self.student_features(c))
-            img = torch.cat([f[0] for f in feats]).requires_grad_()
-            txt = torch.cat([f[1] for f in feats]).requires_grad_()
-            total, terms, extra = self.loss_terms(img, txt, t_all)
+                    parts.append(self.student_features(c))
+            feats = {g: torch.cat([p[g] for p in parts]).requires_grad_() for g in parts[0]}
+            total, terms, extra = self.loss_terms(feats, t_all)
             finite = not any_rank(not torch.isfinite(total).item(), self.env.world, self.device)
             if finite:
                 self.scaler.scale(total).backward()
-                off = 0
-                for c, (state, cuda_state) in zip(chunks, rng):
-                    n = c["image"].shape[0]
+                off = dict.fromkeys(feats, 0)
+                for c, (state, cuda_state), p in zip(chunks, rng, parts):
                     torch.set_rng_state(state)  # replay dropout / drop-path exactly
                     if cuda_state is not None:
                         torch.cuda.set_rng_state(cuda_state, self.device)
-                    ci, ct = self.student_features(c)
-                    torch.autograd.backward([ci, ct], [img.grad[off:off + n], txt.grad[off:off + n]])
-                    off += n
+                    f = self.student_features(c)
+                    outs, grads = [], []
+                    for g, x in feats.items():
+                        n = p[g].shape[0]
+                        if x.grad is not None and n:
+                            outs.append(f[g])
+                            grads.append(x.grad[off[g]:off[g] + n])
+                        off[g] += n
+                    torch.autograd.backward(outs, grads)
         grad_norm = float("nan")
         if finite:
             all_reduce_grads(self.params, self.env.world)
@@ -529,7 +602,16 @@ class Trainer:
         if env.main and self.step:   # resumed: the logs hold no step twice
             for name in ("metrics.jsonl", "eval.jsonl"):
                 _drop_rows_after(self.out / name, self.step)
-        sampler = StepBatches(len(self.source), cfg.batch_size, cfg.steps, cfg.seed, env.rank, env.world, self.step)
+        if self.unpaired:
+            sampler = MixedStepBatches([(len(self.source), cfg.batch_size, "the paired dataset")]
+                                       + [(len(p["source"]), p["per_step"], f"the {p['kind']} without "
+                                           f"{'captions' if p['kind'] == 'images' else 'images'} (data."
+                                           f"{'image' if p['kind'] == 'images' else 'text'}_ratio x batch_size)")
+                                          for p in self.unpaired],
+                                       cfg.steps, cfg.seed, env.rank, env.world, self.step)
+        else:
+            sampler = StepBatches(len(self.source), cfg.batch_size, cfg.steps, cfg.seed, env.rank, env.world,
+                                  self.step)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=cfg.data.workers, collate_fn=collate_train,
             pin_memory=self.device.type == "cuda", prefetch_factor=4 if cfg.data.workers else None)

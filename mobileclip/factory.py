@@ -125,14 +125,44 @@ def resolve_student_name(name: str) -> tuple:
     return name, None
 
 
-def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, embed_dim: int = 0):
+OVERRIDE_KEYS = {"embed_dim": ("embed_dim",),
+                 "image_size": ("image.image_size", "preprocess.image_size"),
+                 "context_length": ("text.context_length", "tokenizer.context_length")}
+
+
+def student_config(name: str, embed_dim: int = 0, image_size: int = 0, context_length: int = 0):
+    """A registered model's config with the student overrides applied (0 keeps the model's own): a new
+    embedding size, a smaller (or larger) input image, a shorter context. Returns ``(config, the dotted
+    config keys the overrides changed)``."""
+    import dataclasses
+
+    cfg = get_model_config(name)
+    changed = []
+    if embed_dim and embed_dim != cfg.embed_dim:
+        cfg = cfg.replace(embed_dim=int(embed_dim))
+        changed += OVERRIDE_KEYS["embed_dim"]
+    if image_size and image_size != cfg.image.image_size:
+        cfg = cfg.replace(image=dataclasses.replace(cfg.image, image_size=int(image_size)),
+                          preprocess=dataclasses.replace(cfg.preprocess, image_size=int(image_size)))
+        changed += OVERRIDE_KEYS["image_size"]
+    if context_length and context_length != cfg.text.context_length:
+        cfg = cfg.replace(text=dataclasses.replace(cfg.text, context_length=int(context_length)),
+                          tokenizer=dataclasses.replace(cfg.tokenizer, context_length=int(context_length)))
+        changed += OVERRIDE_KEYS["context_length"]
+    return cfg, tuple(changed)
+
+
+def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, embed_dim: int = 0,
+                   image_size: int = 0, context_length: int = 0):
     """A trainable student, optionally initialized from released or earlier weights.
 
     ``pretrained``: one of our checkpoint directories or weight files, Apple's ``mobileclip_*.pt``
-    or an open_clip MobileCLIP/MobileCLIP2 file, for the same network. Tensors that an override
-    reshapes (the projections, when ``embed_dim`` gives the student a new embedding size) keep
-    their fresh initialization and are listed in the returned report; any other difference is
-    a :class:`CheckpointError`. Returns ``(model, preprocess,
+    or an open_clip MobileCLIP/MobileCLIP2 file, for the same network. ``embed_dim``,
+    ``image_size`` and ``context_length`` override the registered config (0 keeps it; see
+    :func:`student_config`); a timm image tower is built for the new image size, and the text
+    tower's positional embedding for the new context. Tensors that an override reshapes (the
+    projections for ``embed_dim``; the positional embeddings) keep their fresh initialization
+    and are listed in the returned report; any other difference is a :class:`CheckpointError`. Returns ``(model, preprocess,
     tokenizer, report or None)``; the model is in train mode.
     """
     from .convert import load_pretrained
@@ -146,15 +176,13 @@ def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, emb
     pretrained = pretrained or spec_weights
     report = None
     if name not in list_models():   # a checkpoint directory: the whole model, nothing to add
-        if pretrained or embed_dim:
-            raise ConfigError(f"student {name!r} is a checkpoint directory; student_pretrained and "
-                              "student_embed_dim apply to registered names (pass the directory as "
-                              "student_pretrained= with its model name as student= to fine-tune it)")
+        if pretrained or embed_dim or image_size or context_length:
+            raise ConfigError(f"student {name!r} is a checkpoint directory; student_pretrained, student_embed_dim, "
+                              "student_image_size and student_context_length apply to registered names (pass the "
+                              "directory as student_pretrained= with its model name as student= to fine-tune it)")
         model, preprocess, tokenizer = create_model(name)
     else:
-        cfg = get_model_config(name)
-        if embed_dim:
-            cfg = cfg.replace(embed_dim=int(embed_dim))
+        cfg, overridden = student_config(name, embed_dim, image_size, context_length)
         model = CLIP(cfg)
         if pretrained:
             # The tensors an override reshapes (the projections, for embed_dim) may differ from the file; nothing
@@ -164,7 +192,6 @@ def create_student(name: str, pretrained: Optional[Union[str, Path]] = None, emb
             reshaped = [k for k, v in model.state_dict().items()
                         if k not in default or tuple(default[k].shape) != tuple(v.shape)]
             path = Path(pretrained).expanduser()
-            overridden = ("embed_dim",) if embed_dim else ()
             if path.is_dir():
                 path = _weights_in(path)
             report = load_pretrained(model, path, may_differ=reshaped, config_may_differ=overridden)

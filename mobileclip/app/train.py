@@ -33,18 +33,31 @@ def cmd_cache_teacher(args) -> int:
     import torch
 
     from ..distill.cache import build_cache, check_cache_args
-    from ..distill.data import CaptionPairs, SyntheticPairs, WebDatasetPairs
+    from ..distill.data import (
+        CaptionPairs, ImageFiles, SyntheticImages, SyntheticPairs, SyntheticTexts, TextLines, WebDatasetPairs,
+    )
     from ..teachers import load_teacher
 
     check_cache_args(args.augs, args.shard_size, args.batch_size, args.scale, (3 / 4, 4 / 3), args.flip_prob)
-    if args.data == "synthetic" and args.size < 1:
+    given = [f for f in ("data", "images", "texts") if getattr(args, f)]
+    if len(given) != 1:
+        raise MobileCLIPError("cache-teacher needs exactly one of --data (image-caption pairs), --images (images "
+                              "without captions) and --texts (texts without images)" +
+                              (f"; got {', '.join('--' + g for g in given)}" if given else ""))
+    synthetic = getattr(args, given[0]) == "synthetic"
+    if synthetic and args.size < 1:
         raise MobileCLIPError(f"--size is the number of synthetic images and must be at least 1, got {args.size}")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     device = _device(args.device)
     if device.type == "cuda" and world > 1:
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    if args.data == "synthetic":
-        source = SyntheticPairs("train", args.size, args.image_size, args.seed, args.two_object_prob)
+    synth_args = (args.split, args.size, args.image_size, args.seed, args.two_object_prob)
+    if args.images:
+        source = SyntheticImages(*synth_args) if synthetic else ImageFiles(args.images)
+    elif args.texts:
+        source = SyntheticTexts(*synth_args) if synthetic else TextLines(args.texts)
+    elif synthetic:
+        source = SyntheticPairs(*synth_args)
     elif args.data.endswith(".tar") or "{" in args.data:
         source = WebDatasetPairs(args.data)
     else:
@@ -78,8 +91,13 @@ def register(sub) -> None:
     s = sub.add_parser("cache-teacher", help="run teachers once over a dataset with K augmentations; store embeddings")
     s.add_argument("--teacher", action="append", required=True,
                    help="teacher spec (repeat for an ensemble): open_clip:ARCH[:TAG|FILE], hf:DIR, checkpoint dir")
-    s.add_argument("--data", required=True,
-                   help="'synthetic', a caption file (.csv/.tsv/.jsonl), or WebDataset shards ('shards/{000..099}.tar')")
+    s.add_argument("--data", default=None,
+                   help="image-caption pairs: 'synthetic', a caption file (.csv/.tsv/.jsonl), or WebDataset shards "
+                        "('shards/{000..099}.tar')")
+    s.add_argument("--images", default=None,
+                   help="images without captions (unpaired): a folder, searched recursively, or 'synthetic'")
+    s.add_argument("--texts", default=None,
+                   help="texts without images (unpaired): a UTF-8 file with one text per line, or 'synthetic'")
     s.add_argument("--image-root", default=None)
     s.add_argument("--out", required=True)
     s.add_argument("--augs", type=int, default=4, help="augmentations per image (K)")
@@ -91,6 +109,8 @@ def register(sub) -> None:
     s.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.0), help="crop area range")
     s.add_argument("--flip-prob", type=float, default=0.5)
     s.add_argument("--size", type=int, default=10000, help="synthetic: number of images")
+    s.add_argument("--split", choices=["train", "val", "novel"], default="train",
+                   help="synthetic: which colour-shape pairs ('novel': those the train split never shows)")
     s.add_argument("--image-size", type=int, default=64, help="synthetic: rendered size")
     s.add_argument("--two-object-prob", type=float, default=0.35)
     s.set_defaults(func=cmd_cache_teacher)
