@@ -188,6 +188,7 @@ def test_calibration_runs_in_the_programs_fixed_batch():
     np.testing.assert_array_equal(chunks[-1], x[[4, 4]])   # the last one padded with its last row
 
 
+@pytest.mark.slow   # ~21 s (a PT2E prepare/convert of a FastViT-shaped block): make test-slow
 def test_a_batch_norm_is_not_folded_into_a_conv_whose_output_has_other_users():
     """prepare_pt2e folds conv -> batch_norm without checking the conv's other users (torchao 0.18); in
     MobileCLIP-S0's attention stage that normalized the residual stream (image cosine 0.91, nothing

@@ -203,8 +203,10 @@ def test_normalized_arrays_map_back_to_their_exact_pixels():
 
 
 @pytest.mark.filterwarnings("ignore:.*scikit-learn is not installed")
-@pytest.mark.parametrize("compress, op", [("palettize8", "constexpr_lut_to_dense"),
-                                          ("int8", "constexpr_affine_dequantize")])
+@pytest.mark.parametrize("compress, op", [
+    # k-means palettization (scikit-learn is installed with the executorch extra) takes ~30 s: make test-slow
+    pytest.param("palettize8", "constexpr_lut_to_dense", marks=pytest.mark.slow),
+    ("int8", "constexpr_affine_dequantize")])
 def test_compressed_export(tiny, exported, tmp_path, compress, op):
     plain_dir, _ = exported
     entries = _export(tiny[0], tmp_path, compress=compress)
