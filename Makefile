@@ -7,7 +7,7 @@ PIP     := $(VPY) -m pip
 # (a newer unpinned torch would pull a multi-GB CUDA build). Override: make TORCH_PINS=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-slow install clean distill-real-deps distill-real
+.PHONY: demo test test-slow install clean distill-real-deps distill-real gpu-wheels gpu-check
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,18 @@ distill-real-deps: $(VENV)/.installed-$(EXTRAS)
 
 distill-real: distill-real-deps
 	$(VPY) -m mobileclip.benchmarks.distill_real
+
+# The GPU check (benchmarks/gpu_check.sh) on a machine whose Python has a CUDA torch. gpu-wheels
+# downloads, for Python 3.12 on x86-64, the small pure-Python packages the check needs that such a
+# machine may lack, into .whl/ (the script installs them to /tmp/site). ONNX Runtime's CUDA build and
+# TensorRT are hundreds of MB: install them there from their own indexes, or the check skips them.
+GPU_WHEELS ?= open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 webdataset==1.0.2 braceexpand==0.1.7
+gpu-wheels:
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl $(GPU_WHEELS)
+
+gpu-check:
+	bash benchmarks/gpu_check.sh gpu_check_out
 
 clean:
 	rm -rf $(VENV) build *.egg-info

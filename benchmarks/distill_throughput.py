@@ -42,20 +42,31 @@ def _measure(trainer, steps: int, warmup: int = 1) -> dict:
     orig_teacher = trainer.teacher_features
     spent = {"teacher": 0.0}
 
+    cuda = trainer.device.type == "cuda"
+
+    def sync():   # CUDA runs asynchronously: a time taken without a sync measures the launch, not the work
+        if cuda:
+            torch.cuda.synchronize(trainer.device)
+
     def timed_teacher(chunk):
+        sync()
         t = time.perf_counter()
         out = orig_teacher(chunk)
+        sync()
         spent["teacher"] += time.perf_counter() - t
         return out
 
     trainer.teacher_features = timed_teacher
     it = iter(loader)
     for i in range(warmup + steps):
+        sync()
         t0 = time.perf_counter()
-        batch = next(it)
+        batch = trainer.to_device(next(it))   # as Trainer.fit does: the step runs on the trainer's device
+        sync()
         t1 = time.perf_counter()
         spent["teacher"] = 0.0
         trainer.train_step(batch)
+        sync()
         t2 = time.perf_counter()
         if i >= warmup:
             rows.append({"data": t1 - t0, "teacher": spent["teacher"], "student": t2 - t1 - spent["teacher"],
@@ -66,26 +77,40 @@ def _measure(trainer, steps: int, warmup: int = 1) -> dict:
     return mean
 
 
-# Peak dense bf16 tensor-core FLOP/s (TFLOP/s) from the vendors' data sheets (SXM parts).
-PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
+# Peak dense bf16 tensor-core FLOP/s (TFLOP/s, without sparsity) from NVIDIA's data sheets, matched against
+# torch.cuda.get_device_name() by whole words, most specific first. A part whose variant is not listed (an
+# H100 that says neither PCIe, NVL nor SXM) gets no MFU rather than a guess: pass --peak-tflops.
+PEAK_BF16_TFLOPS = [
+    (r"\bH100\b.*\bPCIe\b", 756.0), (r"\bH100\b.*\bNVL\b", 835.0), (r"\bH100\b.*\b(SXM|HBM3)\b", 989.4),
+    (r"\bH200\b.*\bNVL\b", 835.0), (r"\bH200\b", 989.4),
+    (r"\bA100\b", 312.0), (r"\bL40S\b", 362.1), (r"\bL4\b", 121.0), (r"\bA10\b", 125.0),
+]
 
 
-def known_peak_tflops():
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(0)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+def known_peak_tflops(name=None):
+    """The peak dense bf16 TFLOP/s of a GPU by its name (default: GPU 0), or None when it is not known."""
+    import re
+
+    if name is None:
+        if not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name()
+    return next((v for pattern, v in PEAK_BF16_TFLOPS if re.search(pattern, name)), None)
 
 
 def train_flops_per_sample(student: str) -> float:
-    """3x the forward FLOPs of one image + one caption (backward is about twice the forward)."""
+    """3x the forward FLOPs of one image + one caption (backward is about twice the forward).
+
+    Attention runs through the math kernel while counting: the counter has formulas for CUDA's fused
+    attention kernels but not for the CPU's flash kernel, whose FLOPs it would silently miss."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     import mobileclip
 
     model, _, tok = mobileclip.create_model(student)
     x = torch.zeros(1, 3, model.image_size, model.image_size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model.encode_image(x)
         model.encode_text(tok(["a photo of a dog"]))
     return 3.0 * counter.get_total_flops()
@@ -113,6 +138,7 @@ def main() -> None:
               f"data.image_size={args.image_size}", f"data.workers={args.workers}", "progress=false",
               f"steps={args.steps + 1}", "aug.flip_prob=0.0", f"precision={args.precision}",
               f"compile={str(args.compile).lower()}"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"   # where the Trainer's device=auto puts the step
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(load_config(None, common + [f"out={tmp}/s", "losses.clip=1.0"]))
@@ -123,7 +149,7 @@ def main() -> None:
             t = time.perf_counter()
             build_cache([load_teacher(spec)], SyntheticPairs("train", n, args.image_size, seed=0), cache, augs=1,
                         shard_size=n, batch_size=args.batch, flip_prob=0.0, num_workers=args.workers,
-                        progress=False)
+                        progress=False, device=device)
             cache_s = time.perf_counter() - t
             tr = Trainer(load_config(None, common + [f"out={tmp}/c", f"data.cache={cache}", "losses.kd=1.0",
                                                      "losses.clip=1.0"]))

@@ -31,6 +31,8 @@ never runs a teacher.
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import math
@@ -116,8 +118,12 @@ def check_cache_args(augs, shard_size, batch_size, scale, ratio, flip_prob) -> N
 def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4, shard_size: int = 1024,
                 batch_size: int = 64, seed: int = 0, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3),
                 flip_prob: float = 0.5, device: Union[str, torch.device] = "cpu", rank: int = 0, world: int = 1,
-                num_workers: int = 0, progress: bool = True) -> dict:
+                num_workers: int = 0, progress: bool = True, precision: str = "auto") -> dict:
     """Run ``teachers`` (loaded :class:`~mobileclip.teachers.Teacher` objects) over ``source``.
+
+    ``precision``: ``auto`` runs the teachers in bf16 autocast on CUDA (fp32 on the CPU), ``fp32``
+    in full fp32 everywhere (no TF32), ``bf16``/``fp16`` in that autocast. It is recorded in the
+    manifest (``teacher_precision``): a resumed build in another precision is refused.
 
     Returns the manifest. Existing complete shards are kept (resume) after their checksums are
     checked; a manifest that disagrees with this request (other teacher weights, dataset
@@ -142,6 +148,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
     for t in teachers:
         if not isinstance(t, Teacher):
             raise ConfigError(f"build_cache takes loaded teachers (mobileclip.load_teacher), got {type(t).__name__}")
+    precision = resolve_teacher_precision(precision, device)
     teachers = [t.to(device) for t in teachers]
     meta = [teacher_fingerprint(t, device) for t in teachers]
     digests = dataset_digests(source, shard_size, progress)
@@ -150,6 +157,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
         "num_samples": n,
         "dataset_sha256": hashlib.sha256("".join(digests).encode()).hexdigest(), "dataset_shards": digests,
         "augs": augs, "captions": source.n_captions, "shard_size": shard_size, "num_shards": n_shards,
+        "teacher_precision": precision,
         "seed": seed, "aug": {"scale": [float(v) for v in scale], "ratio": [float(v) for v in ratio],
                               "flip_prob": float(flip_prob)},
     }
@@ -181,7 +189,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
         for s in todo:
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
             arrays = _build_shard(teachers, source, range(lo, hi), augs, seed, scale, ratio, flip_prob, device,
-                                  batch_size, num_workers)
+                                  batch_size, num_workers, precision)
             skipped += int((~arrays["ok"]).sum())
             tmp = temp_dir_for(_shard_dir(out, s))
             try:
@@ -217,8 +225,9 @@ def manifest_differences(old: dict, new: dict) -> list:
         size = new["shard_size"]
         diff.append(f"the dataset's samples differ (paths or captions edited or reordered), first in samples "
                     f"{s * size}..{min(new['num_samples'], (s + 1) * size) - 1} (shard {s})")
-    for k in ("modality", "dataset", "augs", "captions", "shard_size", "seed", "aug"):
-        a, b = _jsonable(old.get(k)), _jsonable(new[k])
+    for k in ("modality", "dataset", "augs", "captions", "shard_size", "seed", "aug", "teacher_precision"):
+        # caches built before the precision was recorded ran their teachers in fp32
+        a, b = _jsonable(old.get(k, "fp32" if k == "teacher_precision" else None)), _jsonable(new[k])
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):   # name the keys that differ, not two long dicts
@@ -371,7 +380,24 @@ class _ShardItems(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob, device, batch_size, num_workers):
+def resolve_teacher_precision(precision: str, device: torch.device) -> str:
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return precision
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob, device, batch_size, num_workers,
+                 precision="fp32"):
     ds = _ShardItems(teachers, source, indices, augs, seed, scale, ratio, flip_prob)
     per = max(1, batch_size // augs)
     loader = torch.utils.data.DataLoader(ds, batch_size=per, num_workers=num_workers, collate_fn=list)
@@ -392,7 +418,9 @@ def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob,
             good = [x for x in items if x["ok"]]
             if images and good:
                 x = torch.cat([g["inputs"][t] for g in good]).to(device)
-                emb = teacher.encode_image(x, normalize=True).float().cpu().numpy().reshape(len(good), augs, -1)
+                with _autocast(precision, device):
+                    emb = teacher.encode_image(x, normalize=True)
+                emb = emb.float().cpu().numpy().reshape(len(good), augs, -1)
                 g = 0
                 for r, x in enumerate(items):
                     if x["ok"]:
@@ -401,7 +429,9 @@ def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob,
             if texts:
                 caps = [(x["captions"] * C)[:C] for x in items]  # pad short caption lists by repeating
                 tok = teacher.tokenizer([c for cs in caps for c in cs]).to(device)
-                temb = teacher.encode_text(tok, normalize=True).float().cpu().numpy().reshape(len(items), C, -1)
+                with _autocast(precision, device):
+                    temb = teacher.encode_text(tok, normalize=True)
+                temb = temb.float().cpu().numpy().reshape(len(items), C, -1)
                 out[f"txt_{t}"][j:j + len(items)] = temb
         for r, x in enumerate(items):
             out["ok"][j + r] = x["ok"]

@@ -98,6 +98,8 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     threads: int = 0  # CPU threads for PyTorch (torch.set_num_threads); 0 keeps PyTorch's default
+    # Collective timeout with several processes: ranks wait this long for rank 0's evaluation and checkpoints.
+    dist_timeout_min: float = 60.0
     log_every: int = 10
     ckpt_every: int = 100
     max_bad_steps: int = 20  # non-finite losses tolerated (each skips its step) before aborting

@@ -12,6 +12,13 @@ Straight-line code in sections. One optimizer step:
    batch, so contrastive negatives and distillation targets span the accumulated batch;
 4. gradients averaged across ranks, clipped, AdamW step, cosine schedule, logit scale
    clamped to ln(100). A non-finite loss or gradient skips the step and is counted.
+
+With several processes the towers run inside ``torch.nn.parallel.DistributedDataParallel``
+(one forward for both towers, :class:`Towers`): its bucketed all-reduce overlaps the
+backward pass and writes into the gradients in place (``gradient_as_bucket_view``). Under
+GradCache every recomputed micro-batch but the last runs in ``no_sync()``, so the gradients
+are reduced once per step. The few parameters used only by the losses (the logit scale and
+bias, the losses' own heads) are left out of DDP and averaged with one small all-reduce.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import pickle
 import shutil
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -57,9 +65,16 @@ class DistEnv:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.initialized_here = False
 
-    def setup(self, device: torch.device) -> None:
+    def setup(self, device: torch.device, timeout_min: float = 60.0) -> None:
+        """Join the process group. On CUDA the rank's GPU becomes the current device first (the
+        pin-memory thread, NCCL's communicator and the barriers use it) and is bound to the group
+        (``device_id``), so no rank touches GPU 0 by accident."""
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            cuda = device.type == "cuda"
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_min),
+                                    device_id=device if cuda else None)
             self.initialized_here = True
 
     def teardown(self) -> None:
@@ -119,7 +134,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def all_reduce_grads(params: list, world: int) -> None:
-    """Average gradients over ranks with one flat all-reduce."""
+    """Average gradients over ranks with one flat all-reduce (the few parameters outside DDP)."""
     if world == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -144,17 +159,36 @@ def any_rank(flag: bool, world: int, device: torch.device) -> bool:
 # ------------------------------------------------------------------ building blocks
 
 def resolve_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    """``auto``: the rank's GPU (``cuda:LOCAL_RANK``) when CUDA is available, else the CPU. ``cuda``
+    without an index is the rank's GPU too; ``cuda:N`` is taken as given."""
+    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={cfg.device}: no CUDA GPU is visible to PyTorch (torch "
+                              f"{torch.__version__}, torch.cuda.is_available() is False); use device=cpu or auto")
+        if device.index is None:
+            if env.local_rank >= torch.cuda.device_count():
+                raise ConfigError(f"LOCAL_RANK={env.local_rank} but only {torch.cuda.device_count()} GPU(s) are "
+                                  "visible; start at most one process per GPU (torchrun --nproc-per-node)")
+            device = torch.device("cuda", env.local_rank)
+    return device
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if cfg.precision == "fp16" and device.type != "cuda":
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
-    return cfg.precision
+    if precision == "bf16" and cfg.compile and device.type == "cpu":
+        # Measured with torch 2.14.1 on x86-64: one compiled bf16-autocast step of mobileclip-s0 aborts the
+        # process ("free(): invalid next size", SIGABRT) in Inductor's generated CPU code; an earlier torch gave
+        # NaN gradients on mobileclip-tiny. Eager bf16 and compiled fp32 are right. On CUDA the combination is
+        # allowed and compared with eager by tests/test_distill.py::test_compiled_bf16_step_matches_eager_on_gpu.
+        raise ConfigError("compile=true with precision=bf16 is not supported on CPU (torch.compile's CPU code "
+                          "for bf16 autocast aborts on mobileclip-s0 and gave NaN gradients on mobileclip-tiny); "
+                          "use precision=fp32 with compile, or compile=false with bf16")
+    return precision
 
 
 def build_source(cfg: TrainConfig):
@@ -203,6 +237,48 @@ def _split(batch: dict, n: int) -> list:
             continue
         chunks.append({k: batch[k][bounds[g][i]:bounds[g][i + 1]] for g, ks in groups.items() for k in ks})
     return chunks
+
+
+class Towers(torch.nn.Module):
+    """The student's image and text towers behind one ``forward``, the unit DDP wraps (DDP hooks the
+    module's ``forward``; the student itself is called through ``encode_image`` / ``encode_text``)."""
+
+    def __init__(self, student: torch.nn.Module, compile: bool = False) -> None:
+        super().__init__()
+        self.student = student
+        self._image = torch.compile(student.encode_image) if compile else student.encode_image
+        self._text = torch.compile(student.encode_text) if compile else student.encode_text
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple:
+        return self._image(images, normalize=True), self._text(tokens, normalize=True)
+
+
+# Student parameters used by the losses only, never in the towers' forward: kept out of DDP.
+HEAD_PARAMS = ("logit_scale", "logit_bias")
+
+
+def _batchnorms(model: torch.nn.Module) -> list:
+    return [m for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+
+
+class _KeepRunningStats:
+    """Restore BatchNorm running statistics on exit: GradCache's first, graph-free pass over the micro-batches
+    must not update them, or every micro-batch would count twice (the recomputed pass updates them)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.mods = _batchnorms(model)
+
+    def __enter__(self):
+        self.saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+                      for m in self.mods]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, saved in zip(self.mods, self.saved):
+            for b, v in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None],
+                            saved):
+                b.copy_(v)
 
 
 RUN_MARKERS = ("train_config.yaml", "metrics.jsonl", "summary.json", "last", "student", "eval.jsonl",
@@ -262,8 +338,8 @@ class Trainer:
             find_resume_dir(Path(resume))   # a clear error before any model is built
         self.env = DistEnv()
         self.device = resolve_device(cfg, self.env)
-        self.env.setup(self.device)
         self.precision = resolve_precision(cfg, self.device)
+        self.env.setup(self.device, cfg.dist_timeout_min)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
         # --- models and data
@@ -302,17 +378,30 @@ class Trainer:
 
         # --- optimisation
         self.params = [p for m in (self.student, self.losses) for p in m.parameters() if p.requires_grad]
+        self.towers = Towers(self.student, cfg.compile)
+        # what DDP does not reduce: the student's head parameters and the losses' (averaged by all_reduce_grads)
+        self.head_params = [p for n, p in self.student.named_parameters() if n in HEAD_PARAMS and p.requires_grad]
+        self.head_params += [p for p in self.losses.parameters() if p.requires_grad]
+        if self.env.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            DDP._set_params_and_buffers_to_ignore_for_model(self.towers, [f"student.{n}" for n in HEAD_PARAMS])
+            # No buffer sync in forward: every rank keeps its own BatchNorm statistics (rank 0's are saved), as
+            # without DDP (newer PyTorch spells it forward_sync_buffers); the weights were broadcast above.
+            import inspect
+
+            no_sync_buffers = ({"forward_sync_buffers": False}
+                               if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                               else {"broadcast_buffers": False})
+            self.towers = DDP(self.towers, device_ids=[self.device] if self.device.type == "cuda" else None,
+                              gradient_as_bucket_view=True, init_sync=False, **no_sync_buffers)
         self.opt = torch.optim.AdamW(param_groups([self.student, self.losses], cfg.optim.weight_decay),
                                      lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        self.encode_image = self.student.encode_image
-        self.encode_text = self.student.encode_text
-        if cfg.compile:
-            self.encode_image = torch.compile(self.student.encode_image)
-            self.encode_text = torch.compile(self.student.encode_text)
 
         self.out = Path(cfg.out)
+        self.rank_rng: Optional[list] = None   # every rank's random state at the last gather_rng()
         self.step = 0
         self.bad_steps = 0
         self.skipped_images: list = []
@@ -381,7 +470,25 @@ class Trainer:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rank_rng": self.rank_rng if self.rank_rng is not None else [self._rng_state()],
         }
+
+    def _rng_state(self) -> dict:
+        """This rank's random state: the CPU generator and its own GPU's."""
+        cuda = self.device.type == "cuda"
+        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if cuda else None}
+
+    def gather_rng(self) -> None:
+        """Every rank's random state, collected on rank 0 for the next :meth:`save_state` (a collective: all
+        ranks call it). Dropout and drop-path draw from each rank's own generator, so exact resume needs all."""
+        state = self._rng_state()
+        if self.env.world == 1:
+            self.rank_rng = [state]
+            return
+        cpu = {k: (v.cpu() if v is not None else None) for k, v in state.items()}
+        states = [None] * self.env.world
+        dist.all_gather_object(states, cpu)
+        self.rank_rng = states
 
     def save_state(self, name: str = "last") -> Path:
         """Atomically replace ``out/<name>/`` with the full training state."""
@@ -423,9 +530,21 @@ class Trainer:
                                 f"optimizer ({str(e).splitlines()[0][:160]}); resume with the run's own config") from e
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        ranks = state.get("rank_rng")   # absent in states saved before per-rank random states were kept
+        if isinstance(ranks, list) and len(ranks) == self.env.world:
+            mine = ranks[self.env.rank]
+            torch.set_rng_state(mine["torch"].cpu())
+            if mine.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"].cpu(), self.device)
+        elif self.env.world == 1 or not isinstance(ranks, list):
+            torch.set_rng_state(state["torch_rng"].cpu())
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        if isinstance(ranks, list) and len(ranks) != self.env.world and self.env.main:
+            # the data of every step is the same whatever the number of processes; dropout's draws are not
+            print(f"resuming on {self.env.world} process(es) a run saved by {len(ranks)}: every step sees the same "
+                  "data, but dropout and drop-path draw from other random streams than the run would have "
+                  "(resume on the same number of processes for an exact replay)")
         self.step, self.bad_steps = int(state["step"]), int(state["bad_steps"])
         # The learning rate follows this config's schedule (it may extend the run's `steps`).
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
@@ -441,6 +560,14 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=dtype)
         return nullcontext()
 
+    def to_device(self, batch: dict) -> dict:
+        """A collated batch on the training device (tensors only; copies from pinned memory are asynchronous)."""
+        return {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                for k, v in batch.items()}
+
+    def _no_sync(self):
+        return self.towers.no_sync() if hasattr(self.towers, "no_sync") else nullcontext()
+
     def student_features(self, chunk: dict) -> dict:
         """Student embeddings by group: ``img``/``txt`` (paired), ``uimg`` (image-only), ``utxt`` (text-only).
         Unpaired inputs go through the tower in the same call as the paired ones."""
@@ -450,8 +577,8 @@ class Trainer:
         if "ut_tokens" in chunk:
             tokens = torch.cat([tokens, chunk["ut_tokens"]])
         with self.autocast():
-            img = self.encode_image(images, normalize=True).float()
-            txt = self.encode_text(tokens, normalize=True).float()
+            img, txt = self.towers(images, tokens)
+        img, txt = img.float(), txt.float()
         n, m = chunk["image"].shape[0], chunk["tokens"].shape[0]
         out = {"img": img[:n], "txt": txt[:m]}
         if "ui_image" in chunk:
@@ -532,7 +659,7 @@ class Trainer:
             rng = []
             parts = []
             cuda = self.device.type == "cuda"
-            with torch.no_grad():
+            with torch.no_grad(), _KeepRunningStats(self.student):
                 for c in chunks:
                     rng.append((torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None))
                     parts.append(self.student_features(c))
@@ -542,22 +669,24 @@ class Trainer:
             if finite:
                 self.scaler.scale(total).backward()
                 off = dict.fromkeys(feats, 0)
-                for c, (state, cuda_state), p in zip(chunks, rng, parts):
+                for i, (c, (state, cuda_state), p) in enumerate(zip(chunks, rng, parts)):
                     torch.set_rng_state(state)  # replay dropout / drop-path exactly
                     if cuda_state is not None:
                         torch.cuda.set_rng_state(cuda_state, self.device)
-                    f = self.student_features(c)
-                    outs, grads = [], []
-                    for g, x in feats.items():
-                        n = p[g].shape[0]
-                        if x.grad is not None and n:
-                            outs.append(f[g])
-                            grads.append(x.grad[off[g]:off[g] + n])
-                        off[g] += n
-                    torch.autograd.backward(outs, grads)
+                    # DDP reduces once per step: after the last micro-batch's backward
+                    with self._no_sync() if i < len(chunks) - 1 else nullcontext():
+                        f = self.student_features(c)
+                        outs, grads = [], []
+                        for g, x in feats.items():
+                            n = p[g].shape[0]
+                            if x.grad is not None and n:
+                                outs.append(f[g])
+                                grads.append(x.grad[off[g]:off[g] + n])
+                            off[g] += n
+                        torch.autograd.backward(outs, grads)
         grad_norm = float("nan")
         if finite:
-            all_reduce_grads(self.params, self.env.world)
+            all_reduce_grads(self.head_params, self.env.world)   # the towers' gradients were reduced by DDP
             self.scaler.unscale_(self.opt)
             max_norm = self.cfg.optim.grad_clip or math.inf   # 0: no clipping (the norm is still measured)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
@@ -625,8 +754,7 @@ class Trainer:
         for batch in loader:
             data_time += time.time() - t_data
             self.skipped_images.extend(batch["skipped"])
-            batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                     for k, v in batch.items()}
+            batch = self.to_device(batch)
             if "image" not in batch:  # every image of this batch was unreadable
                 self.step += 1
                 self.sched.step()
@@ -651,8 +779,10 @@ class Trainer:
                 eval_rows.append(ev)
                 with open(self.out / "eval.jsonl", "a") as f:
                     f.write(json.dumps(ev) + "\n")
-            if env.main and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
-                self.save_state()
+            if self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
+                self.gather_rng()
+                if env.main:
+                    self.save_state()
             t_data = time.time()
         bar.close()
         summary = {"steps": self.step, "bad_steps": self.bad_steps, "skipped_images": len(self.skipped_images),
@@ -661,6 +791,7 @@ class Trainer:
             summary["student_init"] = {"source": self.init_report.source, "layout": self.init_report.layout,
                                        "loaded": self.init_report.loaded,
                                        "not_loaded_layers": self.init_report.not_loaded_layers()}
+        self.gather_rng()
         if env.main:
             self.save_state()
             final = save_checkpoint(self.student, self.out / "student",

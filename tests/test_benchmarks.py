@@ -41,6 +41,85 @@ def test_distill_throughput_writes_results(tmp_path, monkeypatch):
         assert r["samples_per_s"] == pytest.approx(4 / r["total"])
 
 
+def test_distill_throughput_moves_each_batch_to_the_trainers_device():
+    """_measure runs the step on what Trainer.to_device gives (the GPU's copy), as Trainer.fit does."""
+    import torch
+
+    from mobileclip.benchmarks.distill_throughput import _measure
+    from mobileclip.distill import load_config
+
+    class Samples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, key):
+            return {"image": torch.zeros(3)}
+
+    class FakeTrainer:
+        cfg = load_config(None, ["batch_size=2", "data.workers=0"])
+        source, dataset, device, moved = range(8), Samples(), torch.device("cpu"), 0
+
+        def to_device(self, batch):
+            self.moved += 1
+            return {**batch, "on_device": True}
+
+        def teacher_features(self, chunk):
+            return None
+
+        def train_step(self, batch):
+            assert batch.get("on_device"), "the step got the loader's batch, not the device copy"
+
+    tr = FakeTrainer()
+    out = _measure(tr, steps=2)
+    assert tr.moved == 3 and out["samples_per_s"] > 0
+
+
+def test_mfu_peak_is_matched_by_the_exact_gpu_variant():
+    from mobileclip.benchmarks.distill_throughput import known_peak_tflops
+
+    assert known_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert known_peak_tflops("NVIDIA H100 NVL") == 835.0
+    assert known_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert known_peak_tflops("NVIDIA H200") == 989.4
+    assert known_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert known_peak_tflops("NVIDIA A10") == 125.0
+    for unknown in ("NVIDIA H100", "NVIDIA A10G", "NVIDIA GeForce RTX 4090"):   # no guess: --peak-tflops
+        assert known_peak_tflops(unknown) is None
+
+
+def test_training_flops_count_attention_on_cpu():
+    """On the CPU, SDPA's flash kernel has no FLOP formula; counting through the math kernel adds the
+    attention matmuls (4·N²·d per layer) that the default count misses."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import mobileclip
+    from mobileclip.benchmarks.distill_throughput import train_flops_per_sample
+
+    model, _, tok = mobileclip.create_model("clip-vit-tiny")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.encode_image(torch.zeros(1, 3, model.image_size, model.image_size))
+        model.encode_text(tok(["a photo of a dog"]))
+    assert train_flops_per_sample("clip-vit-tiny") > 1.01 * 3 * counter.get_total_flops()
+
+
+def test_gpu_check_script_parses_and_says_when_no_gpu_is_present(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(script), str(tmp_path / "out")], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "no CUDA GPU is present" in r.stdout and "nothing was measured" in r.stdout
+    assert "no CUDA GPU is present" in (tmp_path / "out" / "summary.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.log", "summary.md"]
+
+
 def test_distill_real_splits_are_fixed_by_item_and_missing_parts_are_named(tmp_path, monkeypatch, capsys):
     """The real-teacher benchmark's data and teacher come from packages make test does not install
     (make distill-real-deps); what runs here: the split function, and the one-line refusal."""

@@ -85,6 +85,56 @@ def test_accumulation_gives_the_big_batch_gradients(tmp_path):
         assert torch.allclose(g1[k], g4[k], rtol=1e-4, atol=1e-6), k
 
 
+def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(tmp_path):
+    """GradCache's graph-free first pass leaves BatchNorm's running statistics alone: with 2 micro-batches
+    each BatchNorm counts 2 batches per step (the recomputed pass), not 4."""
+    from mobileclip.distill.data import StepBatches, collate_train
+
+    cfg = _cfg(tmp_path, "steps=1", "accum_steps=2", "batch_size=8", "data.size=16", "data.image_size=32")
+    tr = Trainer(cfg)
+    bns = [m for m in tr.student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns, "mobileclip-tiny's image tower has BatchNorm layers"
+    before = [int(m.num_batches_tracked) for m in bns]
+    tr.train_step(collate_train([tr.dataset[k] for k in StepBatches(16, 8, 1, cfg.seed).indices_for_step(0)]))
+    assert [int(m.num_batches_tracked) - b for m, b in zip(bns, before)] == [2] * len(bns)
+
+
+def test_each_rank_resumes_its_own_random_state(tmp_path, capsys):
+    """A training state holds every rank's random state; a rank restores its own, and resuming on another
+    number of processes says that dropout's draws will differ."""
+    tr = Trainer(_cfg(tmp_path / "a", "steps=1"))
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append({"torch": torch.get_rng_state(), "cuda": None})
+    tr.rank_rng = states
+    tr.out.mkdir(parents=True)
+    tr.save_state()
+    tr.env.world, tr.env.rank = 2, 1   # as rank 1 of 2 would load it (load_state runs no collective)
+    tr.load_state(tr.out / "last")
+    assert torch.equal(torch.get_rng_state(), states[1]["torch"])
+    tr.env.world, tr.env.rank = 1, 0
+    tr.load_state(tr.out / "last")
+    assert "a run saved by 2" in capsys.readouterr().out
+
+
+def test_device_and_precision_resolution():
+    """``cuda`` means the rank's own GPU; a missing GPU and compile+bf16 on the CPU are clear errors."""
+    from mobileclip.distill.train import DistEnv, resolve_device, resolve_precision
+
+    env = DistEnv()
+    env.local_rank = 3
+    assert resolve_device(load_config(None, ["device=cpu"]), env) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
+            resolve_device(load_config(None, ["device=cuda"]), env)
+    elif torch.cuda.device_count() > 3:
+        assert resolve_device(load_config(None, ["device=cuda"]), env) == torch.device("cuda", 3)
+    with pytest.raises(ConfigError, match="compile=true with precision=bf16 is not supported on CPU"):
+        resolve_precision(load_config(None, ["precision=bf16", "compile=true"]), torch.device("cpu"))
+    assert resolve_precision(load_config(None, ["precision=bf16"]), torch.device("cpu")) == "bf16"
+
+
 def test_teacher_cache_round_trip(tmp_path):
     teacher = mobileclip.load_teacher("clip-vit-tiny")
     source = SyntheticPairs("train", size=10, image_size=48, seed=0)
@@ -114,6 +164,11 @@ def test_teacher_cache_round_trip(tmp_path):
     assert np.allclose(TeacherCache(tmp_path / "c").aug(i, k), params)
     with pytest.raises(Exception, match="built from something else: augs: 3 in the cache, 2 now"):
         build_cache([teacher], source, tmp_path / "c", augs=2, shard_size=4, progress=False)
+    # The teachers' precision is recorded (fp32 on the CPU by default); finishing the build in bf16 is refused.
+    assert cache.manifest["teacher_precision"] == "fp32"
+    with pytest.raises(Exception, match='teacher_precision: "fp32" in the cache, "bf16" now'):
+        build_cache([teacher], source, tmp_path / "c", augs=3, shard_size=4, batch_size=6, seed=5, progress=False,
+                    precision="bf16")
 
 
 def test_training_from_cache_never_runs_the_teacher(tmp_path, monkeypatch):
@@ -222,27 +277,37 @@ def _ddp_worker(rank, world, port, out, result, extra=()):
     keys = StepBatches(64, 16, 1, cfg.seed, rank=rank, world=world).indices_for_step(0)
     assert len(keys) == 8
     tr.opt.step = lambda *a, **k: None  # keep the (all-reduced) gradients
+    assert type(tr.towers).__name__ == "DistributedDataParallel"
     tr.train_step(collate_train([tr.dataset[k] for k in keys]))
+    torch.save(torch.get_rng_state(), f"{result}.rng{rank}")
+    tr.gather_rng()   # every rank's random state, collected on rank 0 for its checkpoint
     if rank == 0:
-        torch.save({n: p.grad.clone() for n, p in tr.student.named_parameters() if p.grad is not None}, result)
+        torch.save({"grads": {n: p.grad.clone() for n, p in tr.student.named_parameters() if p.grad is not None},
+                    "rank_rng": [r["torch"] for r in tr.rank_rng]}, result)
     tr.env.teardown()
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("local_loss", [False, True])
-def test_two_process_gloo_equals_one_process(tmp_path, local_loss):
-    """Two ranks with 8 samples each give the gradients of one process with all 16.
+@pytest.mark.parametrize("local_loss,accum", [(False, 1), (True, 2)])
+def test_two_process_gloo_equals_one_process(tmp_path, local_loss, accum):
+    """Two ranks with 8 samples each, their towers in DistributedDataParallel, give the gradients of one
+    process with all 16.
 
     With ``local_loss`` each rank scores only its own rows against everything gathered, so
-    the gathered rows' gradients must come back from the other rank's loss too.
+    the gathered rows' gradients must come back from the other rank's loss too. With accumulation the
+    first micro-batch runs under DDP's ``no_sync`` and the reduction happens once, after the last.
+    Rank 0 also collects every rank's random state for exact resume.
     """
     import torch.multiprocessing as mp
 
     port = _free_port()
-    extra = (f"losses.local_loss={str(local_loss).lower()}",)
+    extra = (f"losses.local_loss={str(local_loss).lower()}", f"accum_steps={accum}")
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), extra), nprocs=2,
              join=True)
-    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    saved = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    ddp = saved["grads"]
+    own = [torch.load(tmp_path / f"ddp.pt.rng{r}", weights_only=True) for r in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(saved["rank_rng"], own)) and not torch.equal(*own)
     one = _grads_after_one_step(tmp_path / "one", 1)
     assert ddp.keys() == one.keys() and "logit_scale" in one
     for k in one:
@@ -363,6 +428,26 @@ def test_bf16_training_on_gpu(tmp_path):
     summary = tr.fit()
     assert summary["bad_steps"] == 0
     assert all(np.isfinite(r["loss"]) for r in _metrics(tmp_path))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
+def test_compiled_bf16_step_matches_eager_on_gpu(tmp_path):
+    """One bf16 step of mobileclip-s0, torch.compile'd and eager, from the same weights and batch: the loss and
+    gradient norm agree to bf16 accuracy and are finite (on CPU this combination is refused: it aborts)."""
+    from mobileclip.distill.data import StepBatches, collate_train
+
+    rows = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        tr = Trainer(_cfg(tmp_path / str(compiled), "student=mobileclip-s0", "steps=1", "batch_size=16",
+                          "data.size=32", "data.image_size=64", "precision=bf16", f"compile={str(compiled).lower()}"))
+        tr.opt.step = lambda *a, **k: None
+        batch = collate_train([tr.dataset[k] for k in StepBatches(32, 16, 1, tr.cfg.seed).indices_for_step(0)])
+        rows[compiled] = tr.train_step(tr.to_device(batch))
+    assert all(r["finite"] and np.isfinite(r["grad_norm"]) for r in rows.values())
+    assert rows[True]["loss"] == pytest.approx(rows[False]["loss"], rel=2e-2)
+    assert rows[True]["grad_norm"] == pytest.approx(rows[False]["grad_norm"], rel=5e-2)
 
 
 def test_ensemble_cache_built_by_two_ranks(tmp_path):

@@ -65,7 +65,7 @@ def cmd_cache_teacher(args) -> int:
     teachers = [load_teacher(t, device=device) for t in args.teacher]
     build_cache(teachers, source, args.out, augs=args.augs, shard_size=args.shard_size, batch_size=args.batch_size,
                 seed=args.seed, scale=tuple(args.scale), flip_prob=args.flip_prob, device=device, rank=rank,
-                world=world, num_workers=args.workers)
+                world=world, num_workers=args.workers, precision=args.precision)
     return 0
 
 
@@ -105,6 +105,8 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     s.add_argument("--device", default=None)
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="the teachers' precision: auto = bf16 autocast on CUDA, fp32 on the CPU (recorded in the cache)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.0), help="crop area range")
     s.add_argument("--flip-prob", type=float, default=0.5)
