@@ -7,7 +7,9 @@ What is timed
 -------------
 * Positional arguments are **bundle directories** (``mobileclip export``). Each tower runs on
   its backend's runtime: ``onnxruntime`` (CPU with ``--threads`` intra-op threads, or the CUDA
-  execution provider with ``--device cuda`` when onnxruntime-gpu is installed), ``tensorrt``
+  execution provider with ``--device cuda`` when onnxruntime-gpu is installed; a session on
+  which ONNX Runtime dropped the CUDA provider is a skipped row, never CPU timings labelled
+  cuda), ``tensorrt``
   (``TRTRunner``, CUDA only, when TensorRT is installed) or ``coreml`` (macOS only). A case
   that cannot run here is a row with ``status: "skipped"`` and the reason.
 * ``--model NAME`` (repeatable) names a PyTorch model as ``mobileclip export`` takes it:

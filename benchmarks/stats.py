@@ -135,6 +135,33 @@ class MemoryProbe:
 
 # =========================================================================== peak
 
+@contextmanager
+def ieee_fp32_matmul() -> Iterator[None]:
+    """fp32 CUDA matmuls in full fp32 (no TF32) inside the block; the previous setting is restored after.
+
+    PyTorch >= 2.9 sets this with ``torch.backends.cuda.matmul.fp32_precision`` (``"ieee"``, ``"tf32"``
+    or ``"none"``: inherit). Reading the old ``allow_tf32`` flag raises a RuntimeError once the
+    new API has been used ("mix of the legacy and new APIs"), so the new one is saved and restored
+    where it exists, and ``allow_tf32`` only on older torch.
+    """
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(matmul, "fp32_precision")
+    saved = matmul.fp32_precision if new_api else matmul.allow_tf32
+    if new_api:
+        matmul.fp32_precision = "ieee"
+    else:
+        matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if new_api:
+            matmul.fp32_precision = saved
+        else:
+            matmul.allow_tf32 = saved
+
+
 def measure_peak(device: str, threads: int, seconds: float = 1.0, n: Optional[int] = None,
                  dtype: str = "fp32") -> dict:
     """The machine's measured peak: a large square matmul timed repeatedly, best GFLOP/s.
@@ -152,27 +179,22 @@ def measure_peak(device: str, threads: int, seconds: float = 1.0, n: Optional[in
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(dev, tdtype)
     b = torch.randn(n, n, generator=g).to(dev, tdtype)
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
     times = []
-    try:
-        with torch.inference_mode():
-            for _ in range(2):
-                torch.mm(a, b)
+    with ieee_fp32_matmul(), torch.inference_mode():
+        for _ in range(2):
+            torch.mm(a, b)
+        sync()
+        t_end = time.perf_counter() + seconds
+        while len(times) < 3 or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            torch.mm(a, b)
             sync()
-            t_end = time.perf_counter() + seconds
-            while len(times) < 3 or time.perf_counter() < t_end:
-                t0 = time.perf_counter()
-                torch.mm(a, b)
-                sync()
-                times.append(time.perf_counter() - t0)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+            times.append(time.perf_counter() - t0)
     return {"gflops": matmul_gflops(n, min(times)), "median_gflops": matmul_gflops(n, percentile(times, 50)),
             "n": n, "dtype": dtype, "repeats": len(times), "how": f"torch.mm {n}x{n} {dtype} on {device}"
             + (f", {threads} threads" if dev.type == "cpu" else "") + ", best repeat"}

@@ -202,8 +202,9 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images)
     inputs = check_inputs(pil, parity_prompts(src.tokenizer, 8), src.preprocess, src.tokenizer, bundle_pre,
                           bundle_tok)
     inputs["misses"] = build_misses + _manifest_checks(directory, manifest, src) + inputs["misses"]
-    runners = {t: backends.runner_for(directory, arts[t]) for t in ("image", "text")}
     backend = backends.get(arts["image"]["backend"])
+    runners = {t: backends.runner_for(directory, arts[t], device=backends.get(arts[t]["backend"]).parity_device)
+               for t in ("image", "text")}
     why = backend.unavailable()
     if why and backend.static_parity is None:
         raise BackendUnavailable(f"cannot check the {backend.name} bundle here: {why}")

@@ -6,6 +6,7 @@ import math
 import shutil
 import struct
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,45 @@ def test_measure_peak_is_positive_and_best_of_repeats():
     p = H.measure_peak("cpu", threads=1, seconds=0.05, n=256)
     assert p["n"] == 256 and p["repeats"] >= 3
     assert p["gflops"] >= p["median_gflops"] > 0
+
+
+def test_measure_peak_with_tf32_set_the_new_way(monkeypatch):
+    """PyTorch >= 2.9: once TF32 is set with ``fp32_precision``, reading ``allow_tf32`` raises ("mix of the
+    legacy and new APIs"). The peak turns TF32 off and restores the setting through the API in use."""
+    from mobileclip.benchmarks.stats import ieee_fp32_matmul
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no torch.backends.cuda.matmul.fp32_precision")
+    seen = []
+    real_mm = torch.mm
+
+    def mm(a, b):
+        seen.append(matmul.fp32_precision)
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    before = matmul.fp32_precision   # (monkeypatch cannot restore this attribute: torch serves it by __getattr__)
+    matmul.fp32_precision = "tf32"
+    try:
+        assert H.measure_peak("cpu", threads=1, seconds=0.01, n=64)["gflops"] > 0
+        assert set(seen) == {"ieee"} and matmul.fp32_precision == "tf32"
+        with pytest.raises(ZeroDivisionError), ieee_fp32_matmul():   # restored after an error too
+            1 / 0
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = before
+
+
+def test_measure_peak_tf32_on_torch_without_the_new_api(monkeypatch):
+    """Older torch: the ``allow_tf32`` flag is turned off for the peak and put back."""
+    from mobileclip.benchmarks.stats import ieee_fp32_matmul
+
+    old = types.SimpleNamespace(allow_tf32=True)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", old)
+    with ieee_fp32_matmul():
+        assert old.allow_tf32 is False
+    assert old.allow_tf32 is True
 
 
 def test_memory_probe_reads_and_resets_the_high_water_mark():

@@ -237,6 +237,87 @@ def test_parser_errors_name_the_node():
     assert describe_parser_error(Err(-1, "", "")) == "graph: No importer registered for op [UNSUPPORTED_NODE]"
 
 
+# --------------------------------------------------------------------------- int8 QDQ for TensorRT (everywhere)
+
+def _qdq_layers(path):
+    """Per Conv/Gemm/MatMul of a QDQ ONNX file: whether its activation input is DQ(Q(x)), its int8 weights
+    behind a DequantizeLinear (scales, zero points, axis) or its float weights, its bias; and the zero
+    points of every Q/DQ node."""
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    rows = []
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        x, w = producer.get(n.input[0]), producer.get(n.input[1])
+        row = {"op": n.op_type, "group": next((a.i for a in n.attribute if a.name == "group"), 1),
+               "act_qdq": x is not None and x.op_type == "DequantizeLinear"
+               and getattr(producer.get(x.input[0]), "op_type", None) == "QuantizeLinear",
+               "weight_dq": w is not None and w.op_type == "DequantizeLinear",
+               "bias": None if len(n.input) < 3 or not n.input[2] else
+               ("float" if n.input[2] in inits else producer[n.input[2]].op_type)}
+        if row["weight_dq"]:
+            row["weight"], row["scale"], row["zp"] = (inits[i] for i in w.input[:3])
+            row["axis"] = next((a.i for a in w.attribute if a.name == "axis"), 1)
+        else:
+            row["weight"] = inits[n.input[1]]
+        rows.append(row)
+    zero_points = [inits[n.input[2]] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    return rows, zero_points
+
+
+def test_tensorrt_int8_qdq_quantizes_every_conv_including_depthwise(onnx_dir, tmp_path, synth_folder):
+    """The int8 ONNX the tensorrt backend builds its engine from (export_onnx's qdq_for_tensorrt path). TensorRT
+    runs in int8 only ops whose inputs and weights pass through Q/DQ, so every Conv is quantized, depthwise
+    ones too; weights int8 per output channel, every zero point 0 (symmetric), biases float. ONNX Runtime's
+    recipe keeps depthwise convs fp32 on purpose (its int8 depthwise kernels are slower)."""
+    import onnxruntime as ort
+
+    from mobileclip.backends import ExportOptions
+    from mobileclip.backends.onnx import _quantize
+    from mobileclip.backends.quantize import calibration_images, quantize_static_onnx
+
+    for t in ("image", "text"):
+        shutil.copy(onnx_dir / f"{t}.onnx", tmp_path / f"{t}.onnx")
+    src = types.SimpleNamespace(preprocess=lambda im: np.asarray(im.convert("RGB").resize((64, 64)), np.float32)
+                                .transpose(2, 0, 1) / 255.0)
+    info = {t: {"file": f"{t}.onnx", "precision": "int8"} for t in ("image", "text")}
+    _quantize(src, tmp_path, info, ExportOptions(precision="int8", calib=str(synth_folder), calib_size=8), True)
+    q = info["image"]["quantization"]
+    assert q["target"] == "tensorrt" and q["kept_fp32_grouped_convs"] == 0 and q["activations"] == "int8 symmetric"
+    assert info["text"]["precision"] == "fp16"   # TensorRT int8 bundles keep the text tower in fp16
+
+    rows, zero_points = _qdq_layers(tmp_path / "image.onnx")
+    convs = [r for r in rows if r["op"] == "Conv"]
+    depthwise = [r for r in convs if r["group"] > 1 and r["weight"].shape[1] == 1]
+    assert len(convs) >= 20 and len(depthwise) >= 10   # mobileclip-tiny's FastViT stages
+    for r in rows:
+        assert r["act_qdq"] and r["weight_dq"], r["op"]
+        out_axis = 0 if r["op"] in ("Conv", "Gemm") else 1   # Gemm here has transB=1: [out, in]
+        assert r["weight"].dtype == np.int8 and r["axis"] == out_axis
+        assert r["scale"].shape == (r["weight"].shape[out_axis],) and (r["scale"] > 0).all()   # per channel
+        assert r["zp"].dtype == np.int8 and not r["zp"].any()
+        assert r["bias"] in (None, "float")   # TensorRT's DequantizeLinear takes no int32 bias
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+
+    samples, _ = calibration_images(str(synth_folder), src.preprocess, 8)
+    quantize_static_onnx(onnx_dir / "image.onnx", tmp_path / "image_ort.onnx", "image", samples)
+    ort_rows, _ = _qdq_layers(tmp_path / "image_ort.onnx")
+    assert not any(r["weight_dq"] for r in ort_rows if r["op"] == "Conv" and r["group"] > 1)
+
+    # ONNX Runtime still runs TensorRT's graph, close to fp32 (held-out random inputs)
+    x = np.random.default_rng(1).random((8, 3, 64, 64)).astype(np.float32)
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+
+    cos = cosines(run(tmp_path / "image.onnx"), run(onnx_dir / "image.onnx"))
+    assert 0.99 <= cos.min() and cos.max() < 1 - 1e-6   # close, and really quantized
+
+
 # --------------------------------------------------------------------------- engines (TensorRT + CUDA)
 
 def cosines(a, b):
@@ -269,7 +350,7 @@ def test_build_report(engines):
     out, reports = engines
     r = reports["image_fp32"]
     json.dumps(r)  # JSON-serialisable as it is
-    assert r["file"] == "image_fp32.plan" and r["backend"] == "tensorrt" and r["strongly_typed"]
+    assert r["file"] == "image_fp32.plan" and r["backend"] == "tensorrt" and r["strongly_typed"] and r["tf32"] is False
     assert r["tensorrt"] == sys.modules["tensorrt"].__version__ and r["device"] == torch.cuda.get_device_name()
     assert r["profile"] == {"min": 1, "opt": 4, "max": 8} and r["workspace_gb"] == 1.0 and r["build_seconds"] > 0
     assert r["inputs"] == [{"name": "image", "shape": [-1, 3, 64, 64], "dtype": "float32",

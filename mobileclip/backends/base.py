@@ -52,6 +52,9 @@ class Backend:
     # The artifact's own inputs and outputs read back from the file: (directory, entry) ->
     # {"inputs": [{name, shape, dtype}], "outputs": [...]}; validate compares them with the manifest.
     read_io: Optional[Callable] = None
+    # The device export and validate run its artifacts on for parity ("cuda" for TensorRT engines, which
+    # run nowhere else); bench and the runtime pass the device they were asked for.
+    parity_device: str = "cpu"
 
 
 def installed_versions(*dists: str) -> dict:

@@ -55,8 +55,9 @@ def _quantize(src, out_dir: Path, info: dict, o: ExportOptions, qdq_for_tensorrt
 
     The text tower is quantized dynamically for ONNX Runtime (its MatMuls are where the time
     goes, and per-call activation scales suit variable-length prompts). For TensorRT, which
-    runs QDQ graphs only, the image tower is QDQ with symmetric activations and the text
-    tower is fp16.
+    runs QDQ graphs only, the image tower is QDQ in TensorRT's recipe (every convolution
+    including the depthwise ones, int8 symmetric activations, float biases: ``quantize.TARGETS``)
+    and the text tower is fp16.
     """
     from .onnx_graph import IMAGE_IN, to_fp16
     from .quantize import calibration_images, quantize_dynamic_onnx, quantize_static_onnx
@@ -67,7 +68,7 @@ def _quantize(src, out_dir: Path, info: dict, o: ExportOptions, qdq_for_tensorrt
     if method == "static":
         samples, meta = calibration_images(o.calib, src.preprocess, o.calib_size, o.seed)
         q = quantize_static_onnx(fp32, out_dir / "image.onnx", IMAGE_IN, samples,
-                                 symmetric_activations=qdq_for_tensorrt)
+                                 target="tensorrt" if qdq_for_tensorrt else "onnxruntime")
         q["quantization"].update(meta)
     else:
         q = quantize_dynamic_onnx(fp32, out_dir / "image.onnx")
@@ -100,9 +101,25 @@ def check_options(o: ExportOptions) -> None:
 
 # ------------------------------------------------------------------ run
 
-def ort_session(path: Path, precision: str = "fp32", providers: Optional[Sequence[str]] = None, threads: int = 0,
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def provider_name(provider) -> str:
+    """An execution provider's name, whether given as ``"Name"`` or ``("Name", {options})``."""
+    return provider[0] if isinstance(provider, (tuple, list)) else str(provider)
+
+
+def ort_session(path: Path, precision: str = "fp32", providers: Optional[Sequence] = None, threads: int = 0,
                 inter_threads: int = 0):
-    """An ONNX Runtime session for one bundle artifact."""
+    """An ONNX Runtime session for one bundle artifact, on exactly the providers asked for.
+
+    ONNX Runtime falls back to the next provider in the list (in the end the CPU) when one
+    cannot be created (onnxruntime without CUDA, a missing CUDA/cuDNN library, a TensorRT
+    EP without TensorRT), with only a log line. Timings or outputs from such a session would
+    be labelled with a device they never ran on, so every requested provider other than the
+    CPU must be among the session's own providers (``session.get_providers()``), or
+    :class:`BackendUnavailable` says which are missing and what to do.
+    """
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -115,35 +132,59 @@ def ort_session(path: Path, precision: str = "fp32", providers: Optional[Sequenc
         opts.inter_op_num_threads = int(inter_threads)
     # ORT 1.31 can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
     disabled = ["NchwcTransformer"] if precision == "fp16" else None
+    requested = list(providers or [CPU_PROVIDER])
     try:
-        return ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]),
-                                    disabled_optimizers=disabled)
+        session = ort.InferenceSession(str(path), opts, providers=requested, disabled_optimizers=disabled)
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise BundleError(f"ONNX Runtime cannot load {str(path)!r}: {e}") from e
+    check_providers(session, requested, path)
+    return session
+
+
+def check_providers(session, requested: Sequence, path) -> None:
+    """:class:`BackendUnavailable` when a requested non-CPU provider is not among ``session.get_providers()``."""
+    active = list(session.get_providers())
+    missing = [provider_name(p) for p in requested if provider_name(p) != CPU_PROVIDER
+               and provider_name(p) not in active]
+    if missing:
+        import onnxruntime as ort
+
+        raise BackendUnavailable(
+            f"ONNX Runtime {ort.__version__} did not create {', '.join(missing)} for {str(path)!r}: the session runs on "
+            f"{active} instead (this onnxruntime offers {ort.get_available_providers()}). Install the matching onnxruntime-gpu and "
+            "the CUDA/cuDNN (or TensorRT) libraries it needs (ONNX Runtime's log says which failed to load), or "
+            "run on the CPU (--device cpu, or providers=['CPUExecutionProvider'])")
 
 
 def ort_providers(device: str) -> list:
-    """The execution providers for ``device``: CPU, or CUDA (refused when onnxruntime has none)."""
+    """The execution providers for ``device``: ``cpu``, or ``cuda`` / ``cuda:N`` (CUDA first, refused when
+    onnxruntime has no CUDA provider; ``cuda:N`` picks GPU N)."""
     import onnxruntime as ort
 
+    device = str(device)
     if device == "cpu":
-        return ["CPUExecutionProvider"]
+        return [CPU_PROVIDER]
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise BackendUnavailable(f"device {device!r}: ONNX bundles run on cpu, cuda or cuda:N")
     have = ort.get_available_providers()
     if "CUDAExecutionProvider" not in have:
         raise BackendUnavailable(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (available: {have}); "
                                  "install onnxruntime-gpu to run bundles on the GPU")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    cuda = ("CUDAExecutionProvider", {"device_id": int(index)}) if index else "CUDAExecutionProvider"
+    return [cuda, CPU_PROVIDER]
 
 
 class OrtRunner(Runner):
     """An ONNX Runtime session; activation checks the graph's own signature against the manifest.
 
-    ``providers`` overrides the execution providers ``device`` implies; ``inter_threads`` sets
-    ONNX Runtime's inter-op pool (0: its default).
+    ``providers`` overrides the execution providers ``device`` implies; either way a session
+    on which ONNX Runtime silently dropped a requested GPU provider is refused
+    (:func:`ort_session`). ``inter_threads`` sets ONNX Runtime's inter-op pool (0: its default).
     """
 
     def __init__(self, directory, entry: dict, device: str = "cpu", threads: int = 0,
-                 providers: Optional[Sequence[str]] = None, inter_threads: int = 0) -> None:
+                 providers: Optional[Sequence] = None, inter_threads: int = 0) -> None:
         super().__init__(directory, entry, device, threads)
         self.providers, self.inter_threads = providers, inter_threads
 
@@ -172,9 +213,6 @@ class OrtRunner(Runner):
                               f"{shape}; re-export the bundle")
         out = self.session.get_outputs()[0].shape
         self.output_dim = out[-1] if out and isinstance(out[-1], int) else None
-        if not self.providers and self.device != "cpu" and "CUDAExecutionProvider" not in self.session.get_providers():
-            raise BackendUnavailable(f"ONNX Runtime fell back to {self.session.get_providers()} for "
-                                     f"{str(self.path)!r}; it cannot run on {self.device}")
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]

@@ -10,7 +10,8 @@ Two ONNX Runtime recipes, chosen per tower:
   against 208.8 ms dynamic int8, DESIGN.md), so convolutions stay fp32.
 * **static** (``quantize_static``, QDQ format): activation ranges calibrated on real
   inputs (images of a dataset, ``--calib``), per-channel int8 weights. The QDQ form runs
-  fast on ONNX Runtime's CPU kernels and is what TensorRT consumes for int8.
+  fast on ONNX Runtime's CPU kernels and is what TensorRT consumes for int8; the two want
+  different graphs (:data:`TARGETS`).
 
 Both run on a copy prepared by :func:`prepare`: the exporter's ``value_info`` is
 dropped (``quantize_dynamic`` fails on dynamo-exported graphs with "Inferred shape and
@@ -74,6 +75,24 @@ class _Reader:
 
 STATIC_OPS = ("Conv", "MatMul", "Gemm")
 
+# Static QDQ recipes per consumer of the graph (``target``). Weights are int8, symmetric (zero point 0),
+# per output channel in both.
+#
+# * ``onnxruntime``: uint8 activations (ORT's CPU kernels are fastest with them); depthwise convolutions
+#   stay fp32, because ORT's int8 depthwise kernels are slower than its fp32 ones (measured on
+#   MobileCLIP-S0's image tower, 2-core AVX-512 VNNI CPU: all convs int8 1.14x fp32 latency, depthwise kept
+#   fp32 0.67x; benchmarks/results/export_latency.md); biases int32 (ORT folds them into QLinearConv).
+# * ``tensorrt``: TensorRT's explicit quantization (strongly typed networks) runs in int8 exactly the ops
+#   whose inputs *and* weights pass through Q/DQ; any other op runs in the graph's float type. So every
+#   Conv (depthwise too: FastViT/MobileOne stages are mostly depthwise), MatMul and Gemm is quantized.
+#   Activations are int8 with zero point 0 (TensorRT is symmetric only: its ONNX parser refuses a non-zero
+#   zero point and reads uint8 as int8); biases stay float, because TensorRT's DequantizeLinear takes
+#   int8/fp8/int4 inputs only (onnx-tensorrt's operator table), not ORT's int32 biases.
+TARGETS = {
+    "onnxruntime": {"activations": "uint8", "quantize_grouped_convs": False, "quantize_bias": True},
+    "tensorrt": {"activations": "int8", "quantize_grouped_convs": True, "quantize_bias": False},
+}
+
 
 def grouped_convs(path: Path) -> list:
     """Names of the grouped (depthwise) convolutions of an ONNX graph."""
@@ -85,41 +104,43 @@ def grouped_convs(path: Path) -> list:
 
 def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndarray,
                          calibration: str = "minmax", op_types: Sequence[str] = STATIC_OPS,
-                         symmetric_activations: bool = False, keep_grouped_convs: bool = True) -> dict:
+                         target: str = "onnxruntime") -> dict:
     """QDQ int8 with activation ranges calibrated on ``samples`` (real inputs, first axis = batch).
 
     Only ``op_types`` (Conv/MatMul/Gemm) are quantized: Q/DQ pairs around element-wise ops
-    cost more than they save. ``keep_grouped_convs`` leaves depthwise convolutions in fp32:
-    ONNX Runtime's int8 depthwise kernels are slower than its fp32 ones (measured on
-    MobileCLIP-S0's image tower, 2-core AVX-512 VNNI CPU: all convs int8 1.14x fp32 latency,
-    depthwise kept fp32 0.67x; benchmarks/results/export_latency.md has the current numbers).
-    ``symmetric_activations`` (int8 activations with zero point 0) is what TensorRT wants;
-    ONNX Runtime's CPU kernels are fastest with uint8 activations (the default).
+    cost more than they save. ``target`` picks the recipe of :data:`TARGETS`: ``onnxruntime``
+    (uint8 activations, depthwise convolutions kept fp32) or ``tensorrt`` (int8 symmetric
+    activations, every convolution quantized including depthwise ones, float biases).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    if target not in TARGETS:
+        raise ConfigError(f"quantization target {target!r} is not known; choose from {list(TARGETS)}")
     if calibration not in CALIBRATIONS:
         raise ConfigError(f"calibration {calibration!r} is not known; choose from {list(CALIBRATIONS)}")
     if samples is None or len(samples) == 0:
         raise ConfigError("static int8 needs calibration inputs: pass --calib with a folder of real images")
+    recipe = TARGETS[target]
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[calibration]
-    act = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
-    extra = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True}
+    symmetric = recipe["activations"] == "int8"
+    act = QuantType.QInt8 if symmetric else QuantType.QUInt8
+    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": recipe["quantize_bias"]}
     if calibration == "percentile":
         extra["CalibPercentile"] = 99.99
     with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
         prepare(Path(src), pre)
-        excluded = grouped_convs(pre) if keep_grouped_convs else []
+        excluded = [] if recipe["quantize_grouped_convs"] else grouped_convs(pre)
         quantize_static(str(pre), str(dst), _Reader(input_name, samples), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(op_types), nodes_to_exclude=excluded, per_channel=True,
                         activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
                         extra_options=extra)
-    return {"quantization": {"method": "static", "format": "QDQ", "calibration": calibration,
+    return {"quantization": {"method": "static", "format": "QDQ", "target": target, "calibration": calibration,
                              "calibration_samples": int(len(samples)), "op_types": list(op_types),
-                             "kept_fp32_grouped_convs": len(excluded), "weights": "int8 per-channel",
-                             "activations": "int8 symmetric" if symmetric_activations else "uint8"}}
+                             "kept_fp32_grouped_convs": len(excluded), "weights": "int8 symmetric per-channel",
+                             "activations": "int8 symmetric" if symmetric else "uint8",
+                             "biases": "int32" if recipe["quantize_bias"] else "float"}}
 
 
 def calibration_images(folder: str, preprocess, n: int = 64, seed: int = 0) -> tuple[np.ndarray, dict]:

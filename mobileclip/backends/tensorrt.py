@@ -6,10 +6,15 @@ Written against the TensorRT 10.x / 11.x Python API:
   from builder flags (``BuilderFlag.FP16``/``INT8`` are gone in 11.x). An fp32 engine is
   built from the fp32 ONNX, an fp16 engine from the fp16-typed ONNX of
   :func:`mobileclip.backends.onnx_graph.to_fp16` (fp32 I/O, LayerNorm/Softmax/reductions kept
-  fp32), an int8 engine from a QDQ ONNX (explicit quantization). ``STRONGLY_TYPED`` is
-  required on 10.x and accepted (ignored) on 11.x, where every network is strongly typed.
+  fp32), an int8 engine from a QDQ ONNX (explicit quantization) in TensorRT's recipe
+  (``quantize.TARGETS["tensorrt"]``: every Conv, depthwise ones included, MatMul and Gemm;
+  int8 symmetric; float biases). ``STRONGLY_TYPED`` is required on 10.x and accepted
+  (ignored) on 11.x, where every network is strongly typed. ``BuilderFlag.TF32`` (on by
+  default) is cleared, so float32 layers compute in fp32.
 * One optimization profile covers the batch axis of every input: ``min=1``, ``opt``,
-  ``max=max_batch`` (see :func:`profile_shapes`); every other axis must be fixed.
+  ``max=max_batch`` (see :func:`profile_shapes`); every other axis must be fixed. The runner
+  reads that range back from the engine, and :class:`EngineRunner` (through ``Runner.infer``)
+  splits larger calls into calls of at most ``max``.
 * A timing cache (optional) makes rebuilds skip kernel autotuning already done; it is
   loaded when the file exists and written back after the build. The engine and the cache
   are written to a temporary name and renamed into place.
@@ -213,17 +218,21 @@ def _io(trt, engine) -> tuple[list, list]:
 
 def build_engine(onnx_path: Union[str, Path], engine_path: Union[str, Path], *, max_batch: int = 32,
                  opt_batch: Optional[int] = None, workspace_gb: float = 4.0,
-                 timing_cache: Union[str, Path, None] = None, verbose: bool = False) -> dict:
+                 timing_cache: Union[str, Path, None] = None, verbose: bool = False, tf32: bool = False) -> dict:
     """Build a serialized TensorRT engine (``.plan``) from an ONNX tower; return its JSON-ready record.
 
     Precision is the ONNX file's: pass the fp16-typed ONNX for an fp16 engine and a QDQ
     ONNX for int8. Nothing is written until the engine is built: the engine (and the
     timing cache, when given) go to a temporary name first and are renamed into place.
+    TensorRT's builder lets float32 layers use TF32 unless told not to (``BuilderFlag.TF32`` is
+    set by default): the flag is cleared unless ``tf32=True``, so an fp32 engine (and the
+    fp32 parts of fp16 and int8 ones) computes in fp32, as its label and its fp32 parity
+    threshold say.
 
     The record: ``file``, ``backend``, ``tensorrt`` (version), ``profile`` (batch sizes
     ``min``/``opt``/``max``), ``workspace_gb``, ``build_seconds``, ``inputs``/``outputs``
     (name, shape with -1 for dynamic axes, dtype; inputs also carry their profile shapes),
-    ``device``, ``engine_bytes``, ``strongly_typed`` and ``timing_cache`` (file, bytes
+    ``device``, ``engine_bytes``, ``strongly_typed``, ``tf32`` and ``timing_cache`` (file, bytes
     loaded, bytes saved; None without a cache).
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
@@ -256,6 +265,9 @@ def build_engine(onnx_path: Union[str, Path], engine_path: Union[str, Path], *, 
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    tf32_flag = getattr(trt.BuilderFlag, "TF32", None)
+    if tf32_flag is not None and not tf32:
+        config.clear_flag(tf32_flag)
     profile = builder.create_optimization_profile()
     batches = None
     for i in range(network.num_inputs):
@@ -311,7 +323,8 @@ def build_engine(onnx_path: Union[str, Path], engine_path: Union[str, Path], *, 
         cache_record["saved_bytes"] = saved.nbytes
     return {
         "file": engine_path.name, "backend": "tensorrt", "tensorrt": trt.__version__, "onnx": onnx_path.name,
-        "strongly_typed": True, "profile": batches, "workspace_gb": float(workspace_gb),
+        "strongly_typed": True, "tf32": bool(tf32 and tf32_flag is not None), "profile": batches,
+        "workspace_gb": float(workspace_gb),
         "build_seconds": round(build_seconds, 2), "engine_bytes": data.nbytes, "inputs": inputs, "outputs": outputs,
         "device": torch.cuda.get_device_name(), "timing_cache": cache_record,
     }
@@ -510,9 +523,13 @@ class EngineRunner(Runner):
         ok, why = tensorrt_available()
         if not ok:
             raise BackendUnavailable(why)
-        if not str(self.device).startswith("cuda"):
-            raise BackendUnavailable("TensorRT engines run on a CUDA GPU: pass --device cuda")
-        self.engine = TRTRunner(self.path)
+        kind, _, index = str(self.device).partition(":")
+        if kind != "cuda" or (index and not index.isdigit()):
+            raise BackendUnavailable(f"TensorRT engines run on a CUDA GPU, not on {self.device!r}: pass --device cuda "
+                                     "(or cuda:N)")
+        self.engine = TRTRunner(self.path, device=int(index or 0))
+        # The engine's own optimization profile (min/opt/max, read from the engine by TRTRunner) caps
+        # a call: Runner.infer splits larger batches (parity's 36 class prompts) into calls of this size.
         self.max_batch = self.engine.max_batch
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
@@ -533,4 +550,4 @@ BACKEND = Backend(
     io="host numpy arrays in and out (host/device copies included)",
     summary="TensorRT engines built from the ONNX towers (NVIDIA GPUs)",
     export=export_tensorrt, runner=EngineRunner, unavailable=_unavailable, check_options=_check_tensorrt_options,
-    prepare_export=lambda: require_tensorrt())
+    prepare_export=lambda: require_tensorrt(), parity_device="cuda")

@@ -380,9 +380,11 @@ def load(bundle_dir: Union[str, Path], providers: Optional[Sequence[str]] = None
          batch_size: int = 32, verify: bool = True) -> RuntimeModel:
     """Load an ONNX bundle: checks the manifest and every file's sha256 (``verify``), opens the sessions.
 
-    ``providers``: ONNX Runtime execution providers (default CPU); ``threads``: intra-op
-    threads (0: ONNX Runtime's default); ``batch_size``: images/texts per session call for
-    dynamic-batch artifacts (a fixed-batch artifact uses its own batch, padding the last).
+    ``providers``: ONNX Runtime execution providers (default CPU; a GPU provider ONNX Runtime could
+    not create is refused with :class:`~mobileclip.backends.BackendUnavailable`, never silently run
+    on the CPU); ``threads``: intra-op threads (0: ONNX Runtime's default); ``batch_size``:
+    images/texts per session call for dynamic-batch artifacts (a fixed-batch artifact uses its own
+    batch, padding the last).
     """
     directory = Path(bundle_dir).expanduser()
     manifest = load_manifest(directory, verify=verify)
