@@ -118,6 +118,10 @@ class TorchRuntime(Runtime):
                 stack.enter_context(torch.inference_mode())
                 if dtype is not None:
                     stack.enter_context(torch.autocast(dev_type, dtype=dtype))
+                elif dev_type == "cuda":   # "fp32" means fp32: no TF32 convolutions (cuDNN's default) or matmuls
+                    from .stats import ieee_fp32
+
+                    stack.enter_context(ieee_fp32())
                 return fn(x)
 
         return run

@@ -162,6 +162,30 @@ def ieee_fp32_matmul() -> Iterator[None]:
             matmul.allow_tf32 = saved
 
 
+@contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """fp32 CUDA matmuls *and* cuDNN convolutions in full fp32 inside the block (cuDNN allows TF32 for
+    convolutions by default, so an "fp32" timing of a conv tower would otherwise be a TF32 one); the
+    previous settings are restored after, the new way (``fp32_precision``) where torch has it."""
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    new_api = conv is not None and hasattr(conv, "fp32_precision")
+    saved = conv.fp32_precision if new_api else torch.backends.cudnn.allow_tf32
+    if new_api:
+        conv.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        with ieee_fp32_matmul():
+            yield
+    finally:
+        if new_api:
+            conv.fp32_precision = saved
+        else:
+            torch.backends.cudnn.allow_tf32 = saved
+
+
 def measure_peak(device: str, threads: int, seconds: float = 1.0, n: Optional[int] = None,
                  dtype: str = "fp32") -> dict:
     """The machine's measured peak: a large square matmul timed repeatedly, best GFLOP/s.

@@ -132,6 +132,29 @@ def test_measure_peak_tf32_on_torch_without_the_new_api(monkeypatch):
     assert old.allow_tf32 is True
 
 
+def test_torch_fp32_cases_on_cuda_turn_off_tf32_convolutions_too():
+    """cuDNN runs fp32 convolutions in TF32 by default: the torch runtime's fp32 rows on CUDA run inside
+    ieee_fp32(), which sets convolutions and matmuls to IEEE fp32 and restores both after."""
+    from mobileclip.benchmarks.stats import ieee_fp32
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    if not hasattr(conv, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no torch.backends.cudnn.conv.fp32_precision")
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
+    try:
+        with ieee_fp32():
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
+    import inspect
+
+    from mobileclip.benchmarks.runtimes import TorchRuntime
+
+    assert "ieee_fp32()" in inspect.getsource(TorchRuntime.prepare)
+
+
 def test_memory_probe_reads_and_resets_the_high_water_mark():
     probe = H.MemoryProbe()
     assert probe.peak_mb() >= probe.rss_mb() > 0
