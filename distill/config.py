@@ -30,6 +30,15 @@ class DataConfig:
     image_ratio: float = 1.0
     text_ratio: float = 1.0
     workers: int = 2
+    # The input pipeline (benchmarks/results/data_throughput.md). Exact: uint8 batches normalized on the device
+    # (4x less to copy; equal to the float32 CPU preprocess), captions tokenized once at start (same ids).
+    # Faster but not bit-equal to the crops the teacher saw: JPEG draft decoding when the crop is at least twice
+    # the input size, torchvision's JPEG decoder (bit-equal to Pillow's) with torch's resize (within 1 level).
+    image_dtype: Literal["uint8", "float32"] = "uint8"
+    pretokenize: bool = False
+    draft: bool = False
+    decoder: Literal["pil", "torchvision"] = "pil"
+    resize: Literal["pil", "torch"] = "pil"
 
 
 @dataclass

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from mobileclip.errors import ConfigError, DatasetError
-from mobileclip.transforms import IMAGE_READ_ERRORS, load_image, to_rgb
+from mobileclip.transforms import (IMAGE_READ_ERRORS, ScaledImage, load_image, load_image_scaled, resize_crop,
+                                   to_rgb)
 
 AUG_FIELDS = ("x0", "y0", "w", "h", "flip")
 
@@ -74,6 +75,14 @@ class CaptionPairs:
             return load_image(path), [caption]
         except IMAGE_READ_ERRORS:
             return None, [caption]
+
+    def open(self, i: int):
+        """``(the image file's path, [caption])``: the encoded image, for decoders that read less than all of it."""
+        path, caption = self.ds.items[i]
+        return path, [caption]
+
+    def captions(self, i: int) -> list:
+        return [self.ds.items[i][1]]
 
     def spec(self) -> dict:
         return {"kind": "captions", **self.args}
@@ -160,17 +169,29 @@ class WebDatasetPairs:
         return f.read(size)
 
     def load(self, i: int):
+        src, captions = self.open(i)
+        if src is None:
+            return None, captions
+        try:
+            image = load_image(src)
+        except IMAGE_READ_ERRORS:
+            image = None
+        return image, captions
+
+    def open(self, i: int):
+        """``(the image member's bytes as a file object, [caption])``; ``(None, [""])`` when the caption is
+        unreadable (not UTF-8, bad JSON, no caption field, or empty: skipped and counted like a bad image)."""
         import io
 
         shard, io_, is_, co, cs, cap_ext = self.index[i]
         caption = _caption_text(self._read(shard, co, cs), cap_ext)
-        if not caption:  # not UTF-8, bad JSON, no caption field, or empty: skipped and counted like a bad image
+        if not caption:
             return None, [""]
-        try:
-            image = load_image(io.BytesIO(self._read(shard, io_, is_)))
-        except IMAGE_READ_ERRORS:
-            image = None
-        return image, [caption]
+        return io.BytesIO(self._read(shard, io_, is_)), [caption]
+
+    def captions(self, i: int) -> list:
+        shard, _, _, co, cs, cap_ext = self.index[i]
+        return [_caption_text(self._read(shard, co, cs), cap_ext)]
 
     def spec(self) -> dict:
         return {"kind": "webdataset", **self.args}
@@ -245,6 +266,9 @@ class ImageFiles:
         except IMAGE_READ_ERRORS:
             return None, []
 
+    def open(self, i: int):
+        return self.files[i], []
+
     def spec(self) -> dict:
         return {"kind": "images", **self.args}
 
@@ -276,6 +300,9 @@ class TextLines:
 
     def load(self, i: int):
         return None, [self.texts[i]]
+
+    def captions(self, i: int) -> list:
+        return [self.texts[i]]
 
     def spec(self) -> dict:
         return {"kind": "texts", **self.args}
@@ -364,14 +391,295 @@ def sample_aug(seed: int, index: int, k: int, scale: Sequence[float], ratio: Seq
     return np.array([x0, y0, w, h, flip], dtype=np.float32)
 
 
+def aug_box(params: np.ndarray, size: tuple) -> tuple:
+    """The pixel box ``(left, top, right, bottom)`` that augmentation ``params`` crop from an image of ``size``."""
+    x0, y0, w, h = (float(v) for v in params[:4])
+    W, H = size
+    box = (round(x0 * W), round(y0 * H), round((x0 + w) * W), round((y0 + h) * H))
+    return (box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1))
+
+
 def apply_aug(im: Image.Image, params: np.ndarray) -> Image.Image:
     """Crop (and flip) a PIL image by relative augmentation parameters."""
-    x0, y0, w, h, flip = (float(v) for v in params)
-    W, H = im.size
-    box = (round(x0 * W), round(y0 * H), round((x0 + w) * W), round((y0 + h) * H))
-    box = (box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1))
-    out = to_rgb(im).crop(box)
-    return out.transpose(Image.FLIP_LEFT_RIGHT) if flip >= 0.5 else out
+    out = to_rgb(im).crop(aug_box(params, im.size))
+    return out.transpose(Image.FLIP_LEFT_RIGHT) if float(params[4]) >= 0.5 else out
+
+
+# ------------------------------------------------------------------ the student's image, fast
+#
+# The default path decodes the whole image with Pillow, crops, and runs the student's
+# ``ImagePreprocess`` (resize the short side, center crop, float32, mean/std). ``StudentImages``
+# does the same with opt-in levers (see ``TrainSamples``): a uint8 result normalized later on the
+# device, JPEG decoding at a reduced DCT scale when the crop is large enough, torchvision's JPEG
+# decoder, torch's antialiased resize.
+
+IMAGE_DTYPES = ("float32", "uint8")
+DECODERS = ("pil", "torchvision")
+RESIZERS = ("pil", "torch")
+
+
+def resized_size(crop_size: tuple, cfg) -> tuple:
+    """``(width, height)`` a crop of ``crop_size`` is resized to by ``resize_crop`` before its center crop."""
+    size = cfg.image_size
+    if cfg.resize_mode == "squash":
+        return size, size
+    w, h = crop_size
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def draft_scale(crop_size: tuple, cfg) -> int:
+    """The largest JPEG reduction (8, 4 or 2; else 1) at which a crop of ``crop_size`` (full-resolution
+    pixels) still covers at least the size it is resized to, in both dimensions: decoding at that
+    scale never upsamples what the full decode would have downsampled."""
+    nw, nh = resized_size(crop_size, cfg)
+    w, h = crop_size
+    return next((k for k in (8, 4, 2) if w >= k * nw and h >= k * nh), 1)
+
+
+def _center_box(nw: int, nh: int, size: int, flip: bool) -> tuple:
+    """``(left, top)`` of ``resize_crop``'s center crop; with ``flip``, where that crop of the flipped image lies in
+    the unflipped one (offsets round half to even, so they are not symmetric)."""
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    return (nw - size - left if flip else left), top
+
+
+def _hwc_to_chw(a: np.ndarray) -> torch.Tensor:
+    """``uint8 [3, H, W]`` view of an ``[H, W, 3]`` array (channels-last strides, no copy)."""
+    return torch.from_numpy(a).permute(2, 0, 1)
+
+
+def _pil_to_uint8(im: Image.Image) -> torch.Tensor:
+    return _hwc_to_chw(np.array(im, dtype=np.uint8))
+
+
+def normalize_cpu(image: torch.Tensor, cfg) -> torch.Tensor:
+    """``uint8 [3, S, S]`` → ``float32`` normalized with ``cfg``'s mean/std: ``ImagePreprocess``'s numpy operations
+    (so the results are equal), single-threaded — torch's thread pool costs more than the work on one image."""
+    x = np.asarray(image.permute(1, 2, 0).numpy(), dtype=np.float32) / 255.0
+    x = (x - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+class StudentImages:
+    """Sample ``i``'s augmentation crop through the student's preprocessing, with the levers of
+    :class:`TrainSamples` (``image_dtype``, ``draft``, ``decoder``, ``resize``)."""
+
+    def __init__(self, preprocess: Callable, image_dtype: str = "float32", draft: bool = False,
+                 decoder: str = "pil", resize: str = "pil") -> None:
+        if image_dtype not in IMAGE_DTYPES:
+            raise ConfigError(f"image_dtype must be one of {IMAGE_DTYPES}, got {image_dtype!r}")
+        if decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if resize not in RESIZERS:
+            raise ConfigError(f"resize must be one of {RESIZERS}, got {resize!r}")
+        self.pp, self.image_dtype, self.draft, self.decoder, self.resize = (preprocess, image_dtype, bool(draft),
+                                                                             decoder, resize)
+        self.cfg = getattr(preprocess, "cfg", None)
+        self.fast = self.draft or decoder != "pil" or resize != "pil"
+        if (self.fast or image_dtype != "float32") and self.cfg is None:
+            raise ConfigError("image_dtype='uint8', draft, decoder and resize need the student's ImagePreprocess "
+                              f"(with its cfg), not {preprocess!r}")
+        if resize == "torch" and self.cfg.interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(f"resize='torch' resamples bilinear or bicubic like Pillow, not "
+                              f"{self.cfg.interpolation!r}; use resize='pil'")
+        self.reduced = 0  # images this process decoded at a reduced JPEG scale (draft)
+        self.decoded = 0
+
+    def from_crop(self, crop: Image.Image) -> torch.Tensor:
+        """The default path's result for a PIL crop: float32 through the preprocess, or its uint8 image."""
+        if self.image_dtype == "float32":
+            return self.pp(crop)
+        return _pil_to_uint8(resize_crop(to_rgb(crop), self.cfg))
+
+    def load(self, source, i: int, params_for: Callable):
+        """``(student image or None when unreadable, captions, params)``; ``params_for(width, height)`` gives the
+        augmentation of the full-resolution oriented image. Uses the fast levers; see :meth:`from_crop` for the
+        default path."""
+        opener = getattr(source, "open", None)
+        if opener is None:  # an in-memory source (synthetic): nothing to decode faster
+            im, captions = source.load(i)
+            if im is None:
+                return None, captions, None
+            params = params_for(*im.size)
+            return self.from_crop(apply_aug(im, params)), captions, params
+        src, captions = opener(i)
+        if src is None:
+            return None, captions, None
+        chosen = {}
+
+        def choose(w: int, h: int) -> int:
+            chosen["size"], chosen["params"] = (w, h), params_for(w, h)
+            return draft_scale(_box_size(aug_box(chosen["params"], (w, h))), self.cfg) if self.draft else 1
+
+        try:
+            scaled = load_image_scaled(src, choose, self.decoder)
+        except IMAGE_READ_ERRORS:
+            return None, captions, None
+        self.decoded += 1
+        self.reduced += scaled.scale > 1
+        # choose() ran for JPEGs only (other formats: the decoded size), and with the header's orientation
+        params = chosen["params"] if chosen.get("size") == tuple(scaled.full_size) else params_for(*scaled.full_size)
+        image = self._crop_resize(scaled, params)
+        if self.image_dtype == "float32":
+            image = normalize_cpu(image, self.cfg)
+        return image, captions, params
+
+    def _crop_resize(self, scaled: ScaledImage, params: np.ndarray) -> torch.Tensor:
+        """``uint8 [3, S, S]``: the crop of ``params`` resized and center-cropped as ``resize_crop`` does."""
+        cfg, img = self.cfg, scaled.image
+        box = aug_box(params, scaled.full_size)
+        flip = float(params[4]) >= 0.5
+        size = cfg.image_size
+        if isinstance(img, torch.Tensor) and self.resize == "pil":  # torchvision's decode, Pillow's resize
+            img = Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB")
+        if scaled.scale == 1 and isinstance(img, Image.Image) and self.resize == "pil":  # exactly the default path
+            return _pil_to_uint8(resize_crop(apply_aug(img, params), cfg))
+        nw, nh = resized_size(_box_size(box), cfg)
+        left, top = _center_box(nw, nh, size, flip)
+        if scaled.scale > 1:  # Pillow resamples the reduced image's region of the crop's center square directly
+            k, (ox, oy) = scaled.scale, scaled.offset
+            sx, sy = (box[2] - box[0]) / k / nw, (box[3] - box[1]) / k / nh
+            bx, by = box[0] / k + ox, box[1] / k + oy
+            out = img.resize((size, size), _resample(cfg), box=(bx + left * sx, by + top * sy,
+                                                                 bx + (left + size) * sx, by + (top + size) * sy))
+            return _pil_to_uint8(out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out)
+        if isinstance(img, Image.Image):
+            img = _hwc_to_chw(np.array(img, dtype=np.uint8))
+        crop = img[:, box[1]:box[3], box[0]:box[2]]
+        if (nw, nh) != (crop.shape[2], crop.shape[1]):
+            # channels-last in and out: torch's fast uint8 kernel, and a batch copy without a transpose
+            crop = torch.nn.functional.interpolate(crop[None].contiguous(memory_format=torch.channels_last),
+                                                   size=(nh, nw), mode=cfg.interpolation, antialias=True,
+                                                   align_corners=False)[0]
+        out = crop[:, top:top + size, left:left + size]
+        return out.flip(-1) if flip else out
+
+
+def _box_size(box: tuple) -> tuple:
+    return box[2] - box[0], box[3] - box[1]
+
+
+def _resample(cfg):
+    return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[cfg.interpolation]
+
+
+class ImageNormalizer:
+    """uint8 images → the student's float32 input: ``(x / 255 - mean) / std`` with float32 operations in the
+    order of ``ImagePreprocess``, so a batch normalized on the device equals the float32 CPU preprocess.
+
+    ``normalizer(batch)`` takes ``uint8 [..., 3, H, W]`` on any device (any strides, e.g. the channels-last
+    batches of :func:`collate_train`) and returns float32 there, in ``memory_format``; float tensors are returned
+    unchanged, so it can be applied to every image batch whatever ``image_dtype`` the dataset used.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device=None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        def const(v):
+            return torch.tensor(v, dtype=torch.float32, device=device).reshape(-1, 1, 1)
+
+        self.mean, self.std = const(list(mean)), const(list(std))
+        # a tensor, not a Python number: CUDA divides by a CPU scalar as a multiplication by its reciprocal
+        self.scale = torch.full((1, 1, 1), 255.0, dtype=torch.float32, device=device)
+        self.memory_format = memory_format
+
+    @classmethod
+    def for_preprocess(cls, preprocess, device=None, **kw) -> "ImageNormalizer":
+        cfg = preprocess.cfg if hasattr(preprocess, "cfg") else preprocess
+        return cls(cfg.mean, cfg.std, device, **kw)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images
+        dev = images.device
+        if self.mean.device != dev:
+            self.mean, self.std, self.scale = self.mean.to(dev), self.std.to(dev), self.scale.to(dev)
+        x = images.to(torch.float32, memory_format=self.memory_format)
+        return x.div_(self.scale).sub_(self.mean).div_(self.std)
+
+
+def normalize_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``uint8 [..., 3, H, W]`` → float32 ``(x / 255 - mean) / std`` on the images' device
+    (see :class:`ImageNormalizer`)."""
+    return ImageNormalizer(mean, std, images.device)(images)
+
+
+# ------------------------------------------------------------------ captions, tokenized once
+
+class TokenTable:
+    """Every caption of a source through a tokenizer once, stored compactly, so that a sample's tokens are a lookup.
+
+    Built from ``source.captions(i)`` (caption files, WebDataset shards — one pass over the caption members —
+    and text files): unique captions are tokenized once, in batches; each one's ids up to its last non-zero
+    (the end token) are kept in one ``uint16`` array (``int32`` when the vocabulary needs it), with offsets.
+    ``table[i, c]`` is exactly ``tokenizer([caption c of sample i])[0]`` (the padding is zeros). About
+    ``2 x tokens + 12`` bytes per unique caption plus 12 bytes per sample; the arrays are shared by the
+    DataLoader workers (forked) without copies.
+
+    A source without ``captions(i)`` (the synthetic generator renders an image to know its captions) gets a
+    memo instead: each distinct caption is tokenized once per process, up to ``memo_limit`` of them.
+    """
+
+    def __init__(self, source, tokenizer: Callable, batch: int = 1024, memo_limit: int = 200_000) -> None:
+        self.tok, self.memo_limit, self.memo = tokenizer, memo_limit, {}
+        self.n = len(source)
+        get = getattr(source, "captions", None)
+        self.precomputed = get is not None
+        if not self.precomputed:
+            return
+        ids: dict = {}
+        starts = np.zeros(self.n + 1, dtype=np.int64)
+        caption_ids = []
+        for i in range(self.n):
+            caps = get(i)
+            for c in caps:
+                caption_ids.append(ids.setdefault(c, len(ids)))
+            starts[i + 1] = starts[i] + len(caps)
+        self.starts, self.caption_ids = starts, np.asarray(caption_ids, dtype=np.int32)
+        uniques = list(ids)
+        del ids
+        rows, lengths = [], np.zeros(len(uniques), dtype=np.int64)
+        self.context_length, dtype = 0, torch.int64
+        for b in range(0, len(uniques), batch):
+            t = tokenizer(uniques[b:b + batch])
+            self.context_length, dtype = t.shape[1], t.dtype
+            a = t.numpy()
+            nz = a != 0
+            n = np.where(nz.any(1), a.shape[1] - np.argmax(nz[:, ::-1], axis=1), 0)  # up to the last non-zero
+            lengths[b:b + len(a)] = n
+            rows.append(a[np.arange(a.shape[1]) < n[:, None]])  # the rows, trimmed and concatenated
+        self.dtype = dtype
+        flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        del rows
+        store = np.uint16 if flat.size == 0 or (flat.min() >= 0 and flat.max() < 1 << 16) else np.int32
+        if store is np.int32 and (flat.min() < -(1 << 31) or flat.max() >= 1 << 31):
+            store = np.int64
+        self.tokens = flat.astype(store)
+        self.offsets = np.zeros(len(uniques) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.offsets[1:])
+
+    @property
+    def nbytes(self) -> int:
+        if not self.precomputed:
+            return 0
+        return self.tokens.nbytes + self.offsets.nbytes + self.starts.nbytes + self.caption_ids.nbytes
+
+    def count(self, i: int) -> int:
+        return int(self.starts[i + 1] - self.starts[i]) if self.precomputed else 0
+
+    def get(self, i: int, c: int, caption: str) -> torch.Tensor:
+        """Tokens of caption ``c`` of sample ``i`` (``caption``: its text, used by the memo)."""
+        if not self.precomputed:
+            t = self.memo.get(caption)
+            if t is None:
+                t = self.tok([caption])[0]
+                if len(self.memo) < self.memo_limit:
+                    self.memo[caption] = t
+            return t.clone()
+        u = self.caption_ids[self.starts[i] + c]
+        ids = self.tokens[self.offsets[u]:self.offsets[u + 1]]
+        out = torch.zeros(self.context_length, dtype=self.dtype)
+        out[:len(ids)] = torch.from_numpy(ids.astype(np.int64))
+        return out
 
 
 # ------------------------------------------------------------------ training samples
@@ -386,12 +694,36 @@ class TrainSamples(torch.utils.data.Dataset):
     * with a ``cache``: ``t_image`` / ``t_text`` — cached teacher embeddings ``[T, Dt]``;
     * with online ``teachers``: ``t_inputs_<k>`` / ``t_tokens_<k>`` — the same crop and
       caption through teacher k's own preprocessing and tokenizer.
+
+    Data-pipeline levers (keyword options; the defaults are today's behaviour):
+
+    * ``image_dtype="uint8"``: ``image`` is the student's ``uint8 [3, S, S]`` image before
+      normalization (a channels-last view); the trainer normalizes the batch on the device with
+      :class:`ImageNormalizer` (equal to the float32 CPU preprocess). 4x less to collate, pass between
+      processes, pin and copy. Exact.
+    * ``pretokenize=True``: captions are tokenized once, at construction (:class:`TokenTable`), not per
+      sample. Exact.
+    * ``draft=True``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale by its DCT when the augmentation crop,
+      so reduced, still covers the size the student resizes it to (:func:`draft_scale`); the crop is then
+      resampled from the reduced image. Slightly different pixels (quantified in
+      ``tests/test_data_pipeline.py``); images too small for it are decoded as before.
+    * ``decoder="torchvision"``: JPEGs decoded by ``torchvision.io.decode_jpeg`` (the same libjpeg-turbo;
+      bit-identical on the tests); other formats, EXIF-rotated and unreadable JPEGs go through Pillow.
+    * ``resize="torch"``: the crop resized by torch's antialiased uint8 resampling instead of Pillow's: a
+      fraction of a percent of the pixels differ by 1 level.
+
+    ``draft``, ``decoder`` and ``resize`` act only without online ``teachers`` (these need the full-resolution
+    crop, which the default path gives them). An unreadable image is skipped and counted on every path.
     """
 
     def __init__(self, source, student_preprocess: Callable, student_tokenizer: Callable, seed: int,
-                 aug: dict, cache=None, teachers: Sequence = ()) -> None:
+                 aug: dict, cache=None, teachers: Sequence = (), *, image_dtype: str = "float32",
+                 pretokenize: bool = False, draft: bool = False, decoder: str = "pil", resize: str = "pil") -> None:
         self.source, self.pp, self.tok = source, student_preprocess, student_tokenizer
         self.seed, self.aug, self.cache, self.teachers = seed, aug, cache, list(teachers)
+        self.images = StudentImages(student_preprocess, image_dtype, draft, decoder, resize)
+        self.fast = self.images.fast and not self.teachers
+        self.tokens = TokenTable(source, student_tokenizer) if pretokenize else None
 
     def __len__(self) -> int:
         return len(self.source)
@@ -404,21 +736,34 @@ class TrainSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         i, epoch = key
-        im, captions = self.source.load(i)
-        if im is None or (self.cache is not None and not self.cache.ok(i)):
-            return {"skip": i}
         k, c = self.choice(i, epoch)
-        caption = captions[c % len(captions)]
-        if self.cache is not None:
-            params = self.cache.aug(i, k)
+
+        def params_for(w: int, h: int) -> np.ndarray:
+            if self.cache is not None:
+                return self.cache.aug(i, k)
+            return sample_aug(self.seed + 1000 * epoch, i, 0, self.aug["scale"], self.aug["ratio"],
+                              self.aug["flip_prob"], w / h)
+
+        crop = None
+        if self.fast:
+            if self.cache is not None and not self.cache.ok(i):
+                return {"skip": i}
+            image, captions, _ = self.images.load(self.source, i, params_for)
+            if image is None:
+                return {"skip": i}
         else:
-            params = sample_aug(self.seed + 1000 * epoch, i, 0, self.aug["scale"], self.aug["ratio"],
-                                self.aug["flip_prob"], im.size[0] / im.size[1])
-        crop = apply_aug(im, params)
-        item = {"index": i, "image": self.pp(crop), "tokens": self.tok([caption])[0]}
+            im, captions = self.source.load(i)
+            if im is None or (self.cache is not None and not self.cache.ok(i)):
+                return {"skip": i}
+            crop = apply_aug(im, params_for(*im.size))
+            image = self.images.from_crop(crop)
+        c = c % len(captions)
+        caption = captions[c]
+        tokens = self.tokens.get(i, c, caption) if self.tokens is not None else self.tok([caption])[0]
+        item = {"index": i, "image": image, "tokens": tokens}
         if self.cache is not None:
             item["t_image"] = torch.from_numpy(self.cache.image_embedding(i, k).astype(np.float32))
-            item["t_text"] = torch.from_numpy(self.cache.text_embedding(i, c % len(captions)).astype(np.float32))
+            item["t_text"] = torch.from_numpy(self.cache.text_embedding(i, c).astype(np.float32))
         for t, teacher in enumerate(self.teachers):
             item[f"t_inputs_{t}"] = teacher.preprocess(crop)
             item[f"t_tokens_{t}"] = teacher.tokenizer([caption])[0]
@@ -433,27 +778,42 @@ class UnpairedSamples(torch.utils.data.Dataset):
       teachers' cached embeddings of that crop;
     * texts: ``ut_index``, ``ut_tokens`` and ``ut_t_text``.
 
-    An unreadable image gives ``{"skip": "image-only <index>"}``.
+    An unreadable image gives ``{"skip": "image-only <index>"}``. The keyword options are
+    :class:`TrainSamples`' levers (``ui_image`` is uint8 with ``image_dtype="uint8"``; ``pretokenize`` applies to
+    the texts).
     """
 
-    def __init__(self, source, cache, student_preprocess: Callable, student_tokenizer: Callable, seed: int) -> None:
+    def __init__(self, source, cache, student_preprocess: Callable, student_tokenizer: Callable, seed: int, *,
+                 image_dtype: str = "float32", pretokenize: bool = False, draft: bool = False, decoder: str = "pil",
+                 resize: str = "pil") -> None:
         self.source, self.cache, self.pp, self.tok, self.seed = source, cache, student_preprocess, student_tokenizer, seed
         self.images = cache.modality == "images"
+        self.student = StudentImages(student_preprocess, image_dtype, draft, decoder, resize)
+        self.tokens = TokenTable(source, student_tokenizer) if pretokenize and not self.images else None
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key):
         i, epoch = key
-        im, texts = self.source.load(i)
         if not self.images:
+            _, texts = self.source.load(i)
             emb = self.cache.text_embedding(i, 0).astype(np.float32)
-            return {"ut_index": i, "ut_tokens": self.tok([texts[0]])[0], "ut_t_text": torch.from_numpy(emb)}
-        if im is None or not self.cache.ok(i):
-            return {"skip": f"image-only {i}"}
+            tokens = self.tokens.get(i, 0, texts[0]) if self.tokens is not None else self.tok([texts[0]])[0]
+            return {"ut_index": i, "ut_tokens": tokens, "ut_t_text": torch.from_numpy(emb)}
         k = int(np.random.default_rng([self.seed, 13, epoch, i]).integers(self.cache.augs))
-        crop = apply_aug(im, self.cache.aug(i, k))
-        return {"ui_index": i, "ui_image": self.pp(crop),
+        if self.student.fast:
+            if not self.cache.ok(i):
+                return {"skip": f"image-only {i}"}
+            image, _, _ = self.student.load(self.source, i, lambda w, h: self.cache.aug(i, k))
+            if image is None:
+                return {"skip": f"image-only {i}"}
+        else:
+            im, _ = self.source.load(i)
+            if im is None or not self.cache.ok(i):
+                return {"skip": f"image-only {i}"}
+            image = self.student.from_crop(apply_aug(im, self.cache.aug(i, k)))
+        return {"ui_index": i, "ui_image": image,
                 "ui_t_image": torch.from_numpy(self.cache.image_embedding(i, k).astype(np.float32))}
 
 
@@ -475,13 +835,42 @@ class MixedSamples(torch.utils.data.Dataset):
 def collate_train(items: list) -> dict:
     """Stack readable items; unreadable ones are dropped and their indices returned. Items of different
     parts (paired, ``ui_*`` image-only, ``ut_*`` text-only) have different keys; each key is stacked over
-    the items that have it."""
+    the items that have it.
+
+    In a DataLoader worker, tensors are stacked straight into shared memory (as torch's default collate
+    does), which saves a copy when the batch is passed to the main process. uint8 ``[3, H, W]`` images
+    (``image_dtype="uint8"``) are copied by numpy into an ``[N, H, W, 3]`` buffer and returned as its
+    ``[N, 3, H, W]`` view (channels-last strides): torch's strided uint8 copies are several times slower.
+    """
     kept = [x for x in items if "skip" not in x]
     batch = {"skipped": [x["skip"] for x in items if "skip" in x]}
     for key in dict.fromkeys(k for x in kept for k in x):
         vals = [x[key] for x in kept if key in x]
-        batch[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
+        batch[key] = _stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
     return batch
+
+
+def _empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized tensor, in shared memory inside a DataLoader worker."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _stack(vals: list) -> torch.Tensor:
+    x = vals[0]
+    if x.dtype == torch.uint8 and x.dim() == 3 and x.shape[0] in (1, 3, 4) and \
+            all(v.shape == x.shape for v in vals):
+        out = _empty((len(vals), x.shape[1], x.shape[2], x.shape[0]), torch.uint8)
+        o = out.numpy()
+        for j, v in enumerate(vals):
+            o[j] = v.permute(1, 2, 0).numpy()
+        return out.permute(0, 3, 1, 2)
+    if all(v.shape == x.shape for v in vals):
+        return torch.stack(vals, out=_empty((len(vals), *x.shape), x.dtype))
+    return torch.stack(vals)
 
 
 class StepBatches(torch.utils.data.Sampler):

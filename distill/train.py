@@ -46,8 +46,8 @@ from mobileclip.errors import ConfigError, MobileCLIPError
 from .cache import CacheError, TeacherCache, teacher_differences, teacher_dim
 from .config import TrainConfig
 from .data import (
-    CaptionPairs, MixedSamples, MixedStepBatches, StepBatches, SyntheticPairs, TrainSamples, UnpairedSamples,
-    WebDatasetPairs, collate_train, source_from_spec,
+    CaptionPairs, ImageNormalizer, MixedSamples, MixedStepBatches, StepBatches, SyntheticPairs, TrainSamples,
+    UnpairedSamples, WebDatasetPairs, collate_train, source_from_spec,
 )
 from .losses import StudentOut, TeacherOut, build_losses, max_logit_scale
 
@@ -371,7 +371,8 @@ class Trainer:
                 dist.broadcast(t, src=0)
         torch.manual_seed(cfg.seed + self.env.rank)  # rank-specific randomness from here on
         self.dataset = TrainSamples(self.source, self.preprocess, self.tokenizer, cfg.seed, dataclass_dict(cfg.aug),
-                                    cache=self.cache, teachers=self.teachers)
+                                    cache=self.cache, teachers=self.teachers, **self._pipeline())
+        self.normalize = ImageNormalizer.for_preprocess(self.preprocess, self.device)   # uint8 batches, on device
         self.unpaired = self._unpaired_parts()
         if self.unpaired:
             self.dataset = MixedSamples([self.dataset] + [p["dataset"] for p in self.unpaired])
@@ -408,6 +409,11 @@ class Trainer:
         if resume:
             self.load_state(Path(resume))
 
+    def _pipeline(self) -> dict:
+        d = self.cfg.data
+        return dict(image_dtype=d.image_dtype, pretokenize=d.pretokenize, draft=d.draft, decoder=d.decoder,
+                    resize=d.resize)
+
     def _unpaired_parts(self) -> list:
         """The image-only and text-only caches, checked against the paired cache's teachers and their data."""
         parts = []
@@ -430,7 +436,8 @@ class Trainer:
             cache.check_source(source, progress=self.cfg.progress and self.env.main)
             parts.append({"kind": kind, "cache": cache, "source": source,
                           "per_step": round(self.cfg.batch_size * getattr(self.cfg.data, ratio)),
-                          "dataset": UnpairedSamples(source, cache, self.preprocess, self.tokenizer, self.cfg.seed)})
+                          "dataset": UnpairedSamples(source, cache, self.preprocess, self.tokenizer, self.cfg.seed,
+                                                     **self._pipeline())})
         return parts
 
     def _build_student(self, resume: Optional[str]) -> tuple:
@@ -571,9 +578,9 @@ class Trainer:
     def student_features(self, chunk: dict) -> dict:
         """Student embeddings by group: ``img``/``txt`` (paired), ``uimg`` (image-only), ``utxt`` (text-only).
         Unpaired inputs go through the tower in the same call as the paired ones."""
-        images, tokens = chunk["image"], chunk["tokens"]
+        images, tokens = self.normalize(chunk["image"]), chunk["tokens"]
         if "ui_image" in chunk:
-            images = torch.cat([images, chunk["ui_image"]])
+            images = torch.cat([images, self.normalize(chunk["ui_image"])])
         if "ut_tokens" in chunk:
             tokens = torch.cat([tokens, chunk["ut_tokens"]])
         with self.autocast():

@@ -28,9 +28,10 @@ as an unreadable image and skip, and the runtime reports as an ``ImageReadError`
 """
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, NamedTuple, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -63,13 +64,114 @@ def load_image(source: Union[str, Path, BinaryIO]) -> Image.Image:
     range with no defined 8-bit meaning), ``DecompressionBombError``.
     """
     with Image.open(source) as im:
+        return _decode_opened(im)
+
+
+def _decode_opened(im: Image.Image) -> Image.Image:
+    """:func:`load_image`'s work on an opened image (its header read, its pixels not yet)."""
+    try:
+        im.load()
+        bits = _declared_bits(im)  # before exif_transpose: a transposed image loses the file's format and tags
+        # in place: no copy of the pixels when there is nothing to transpose (the file is closed by
+        # the caller's `with`; the decoded pixels stay)
+        ImageOps.exif_transpose(im, in_place=True)
+    except _DECODER_ERRORS as e:
+        raise ImageDecodeError(f"corrupt image data ({type(e).__name__}: {e})") from e
+    return to_rgb(im, bits=bits)
+
+
+# EXIF orientation -> (width and height swapped, oriented x reversed, oriented y reversed) relative to
+# the stored pixels: the transposes of ImageOps.exif_transpose.
+_ORIENTATIONS = {1: (False, False, False), 2: (False, True, False), 3: (False, True, True), 4: (False, False, True),
+                 5: (True, False, False), 6: (True, True, False), 7: (True, True, True), 8: (True, False, True)}
+JPEG_SCALES = (8, 4, 2)  # the reductions a JPEG decodes at by its DCT (Pillow's draft mode), largest first
+
+
+class ScaledImage(NamedTuple):
+    """An image decoded for cropping, possibly at a reduced scale.
+
+    ``image`` is 8-bit RGB with the EXIF orientation applied: a PIL image, or a ``uint8 [3, H, W]``
+    tensor (``decoder="torchvision"``). It shows the full-resolution image of ``full_size``
+    (width, height, oriented) at ``1 / scale``: a point ``(x, y)`` of the full image (continuous
+    pixel coordinates) lies at ``(x / scale + offset[0], y / scale + offset[1])`` in ``image``. The
+    offset is non-zero only when the orientation reverses an axis whose length is not a multiple
+    of ``scale`` (the reduced image's partial last block then comes first).
+    """
+    image: object
+    full_size: tuple
+    scale: int = 1
+    offset: tuple = (0.0, 0.0)
+
+
+def load_image_scaled(source: Union[str, Path, BinaryIO], choose_scale=None, decoder: str = "pil") -> ScaledImage:
+    """Like :func:`load_image`, decoding less when the caller needs less.
+
+    * ``choose_scale(width, height) -> int`` is called with the full-resolution, EXIF-oriented size
+      once the header is read and before any pixel is decoded; for a JPEG its answer (1, 2, 4 or 8)
+      is the reduction to decode at by the DCT (Pillow's ``draft``: several times cheaper, and
+      slightly different pixels from a full decode followed by a resize). Other formats decode at
+      full size whatever it answers.
+    * ``decoder="torchvision"``: a JPEG decoded at full size (RGB or grayscale, no EXIF rotation) is
+      decoded by ``torchvision.io.decode_jpeg`` into a ``uint8 [3, H, W]`` tensor — the same
+      libjpeg-turbo as Pillow's, bit-identical on the tests, without Pillow's copies. Anything else,
+      and any JPEG torchvision refuses, goes through Pillow (a corrupt file then raises as usual).
+
+    Raises what :func:`load_image` raises (:data:`IMAGE_READ_ERRORS`).
+    """
+    if decoder not in ("pil", "torchvision"):
+        raise ValueError(f"decoder must be 'pil' or 'torchvision', got {decoder!r}")
+    data = None
+    if decoder == "torchvision":
+        data = source.getvalue() if isinstance(source, io.BytesIO) else (
+            source.read() if hasattr(source, "read") else Path(source).read_bytes())
+        source = io.BytesIO(data)
+    with Image.open(source) as im:
+        if im.format != "JPEG":
+            out = _decode_opened(im)
+            return ScaledImage(out, out.size)
         try:
-            im.load()
-            bits = _declared_bits(im)  # before exif_transpose: the copy loses the file's format and tags
-            im = ImageOps.exif_transpose(im)
-        except _DECODER_ERRORS as e:
-            raise ImageDecodeError(f"corrupt image data ({type(e).__name__}: {e})") from e
-        return to_rgb(im, bits=bits)
+            orientation = im.getexif().get(0x0112, 1)
+        except _DECODER_ERRORS + (OSError, ValueError):
+            orientation = 1  # exif_transpose will meet the same broken EXIF; let the full decode decide
+        swap, rev_x, rev_y = _ORIENTATIONS.get(orientation, (False, False, False))
+        w0, h0 = im.size
+        full = (h0, w0) if swap else (w0, h0)
+        k = int(choose_scale(*full)) if choose_scale is not None else 1
+        if k > 1 and k in JPEG_SCALES and orientation in _ORIENTATIONS:
+            try:
+                im.draft(None, (w0 // k, h0 // k))
+            except _DECODER_ERRORS as e:
+                raise ImageDecodeError(f"corrupt image data ({type(e).__name__}: {e})") from e
+            scale = next((s for s in (8, 4, 2, 1) if im.size == (-(-w0 // s), -(-h0 // s))), 1)
+            if scale > 1:
+                stored = im.size
+                out = _decode_opened(im)  # transposes `im` in place
+                if out.size != ((stored[1], stored[0]) if swap else stored):  # orientation read differently
+                    raise ImageDecodeError("EXIF orientation changed while decoding")
+                wr, hr = out.size
+                fw, fh = full
+                off = (wr - fw / scale if rev_x else 0.0, hr - fh / scale if rev_y else 0.0)
+                return ScaledImage(out, full, scale, off)
+        if data is not None and orientation == 1 and im.mode in ("RGB", "L"):
+            tensor = _decode_jpeg_torchvision(data)
+            if tensor is not None and tuple(tensor.shape[1:]) == (h0, w0):
+                return ScaledImage(tensor, full)
+        out = _decode_opened(im)
+        return ScaledImage(out, out.size)
+
+
+def _decode_jpeg_torchvision(data: bytes):
+    """``uint8 [3, H, W]`` (a channels-last view), or None when torchvision is missing or refuses the data."""
+    try:
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    try:
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                           apply_exif_orientation=False)
+    except (RuntimeError, ValueError):
+        return None
 
 
 def _declared_bits(im: Image.Image) -> Optional[int]:

@@ -194,9 +194,10 @@ def test_online_teacher_with_other_tokenizer_and_image_size(tmp_path):
     tr = Trainer(cfg)
     item = tr.dataset[(0, 0)]
     assert item["image"].shape == (3, 64, 64) and item["tokens"].shape == (16,)
+    assert item["image"].dtype == torch.uint8   # the student's view, normalized on the device (data.image_dtype)
     assert item["t_inputs_0"].shape == (3, 224, 224) and item["t_tokens_0"].shape == (77,)
     # Same crop, each through its own preprocessing: the teacher's view is the resized student's view.
-    assert not torch.allclose(item["t_inputs_0"].mean(), item["image"].mean())
+    assert not torch.allclose(item["t_inputs_0"].mean(), tr.normalize(item["image"]).mean())
     summary = tr.fit()
     rows = _metrics(tmp_path)
     assert "kd_loss" in rows[-1] and summary["bad_steps"] == 0

@@ -1,0 +1,256 @@
+"""The training data pipeline's levers (distill/data.py): uint8 images normalized later, captions
+tokenized once, JPEG draft decoding, torchvision's JPEG decoder, torch's resize, the collate.
+
+Images are real photographs shipped by installed packages (scikit-learn's sample images,
+matplotlib's Grace Hopper), cropped and re-encoded as 500x375 JPEGs (quality 90, 4:2:0) like the
+benchmark's (benchmarks/data_throughput.py); the reference is always the default path.
+"""
+import csv
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobileclip.config import PreprocessConfig
+from mobileclip.distill.data import (CaptionPairs, ImageNormalizer, StepBatches, SyntheticPairs, TextLines,
+                                     TokenTable, TrainSamples, UnpairedSamples, WebDatasetPairs, collate_train,
+                                     draft_scale, normalize_images)
+from mobileclip.transforms import ImagePreprocess
+
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+AUG = {"scale": (0.5, 1.0), "ratio": (0.75, 1.3333333), "flip_prob": 0.5}
+N_PHOTOS = 6
+# inverse of each EXIF orientation's transpose: stored = oriented.transpose(INVERSE[o])
+INVERSE = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
+           6: Image.ROTATE_90, 7: Image.TRANSVERSE, 8: Image.ROTATE_270}
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from mobileclip.benchmarks.data_throughput import photo_paths, photos
+
+    if not photo_paths():
+        pytest.skip("no photograph installed (scikit-learn or matplotlib)")
+    return photos()[0]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from mobileclip.tokenizer import Tokenizer
+
+    return Tokenizer()
+
+
+@pytest.fixture(scope="module")
+def pp():
+    return ImagePreprocess(PreprocessConfig(256, mean=CLIP_MEAN, std=CLIP_STD))
+
+
+def _write(root, files: dict, captions: dict):
+    """files: name -> bytes (None: a row whose file is missing). Writes captions.csv and shard.tar."""
+    rows = []
+    with tarfile.open(root / "shard.tar", "w") as tf:
+        for name, data in files.items():
+            rows.append((name, captions[name]))
+            if data is None:
+                continue
+            (root / name).write_bytes(data)
+            for member, payload in ((name, data), (name.rsplit(".", 1)[0] + ".txt", captions[name].encode())):
+                info = tarfile.TarInfo(member)
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+    with open(root / "captions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        w.writerows(rows)
+    wds = WebDatasetPairs(str(root / "shard.tar")) if any(d is not None for d in files.values()) else None
+    return CaptionPairs(str(root / "captions.csv")), wds
+
+
+@pytest.fixture(scope="module")
+def jpegs(photos, tmp_path_factory):
+    """Six 500x375 photo JPEGs, one of them EXIF-rotated (orientation 6), one grayscale, one CMYK, one PNG."""
+    from mobileclip.benchmarks.data_throughput import make_jpeg
+
+    rng = np.random.default_rng(0)
+    blobs = [make_jpeg(photos[i % len(photos)], rng) for i in range(N_PHOTOS)]
+    files = {f"p{i}.jpg": b for i, b in enumerate(blobs)}
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    rot = Image.open(io.BytesIO(blobs[0])).transpose(INVERSE[6])
+    gray = Image.open(io.BytesIO(blobs[1])).convert("L")
+    for name, im, kw in (("rot6.jpg", rot, {"exif": ex}), ("gray.jpg", gray, {}),
+                         ("cmyk.jpg", Image.open(io.BytesIO(blobs[2])).convert("CMYK"), {}),
+                         ("p.png", Image.open(io.BytesIO(blobs[3])), {})):
+        buf = io.BytesIO()
+        im.save(buf, "PNG" if name.endswith(".png") else "JPEG", quality=90, **kw)
+        files[name] = buf.getvalue()
+    captions = {name: f"a photo, number {i}" for i, name in enumerate(files)}
+    root = tmp_path_factory.mktemp("jpegs")
+    return _write(root, files, captions)
+
+
+def _items(ds, n, epochs=(0,)):
+    return [(ds[(i, e)], (i, e)) for e in epochs for i in range(n)]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["captions", "webdataset"])
+def test_uint8_images_normalized_on_the_device_equal_the_float_preprocess(jpegs, pp, tok, which):
+    source = jpegs[which]
+    ref = TrainSamples(source, pp, tok, 0, AUG)
+    u8 = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8")
+    norm = ImageNormalizer.for_preprocess(pp)
+    for (a, _), (b, key) in zip(_items(ref, len(source), (0, 1)), _items(u8, len(source), (0, 1))):
+        assert b["image"].dtype == torch.uint8 and b["image"].shape == (3, 256, 256)
+        x = norm(b["image"])
+        assert x.dtype == torch.float32 and x.is_contiguous()
+        assert (x - a["image"]).abs().max().item() < 1e-5, key
+        assert torch.equal(x, a["image"]), key  # the same float32 operations: equal, not just close
+    batch = collate_train([u8[(i, 0)] for i in range(len(source))])
+    ref_batch = collate_train([ref[(i, 0)] for i in range(len(source))])
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == ref_batch["image"].shape
+    assert torch.equal(normalize_images(batch["image"], CLIP_MEAN, CLIP_STD), ref_batch["image"])
+    assert torch.equal(ImageNormalizer(CLIP_MEAN, CLIP_STD)(ref_batch["image"]), ref_batch["image"])  # float: as is
+
+
+def test_pretokenized_captions_equal_the_per_sample_tokenizer(tmp_path, tok):
+    caps = ["a cat!", "a cat!", "A  Dog ,  on a sofa", "émoji 🐱 and ünïcode", "!" * 3,
+            " ".join(["very long caption"] * 40), "x"]
+    files = {f"{i}.png": None for i in range(len(caps))}
+    source, _ = _write(tmp_path, files, {f"{i}.png": c for i, c in enumerate(caps)})
+    table = TokenTable(source, tok)
+    assert table.precomputed and table.tokens.dtype == np.uint16 and len(table.offsets) == len(set(caps)) + 1
+    for i, c in enumerate(caps):
+        want = tok([c])[0]
+        got = table.get(i, 0, c)
+        assert got.dtype == want.dtype and torch.equal(got, want), c
+    lines = tmp_path / "texts.txt"
+    lines.write_text("\n".join(caps) + "\n")
+    texts = TextLines(str(lines))
+    t2 = TokenTable(texts, tok)
+    assert all(torch.equal(t2.get(i, 0, c), tok([c])[0]) for i, c in enumerate(texts.texts))
+    synth = SyntheticPairs("train", 4, 32)  # no captions() without rendering: a memo instead
+    ds = TrainSamples(synth, lambda im: torch.zeros(1), tok, 0, AUG, pretokenize=True)
+    plain = TrainSamples(synth, lambda im: torch.zeros(1), tok, 0, AUG)
+    assert not ds.tokens.precomputed
+    for e in range(3):
+        for i in range(4):
+            assert torch.equal(ds[(i, e)]["tokens"], plain[(i, e)]["tokens"])
+
+
+def test_draft_scale_only_when_the_reduced_crop_still_covers_the_target():
+    short = PreprocessConfig(256)
+    assert draft_scale((512, 512), short) == 2 and draft_scale((511, 600), short) == 1
+    assert draft_scale((2048, 1024), short) == 4 and draft_scale((4096, 3000), short) == 8
+    assert draft_scale((500, 375), short) == 1
+    squash = PreprocessConfig(256, resize_mode="squash")
+    assert draft_scale((2048, 520), squash) == 2
+
+
+def test_draft_decoding_is_close_to_the_full_decode_in_every_exif_orientation(photos, pp, tok, tmp_path):
+    """A 1283x857 photo (sides not multiples of 8) stored in each EXIF orientation: decoded at 1/2 scale
+    (crops of 50-100 % of it at 256 px), the student's input differs from the full decode by ~0.5 of 255
+    levels on average; a wrong mapping of the reduced image's partial edge blocks would give ~2."""
+    photo = photos[1].resize((1283, 857), Image.BICUBIC)
+    files, captions = {}, {}
+    for o in range(1, 9):
+        stored = photo.transpose(INVERSE[o]) if o in INVERSE else photo
+        ex = Image.Exif()
+        ex[0x0112] = o
+        buf = io.BytesIO()
+        stored.save(buf, "JPEG", quality=92, exif=ex)
+        files[f"o{o}.jpg"], captions[f"o{o}.jpg"] = buf.getvalue(), f"orientation {o}"
+    source, _ = _write(tmp_path, files, captions)
+    pp8 = ImagePreprocess(PreprocessConfig(256))
+    ref = TrainSamples(source, pp8, tok, 0, AUG)
+    draft = TrainSamples(source, pp8, tok, 0, AUG, image_dtype="uint8", draft=True)
+    diffs = []
+    for (a, _), (b, key) in zip(_items(ref, 8, epochs=(0, 1)), _items(draft, 8, epochs=(0, 1))):
+        d = (a["image"] * 255 - b["image"].float()).abs()
+        diffs.append((d.mean().item(), d.max().item()))
+        assert d.mean().item() < 1.0 and d.max().item() <= 32, (key, diffs[-1])
+    assert draft.images.reduced == draft.images.decoded == 16  # every image was decoded at a reduced scale
+    mean, worst = np.mean([d[0] for d in diffs]), max(d[1] for d in diffs)
+    assert 0.1 < mean < 0.8, mean  # measured: 0.5 mean, 11 max (levels of 255)
+    print(f"draft vs full decode: mean |diff| {mean:.2f}, max {worst:.0f} of 255 levels")
+
+
+def test_draft_leaves_images_too_small_for_it_exact(jpegs, pp, tok):
+    source = jpegs[0]
+    ref = TrainSamples(source, pp, tok, 0, AUG)
+    draft = TrainSamples(source, pp, tok, 0, AUG, draft=True)
+    for (a, _), (b, key) in zip(_items(ref, len(source)), _items(draft, len(source))):
+        assert torch.equal(a["image"], b["image"]), key
+    assert draft.images.reduced == 0
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["captions", "webdataset"])
+def test_torchvision_decoder_is_bit_identical_and_torch_resize_within_one_level(jpegs, pp, tok, which):
+    pytest.importorskip("torchvision")
+    source = jpegs[which]
+    ref = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8")
+    tv = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", decoder="torchvision")
+    fast = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", decoder="torchvision", resize="torch")
+    off = 0
+    for (a, _), (b, key), (c, _) in zip(_items(ref, len(source)), _items(tv, len(source)), _items(fast, len(source))):
+        assert torch.equal(a["image"], b["image"]), key
+        d = (a["image"].int() - c["image"].int()).abs()
+        assert d.max().item() <= 1, key
+        off += (d > 0).float().mean().item()
+    assert off / len(source) < 0.01  # measured: 0.2 % of the pixels differ, by one level
+
+
+def _corrupt_sources(root, photos):
+    from mobileclip.benchmarks.data_throughput import make_jpeg
+
+    good = make_jpeg(photos[0], np.random.default_rng(1))
+    files = {"good.jpg": good, "truncated.jpg": good[:len(good) // 3], "text.jpg": b"not an image at all",
+             "empty.jpg": b"", "missing.jpg": None, "good2.jpg": good}
+    return _write(root, files, {n: f"caption {n}" for n in files})
+
+
+OPTIONS = [{}, {"image_dtype": "uint8", "pretokenize": True}, {"draft": True},
+           {"image_dtype": "uint8", "decoder": "torchvision", "resize": "torch", "draft": True}]
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=["default", "uint8+pretokenize", "draft", "all"])
+def test_unreadable_images_are_skipped_and_counted_on_every_path(photos, pp, tok, tmp_path, opts):
+    csv_source, wds = _corrupt_sources(tmp_path, photos)
+    for source in (csv_source, wds):
+        ds = TrainSamples(source, pp, tok, 0, AUG, **opts)
+        items = [ds[(i, 0)] for i in range(len(source))]
+        batch = collate_train(items)
+        n_bad = len(source) - 2
+        assert len(batch["skipped"]) == n_bad and len(batch["image"]) == 2, type(source).__name__
+
+        class Cache:  # an image-only teacher cache: one augmentation per image, all ok
+            modality, augs = "images", 1
+
+            def ok(self, i):
+                return True
+
+            def aug(self, i, k):
+                return np.array([0.1, 0.1, 0.8, 0.8, 1.0], np.float32)
+
+            def image_embedding(self, i, k):
+                return np.zeros(4, np.float16)
+
+        un = UnpairedSamples(source, Cache(), pp, tok, 0, **{k: v for k, v in opts.items() if k != "pretokenize"})
+        b2 = collate_train([un[(i, 0)] for i in range(len(source))])
+        assert len(b2["skipped"]) == n_bad and len(b2["ui_image"]) == 2
+
+
+def test_collate_in_a_worker_goes_through_shared_memory(jpegs, pp, tok):
+    source = jpegs[1]
+    ds = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True)
+    sampler = StepBatches(len(source), 4, 2, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=1, collate_fn=collate_train)
+    got = list(loader)
+    for step, batch in enumerate(got):
+        want = collate_train([ds[k] for k in sampler.indices_for_step(step)])
+        assert batch["image"].dtype == torch.uint8 and batch["image"].is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(batch["image"], want["image"]) and torch.equal(batch["tokens"], want["tokens"])
+        assert torch.equal(batch["image"], torch.stack([ds[k]["image"] for k in sampler.indices_for_step(step)]))
