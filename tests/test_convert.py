@@ -75,6 +75,7 @@ def test_apple_checkpoint_loads_exactly(apple_name, apple_ref, apple_files):
     assert np.abs(ref[f"{apple_name}/image"] - np.roll(ref[f"{apple_name}/image"], 1, axis=0)).max() > 1e-2
 
 
+@pytest.mark.slow   # ~10-30 s; make test-slow (the suite's 15-minute budget)
 def test_timm_b_is_not_apples_b(apple_ref, apple_files):
     """Apple's B differs from timm's vit_base_mci_224 (stem padding, LayerNorm eps): the reference sees it."""
     _, ref = apple_ref
@@ -117,6 +118,7 @@ def test_convert_cli_writes_a_checkpoint(tmp_path, apple_ref, apple_files, capsy
     assert "--overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.slow   # ~10-30 s; make test-slow (the suite's 15-minute budget)
 def test_b_files_convert_to_the_right_b(tmp_path, apple_files, capsys):
     """Apple's B and B (LT) files are Apple's B; a bare file in our layout fits both Bs and must name --model."""
     from safetensors.torch import save_file

@@ -306,6 +306,7 @@ def test_tensorrt_bundle(tmp_path, synth_folder, precision):
     assert [r["batch"] for r in report["image"]] == [1, 8, 32]
 
 
+@pytest.mark.slow   # ~10-30 s; make test-slow (the suite's 15-minute budget)
 def test_coreml_bundle_through_the_cli(tmp_path, capsys):
     pytest.importorskip("coremltools", reason="the coreml extra is not installed")
     import sys
