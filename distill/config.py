@@ -37,7 +37,7 @@ class DataConfig:
     image_dtype: Literal["uint8", "float32"] = "uint8"
     pretokenize: bool = False
     draft: bool = False
-    decoder: Literal["pil", "torchvision"] = "pil"
+    decoder: Literal["pil", "torchvision", "simplejpeg"] = "pil"
     resize: Literal["pil", "torch"] = "pil"
 
 

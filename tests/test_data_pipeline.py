@@ -187,13 +187,14 @@ def test_draft_leaves_images_too_small_for_it_exact(jpegs, pp, tok):
     assert draft.images.reduced == 0
 
 
+@pytest.mark.parametrize("decoder", ["torchvision", "simplejpeg"])
 @pytest.mark.parametrize("which", [0, 1], ids=["captions", "webdataset"])
-def test_torchvision_decoder_is_bit_identical_and_torch_resize_within_one_level(jpegs, pp, tok, which):
-    pytest.importorskip("torchvision")
+def test_fast_decoders_are_bit_identical_and_torch_resize_within_one_level(jpegs, pp, tok, which, decoder):
+    pytest.importorskip(decoder)
     source = jpegs[which]
     ref = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8")
-    tv = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", decoder="torchvision")
-    fast = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", decoder="torchvision", resize="torch")
+    tv = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", decoder=decoder)
+    fast = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", decoder=decoder, resize="torch")
     off = 0
     for (a, _), (b, key), (c, _) in zip(_items(ref, len(source)), _items(tv, len(source)), _items(fast, len(source))):
         assert torch.equal(a["image"], b["image"]), key
@@ -201,6 +202,26 @@ def test_torchvision_decoder_is_bit_identical_and_torch_resize_within_one_level(
         assert d.max().item() <= 1, key
         off += (d > 0).float().mean().item()
     assert off / len(source) < 0.01  # measured: 0.2 % of the pixels differ, by one level
+
+
+def test_simplejpeg_decodes_like_pillow_in_every_chroma_subsampling_and_leaves_grayscale_to_pillow(photos):
+    """simplejpeg with Pillow's settings (accurate DCT, fancy upsampling) gives Pillow's pixels for 4:4:4, 4:2:2
+    and 4:2:0 JPEGs; a grayscale JPEG is decoded by Pillow (a PIL image comes back, not a tensor)."""
+    pytest.importorskip("simplejpeg")
+    from mobileclip.transforms import load_image, load_image_scaled
+
+    photo = photos[0].resize((333, 250))
+    for subsampling in (0, 1, 2):
+        buf = io.BytesIO()
+        photo.save(buf, "JPEG", quality=85, subsampling=subsampling)
+        fast = load_image_scaled(io.BytesIO(buf.getvalue()), decoder="simplejpeg").image
+        assert isinstance(fast, torch.Tensor), subsampling
+        ref = np.asarray(load_image(io.BytesIO(buf.getvalue())))
+        assert np.array_equal(fast.permute(1, 2, 0).numpy(), ref), subsampling
+    buf = io.BytesIO()
+    photo.convert("L").save(buf, "JPEG", quality=85)
+    gray = load_image_scaled(io.BytesIO(buf.getvalue()), decoder="simplejpeg").image
+    assert isinstance(gray, Image.Image) and np.array_equal(np.asarray(gray), np.asarray(load_image(buf)))
 
 
 def _corrupt_sources(root, photos):
@@ -213,10 +234,11 @@ def _corrupt_sources(root, photos):
 
 
 OPTIONS = [{}, {"image_dtype": "uint8", "pretokenize": True}, {"draft": True},
-           {"image_dtype": "uint8", "decoder": "torchvision", "resize": "torch", "draft": True}]
+           {"image_dtype": "uint8", "decoder": "torchvision", "resize": "torch", "draft": True},
+           {"image_dtype": "uint8", "decoder": "simplejpeg", "resize": "torch"}]
 
 
-@pytest.mark.parametrize("opts", OPTIONS, ids=["default", "uint8+pretokenize", "draft", "all"])
+@pytest.mark.parametrize("opts", OPTIONS, ids=["default", "uint8+pretokenize", "draft", "all", "simplejpeg"])
 def test_unreadable_images_are_skipped_and_counted_on_every_path(photos, pp, tok, tmp_path, opts):
     csv_source, wds = _corrupt_sources(tmp_path, photos)
     for source in (csv_source, wds):
