@@ -122,18 +122,12 @@ EOF
 
 # 4. latency of the S0 towers: PyTorch CUDA, and ONNX Runtime CUDA / TensorRT where installed
 RUNTIMES=$("$PYTHON" - <<'EOF'
+from importlib.util import find_spec
 r = ["torch"]
-try:
+if find_spec("onnxruntime"):
     import onnxruntime
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        r.append("onnxruntime")
-except ImportError:
-    pass
-try:
-    import tensorrt  # noqa: F401
-    r.append("tensorrt")
-except ImportError:
-    pass
+    r += ["onnxruntime"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else []
+r += ["tensorrt"] if find_spec("tensorrt") else []   # bench says why when it is installed but unusable
 print(",".join(r))
 EOF
 )

@@ -136,54 +136,36 @@ class MemoryProbe:
 # =========================================================================== peak
 
 @contextmanager
-def ieee_fp32_matmul() -> Iterator[None]:
-    """fp32 CUDA matmuls in full fp32 (no TF32) inside the block; the previous setting is restored after.
-
-    PyTorch >= 2.9 sets this with ``torch.backends.cuda.matmul.fp32_precision`` (``"ieee"``, ``"tf32"``
-    or ``"none"``: inherit). Reading the old ``allow_tf32`` flag raises a RuntimeError once the
-    new API has been used ("mix of the legacy and new APIs"), so the new one is saved and restored
-    where it exists, and ``allow_tf32`` only on older torch.
-    """
-    import torch
-
-    matmul = torch.backends.cuda.matmul
-    new_api = hasattr(matmul, "fp32_precision")
-    saved = matmul.fp32_precision if new_api else matmul.allow_tf32
-    if new_api:
-        matmul.fp32_precision = "ieee"
-    else:
-        matmul.allow_tf32 = False
+def _no_tf32(new, legacy) -> Iterator[None]:
+    """IEEE fp32 in the block for one kind of CUDA op, restored after: through ``new.fp32_precision`` where
+    torch has it (PyTorch >= 2.9: ``"ieee"``, ``"tf32"`` or ``"none"``), else ``legacy.allow_tf32``. Reading
+    the old flag raises a RuntimeError once the new API has been used ("mix of the legacy and new APIs"), so
+    only one of them is ever touched."""
+    new_api = new is not None and hasattr(new, "fp32_precision")
+    owner, attr, value = (new, "fp32_precision", "ieee") if new_api else (legacy, "allow_tf32", False)
+    saved = getattr(owner, attr)
+    setattr(owner, attr, value)
     try:
         yield
     finally:
-        if new_api:
-            matmul.fp32_precision = saved
-        else:
-            matmul.allow_tf32 = saved
+        setattr(owner, attr, saved)
+
+
+def ieee_fp32_matmul():
+    """fp32 CUDA matmuls in full fp32 (no TF32) inside the block; the previous setting is restored after."""
+    import torch
+
+    return _no_tf32(torch.backends.cuda.matmul, torch.backends.cuda.matmul)
 
 
 @contextmanager
 def ieee_fp32() -> Iterator[None]:
     """fp32 CUDA matmuls *and* cuDNN convolutions in full fp32 inside the block (cuDNN allows TF32 for
-    convolutions by default, so an "fp32" timing of a conv tower would otherwise be a TF32 one); the
-    previous settings are restored after, the new way (``fp32_precision``) where torch has it."""
+    convolutions by default, so an "fp32" timing of a conv tower would otherwise be a TF32 one)."""
     import torch
 
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    new_api = conv is not None and hasattr(conv, "fp32_precision")
-    saved = conv.fp32_precision if new_api else torch.backends.cudnn.allow_tf32
-    if new_api:
-        conv.fp32_precision = "ieee"
-    else:
-        torch.backends.cudnn.allow_tf32 = False
-    try:
-        with ieee_fp32_matmul():
-            yield
-    finally:
-        if new_api:
-            conv.fp32_precision = saved
-        else:
-            torch.backends.cudnn.allow_tf32 = saved
+    with _no_tf32(getattr(torch.backends.cudnn, "conv", None), torch.backends.cudnn), ieee_fp32_matmul():
+        yield
 
 
 def measure_peak(device: str, threads: int, seconds: float = 1.0, n: Optional[int] = None,

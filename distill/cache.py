@@ -148,7 +148,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
     for t in teachers:
         if not isinstance(t, Teacher):
             raise ConfigError(f"build_cache takes loaded teachers (mobileclip.load_teacher), got {type(t).__name__}")
-    precision = resolve_teacher_precision(precision, device)
+    precision = resolve_precision(precision, device)
     teachers = [t.to(device) for t in teachers]
     meta = [teacher_fingerprint(t, device) for t in teachers]
     digests = dataset_digests(source, shard_size, progress)
@@ -379,23 +379,25 @@ class _ShardItems(torch.utils.data.Dataset):
                 "inputs": [torch.stack([t.preprocess(c) for c in crops]) for t in self.teachers]}
 
 
-@torch.no_grad()
-def resolve_teacher_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → bf16 on CUDA, fp32 on the CPU; fp16 needs CUDA (the teachers' and the trainer's rule)."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+        raise ConfigError("precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
     return precision
 
 
-def _autocast(precision: str, device: torch.device):
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a resolved precision (none for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+@torch.no_grad()
 def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob, device, batch_size, num_workers,
                  precision="fp32"):
     ds = _ShardItems(teachers, source, indices, augs, seed, scale, ratio, flip_prob)
@@ -418,7 +420,7 @@ def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob,
             good = [x for x in items if x["ok"]]
             if images and good:
                 x = torch.cat([g["inputs"][t] for g in good]).to(device)
-                with _autocast(precision, device):
+                with autocast(precision, device):
                     emb = teacher.encode_image(x, normalize=True)
                 emb = emb.float().cpu().numpy().reshape(len(good), augs, -1)
                 g = 0
@@ -429,7 +431,7 @@ def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob,
             if texts:
                 caps = [(x["captions"] * C)[:C] for x in items]  # pad short caption lists by repeating
                 tok = teacher.tokenizer([c for cs in caps for c in cs]).to(device)
-                with _autocast(precision, device):
+                with autocast(precision, device):
                     temb = teacher.encode_text(tok, normalize=True)
                 temb = temb.float().cpu().numpy().reshape(len(items), C, -1)
                 out[f"txt_{t}"][j:j + len(items)] = temb

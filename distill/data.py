@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from mobileclip.errors import ConfigError, DatasetError
-from mobileclip.transforms import (IMAGE_READ_ERRORS, ScaledImage, load_image, load_image_scaled, resize_crop,
-                                   to_rgb)
+from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, load_image,
+                                   load_image_scaled, resize_crop, resized_size, to_rgb)
 
 AUG_FIELDS = ("x0", "y0", "w", "h", "flip")
 
@@ -418,15 +418,6 @@ DECODERS = ("pil", "torchvision", "simplejpeg")
 RESIZERS = ("pil", "torch")
 
 
-def resized_size(crop_size: tuple, cfg) -> tuple:
-    """``(width, height)`` a crop of ``crop_size`` is resized to by ``resize_crop`` before its center crop."""
-    size = cfg.image_size
-    if cfg.resize_mode == "squash":
-        return size, size
-    w, h = crop_size
-    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-
-
 def draft_scale(crop_size: tuple, cfg) -> int:
     """The largest JPEG reduction (8, 4 or 2; else 1) at which a crop of ``crop_size`` (full-resolution
     pixels) still covers at least the size it is resized to, in both dimensions: decoding at that
@@ -439,7 +430,7 @@ def draft_scale(crop_size: tuple, cfg) -> int:
 def _center_box(nw: int, nh: int, size: int, flip: bool) -> tuple:
     """``(left, top)`` of ``resize_crop``'s center crop; with ``flip``, where that crop of the flipped image lies in
     the unflipped one (offsets round half to even, so they are not symmetric)."""
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    left, top = center_offsets(nw, nh, size)
     return (nw - size - left if flip else left), top
 
 
@@ -491,17 +482,19 @@ class StudentImages:
             return self.pp(crop)
         return _pil_to_uint8(resize_crop(to_rgb(crop), self.cfg))
 
-    def load(self, source, i: int, params_for: Callable):
-        """``(student image or None when unreadable, captions, params)``; ``params_for(width, height)`` gives the
-        augmentation of the full-resolution oriented image. Uses the fast levers; see :meth:`from_crop` for the
-        default path."""
+    def load(self, source, i: int, params_for: Callable, need_crop: bool = False):
+        """``(student image or None when unreadable, captions, the PIL crop or None)``; ``params_for(width,
+        height)`` gives the augmentation of the full-resolution oriented image. The fast levers apply unless
+        ``need_crop`` (online teachers preprocess the full-resolution crop themselves) or the source is in
+        memory (the synthetic generator: nothing to decode faster); otherwise the default path runs and the
+        crop comes back too."""
         opener = getattr(source, "open", None)
-        if opener is None:  # an in-memory source (synthetic): nothing to decode faster
+        if opener is None or not self.fast or need_crop:
             im, captions = source.load(i)
             if im is None:
                 return None, captions, None
-            params = params_for(*im.size)
-            return self.from_crop(apply_aug(im, params)), captions, params
+            crop = apply_aug(im, params_for(*im.size))
+            return self.from_crop(crop), captions, crop
         src, captions = opener(i)
         if src is None:
             return None, captions, None
@@ -522,7 +515,7 @@ class StudentImages:
         image = self._crop_resize(scaled, params)
         if self.image_dtype == "float32":
             image = normalize_cpu(image, self.cfg)
-        return image, captions, params
+        return image, captions, None
 
     def _crop_resize(self, scaled: ScaledImage, params: np.ndarray) -> torch.Tensor:
         """``uint8 [3, S, S]``: the crop of ``params`` resized and center-cropped as ``resize_crop`` does."""
@@ -540,7 +533,7 @@ class StudentImages:
             k, (ox, oy) = scaled.scale, scaled.offset
             sx, sy = (box[2] - box[0]) / k / nw, (box[3] - box[1]) / k / nh
             bx, by = box[0] / k + ox, box[1] / k + oy
-            out = img.resize((size, size), _resample(cfg), box=(bx + left * sx, by + top * sy,
+            out = img.resize((size, size), _RESAMPLE[cfg.interpolation], box=(bx + left * sx, by + top * sy,
                                                                  bx + (left + size) * sx, by + (top + size) * sy))
             return _pil_to_uint8(out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out)
         if isinstance(img, Image.Image):
@@ -557,10 +550,6 @@ class StudentImages:
 
 def _box_size(box: tuple) -> tuple:
     return box[2] - box[0], box[3] - box[1]
-
-
-def _resample(cfg):
-    return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[cfg.interpolation]
 
 
 class ImageNormalizer:
@@ -724,7 +713,6 @@ class TrainSamples(torch.utils.data.Dataset):
         self.source, self.pp, self.tok = source, student_preprocess, student_tokenizer
         self.seed, self.aug, self.cache, self.teachers = seed, aug, cache, list(teachers)
         self.images = StudentImages(student_preprocess, image_dtype, draft, decoder, resize)
-        self.fast = self.images.fast and not self.teachers
         self.tokens = TokenTable(source, student_tokenizer) if pretokenize else None
 
     def __len__(self) -> int:
@@ -746,19 +734,11 @@ class TrainSamples(torch.utils.data.Dataset):
             return sample_aug(self.seed + 1000 * epoch, i, 0, self.aug["scale"], self.aug["ratio"],
                               self.aug["flip_prob"], w / h)
 
-        crop = None
-        if self.fast:
-            if self.cache is not None and not self.cache.ok(i):
-                return {"skip": i}
-            image, captions, _ = self.images.load(self.source, i, params_for)
-            if image is None:
-                return {"skip": i}
-        else:
-            im, captions = self.source.load(i)
-            if im is None or (self.cache is not None and not self.cache.ok(i)):
-                return {"skip": i}
-            crop = apply_aug(im, params_for(*im.size))
-            image = self.images.from_crop(crop)
+        if self.cache is not None and not self.cache.ok(i):
+            return {"skip": i}
+        image, captions, crop = self.images.load(self.source, i, params_for, need_crop=bool(self.teachers))
+        if image is None:
+            return {"skip": i}
         c = c % len(captions)
         caption = captions[c]
         tokens = self.tokens.get(i, c, caption) if self.tokens is not None else self.tok([caption])[0]
@@ -804,17 +784,9 @@ class UnpairedSamples(torch.utils.data.Dataset):
             tokens = self.tokens.get(i, 0, texts[0]) if self.tokens is not None else self.tok([texts[0]])[0]
             return {"ut_index": i, "ut_tokens": tokens, "ut_t_text": torch.from_numpy(emb)}
         k = int(np.random.default_rng([self.seed, 13, epoch, i]).integers(self.cache.augs))
-        if self.student.fast:
-            if not self.cache.ok(i):
-                return {"skip": f"image-only {i}"}
-            image, _, _ = self.student.load(self.source, i, lambda w, h: self.cache.aug(i, k))
-            if image is None:
-                return {"skip": f"image-only {i}"}
-        else:
-            im, _ = self.source.load(i)
-            if im is None or not self.cache.ok(i):
-                return {"skip": f"image-only {i}"}
-            image = self.student.from_crop(apply_aug(im, self.cache.aug(i, k)))
+        image = self.student.load(self.source, i, lambda w, h: self.cache.aug(i, k))[0] if self.cache.ok(i) else None
+        if image is None:
+            return {"skip": f"image-only {i}"}
         return {"ui_index": i, "ui_image": image,
                 "ui_t_image": torch.from_numpy(self.cache.image_embedding(i, k).astype(np.float32))}
 

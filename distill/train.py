@@ -43,7 +43,8 @@ from mobileclip.checkpoint import save_checkpoint, unwrap
 from mobileclip.files import atomic_write, atomic_write_json, disk_full, old_dir_for, replace_dir, temp_dir_for
 from mobileclip.errors import ConfigError, MobileCLIPError
 
-from .cache import CacheError, TeacherCache, teacher_differences, teacher_dim
+from .cache import CacheError, TeacherCache, autocast, teacher_differences, teacher_dim
+from .cache import resolve_precision as resolve_precision_name
 from .config import TrainConfig
 from .data import (
     CaptionPairs, ImageNormalizer, MixedSamples, MixedStepBatches, StepBatches, SyntheticPairs, TrainSamples,
@@ -175,11 +176,7 @@ def resolve_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    precision = resolve_precision_name(cfg.precision, device)
     if precision == "bf16" and cfg.compile and device.type == "cpu":
         # Measured with torch 2.14.1 on x86-64: one compiled bf16-autocast step of mobileclip-s0 aborts the
         # process ("free(): invalid next size", SIGABRT) in Inductor's generated CPU code; an earlier torch gave
@@ -257,28 +254,22 @@ class Towers(torch.nn.Module):
 HEAD_PARAMS = ("logit_scale", "logit_bias")
 
 
-def _batchnorms(model: torch.nn.Module) -> list:
-    return [m for m in model.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
-
-
 class _KeepRunningStats:
     """Restore BatchNorm running statistics on exit: GradCache's first, graph-free pass over the micro-batches
     must not update them, or every micro-batch would count twice (the recomputed pass updates them)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.mods = _batchnorms(model)
+        self.buffers = [b for m in model.modules()
+                        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+                        for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
 
     def __enter__(self):
-        self.saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-                      for m in self.mods]
+        self.saved = [b.clone() for b in self.buffers]
         return self
 
     def __exit__(self, *exc) -> None:
-        for m, saved in zip(self.mods, self.saved):
-            for b, v in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None],
-                            saved):
-                b.copy_(v)
+        for b, v in zip(self.buffers, self.saved):
+            b.copy_(v)
 
 
 RUN_MARKERS = ("train_config.yaml", "metrics.jsonl", "summary.json", "last", "student", "eval.jsonl",
@@ -538,6 +529,10 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         ranks = state.get("rank_rng")   # absent in states saved before per-rank random states were kept
+        if isinstance(ranks, list) and not all(isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor)
+                                               for r in ranks):
+            raise TrainingError(f"cannot resume: the per-rank random states in {str(f)!r} are damaged (rank_rng "
+                                "holds something other than each rank's generator state); resume from an intact copy")
         if isinstance(ranks, list) and len(ranks) == self.env.world:
             mine = ranks[self.env.rank]
             torch.set_rng_state(mine["torch"].cpu())
@@ -562,10 +557,7 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
     def autocast(self):
-        if self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            return torch.autocast(self.device.type, dtype=dtype)
-        return nullcontext()
+        return autocast(self.precision, self.device)
 
     def to_device(self, batch: dict) -> dict:
         """A collated batch on the training device (tensors only; copies from pinned memory are asynchronous)."""

@@ -279,21 +279,31 @@ def array_to_image(a: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a))
 
 
+def resized_size(crop_size: tuple, cfg: PreprocessConfig) -> tuple:
+    """``(width, height)`` an image of ``crop_size`` is resized to by :func:`resize_crop` before its center crop."""
+    size = cfg.image_size
+    if cfg.resize_mode == "squash":
+        return size, size
+    w, h = crop_size
+    # torchvision's Resize(int) rule: the short side becomes `size`, the long side is truncated.
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def center_offsets(nw: int, nh: int, size: int) -> tuple:
+    """``(left, top)`` of the ``size`` square cropped from the center of ``nw x nh`` (torchvision's CenterCrop
+    rule: offsets rounded half to even)."""
+    return int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+
+
 def resize_crop(im: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     size = cfg.image_size
     resample = _RESAMPLE[cfg.interpolation]
     if cfg.resize_mode == "squash":
         return im.resize((size, size), resample)
-    w, h = im.size
-    # torchvision's Resize(int) rule: the short side becomes `size`, the long side is truncated.
-    if w <= h:
-        nw, nh = size, int(size * h / w)
-    else:
-        nw, nh = int(size * w / h), size
-    if (nw, nh) != (w, h):
+    nw, nh = resized_size(im.size, cfg)
+    if (nw, nh) != im.size:
         im = im.resize((nw, nh), resample)
-    # torchvision's CenterCrop rule: offsets rounded half to even.
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    left, top = center_offsets(nw, nh, size)
     return im.crop((left, top, left + size, top + size))
 
 

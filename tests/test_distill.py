@@ -12,6 +12,7 @@ from PIL import Image
 import mobileclip
 from mobileclip.distill import TeacherCache, Trainer, build_cache, load_config, train
 from mobileclip.distill.data import SyntheticPairs, apply_aug, sample_aug
+from mobileclip.distill.train import TrainingError
 from mobileclip.errors import ConfigError
 
 BASE = ["student=mobileclip-tiny", "batch_size=16", "data.size=256", "data.workers=0", "log_every=1",
@@ -116,6 +117,12 @@ def test_each_rank_resumes_its_own_random_state(tmp_path, capsys):
     tr.env.world, tr.env.rank = 1, 0
     tr.load_state(tr.out / "last")
     assert "a run saved by 2" in capsys.readouterr().out
+    # A damaged rank_rng is refused, not half-restored.
+    state = torch.load(tr.out / "last" / "train_state.pt", weights_only=True)
+    state["rank_rng"] = [{"cuda": None}, 3]
+    torch.save(state, tr.out / "last" / "train_state.pt")
+    with pytest.raises(TrainingError, match="per-rank random states .* are damaged"):
+        tr.load_state(tr.out / "last")
 
 
 def test_device_and_precision_resolution():
@@ -130,6 +137,8 @@ def test_device_and_precision_resolution():
             resolve_device(load_config(None, ["device=cuda"]), env)
     elif torch.cuda.device_count() > 3:
         assert resolve_device(load_config(None, ["device=cuda"]), env) == torch.device("cuda", 3)
+    with pytest.raises(ConfigError, match=r"data.image_dtype: 'int8' is not one of \['uint8', 'float32'\]"):
+        load_config(None, ["data.image_dtype=int8"])
     with pytest.raises(ConfigError, match="compile=true with precision=bf16 is not supported on CPU"):
         resolve_precision(load_config(None, ["precision=bf16", "compile=true"]), torch.device("cpu"))
     assert resolve_precision(load_config(None, ["precision=bf16"]), torch.device("cpu")) == "bf16"

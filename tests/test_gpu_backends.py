@@ -94,12 +94,11 @@ def fake_trt(monkeypatch):
     trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
 
     class ILogger:
-        def __init__(self):
-            pass
+        """TensorRT's logger base class (the backend subclasses it)."""
 
     class Runtime:
         def __init__(self, logger):
-            pass
+            self.logger = logger
 
         def deserialize_cuda_engine(self, blob):
             return FakeEngine(blob, trt, state.max_batch, state.reads)
@@ -153,7 +152,7 @@ def fake_trt(monkeypatch):
 
     class Builder:
         def __init__(self, logger):
-            pass
+            self.logger = logger
 
         def create_network(self, flags):
             state.network_flags = flags

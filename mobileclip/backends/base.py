@@ -57,6 +57,14 @@ class Backend:
     parity_device: str = "cpu"
 
 
+def cuda_index(device) -> Optional[int]:
+    """The GPU of a device name: ``cuda`` → 0, ``cuda:N`` → N; None for anything else (``cpu``, ``cuda:x``)."""
+    kind, _, index = str(device).partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        return None
+    return int(index or 0)
+
+
 def installed_versions(*dists: str) -> dict:
     """``{distribution: version}`` for those of ``dists`` that are installed (a tool record for manifests)."""
     from importlib.metadata import PackageNotFoundError, version

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .base import Backend, BackendUnavailable, ExportOptions, Runner
+from .base import Backend, BackendUnavailable, ExportOptions, Runner, cuda_index
 from .bundle import BundleError
 
 QUANT_METHODS = ("auto", "dynamic", "static")
@@ -164,14 +164,14 @@ def ort_providers(device: str) -> list:
     device = str(device)
     if device == "cpu":
         return [CPU_PROVIDER]
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
+    gpu = cuda_index(device)
+    if gpu is None:
         raise BackendUnavailable(f"device {device!r}: ONNX bundles run on cpu, cuda or cuda:N")
     have = ort.get_available_providers()
     if "CUDAExecutionProvider" not in have:
         raise BackendUnavailable(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (available: {have}); "
                                  "install onnxruntime-gpu to run bundles on the GPU")
-    cuda = ("CUDAExecutionProvider", {"device_id": int(index)}) if index else "CUDAExecutionProvider"
+    cuda = ("CUDAExecutionProvider", {"device_id": gpu}) if ":" in device else "CUDAExecutionProvider"
     return [cuda, CPU_PROVIDER]
 
 

@@ -35,7 +35,7 @@ import torch
 from mobileclip.files import atomic_write
 from mobileclip.errors import ConfigError, MobileCLIPError
 
-from .base import Backend, BackendUnavailable, Runner
+from .base import Backend, BackendUnavailable, Runner, cuda_index
 
 MIN_VERSION = (10, 0)
 INSTALL_HINT = ("pip install tensorrt from NVIDIA's index (https://pypi.nvidia.com) on a machine with an NVIDIA GPU, "
@@ -523,11 +523,11 @@ class EngineRunner(Runner):
         ok, why = tensorrt_available()
         if not ok:
             raise BackendUnavailable(why)
-        kind, _, index = str(self.device).partition(":")
-        if kind != "cuda" or (index and not index.isdigit()):
+        gpu = cuda_index(self.device)
+        if gpu is None:
             raise BackendUnavailable(f"TensorRT engines run on a CUDA GPU, not on {self.device!r}: pass --device cuda "
                                      "(or cuda:N)")
-        self.engine = TRTRunner(self.path, device=int(index or 0))
+        self.engine = TRTRunner(self.path, device=gpu)
         # The engine's own optimization profile (min/opt/max, read from the engine by TRTRunner) caps
         # a call: Runner.infer splits larger batches (parity's 36 class prompts) into calls of this size.
         self.max_batch = self.engine.max_batch
