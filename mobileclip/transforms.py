@@ -126,6 +126,10 @@ def load_image_scaled(source: Union[str, Path, BinaryIO], choose_scale=None, dec
     if decoder != "pil":
         data = source.getvalue() if isinstance(source, io.BytesIO) else (
             source.read() if hasattr(source, "read") else Path(source).read_bytes())
+        if decoder == "simplejpeg":
+            fast = _plain_colour_jpeg(data, choose_scale)
+            if fast is not None:
+                return fast
         source = io.BytesIO(data)
     with Image.open(source) as im:
         if im.format != "JPEG":
@@ -163,6 +167,55 @@ def load_image_scaled(source: Union[str, Path, BinaryIO], choose_scale=None, dec
                 return ScaledImage(tensor, full)
         out = _decode_opened(im)
         return ScaledImage(out, out.size)
+
+
+def _has_app1(data: bytes) -> Optional[bool]:
+    """Whether a JPEG's header has an APP1 segment (EXIF or XMP: where Pillow reads an orientation from), by
+    walking its marker segments up to the scan; None when they cannot be walked (not a JPEG, truncated, odd)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xE1:
+            return True
+        if marker == 0xDA:  # start of scan: the header is over
+            return False
+        if marker == 0xD9 or 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            return None
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
+
+
+def _plain_colour_jpeg(data: bytes, choose_scale) -> Optional[ScaledImage]:
+    """``decoder="simplejpeg"`` without Pillow's header parse (a tenth of the decode time), for the common case
+    only: a colour JPEG with no APP1 segment (so no EXIF or XMP orientation), within Pillow's decompression-bomb
+    limit, decoded at full scale; its pixels are what the Pillow path gives (the same libjpeg-turbo settings).
+    None for anything else, which then takes the Pillow path (and its errors)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    if _has_app1(data) is not False:
+        return None
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except (ValueError, RuntimeError):
+        return None
+    if colorspace not in ("YCbCr", "RGB") or not w or not h or (
+            Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS):
+        return None
+    if choose_scale is not None and int(choose_scale(w, h)) in JPEG_SCALES:  # a draft decode: Pillow's
+        return None
+    tensor = _decode_jpeg_simplejpeg(data)
+    if tensor is None or tuple(tensor.shape) != (3, h, w):
+        return None
+    return ScaledImage(tensor, (w, h))
 
 
 def _decode_jpeg_simplejpeg(data: bytes):
