@@ -14,6 +14,7 @@ the teacher saw; each model then applies its *own* preprocessing to the crop.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mobileclip.data.datasets import PackedStrings
 from mobileclip.errors import ConfigError, DatasetError
 from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, load_image,
                                    load_image_scaled, resize_crop, resized_size, to_rgb)
@@ -82,23 +84,28 @@ class CaptionPairs:
         return path, [caption]
 
     def captions(self, i: int) -> list:
-        return [self.ds.items[i][1]]
+        return [self.ds.items.captions[i]]
 
     def spec(self) -> dict:
         return {"kind": "captions", **self.args}
 
     def identity(self, i: int) -> str:
         """Sample ``i``'s image path (relative to the image root) and caption, for a cache's fingerprint."""
-        path, caption = self.ds.items[i]
-        try:
-            path = Path(path).relative_to(self.ds.image_root).as_posix()
-        except ValueError:
-            path = str(path)
-        return f"{path}\t{caption}"
+        raw, caption = self.ds.items.raw(i), self.ds.items.captions[i]
+        parts = raw.split("/")
+        if raw.startswith("/") or "" in parts or "." in parts:  # pathlib's normalization (rare: slow path)
+            path = Path(self.ds.items.path(i))
+            try:
+                raw = path.relative_to(self.ds.image_root).as_posix()
+            except ValueError:
+                raw = str(path)
+        return f"{raw}\t{caption}"  # a plain relative path: what pathlib's relative_to gave, without its interning
 
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
 CAPTION_EXTS = ("txt", "caption", "json")
+WDS_INDEX = np.dtype([("shard", np.int32), ("image_offset", np.int64), ("image_size", np.int64),
+                      ("caption_offset", np.int64), ("caption_size", np.int64), ("caption_ext", np.uint8)])
 
 
 class WebDatasetPairs:
@@ -131,7 +138,7 @@ class WebDatasetPairs:
         if missing:
             raise DatasetError(f"{len(missing)} of {len(self.paths)} shards of {shards!r} do not exist "
                                f"(first: {missing[0]})")
-        self.index: list[tuple] = []  # (shard, image offset, image size, caption offset, caption size, ext)
+        rows: list[tuple] = []  # (shard, image offset, image size, caption offset, caption size, caption ext)
         self.incomplete = 0
         for s, path in enumerate(self.paths):
             groups: dict = {}
@@ -152,14 +159,24 @@ class WebDatasetPairs:
                 if img is None or cap is None:
                     self.incomplete += 1
                     continue
-                self.index.append((s, *files[img], *files[cap], cap))
-        if not self.index:
+                rows.append((s, *files[img], *files[cap], CAPTION_EXTS.index(cap)))
+            del groups
+        if not rows:
             raise DatasetError(f"no image-caption samples in {shards!r} (looked for {IMAGE_EXTS} + .txt/.json)")
+        # one numpy record per sample (27 bytes), not a tuple of Python ints: see PackedStrings on memory
+        self.index = np.array(rows, dtype=WDS_INDEX)
+        del rows
         self.n_captions = 1
         self._files: dict = {}
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def _entry(self, i: int) -> tuple:
+        """``(shard, image offset, image size, caption offset, caption size, caption extension)`` of sample ``i``."""
+        r = self.index[i]
+        return (int(r["shard"]), int(r["image_offset"]), int(r["image_size"]), int(r["caption_offset"]),
+                int(r["caption_size"]), CAPTION_EXTS[int(r["caption_ext"])])
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
         f = self._files.get(shard)
@@ -183,14 +200,14 @@ class WebDatasetPairs:
         unreadable (not UTF-8, bad JSON, no caption field, or empty: skipped and counted like a bad image)."""
         import io
 
-        shard, io_, is_, co, cs, cap_ext = self.index[i]
+        shard, io_, is_, co, cs, cap_ext = self._entry(i)
         caption = _caption_text(self._read(shard, co, cs), cap_ext)
         if not caption:
             return None, [""]
         return io.BytesIO(self._read(shard, io_, is_)), [caption]
 
     def captions(self, i: int) -> list:
-        shard, _, _, co, cs, cap_ext = self.index[i]
+        shard, _, _, co, cs, cap_ext = self._entry(i)
         return [_caption_text(self._read(shard, co, cs), cap_ext)]
 
     def spec(self) -> dict:
@@ -198,7 +215,7 @@ class WebDatasetPairs:
 
     def identity(self, i: int) -> str:
         """Sample ``i``'s shard, image member (offset, size) and caption bytes, for a cache's fingerprint."""
-        shard, io_, is_, co, cs, _ = self.index[i]
+        shard, io_, is_, co, cs, _ = self._entry(i)
         caption = self._read(shard, co, cs).decode("utf-8", errors="surrogateescape")
         return f"{Path(self.paths[shard]).name}@{io_}+{is_}\t{caption}"
 
@@ -248,32 +265,36 @@ class ImageFiles:
             raise DatasetError(f"image folder {str(self.root)!r} " + ("is a file; give the folder that holds the "
                                                                       "images" if self.root.exists()
                                                                       else "does not exist"))
-        self.files = sorted(
-            (f for f in self.root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-             and not any(part.startswith(".") for part in f.relative_to(self.root).parts)),
-            key=lambda f: f.relative_to(self.root).as_posix())
-        if not self.files:
+        rel = sorted(f.relative_to(self.root).as_posix() for f in self.root.rglob("*")
+                     if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                     and not any(part.startswith(".") for part in f.relative_to(self.root).parts))
+        self.relative = PackedStrings(rel)  # packed: see PackedStrings on memory in DataLoader workers
+        del rel
+        if not len(self.relative):
             raise DatasetError(f"{str(self.root)!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)}, "
                                "in sub-folders too)")
         self.args = dict(root=str(self.root.resolve()))
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.relative)
+
+    def file(self, i: int) -> str:
+        return os.path.join(self.args["root"], self.relative[i])  # a str: see _CaptionItems on pathlib
 
     def load(self, i: int):
         try:
-            return load_image(self.files[i]), []
+            return load_image(self.file(i)), []
         except IMAGE_READ_ERRORS:
             return None, []
 
     def open(self, i: int):
-        return self.files[i], []
+        return self.file(i), []
 
     def spec(self) -> dict:
         return {"kind": "images", **self.args}
 
     def identity(self, i: int) -> str:
-        return self.files[i].relative_to(self.root).as_posix()
+        return self.relative[i]
 
 
 class TextLines:
@@ -290,8 +311,8 @@ class TextLines:
             raise DatasetError(f"text file {str(p)!r} is a directory; give a UTF-8 text file with one text per line")
         if not p.is_file():
             raise DatasetError(f"text file {str(p)!r} does not exist")
-        self.texts = [ln.strip() for ln in read_utf8(p, "text file").splitlines() if ln.strip()]
-        if not self.texts:
+        self.texts = PackedStrings(ln.strip() for ln in read_utf8(p, "text file").splitlines() if ln.strip())
+        if not len(self.texts):
             raise DatasetError(f"text file {str(p)!r} holds no text (one text per line)")
         self.args = dict(path=str(p.resolve()))
 

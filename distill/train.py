@@ -22,6 +22,7 @@ bias, the losses' own heads) are left out of DDP and averaged with one small all
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -315,6 +316,20 @@ def _drop_rows_after(path: Path, step: int) -> None:
             keep.append(line)
     with atomic_write(path, "w") as f:
         f.write("".join(ln + "\n" for ln in keep))
+
+
+def start_loader(loader):
+    """``iter(loader)``, with the interpreter's objects frozen while the workers fork (:func:`gc.freeze`, as
+    Python's documentation advises before a fork): a collection in a worker would otherwise write to every
+    object it inherited, and the kernel copy their pages into each worker."""
+    if not loader.num_workers:
+        return iter(loader)
+    gc.collect()
+    gc.freeze()
+    try:
+        return iter(loader)
+    finally:
+        gc.unfreeze()
 
 
 class Trainer:
@@ -750,7 +765,7 @@ class Trainer:
         data_time = 0.0
         t_data = time.time()
         eval_rows = []
-        for batch in loader:
+        for batch in start_loader(loader):
             data_time += time.time() - t_data
             self.skipped_images.extend(batch["skipped"])
             batch = self.to_device(batch)

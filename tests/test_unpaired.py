@@ -165,7 +165,7 @@ def test_cache_teacher_cli_images_and_texts(tmp_path, capsys):
     (tmp_path / "photos" / ".hidden.png").write_bytes(b"x")
     assert len(ImageFiles(str(tmp_path / "photos"))) == 6   # the hidden file is left out
     (tmp_path / "texts.txt").write_text("a red circle\n\n  a blue square  \n")
-    assert TextLines(str(tmp_path / "texts.txt")).texts == ["a red circle", "a blue square"]
+    assert list(TextLines(str(tmp_path / "texts.txt")).texts) == ["a red circle", "a blue square"]
     cli = ["cache-teacher", "--teacher", "clip-vit-tiny", "--workers", "0"]
     assert main(cli + ["--images", str(tmp_path / "photos"), "--out", str(tmp_path / "ci")]) == 0
     assert "1 unreadable images skipped" in capsys.readouterr().out
