@@ -1,6 +1,7 @@
 """The benchmark scripts run and write well-formed results (numbers, not timings, are checked)."""
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,21 @@ def test_distill_real_splits_are_fixed_by_item_and_missing_parts_are_named(tmp_p
     assert g["t2i_R@1_gain"] == pytest.approx(0.10) and g["seed_std"] == pytest.approx(0.01)
     assert g["beats_clip_by_3_std"] and g["fraction_of_teacher_t2i_R@1"] == pytest.approx(0.525)
     assert g["half_teacher_at_under_a_third"] is True   # 8/30 of the parameters
+
+
+def test_data_scale_writes_labelled_runs(tmp_path, monkeypatch):
+    from mobileclip.benchmarks import data_scale
+
+    if not Path("/proc/self/smaps_rollup").exists():
+        pytest.skip("data_scale needs Linux's /proc")
+    for label in ("before", "after", "after"):  # a label run again replaces its row
+        monkeypatch.setattr(sys, "argv", ["data_scale", "--rows", "3000", "--sampler-samples", "20000",
+                                          "--label", label, "--out", str(tmp_path)])
+        data_scale.main()
+    runs = json.loads((tmp_path / "data_scale.json").read_text())["runs"]
+    assert [r["label"] for r in runs] == ["before", "after"]
+    for r in runs:
+        assert r["sampler"]["first_step_ms"] > 0 and r["sampler"]["next_steps_ms"] < r["sampler"]["first_step_ms"]
+        assert r["captions"]["rows"] == 3000 and 0 <= r["captions"]["main_bytes_per_row"] < 2000  # RSS: coarse
+        assert r["captions"]["worker_bytes_per_row_frozen"] < 200
+    assert (tmp_path / "data_scale.md").read_text().count("| after |") == 1
