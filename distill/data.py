@@ -179,11 +179,21 @@ class WebDatasetPairs:
                 int(r["caption_size"]), CAPTION_EXTS[int(r["caption_ext"])])
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
-        f = self._files.get(shard)
-        if f is None:
-            f = self._files[shard] = open(self.paths[shard], "rb")
-        f.seek(offset)
-        return f.read(size)
+        """``size`` bytes at ``offset`` of a shard (fewer at its end), by positional reads: a file descriptor
+        opened before the DataLoader forks its workers is shared with them, and so is its offset — a
+        ``seek`` + ``read`` in one worker interleaved with another's reads the wrong bytes (seen as "corrupt
+        JPEG data", or worse, a valid wrong caption). ``os.pread`` moves no offset."""
+        fd = self._files.get(shard)
+        if fd is None:
+            fd = self._files[shard] = os.open(self.paths[shard], os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        chunks = []
+        while size > 0:
+            chunk = os.pread(fd, size, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset, size = offset + len(chunk), size - len(chunk)
+        return b"".join(chunks)
 
     def load(self, i: int):
         src, captions = self.open(i)
@@ -219,7 +229,7 @@ class WebDatasetPairs:
         caption = self._read(shard, co, cs).decode("utf-8", errors="surrogateescape")
         return f"{Path(self.paths[shard]).name}@{io_}+{is_}\t{caption}"
 
-    def __getstate__(self):  # file handles are reopened in each DataLoader worker
+    def __getstate__(self):  # file descriptors are reopened in a process that unpickles this (spawn workers)
         state = dict(self.__dict__)
         state["_files"] = {}
         return state

@@ -460,3 +460,42 @@ def test_workers_start_with_the_parents_objects_frozen():
     assert gc.get_freeze_count() == 0
     assert next(it).min().item() > 1000  # the worker inherited the frozen objects
     assert next(iter(torch.utils.data.DataLoader(_FreezeCount(), batch_size=2, num_workers=1))).max().item() == 0
+
+
+class _ReadBack(torch.utils.data.Dataset):
+    def __init__(self, wds):
+        self.wds = wds
+
+    def __len__(self):
+        return len(self.wds)
+
+    def __getitem__(self, i):
+        import hashlib
+
+        src, caps = self.wds.open(i)
+        return (hashlib.sha256(src.read()).hexdigest() if src is not None else "unreadable") + " " + caps[0]
+
+
+def test_webdataset_reads_stay_right_in_workers_forked_after_the_parent_read(tmp_path):
+    """The parent reads the shard first (as the trainer does: fingerprints, pre-tokenizing), so forked workers
+    inherit its file descriptor and offset; two workers reading at once must still get every sample's own bytes
+    (seek + read on a shared offset read other samples' bytes: "Corrupt JPEG data" in the benchmark)."""
+    import hashlib
+
+    rng = np.random.default_rng(0)
+    n, repeats = 200, 8
+    blobs = [rng.integers(0, 256, int(rng.integers(2000, 20000)), dtype=np.uint8).tobytes() for _ in range(n)]
+    with tarfile.open(tmp_path / "s.tar", "w") as tf:
+        for i, b in enumerate(blobs):
+            for name, data in ((f"{i:04d}.jpg", b), (f"{i:04d}.txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    wds = WebDatasetPairs(str(tmp_path / "s.tar"))
+    want = [hashlib.sha256(b).hexdigest() + f" caption {i}" for i, b in enumerate(blobs)]
+    assert [_ReadBack(wds)[i] for i in range(n)] == want  # the parent's descriptor is open now
+    loader = torch.utils.data.DataLoader(_ReadBack(wds), batch_size=None, sampler=list(range(n)) * repeats,
+                                         num_workers=2)
+    got = list(loader)
+    wrong = [(g, w) for g, w in zip(got, want * repeats) if g != w]
+    assert not wrong, f"{len(wrong)} of {len(got)} samples read wrong, e.g. {wrong[0]}"
