@@ -289,7 +289,8 @@ def main() -> None:
                 row[f"w{w}_per_core"] = sps / max(1, w)
                 row[f"w{w}_runs"] = [round(m["samples_per_s"], 1) for m in ms]
                 row[f"w{w}_first_batch_s"] = statistics.median(m["first_batch_s"] for m in ms)
-                row["skipped"] = max(m["skipped"] for m in ms)
+                row[f"w{w}_skipped"] = max(m["skipped"] for m in ms)
+            row["skipped"] = max(row[f"w{w}_skipped"] for w in args.workers)
             rows.append(row)
     tok_cost = pretokenize_cost(tok)
     from mobileclip.benchmarks.common import environment
@@ -338,6 +339,9 @@ def main() -> None:
     best = {w: max(rows, key=lambda r: r[f"w{w}_per_core"]) for w in ws}
     exact = {w: max((r for r in rows if "resize" not in r["options"] and not r["options"].get("draft")),
                      key=lambda r: r[f"w{w}_per_core"]) for w in ws}
+    skipped = {f"{r['source']}, {r['lever']}": r["skipped"] for r in rows if r["skipped"]}
+    lines += ["", "Samples skipped as unreadable (every JPEG here is valid, so any is a bug): " + (
+        "; ".join(f"{k}: {v}" for k, v in skipped.items()) if skipped else "none, in every configuration") + "."]
     lines += ["", "Best per core (goal: 800 samples/s per core): " + "; ".join(
         f"{w} worker{'s' if w != 1 else ''} {best[w][f'w{w}_per_core']:.0f} ({best[w]['source']}, "
         f"{best[w][f'w{w}_vs_baseline']:.2f}x)" for w in ws) + ". Exact levers only: " + "; ".join(

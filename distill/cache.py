@@ -53,6 +53,9 @@ from mobileclip.errors import ConfigError, MobileCLIPError
 from .data import apply_aug, modality, sample_aug
 
 FORMAT_VERSION = 2
+# Recorded in a manifest by the data kind it reads, and required when it is read: WebDataset members are read
+# by position (os.pread) since 2026-12-01; caches of shards built before may hold embeddings of the wrong images.
+SHARD_READS = {"webdataset": {"shard_reads": "positional"}}
 
 
 class CacheError(MobileCLIPError):
@@ -157,7 +160,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
         "num_samples": n,
         "dataset_sha256": hashlib.sha256("".join(digests).encode()).hexdigest(), "dataset_shards": digests,
         "augs": augs, "captions": source.n_captions, "shard_size": shard_size, "num_shards": n_shards,
-        "teacher_precision": precision,
+        "teacher_precision": precision, **SHARD_READS.get(source.spec().get("kind"), {}),
         "seed": seed, "aug": {"scale": [float(v) for v in scale], "ratio": [float(v) for v in ratio],
                               "flip_prob": float(flip_prob)},
     }
@@ -225,9 +228,10 @@ def manifest_differences(old: dict, new: dict) -> list:
         size = new["shard_size"]
         diff.append(f"the dataset's samples differ (paths or captions edited or reordered), first in samples "
                     f"{s * size}..{min(new['num_samples'], (s + 1) * size) - 1} (shard {s})")
-    for k in ("modality", "dataset", "augs", "captions", "shard_size", "seed", "aug", "teacher_precision"):
+    for k in ("modality", "dataset", "augs", "captions", "shard_size", "seed", "aug", "teacher_precision",
+              "shard_reads"):
         # caches built before the precision was recorded ran their teachers in fp32
-        a, b = _jsonable(old.get(k, "fp32" if k == "teacher_precision" else None)), _jsonable(new[k])
+        a, b = _jsonable(old.get(k, "fp32" if k == "teacher_precision" else None)), _jsonable(new.get(k))
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):   # name the keys that differ, not two long dicts
@@ -280,6 +284,14 @@ def read_manifest(root: Path) -> dict:
 
     def bad(key, what):
         raise CacheError(f"{str(mpath)!r}: {key} {what}; the manifest was edited or damaged — rebuild the cache")
+
+    kind_of_data = m.get("dataset", {}).get("kind") if isinstance(m.get("dataset"), dict) else None
+    for key, value in SHARD_READS.get(kind_of_data, {}).items():
+        if m.get(key) != value:
+            raise CacheError(f"{str(mpath)!r} was built from WebDataset shards before their members were read by "
+                             "position: cache-teacher's loader workers could then read other samples' images (a "
+                             "race on a shared file offset), so its embeddings may belong to the wrong images; "
+                             "rebuild it with `mobileclip cache-teacher`")
 
     kind = m.setdefault("modality", "pairs")
     if kind not in ("pairs", "images", "texts"):

@@ -2,6 +2,7 @@
 the teacher cache round trip, mismatched teacher/student inputs, corrupt images, config errors."""
 import json
 import os
+import shutil
 import socket
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 import mobileclip
 from mobileclip.distill import TeacherCache, Trainer, build_cache, load_config, train
 from mobileclip.distill.data import SyntheticPairs, apply_aug, sample_aug
+from mobileclip.distill.cache import CacheError
 from mobileclip.distill.train import TrainingError
 from mobileclip.errors import ConfigError
 
@@ -393,6 +395,17 @@ def test_webdataset_shards_as_a_source(tmp_path):
     summary = train(load_config(None, BASE + [f"out={tmp_path / 'run'}", f"data.cache={tmp_path / 'c'}",
                                               "batch_size=11", "steps=2", "losses.kd=1.0"]))
     assert summary["skipped_images"] == 2 and summary["skipped_examples"] == [4, 4]
+    # A cache of shards built before members were read by position (racing workers) is refused, and not resumed.
+    assert cache.manifest["shard_reads"] == "positional"
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "c", old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["shard_reads"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CacheError, match="before their members were read by position.*rebuild"):
+        TeacherCache(old)
+    with pytest.raises(CacheError, match="before their members were read by position"):
+        build_cache([teacher], src, old, augs=1, shard_size=8, progress=False, flip_prob=0.0)
     # And online, straight from the shards.
     summary = train(load_config(None, BASE + [f"out={tmp_path / 'run2'}", "data.source=webdataset",
                                               f"data.path={pattern}", "batch_size=11", "steps=1"]))
