@@ -34,10 +34,12 @@ class DataConfig:
     # (4x less to copy; equal to the float32 CPU preprocess), captions tokenized once at start (same ids).
     # Faster but not bit-equal to the crops the teacher saw: JPEG draft decoding when the crop is at least twice
     # the input size, torchvision's JPEG decoder (bit-equal to Pillow's) with torch's resize (within 1 level).
+    # decoder=device: plain colour JPEGs go to the training device as bytes and are decoded there (nvJPEG on CUDA),
+    # cropped and resized by torch; the workers only read files.
     image_dtype: Literal["uint8", "float32"] = "uint8"
     pretokenize: bool = False
     draft: bool = False
-    decoder: Literal["pil", "torchvision", "simplejpeg"] = "pil"
+    decoder: Literal["pil", "torchvision", "simplejpeg", "device"] = "pil"
     resize: Literal["pil", "torch"] = "pil"
 
 

@@ -13,10 +13,11 @@ the teacher saw; each model then applies its *own* preprocessing to the crop.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from PIL import Image
 from mobileclip.data.datasets import PackedStrings
 from mobileclip.errors import ConfigError, DatasetError
 from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, load_image,
-                                   load_image_scaled, resize_crop, resized_size, to_rgb)
+                                   load_image_scaled, plain_jpeg_size, resize_crop, resized_size, to_rgb)
 
 AUG_FIELDS = ("x0", "y0", "w", "h", "flip")
 
@@ -445,7 +446,7 @@ def apply_aug(im: Image.Image, params: np.ndarray) -> Image.Image:
 # decoder, torch's antialiased resize.
 
 IMAGE_DTYPES = ("float32", "uint8")
-DECODERS = ("pil", "torchvision", "simplejpeg")
+DECODERS = ("pil", "torchvision", "simplejpeg", "device")
 RESIZERS = ("pil", "torch")
 
 
@@ -482,6 +483,43 @@ def normalize_cpu(image: torch.Tensor, cfg) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
+class DeferredJPEG(NamedTuple):
+    """A student image left for the training device to decode (``decoder="device"``): a plain colour JPEG's
+    bytes (``uint8 [n]``) and ``geom`` = ``(left, top, right, bottom)`` of the augmentation crop in the full image,
+    the size it is resized to ``(width, height)``, the ``(left, top)`` of the center square in that, and the flip
+    (0/1); ``size`` is the student's input size. :func:`collate_train` packs them, :func:`decode_deferred` decodes."""
+    data: torch.Tensor
+    geom: tuple
+    size: int
+
+
+def _resize_crop_chw(img: torch.Tensor, box: tuple, nw: int, nh: int, left: int, top: int, size: int, flip: bool,
+                     mode: str) -> torch.Tensor:
+    """``uint8 [3, size, size]``: ``box`` of a ``uint8 [3, H, W]`` image resized to ``nw x nh`` by torch's
+    antialiased resampling, its ``(left, top)`` square, flipped. On the CPU torch's uint8 kernel (channels-last in
+    and out); on CUDA, whose antialiased kernels take floating point, in float32, rounded."""
+    crop = img[:, box[1]:box[3], box[0]:box[2]]
+    if (nw, nh) != (crop.shape[2], crop.shape[1]):
+        if crop.device.type == "cpu":
+            crop = torch.nn.functional.interpolate(crop[None].contiguous(memory_format=torch.channels_last),
+                                                   size=(nh, nw), mode=mode, antialias=True, align_corners=False)[0]
+        else:
+            x = torch.nn.functional.interpolate(crop[None].float(), size=(nh, nw), mode=mode, antialias=True,
+                                                align_corners=False)[0]
+            crop = x.round_().clamp_(0, 255).to(torch.uint8)
+    out = crop[:, top:top + size, left:left + size]
+    return out.flip(-1) if flip else out
+
+
+def _read_all(src) -> bytes:
+    if isinstance(src, io.BytesIO):
+        return src.getvalue()
+    if hasattr(src, "read"):
+        return src.read()
+    with open(src, "rb") as f:
+        return f.read()
+
+
 class StudentImages:
     """Sample ``i``'s augmentation crop through the student's preprocessing, with the levers of
     :class:`TrainSamples` (``image_dtype``, ``draft``, ``decoder``, ``resize``)."""
@@ -494,6 +532,18 @@ class StudentImages:
             raise ConfigError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if resize not in RESIZERS:
             raise ConfigError(f"resize must be one of {RESIZERS}, got {resize!r}")
+        if decoder == "device":
+            if image_dtype != "uint8":
+                raise ConfigError("decoder='device' leaves JPEGs for the training device to decode, which gives uint8 "
+                                  "images: set image_dtype='uint8'")
+            if draft:
+                raise ConfigError("draft decoding happens on the CPU; it does not combine with decoder='device'")
+            try:
+                from torchvision.io import decode_jpeg  # noqa: F401
+            except ImportError as e:
+                raise ConfigError(f"decoder='device' decodes with torchvision.io.decode_jpeg ({e}); install "
+                                  "torchvision") from e
+            resize = "torch"  # the device resizes with torch; the images it cannot take are resized so in workers
         self.pp, self.image_dtype, self.draft, self.decoder, self.resize = (preprocess, image_dtype, bool(draft),
                                                                              decoder, resize)
         self.cfg = getattr(preprocess, "cfg", None)
@@ -506,6 +556,7 @@ class StudentImages:
                               f"{self.cfg.interpolation!r}; use resize='pil'")
         self.reduced = 0  # images this process decoded at a reduced JPEG scale (draft)
         self.decoded = 0
+        self.deferred = 0  # JPEGs this process left for the device to decode
 
     def from_crop(self, crop: Image.Image) -> torch.Tensor:
         """The default path's result for a PIL crop: float32 through the preprocess, or its uint8 image."""
@@ -529,6 +580,22 @@ class StudentImages:
         src, captions = opener(i)
         if src is None:
             return None, captions, None
+        if self.decoder == "device":
+            try:
+                data = _read_all(src)
+            except OSError:
+                return None, captions, None
+            full = plain_jpeg_size(data)
+            if full is not None:
+                params = params_for(*full)
+                box = aug_box(params, full)
+                nw, nh = resized_size(_box_size(box), self.cfg)
+                flip = float(params[4]) >= 0.5
+                left, top = _center_box(nw, nh, self.cfg.image_size, flip)
+                self.deferred += 1
+                return DeferredJPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                    (*box, nw, nh, left, top, int(flip)), self.cfg.image_size), captions, None
+            src = io.BytesIO(data)  # anything else is decoded here by Pillow
         chosen = {}
 
         def choose(w: int, h: int) -> int:
@@ -536,7 +603,7 @@ class StudentImages:
             return draft_scale(_box_size(aug_box(chosen["params"], (w, h))), self.cfg) if self.draft else 1
 
         try:
-            scaled = load_image_scaled(src, choose, self.decoder)
+            scaled = load_image_scaled(src, choose, "pil" if self.decoder == "device" else self.decoder)
         except IMAGE_READ_ERRORS:
             return None, captions, None
         self.decoded += 1
@@ -569,14 +636,7 @@ class StudentImages:
             return _pil_to_uint8(out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out)
         if isinstance(img, Image.Image):
             img = _hwc_to_chw(np.array(img, dtype=np.uint8))
-        crop = img[:, box[1]:box[3], box[0]:box[2]]
-        if (nw, nh) != (crop.shape[2], crop.shape[1]):
-            # channels-last in and out: torch's fast uint8 kernel, and a batch copy without a transpose
-            crop = torch.nn.functional.interpolate(crop[None].contiguous(memory_format=torch.channels_last),
-                                                   size=(nh, nw), mode=cfg.interpolation, antialias=True,
-                                                   align_corners=False)[0]
-        out = crop[:, top:top + size, left:left + size]
-        return out.flip(-1) if flip else out
+        return _resize_crop_chw(img, box, nw, nh, left, top, size, flip, cfg.interpolation)
 
 
 def _box_size(box: tuple) -> tuple:
@@ -851,8 +911,90 @@ def collate_train(items: list) -> dict:
     batch = {"skipped": [x["skip"] for x in items if "skip" in x]}
     for key in dict.fromkeys(k for x in kept for k in x):
         vals = [x[key] for x in kept if key in x]
-        batch[key] = _stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
+        if any(isinstance(v, DeferredJPEG) for v in vals):
+            batch.update(_stack_deferred(key, vals))
+        else:
+            batch[key] = _stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
     return batch
+
+
+def _stack_deferred(key: str, vals: list) -> dict:
+    """Images of which some are :class:`DeferredJPEG`: ``key`` is the ``uint8 [N, 3, S, S]`` batch (channels-last)
+    with the deferred rows zero; ``key + "_jpeg"`` all their bytes in one tensor (one shared-memory block to pass
+    between processes, not one per image); ``key + "_jpeg_geom"`` an ``int64 [M, 12]`` table: row, offset and
+    length in those bytes, then the :class:`DeferredJPEG` geometry."""
+    size = next(v.size for v in vals if isinstance(v, DeferredJPEG))
+    out = _empty((len(vals), size, size, 3), torch.uint8)
+    o = out.numpy()
+    deferred = [(j, v) for j, v in enumerate(vals) if isinstance(v, DeferredJPEG)]
+    for j, v in enumerate(vals):
+        if isinstance(v, DeferredJPEG):
+            o[j] = 0
+        else:
+            o[j] = v.permute(1, 2, 0).numpy()
+    lengths = [len(v.data) for _, v in deferred]
+    flat = _empty((sum(lengths),), torch.uint8)
+    geom = _empty((len(deferred), 12), torch.int64)
+    f, g, pos = flat.numpy(), geom.numpy(), 0
+    for r, ((j, v), n) in enumerate(zip(deferred, lengths)):
+        f[pos:pos + n] = v.data.numpy()
+        g[r] = (j, pos, n, *v.geom)
+        pos += n
+    return {key: out.permute(0, 3, 1, 2), key + "_jpeg": flat, key + "_jpeg_geom": geom}
+
+
+def pop_deferred(batch: dict) -> dict:
+    """Take the deferred-JPEG entries out of a collated batch: ``{image key: (bytes, geometry)}``, left on the CPU
+    (``torchvision.io.decode_jpeg`` reads its input from host memory whatever the device)."""
+    return {k[:-len("_jpeg")]: (batch.pop(k), batch.pop(k + "_geom")) for k in [k for k in batch if k.endswith("_jpeg")]}
+
+
+def decode_deferred(batch: dict, key: str, flat: torch.Tensor, geom: torch.Tensor, interpolation: str) -> None:
+    """Decode the deferred JPEGs of ``batch[key]`` on that tensor's device (nvJPEG on CUDA through
+    ``torchvision.io.decode_jpeg``; libjpeg-turbo on the CPU), crop, resize and flip each as the worker would have,
+    and write them into their rows. A JPEG the decoder refuses drops its sample from the batch (every per-sample
+    key of its group) and adds it to ``batch["skipped"]``, like any unreadable image."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    images = batch[key]
+    rows = geom.tolist()
+    datas = [flat[o:o + n] for _, o, n, *_ in rows]
+    try:
+        decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=images.device)
+    except RuntimeError:  # one bad JPEG fails the batched call: decode one by one to find it
+        decoded = []
+        for d in datas:
+            try:
+                decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=images.device))
+            except RuntimeError:
+                decoded.append(None)
+    bad = []
+    for img, (row, _, _, l, t, r, b, nw, nh, left, top, flip) in zip(decoded, rows):
+        if img is None or img.dim() != 3 or img.shape[0] != 3 or img.shape[1] < b or img.shape[2] < r:
+            bad.append(row)
+            continue
+        images[row] = _resize_crop_chw(img, (l, t, r, b), nw, nh, left, top, images.shape[-1], bool(flip),
+                                       interpolation)
+    if bad:
+        _drop_rows(batch, key, bad)
+
+
+def _drop_rows(batch: dict, key: str, rows: list) -> None:
+    """Remove ``rows`` from every per-sample entry of ``key``'s group (paired keys, or the ``ui_`` image-only ones),
+    recording the samples in ``batch["skipped"]``; the group's keys go when no row is left."""
+    prefix = "ui_" if key.startswith("ui_") else ""
+    n = batch[key].shape[0]
+    group = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n
+             and (k.startswith("ui_") if prefix else not k.startswith(("ui_", "ut_")))]
+    ids = batch[prefix + "index"].tolist()
+    batch["skipped"] = list(batch["skipped"]) + [f"image-only {ids[r]}" if prefix else ids[r] for r in rows]
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[rows] = False
+    for k in group:
+        if keep.any():
+            batch[k] = batch[k][keep.to(batch[k].device)]
+        else:
+            del batch[k]
 
 
 def _empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:

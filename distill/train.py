@@ -49,7 +49,7 @@ from .cache import resolve_precision as resolve_precision_name
 from .config import TrainConfig
 from .data import (
     CaptionPairs, ImageNormalizer, MixedSamples, MixedStepBatches, StepBatches, SyntheticPairs, TrainSamples,
-    UnpairedSamples, WebDatasetPairs, collate_train, source_from_spec,
+    UnpairedSamples, WebDatasetPairs, collate_train, decode_deferred, pop_deferred, source_from_spec,
 )
 from .losses import StudentOut, TeacherOut, build_losses, max_logit_scale
 
@@ -379,6 +379,7 @@ class Trainer:
         self.dataset = TrainSamples(self.source, self.preprocess, self.tokenizer, cfg.seed, dataclass_dict(cfg.aug),
                                     cache=self.cache, teachers=self.teachers, **self._pipeline())
         self.normalize = ImageNormalizer.for_preprocess(self.preprocess, self.device)   # uint8 batches, on device
+        self.images_interpolation = getattr(getattr(self.preprocess, "cfg", None), "interpolation", "bilinear")
         self.unpaired = self._unpaired_parts()
         if self.unpaired:
             self.dataset = MixedSamples([self.dataset] + [p["dataset"] for p in self.unpaired])
@@ -575,9 +576,15 @@ class Trainer:
         return autocast(self.precision, self.device)
 
     def to_device(self, batch: dict) -> dict:
-        """A collated batch on the training device (tensors only; copies from pinned memory are asynchronous)."""
-        return {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                for k, v in batch.items()}
+        """A collated batch on the training device (tensors only; copies from pinned memory are asynchronous).
+        JPEGs left for the device (``data.decoder=device``) are decoded there; one it refuses drops its sample,
+        which then appears in the batch's ``skipped``."""
+        deferred = pop_deferred(batch)
+        out = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+               for k, v in batch.items()}
+        for key, (flat, geom) in deferred.items():
+            decode_deferred(out, key, flat, geom, self.images_interpolation)
+        return out
 
     def _no_sync(self):
         return self.towers.no_sync() if hasattr(self.towers, "no_sync") else nullcontext()
@@ -767,8 +774,8 @@ class Trainer:
         eval_rows = []
         for batch in start_loader(loader):
             data_time += time.time() - t_data
-            self.skipped_images.extend(batch["skipped"])
             batch = self.to_device(batch)
+            self.skipped_images.extend(batch["skipped"])
             if "image" not in batch:  # every image of this batch was unreadable
                 self.step += 1
                 self.sched.step()

@@ -200,24 +200,43 @@ def _has_app1(data: bytes) -> Optional[bool]:
     return None
 
 
-def _plain_colour_jpeg(data: bytes, choose_scale) -> Optional[ScaledImage]:
-    """``decoder="simplejpeg"`` without Pillow's header parse (a tenth of the decode time), for the common case
-    only: a colour JPEG with no APP1 segment (so no EXIF or XMP orientation), within Pillow's decompression-bomb
-    limit, decoded at full scale; its pixels are what the Pillow path gives (the same libjpeg-turbo settings).
-    None for anything else, which then takes the Pillow path (and its errors)."""
+def plain_jpeg_size(data: bytes) -> Optional[tuple]:
+    """``(width, height)`` of a *plain colour JPEG* — one that any JPEG decoder turns into the image Pillow shows:
+    colour (YCbCr or RGB), no APP1 segment (so no EXIF or XMP orientation), within Pillow's decompression-bomb
+    limit, and not visibly truncated (it ends with the end-of-image marker). None for anything else (which then
+    goes through Pillow and its errors). Reads the header with simplejpeg when installed, else Pillow's."""
+    if _has_app1(data) is not False or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return None
     try:
         import simplejpeg
     except ImportError:
-        return None
-    if _has_app1(data) is not False:
-        return None
+        simplejpeg = None
     try:
-        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except (ValueError, RuntimeError):
+        if simplejpeg is not None:
+            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            colour = colorspace in ("YCbCr", "RGB")
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                (w, h), colour = im.size, im.format == "JPEG" and im.mode == "RGB"
+    except (ValueError, RuntimeError, OSError, Image.DecompressionBombError):
         return None
-    if colorspace not in ("YCbCr", "RGB") or not w or not h or (
-            Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS):
+    if not colour or not w or not h or (Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS):
         return None
+    return w, h
+
+
+def _plain_colour_jpeg(data: bytes, choose_scale) -> Optional[ScaledImage]:
+    """``decoder="simplejpeg"`` without Pillow's header parse (a tenth of the decode time), for a plain colour
+    JPEG (:func:`plain_jpeg_size`) decoded at full scale; its pixels are what the Pillow path gives (the same
+    libjpeg-turbo settings). None for anything else, which then takes the Pillow path (and its errors)."""
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        return None
+    size = plain_jpeg_size(data)
+    if size is None:
+        return None
+    w, h = size
     if choose_scale is not None and int(choose_scale(w, h)) in JPEG_SCALES:  # a draft decode: Pillow's
         return None
     tensor = _decode_jpeg_simplejpeg(data)

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from mobileclip.config import PreprocessConfig
+from mobileclip.errors import ConfigError
 from mobileclip.distill.data import (CaptionPairs, ImageNormalizer, StepBatches, SyntheticPairs, TextLines,
                                      TokenTable, TrainSamples, UnpairedSamples, WebDatasetPairs, collate_train,
                                      draft_scale, normalize_images)
@@ -499,3 +500,110 @@ def test_webdataset_reads_stay_right_in_workers_forked_after_the_parent_read(tmp
     got = list(loader)
     wrong = [(g, w) for g, w in zip(got, want * repeats) if g != w]
     assert not wrong, f"{len(wrong)} of {len(got)} samples read wrong, e.g. {wrong[0]}"
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["captions", "webdataset"])
+def test_device_decoder_defers_plain_jpegs_and_gives_the_workers_images(jpegs, pp, tok, which):
+    """decoder="device": plain colour JPEGs travel as bytes (through a worker's shared memory) and are decoded
+    where the batch lands (here the CPU: libjpeg-turbo; nvJPEG on CUDA); EXIF-rotated, grayscale, CMYK and PNG
+    files are decoded in the worker. Reference: Pillow's decode and resize (the default path), within one level;
+    and, on the CPU, exactly torchvision's decoder with torch's resize in the worker."""
+    pytest.importorskip("torchvision")
+    from mobileclip.distill.data import decode_deferred, pop_deferred
+
+    source = jpegs[which]
+    dev = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")
+    tv = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", decoder="torchvision", resize="torch")
+    ref = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8")
+    n = len(source)
+    sampler = StepBatches(n, n, 2, seed=0)
+    loader = torch.utils.data.DataLoader(dev, batch_sampler=sampler, num_workers=1, collate_fn=collate_train)
+    for step, batch in enumerate(loader):
+        keys = sampler.indices_for_step(step)
+        plain = [j for j, (i, _) in enumerate(keys) if i < N_PHOTOS]  # samples 0..5 are the plain JPEGs
+        assert batch["image_jpeg_geom"][:, 0].tolist() == plain and batch["image_jpeg"].dtype == torch.uint8
+        for k, (flat, geom) in pop_deferred(batch).items():
+            decode_deferred(batch, k, flat, geom, "bilinear")
+        assert "image_jpeg" not in batch and batch["skipped"] == []
+        want_tv = collate_train([tv[k] for k in keys])["image"]
+        want_pil = collate_train([ref[k] for k in keys])["image"]
+        assert torch.equal(batch["image"], want_tv), step
+        d = (batch["image"].int() - want_pil.int()).abs()
+        assert d.max().item() <= 1 and (d > 0).float().mean().item() < 0.01
+        assert torch.equal(batch["tokens"], collate_train([ref[k] for k in keys])["tokens"])
+
+
+def test_device_decoder_drops_a_sample_the_decoder_refuses(jpegs, pp, tok, monkeypatch):
+    """A JPEG the device's decoder refuses takes its sample out of every per-sample key of its group and into
+    "skipped", as an unreadable image in a worker would; the other rows keep their own data."""
+    import torchvision.io
+
+    from mobileclip.distill.data import decode_deferred, pop_deferred
+
+    source = jpegs[0]
+    dev = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")
+    items = [dev[(i, 0)] for i in range(len(source))]
+    for j, it in enumerate(items):
+        it["t_image"] = torch.full((4,), float(j))
+    batch = collate_train(items)
+    batch["ui_index"], batch["ui_image"] = torch.tensor([7]), torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    n = len(batch["index"])
+    victim_row = int(batch["image_jpeg_geom"][2, 0])
+    victim_len = int(batch["image_jpeg_geom"][2, 2])
+    real = torchvision.io.decode_jpeg
+
+    def refusing(data, *a, **k):
+        if isinstance(data, list):
+            if any(len(d) == victim_len for d in data):
+                raise RuntimeError("nvjpeg: bad data")
+            return real(data, *a, **k)
+        if len(data) == victim_len:
+            raise RuntimeError("nvjpeg: bad data")
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", refusing)
+    victim = int(batch["index"][victim_row])
+    for k, (flat, geom) in pop_deferred(batch).items():
+        decode_deferred(batch, k, flat, geom, "bilinear")
+    assert batch["skipped"] == [victim]
+    assert len(batch["index"]) == len(batch["image"]) == len(batch["tokens"]) == len(batch["t_image"]) == n - 1
+    assert victim not in batch["index"].tolist()
+    assert batch["t_image"][:, 0].tolist() == [float(j) for j in range(n) if j != victim_row]
+    assert batch["ui_index"].tolist() == [7] and batch["ui_image"].shape[0] == 1  # the other group is untouched
+
+
+def test_device_decoder_options_are_checked(pp, tok):
+    from mobileclip.distill.data import StudentImages
+
+    with pytest.raises(ConfigError, match="image_dtype='uint8'"):
+        StudentImages(pp, "float32", decoder="device")
+    with pytest.raises(ConfigError, match="draft"):
+        StudentImages(pp, "uint8", draft=True, decoder="device")
+    assert StudentImages(pp, "uint8", decoder="device").resize == "torch"
+
+
+def test_training_with_device_decoding_equals_decoding_in_the_workers(photos, tmp_path):
+    """Two short CPU runs from the same JPEG caption file, one decoding in its worker (torchvision's decoder,
+    torch's resize) and one leaving the JPEGs to the training device: on the CPU the batches are bit-equal, so
+    the losses are too."""
+    pytest.importorskip("torchvision")
+    import json
+
+    from mobileclip.benchmarks.data_throughput import make_jpeg
+    from mobileclip.distill import load_config, train
+
+    rng = np.random.default_rng(3)
+    rows = ["image,caption"]
+    for i in range(8):
+        (tmp_path / f"{i}.jpg").write_bytes(make_jpeg(photos[i % len(photos)], rng, size=(160, 120)))
+        rows.append(f"{i}.jpg,photo number {i}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    base = ["student=mobileclip-tiny", "batch_size=4", "steps=2", "log_every=1", "progress=false", "eval.every=0",
+            "data.source=captions", f"data.path={tmp_path / 'pairs.csv'}", "data.workers=1", "optim.warmup_steps=1"]
+    losses = {}
+    for name, opts in (("workers", ["data.decoder=torchvision", "data.resize=torch"]),
+                       ("device", ["data.decoder=device"])):
+        summary = train(load_config(None, base + opts + [f"out={tmp_path / name}"]))
+        assert summary["steps"] == 2 and summary["skipped_images"] == 0
+        losses[name] = [json.loads(ln)["loss"] for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert losses["device"] == losses["workers"] and len(losses["device"]) == 2
