@@ -161,6 +161,7 @@ LEVERS = [
     ("+ simplejpeg decoder (instead of torchvision's)", "new", {**_RESIZE, "decoder": "simplejpeg"}),
     ("exact only: uint8 + pre-tokenized + torchvision decoder", "new", {**_TOK, "decoder": "torchvision"}),
     ("exact only: uint8 + pre-tokenized + simplejpeg decoder", "new", {**_TOK, "decoder": "simplejpeg"}),
+    ("uint8 + pre-tokenized + JPEG decoding left to the device (CPU side only)", "new", {**_TOK, "decoder": "device"}),
 ]
 AUG = {"scale": (0.5, 1.0), "ratio": (0.75, 1.3333333), "flip_prob": 0.5}  # the trainer's defaults
 
@@ -173,8 +174,10 @@ def build(source, pp, tok, options: dict):
     return ds, time.perf_counter() - t
 
 
-def measure(ds, collate, workers: int, samples: int, batch: int) -> dict:
-    """samples/s over ``samples`` samples after the first batch, and the time to the first batch."""
+def measure(ds, collate, workers: int, samples: int, batch: int, device=None) -> dict:
+    """samples/s over ``samples`` samples after the first batch, and the time to the first batch. Batches with
+    JPEGs left to the device are not decoded in the timed loop (its samples/s is the CPU side's); with ``device``,
+    the first four are then decoded there, timed apart (``device_ms_per_sample``)."""
     from mobileclip.distill.data import StepBatches
 
     steps = samples // batch + 1
@@ -186,11 +189,47 @@ def measure(ds, collate, workers: int, samples: int, batch: int) -> dict:
     first = next(it)
     t1 = time.perf_counter()
     n, skipped = 0, len(first["skipped"])
+    kept = [first]
     for b in it:
         n += len(b["index"])
         skipped += len(b["skipped"])
+        if device is not None and len(kept) < 4 and "image_jpeg" in b:
+            kept.append(b)
     t2 = time.perf_counter()
-    return {"samples_per_s": n / (t2 - t1), "first_batch_s": t1 - t0, "skipped": skipped}
+    out = {"samples_per_s": n / (t2 - t1), "first_batch_s": t1 - t0, "skipped": skipped}
+    if device is not None and "image_jpeg" in first:
+        out["device_ms_per_sample"], out["device_cpu_ms_per_sample"] = device_decode_ms(kept, device)
+    return out
+
+
+def device_decode_ms(batches: list, device) -> tuple:
+    """``(wall ms, this process's CPU ms)`` per sample to decode, crop and resize batches' deferred JPEGs on
+    ``device`` (the trainer's ``to_device`` work beyond the copy), synchronized; the CPU time shows what the
+    decoder still does on the host (nvJPEG may decode small images' Huffman data on the CPU). The first batch
+    warms up and is not counted."""
+    from mobileclip.distill.data import decode_deferred, pop_deferred
+
+    device = torch.device(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    total, cpu, samples = 0.0, 0.0, 0
+    for j, b in enumerate(batches):
+        b = dict(b)
+        deferred = pop_deferred(b)
+        b["image"] = b["image"].to(device)
+        sync()
+        t, c = time.perf_counter(), time.process_time()
+        for k, (flat, geom) in deferred.items():
+            decode_deferred(b, k, flat, geom, "bilinear")
+        sync()
+        if j:
+            total += time.perf_counter() - t
+            cpu += time.process_time() - c
+            samples += len(b["image"])
+    return 1e3 * total / max(1, samples), 1e3 * cpu / max(1, samples)
 
 
 def pretokenize_cost(tok, n: int = 100_000) -> dict:
@@ -230,6 +269,9 @@ def main() -> None:
     ap.add_argument("--levers", type=int, nargs="*", default=None, help="indices into the lever list (default all)")
     ap.add_argument("--draft-size", type=int, nargs=2, default=[1024, 768],
                     help="the draft demo's JPEG size (0 0: no demo): where draft decoding applies")
+    ap.add_argument("--pretokenize-captions", type=int, default=100_000,
+                    help="distinct captions in the pre-tokenizing cost measurement")
+    ap.add_argument("--device", default="cpu", help="where JPEGs left to the device are decoded (cpu, cuda)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a DataLoader worker's setting; the main process reads with 0 workers like one
@@ -252,7 +294,8 @@ def main() -> None:
             for src in args.sources:
                 for w in args.workers:
                     for name, coll, opts in levers:
-                        m = measure(datasets[src, name], collates[coll], w, args.samples, args.batch)
+                        m = measure(datasets[src, name], collates[coll], w, args.samples, args.batch,
+                                    args.device if opts.get("decoder") == "device" else None)
                         times.setdefault((src, name, w), []).append(m)
             print(f"round {r + 1}/{args.rounds} done", flush=True)
         demo = None
@@ -290,9 +333,12 @@ def main() -> None:
                 row[f"w{w}_runs"] = [round(m["samples_per_s"], 1) for m in ms]
                 row[f"w{w}_first_batch_s"] = statistics.median(m["first_batch_s"] for m in ms)
                 row[f"w{w}_skipped"] = max(m["skipped"] for m in ms)
+                for key in ("device_ms_per_sample", "device_cpu_ms_per_sample"):
+                    if key in ms[0]:
+                        row[f"w{w}_{key}"] = statistics.median(m[key] for m in ms)
             row["skipped"] = max(row[f"w{w}_skipped"] for w in args.workers)
             rows.append(row)
-    tok_cost = pretokenize_cost(tok)
+    tok_cost = pretokenize_cost(tok, args.pretokenize_captions)
     from mobileclip.benchmarks.common import environment
 
     import PIL
@@ -314,6 +360,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"command": cmd, "environment": env, "data": data, "student": args.student, "batch": args.batch,
+              "device": args.device,
               "samples_per_config": args.samples, "rounds": args.rounds, "draft_reduced": reduced,
               "draft_decoded": decoded, "draft_demo": demo, "pretokenize": tok_cost, "rows": rows}
     (out / "data_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -330,23 +377,38 @@ def main() -> None:
              f"{args.batch}, {args.samples} samples per configuration after the first batch, median of {args.rounds} "
              "interleaved rounds. 0 workers: the main process does all the work on one core; 2 workers: "
              "samples/s / 2. Levers are cumulative, top to bottom, except the simplejpeg row (replacing torchvision's "
-             "decoder) and the last two rows (the exact levers only). "
+             "decoder), the two 'exact only' rows, and the last row (uint8 and pre-tokenized, with JPEG decoding left "
+             "to the training device: `data.decoder=device`). "
              "Between parentheses: samples/s relative to the baseline with the same number of workers.", "",
              f"| source | configuration | {head} |", "|---|---|" + "---:|" * len(ws)]
     for r in rows:
         cells = " | ".join(f"{r[f'w{w}_per_core']:.0f} ({r[f'w{w}_vs_baseline']:.2f}x)" for w in ws)
         lines.append(f"| {r['source']} | {r['lever']} | {cells} |")
-    best = {w: max(rows, key=lambda r: r[f"w{w}_per_core"]) for w in ws}
-    exact = {w: max((r for r in rows if "resize" not in r["options"] and not r["options"].get("draft")),
-                     key=lambda r: r[f"w{w}_per_core"]) for w in ws}
+    exact = {w: max((r for r in rows if "resize" not in r["options"] and not r["options"].get("draft")
+                      and r["options"].get("decoder") != "device"), key=lambda r: r[f"w{w}_per_core"], default=None)
+             for w in ws}
+    best = {w: max((r for r in rows if r["options"].get("decoder") != "device"), key=lambda r: r[f"w{w}_per_core"],
+                   default=None) for w in ws}
+    dev_rows = [r for r in rows if r["options"].get("decoder") == "device"]
+    if dev_rows:
+        gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None
+        lines += ["", "With JPEG decoding left to the device, the workers only read files, check JPEG headers and draw "
+                  "the crop, and collate the bytes: that row's samples/s is the "
+                  "CPU side's; the decode, crop and resize run where the batch lands (`Trainer.to_device`), timed apart "
+                  f"on {'the GPU, ' + gpu + ' (nvJPEG)' if gpu else 'this CPU (libjpeg-turbo; on a GPU it is nvJPEG, not measured here)'}: "
+                  + "; ".join(f"{r['source']} {statistics.median(r[f'w{w}_device_ms_per_sample'] for w in ws):.3f} ms "
+                              f"per sample, of which the main process's CPU "
+                              f"{statistics.median(r[f'w{w}_device_cpu_ms_per_sample'] for w in ws):.3f} ms"
+                              for r in dev_rows) + "."]
     skipped = {f"{r['source']}, {r['lever']}": r["skipped"] for r in rows if r["skipped"]}
     lines += ["", "Samples skipped as unreadable (every JPEG here is valid, so any is a bug): " + (
         "; ".join(f"{k}: {v}" for k, v in skipped.items()) if skipped else "none, in every configuration") + "."]
-    lines += ["", "Best per core (goal: 800 samples/s per core): " + "; ".join(
-        f"{w} worker{'s' if w != 1 else ''} {best[w][f'w{w}_per_core']:.0f} ({best[w]['source']}, "
-        f"{best[w][f'w{w}_vs_baseline']:.2f}x)" for w in ws) + ". Exact levers only: " + "; ".join(
-        f"{w} worker{'s' if w != 1 else ''} {exact[w][f'w{w}_per_core']:.0f}" for w in ws) + ".", "",
-        f"Draft decoding reduced {sum(reduced.values())} of {sum(decoded.values())} images decoded in the 0-worker "
+    if all(best.values()) and all(exact.values()):
+        lines += ["", "Best per core decoding on the CPU (goal: 800 samples/s per core): " + "; ".join(
+            f"{w} worker{'s' if w != 1 else ''} {best[w][f'w{w}_per_core']:.0f} ({best[w]['source']}, "
+            f"{best[w][f'w{w}_vs_baseline']:.2f}x)" for w in ws) + ". Exact levers only: " + "; ".join(
+            f"{w} worker{'s' if w != 1 else ''} {exact[w][f'w{w}_per_core']:.0f}" for w in ws) + "."]
+    lines += ["", f"Draft decoding reduced {sum(reduced.values())} of {sum(decoded.values())} images decoded in the 0-worker "
         "runs: a 500x375 image's crops at 256 px are never twice the target size, so it never applies here."]
     if demo:
         lines += ["", f"Where it applies — {demo['images']} JPEGs of {demo['size'][0]}x{demo['size'][1]} "

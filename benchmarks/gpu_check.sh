@@ -7,7 +7,9 @@
 #      (samples/s, MFU against the GPU's peak);
 #   3. a 200-step distillation of mobileclip-s0 from a teacher cache, checking the loss goes down;
 #   4. `mobileclip bench` of the S0 towers on PyTorch CUDA (fp32, bf16), ONNX Runtime's CUDA
-#      provider and TensorRT where they are installed, at batch 1, 8 and 64.
+#      provider and TensorRT where they are installed, at batch 1, 8 and 64;
+#   5. the data pipeline with JPEG decoding on the GPU (data.decoder=device: nvJPEG) against the best
+#      CPU decoding, samples/s per core of the loader and the GPU's decode time per sample.
 #
 # Usage (repository root):  bash benchmarks/gpu_check.sh [OUT_DIR]      (default: gpu_check_out/)
 #   PYTHON=...  the interpreter (default: .venv/bin/python if present, else python3).
@@ -139,6 +141,12 @@ step "bench S0 towers" 180 "$PYTHON" -m mobileclip bench --model mobileclip-s0 -
 cp "$WORK/bench/bench.json" "$OUT/bench.json" 2>/dev/null
 cp "$WORK/bench/bench.md" "$OUT/bench.md" 2>/dev/null
 
+# 5. JPEG decoding on the GPU: the loader's CPU side, and nvJPEG's decode + crop + resize per sample
+step "data_throughput, decoding on the GPU" 120 "$PYTHON" -m mobileclip.benchmarks.data_throughput \
+    --images 256 --samples 1024 --batch 128 --rounds 1 --workers 0 2 --levers 7 10 --draft-size 0 0 \
+    --device cuda --out "$WORK/data"
+cp "$WORK/data/data_throughput.json" "$OUT/data_throughput_gpu.json" 2>/dev/null
+
 {
     echo "# GPU check"
     echo
@@ -153,6 +161,7 @@ cp "$WORK/bench/bench.md" "$OUT/bench.md" 2>/dev/null
     done
     [ -f "$OUT/distill_200_steps.json" ] && { echo; echo "## 200-step distillation"; echo; echo '```';
         grep -v '"summary"' "$OUT/distill_200_steps.json" | head -8; echo '```'; }
+    [ -f "$WORK/data/data_throughput.md" ] && { echo; sed 's/^# /## /' "$WORK/data/data_throughput.md"; }
 } > "$SUMMARY"
 cat "$SUMMARY" | tee -a "$LOG"
 rm -rf "$WORK"

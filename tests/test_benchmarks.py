@@ -164,3 +164,23 @@ def test_data_scale_writes_labelled_runs(tmp_path, monkeypatch):
         assert r["captions"]["rows"] == 3000 and 0 <= r["captions"]["main_bytes_per_row"] < 2000  # RSS: coarse
         assert r["captions"]["worker_bytes_per_row_frozen"] < 200
     assert (tmp_path / "data_scale.md").read_text().count("| after |") == 1
+
+
+def test_data_throughput_writes_results_with_the_device_row(tmp_path, monkeypatch):
+    from mobileclip.benchmarks import data_throughput
+
+    if not data_throughput.photo_paths():
+        pytest.skip("no photograph installed (scikit-learn or matplotlib)")
+    monkeypatch.setattr(sys, "argv", ["x", "--images", "16", "--samples", "16", "--batch", "8", "--rounds", "1",
+                                      "--workers", "0", "--levers", "0", "10", "--draft-size", "0", "0",
+                                      "--pretokenize-captions", "200", "--out", str(tmp_path)])
+    data_throughput.main()
+    res = json.loads((tmp_path / "data_throughput.json").read_text())
+    rows = {(r["source"], r["options"].get("decoder")): r for r in res["rows"]}
+    assert set(rows) == {("captions", None), ("webdataset", None), ("captions", "device"), ("webdataset", "device")}
+    for (src, dec), r in rows.items():
+        assert r["w0_samples_per_s"] > 0 and r["skipped"] == 0
+        assert ("w0_device_ms_per_sample" in r) == (dec == "device")
+    assert rows["captions", "device"]["w0_device_ms_per_sample"] > 0
+    md = (tmp_path / "data_throughput.md").read_text()
+    assert "timed apart on this CPU" in md and "none, in every configuration" in md

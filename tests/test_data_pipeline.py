@@ -607,3 +607,25 @@ def test_training_with_device_decoding_equals_decoding_in_the_workers(photos, tm
         assert summary["steps"] == 2 and summary["skipped_images"] == 0
         losses[name] = [json.loads(ln)["loss"] for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert losses["device"] == losses["workers"] and len(losses["device"]) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
+def test_device_decoder_on_cuda_is_close_to_the_cpu(jpegs, pp, tok):
+    """nvJPEG (decode_jpeg on CUDA) and float resampling against libjpeg-turbo and torch's uint8 resampling on the
+    CPU, batch for batch. The decoders' IDCT and chroma upsampling differ, so pixels may differ by a few levels;
+    the bounds are a first guess, to be checked on the first GPU run."""
+    from mobileclip.distill.data import decode_deferred, pop_deferred
+
+    source = jpegs[0]
+    dev = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")
+    batch = collate_train([dev[(i, e)] for e in range(3) for i in range(len(source))])
+    out = {}
+    for device in ("cpu", "cuda"):
+        b = dict(batch)
+        b["image"] = b["image"].to(device)
+        for k, (flat, geom) in pop_deferred(b).items():
+            decode_deferred(b, k, flat, geom, "bilinear")
+        out[device] = b["image"].cpu().int()
+    d = (out["cpu"] - out["cuda"]).abs().float()
+    assert d.mean().item() < 2.0 and (d > 8).float().mean().item() < 0.01, (d.mean().item(), d.max().item())
