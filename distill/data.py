@@ -793,6 +793,9 @@ class TrainSamples(torch.utils.data.Dataset):
       bit-identical, the fastest here); grayscale JPEGs and the rest as for torchvision.
     * ``resize="torch"``: the crop resized by torch's antialiased uint8 resampling instead of Pillow's: a
       fraction of a percent of the pixels differ by 1 level.
+    * ``decoder="device"`` (with ``image_dtype="uint8"``): a plain colour JPEG comes back as a
+      :class:`DeferredJPEG` (its bytes and crop geometry), decoded, cropped and resized on the training device
+      by :func:`decode_deferred` (the trainer's ``to_device``); other files are decoded here, resized by torch.
 
     ``draft``, ``decoder`` and ``resize`` act only without online ``teachers`` (these need the full-resolution
     crop, which the default path gives them). An unreadable image is skipped and counted on every path.

@@ -237,10 +237,11 @@ def _corrupt_sources(root, photos):
 
 OPTIONS = [{}, {"image_dtype": "uint8", "pretokenize": True}, {"draft": True},
            {"image_dtype": "uint8", "decoder": "torchvision", "resize": "torch", "draft": True},
-           {"image_dtype": "uint8", "decoder": "simplejpeg", "resize": "torch"}]
+           {"image_dtype": "uint8", "decoder": "simplejpeg", "resize": "torch"},
+           {"image_dtype": "uint8", "decoder": "device"}]
 
 
-@pytest.mark.parametrize("opts", OPTIONS, ids=["default", "uint8+pretokenize", "draft", "all", "simplejpeg"])
+@pytest.mark.parametrize("opts", OPTIONS, ids=["default", "uint8+pretokenize", "draft", "all", "simplejpeg", "device"])
 def test_unreadable_images_are_skipped_and_counted_on_every_path(photos, pp, tok, tmp_path, opts):
     csv_source, wds = _corrupt_sources(tmp_path, photos)
     for source in (csv_source, wds):
@@ -265,6 +266,14 @@ def test_unreadable_images_are_skipped_and_counted_on_every_path(photos, pp, tok
         un = UnpairedSamples(source, Cache(), pp, tok, 0, **{k: v for k, v in opts.items() if k != "pretokenize"})
         b2 = collate_train([un[(i, 0)] for i in range(len(source))])
         assert len(b2["skipped"]) == n_bad and len(b2["ui_image"]) == 2
+        if opts.get("decoder") == "device":  # the good JPEGs went as bytes, and decode where the batch lands
+            from mobileclip.distill.data import decode_deferred, pop_deferred
+
+            for b in (batch, b2):
+                assert sum(len(g) for g in [v for k, v in b.items() if k.endswith("_jpeg_geom")]) == 2
+                for k, (flat, geom) in pop_deferred(b).items():
+                    decode_deferred(b, k, flat, geom, "bilinear")
+            assert b2["ui_image"].float().mean() > 10 and batch["image"].float().mean() > 10
 
 
 def test_collate_in_a_worker_goes_through_shared_memory(jpegs, pp, tok):
