@@ -174,7 +174,7 @@ def build(source, pp, tok, options: dict):
     return ds, time.perf_counter() - t
 
 
-def measure(ds, collate, workers: int, samples: int, batch: int, device=None) -> dict:
+def measure(ds, collate, workers: int, samples: int, batch: int, device=None, size: int = 256) -> dict:
     """samples/s over ``samples`` samples after the first batch, and the time to the first batch. Batches with
     JPEGs left to the device are not decoded in the timed loop (its samples/s is the CPU side's); with ``device``,
     the first four are then decoded there, timed apart (``device_ms_per_sample``)."""
@@ -198,11 +198,11 @@ def measure(ds, collate, workers: int, samples: int, batch: int, device=None) ->
     t2 = time.perf_counter()
     out = {"samples_per_s": n / (t2 - t1), "first_batch_s": t1 - t0, "skipped": skipped}
     if device is not None and "image_jpeg" in first:
-        out["device_ms_per_sample"], out["device_cpu_ms_per_sample"] = device_decode_ms(kept, device)
+        out["device_ms_per_sample"], out["device_cpu_ms_per_sample"] = device_decode_ms(kept, device, size)
     return out
 
 
-def device_decode_ms(batches: list, device) -> tuple:
+def device_decode_ms(batches: list, device, size: int) -> tuple:
     """``(wall ms, this process's CPU ms)`` per sample to decode, crop and resize batches' deferred JPEGs on
     ``device`` (the trainer's ``to_device`` work beyond the copy), synchronized; the CPU time shows what the
     decoder still does on the host (nvJPEG may decode small images' Huffman data on the CPU). The first batch
@@ -219,11 +219,10 @@ def device_decode_ms(batches: list, device) -> tuple:
     for j, b in enumerate(batches):
         b = dict(b)
         deferred = pop_deferred(b)
-        b["image"] = b["image"].to(device)
         sync()
         t, c = time.perf_counter(), time.process_time()
-        for k, (flat, geom) in deferred.items():
-            decode_deferred(b, k, flat, geom, "bilinear")
+        for k, entries in deferred.items():
+            decode_deferred(b, k, entries, device, size, "bilinear")
         sync()
         if j:
             total += time.perf_counter() - t
@@ -295,7 +294,7 @@ def main() -> None:
                 for w in args.workers:
                     for name, coll, opts in levers:
                         m = measure(datasets[src, name], collates[coll], w, args.samples, args.batch,
-                                    args.device if opts.get("decoder") == "device" else None)
+                                    args.device if opts.get("decoder") == "device" else None, pp.cfg.image_size)
                         times.setdefault((src, name, w), []).append(m)
             print(f"round {r + 1}/{args.rounds} done", flush=True)
         demo = None

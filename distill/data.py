@@ -487,10 +487,9 @@ class DeferredJPEG(NamedTuple):
     """A student image left for the training device to decode (``decoder="device"``): a plain colour JPEG's
     bytes (``uint8 [n]``) and ``geom`` = ``(left, top, right, bottom)`` of the augmentation crop in the full image,
     the size it is resized to ``(width, height)``, the ``(left, top)`` of the center square in that, and the flip
-    (0/1); ``size`` is the student's input size. :func:`collate_train` packs them, :func:`decode_deferred` decodes."""
+    (0/1). :func:`collate_train` packs them, :func:`decode_deferred` decodes them."""
     data: torch.Tensor
     geom: tuple
-    size: int
 
 
 def _resize_crop_chw(img: torch.Tensor, box: tuple, nw: int, nh: int, left: int, top: int, size: int, flip: bool,
@@ -594,7 +593,7 @@ class StudentImages:
                 left, top = _center_box(nw, nh, self.cfg.image_size, flip)
                 self.deferred += 1
                 return DeferredJPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                    (*box, nw, nh, left, top, int(flip)), self.cfg.image_size), captions, None
+                                    (*box, nw, nh, left, top, int(flip))), captions, None
             src = io.BytesIO(data)  # anything else is decoded here by Pillow
         chosen = {}
 
@@ -922,19 +921,13 @@ def collate_train(items: list) -> dict:
 
 
 def _stack_deferred(key: str, vals: list) -> dict:
-    """Images of which some are :class:`DeferredJPEG`: ``key`` is the ``uint8 [N, 3, S, S]`` batch (channels-last)
-    with the deferred rows zero; ``key + "_jpeg"`` all their bytes in one tensor (one shared-memory block to pass
-    between processes, not one per image); ``key + "_jpeg_geom"`` an ``int64 [M, 12]`` table: row, offset and
-    length in those bytes, then the :class:`DeferredJPEG` geometry."""
-    size = next(v.size for v in vals if isinstance(v, DeferredJPEG))
-    out = _empty((len(vals), size, size, 3), torch.uint8)
-    o = out.numpy()
+    """Images of which some are :class:`DeferredJPEG`. No pixel batch is made here (the device allocates it):
+    ``key + "_jpeg"`` holds all the JPEG bytes in one tensor (one shared-memory block to pass between processes,
+    not one per image) and ``key + "_jpeg_geom"`` an ``int64 [M, 12]`` table (row, offset and length in those
+    bytes, then the :class:`DeferredJPEG` geometry); the images decoded here, if any, are ``key + "_cpu"``
+    (``uint8 [K, 3, S, S]``, channels-last) with their rows in ``key + "_cpu_rows"``."""
     deferred = [(j, v) for j, v in enumerate(vals) if isinstance(v, DeferredJPEG)]
-    for j, v in enumerate(vals):
-        if isinstance(v, DeferredJPEG):
-            o[j] = 0
-        else:
-            o[j] = v.permute(1, 2, 0).numpy()
+    decoded = [(j, v) for j, v in enumerate(vals) if not isinstance(v, DeferredJPEG)]
     lengths = [len(v.data) for _, v in deferred]
     flat = _empty((sum(lengths),), torch.uint8)
     geom = _empty((len(deferred), 12), torch.int64)
@@ -943,25 +936,42 @@ def _stack_deferred(key: str, vals: list) -> dict:
         f[pos:pos + n] = v.data.numpy()
         g[r] = (j, pos, n, *v.geom)
         pos += n
-    return {key: out.permute(0, 3, 1, 2), key + "_jpeg": flat, key + "_jpeg_geom": geom}
+    out = {key + "_jpeg": flat, key + "_jpeg_geom": geom}
+    if decoded:
+        out[key + "_cpu"] = _stack([v for _, v in decoded])
+        out[key + "_cpu_rows"] = torch.tensor([j for j, _ in decoded], dtype=torch.int64)
+    return out
 
 
 def pop_deferred(batch: dict) -> dict:
-    """Take the deferred-JPEG entries out of a collated batch: ``{image key: (bytes, geometry)}``, left on the CPU
-    (``torchvision.io.decode_jpeg`` reads its input from host memory whatever the device)."""
-    return {k[:-len("_jpeg")]: (batch.pop(k), batch.pop(k + "_geom")) for k in [k for k in batch if k.endswith("_jpeg")]}
+    """Take the deferred-JPEG entries out of a collated batch: ``{image key: entries}`` for
+    :func:`decode_deferred`. The bytes stay on the CPU (``torchvision.io.decode_jpeg`` reads its input from host
+    memory whatever the device)."""
+    keys = [k[:-len("_jpeg")] for k in batch if k.endswith("_jpeg")]
+    return {k: {part: batch.pop(k + part) for part in ("_jpeg", "_jpeg_geom", "_cpu", "_cpu_rows") if k + part in batch}
+            for k in keys}
 
 
-def decode_deferred(batch: dict, key: str, flat: torch.Tensor, geom: torch.Tensor, interpolation: str) -> None:
-    """Decode the deferred JPEGs of ``batch[key]`` on that tensor's device (nvJPEG on CUDA through
-    ``torchvision.io.decode_jpeg``; libjpeg-turbo on the CPU), crop, resize and flip each as the worker would have,
-    and write them into their rows. A JPEG the decoder refuses drops its sample from the batch (every per-sample
-    key of its group) and adds it to ``batch["skipped"]``, like any unreadable image."""
+def decode_deferred(batch: dict, key: str, entries: dict, device, size: int, interpolation: str) -> None:
+    """Make ``batch[key]``, ``uint8 [N, 3, size, size]`` (channels-last) on ``device``: the deferred JPEGs decoded
+    there (nvJPEG on CUDA through ``torchvision.io.decode_jpeg``; libjpeg-turbo on the CPU), cropped, resized and
+    flipped as the worker would have, and the rows the workers decoded copied in. A JPEG the decoder refuses drops
+    its sample from the batch (every per-sample key of its group) and adds it to ``batch["skipped"]``, like any
+    unreadable image."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    images = batch[key]
+    flat, geom = entries["_jpeg"], entries["_jpeg_geom"]
     rows = geom.tolist()
-    datas = [flat[o:o + n] for _, o, n, *_ in rows]
+    cpu_rows = entries["_cpu_rows"].tolist() if "_cpu_rows" in entries else []
+    n = len(rows) + len(cpu_rows)
+    images = torch.empty((n, 3, size, size), dtype=torch.uint8, device=device).contiguous(
+        memory_format=torch.channels_last)
+    if cpu_rows:
+        images[cpu_rows] = entries["_cpu"].to(device, non_blocking=True)
+    batch[key] = images
+    if not rows:
+        return
+    datas = [flat[o:o + m] for _, o, m, *_ in rows]
     try:
         decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=images.device)
     except RuntimeError:  # one bad JPEG fails the batched call: decode one by one to find it
@@ -976,8 +986,7 @@ def decode_deferred(batch: dict, key: str, flat: torch.Tensor, geom: torch.Tenso
         if img is None or img.dim() != 3 or img.shape[0] != 3 or img.shape[1] < b or img.shape[2] < r:
             bad.append(row)
             continue
-        images[row] = _resize_crop_chw(img, (l, t, r, b), nw, nh, left, top, images.shape[-1], bool(flip),
-                                       interpolation)
+        images[row] = _resize_crop_chw(img, (l, t, r, b), nw, nh, left, top, size, bool(flip), interpolation)
     if bad:
         _drop_rows(batch, key, bad)
 

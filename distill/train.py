@@ -379,7 +379,9 @@ class Trainer:
         self.dataset = TrainSamples(self.source, self.preprocess, self.tokenizer, cfg.seed, dataclass_dict(cfg.aug),
                                     cache=self.cache, teachers=self.teachers, **self._pipeline())
         self.normalize = ImageNormalizer.for_preprocess(self.preprocess, self.device)   # uint8 batches, on device
-        self.images_interpolation = getattr(getattr(self.preprocess, "cfg", None), "interpolation", "bilinear")
+        pcfg = getattr(self.preprocess, "cfg", None)  # for JPEGs decoded on the device (data.decoder=device)
+        self.images_interpolation = getattr(pcfg, "interpolation", "bilinear")
+        self.image_size = getattr(pcfg, "image_size", 0)
         self.unpaired = self._unpaired_parts()
         if self.unpaired:
             self.dataset = MixedSamples([self.dataset] + [p["dataset"] for p in self.unpaired])
@@ -582,8 +584,8 @@ class Trainer:
         deferred = pop_deferred(batch)
         out = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                for k, v in batch.items()}
-        for key, (flat, geom) in deferred.items():
-            decode_deferred(out, key, flat, geom, self.images_interpolation)
+        for key, entries in deferred.items():
+            decode_deferred(out, key, entries, self.device, self.image_size, self.images_interpolation)
         return out
 
     def _no_sync(self):

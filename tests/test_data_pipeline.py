@@ -249,7 +249,7 @@ def test_unreadable_images_are_skipped_and_counted_on_every_path(photos, pp, tok
         items = [ds[(i, 0)] for i in range(len(source))]
         batch = collate_train(items)
         n_bad = len(source) - 2
-        assert len(batch["skipped"]) == n_bad and len(batch["image"]) == 2, type(source).__name__
+        assert len(batch["skipped"]) == n_bad and len(batch["index"]) == 2, type(source).__name__
 
         class Cache:  # an image-only teacher cache: one augmentation per image, all ok
             modality, augs = "images", 1
@@ -265,15 +265,17 @@ def test_unreadable_images_are_skipped_and_counted_on_every_path(photos, pp, tok
 
         un = UnpairedSamples(source, Cache(), pp, tok, 0, **{k: v for k, v in opts.items() if k != "pretokenize"})
         b2 = collate_train([un[(i, 0)] for i in range(len(source))])
-        assert len(b2["skipped"]) == n_bad and len(b2["ui_image"]) == 2
+        assert len(b2["skipped"]) == n_bad and len(b2["ui_index"]) == 2
         if opts.get("decoder") == "device":  # the good JPEGs went as bytes, and decode where the batch lands
             from mobileclip.distill.data import decode_deferred, pop_deferred
 
             for b in (batch, b2):
                 assert sum(len(g) for g in [v for k, v in b.items() if k.endswith("_jpeg_geom")]) == 2
-                for k, (flat, geom) in pop_deferred(b).items():
-                    decode_deferred(b, k, flat, geom, "bilinear")
+                for k, entries in pop_deferred(b).items():
+                    decode_deferred(b, k, entries, "cpu", pp.cfg.image_size, "bilinear")
             assert b2["ui_image"].float().mean() > 10 and batch["image"].float().mean() > 10
+        for b, key in ((batch, "image"), (b2, "ui_image")):
+            assert b[key].shape[0] == 2 and b[key].dtype == getattr(torch, opts.get("image_dtype", "float32"))
 
 
 def test_collate_in_a_worker_goes_through_shared_memory(jpegs, pp, tok):
@@ -531,8 +533,9 @@ def test_device_decoder_defers_plain_jpegs_and_gives_the_workers_images(jpegs, p
         keys = sampler.indices_for_step(step)
         plain = [j for j, (i, _) in enumerate(keys) if i < N_PHOTOS]  # samples 0..5 are the plain JPEGs
         assert batch["image_jpeg_geom"][:, 0].tolist() == plain and batch["image_jpeg"].dtype == torch.uint8
-        for k, (flat, geom) in pop_deferred(batch).items():
-            decode_deferred(batch, k, flat, geom, "bilinear")
+        assert "image" not in batch and batch["image_cpu"].shape[0] == len(keys) - len(plain)  # the rest
+        for k, entries in pop_deferred(batch).items():
+            decode_deferred(batch, k, entries, "cpu", pp.cfg.image_size, "bilinear")
         assert "image_jpeg" not in batch and batch["skipped"] == []
         want_tv = collate_train([tv[k] for k in keys])["image"]
         want_pil = collate_train([ref[k] for k in keys])["image"]
@@ -572,8 +575,8 @@ def test_device_decoder_drops_a_sample_the_decoder_refuses(jpegs, pp, tok, monke
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", refusing)
     victim = int(batch["index"][victim_row])
-    for k, (flat, geom) in pop_deferred(batch).items():
-        decode_deferred(batch, k, flat, geom, "bilinear")
+    for k, entries in pop_deferred(batch).items():
+        decode_deferred(batch, k, entries, "cpu", pp.cfg.image_size, "bilinear")
     assert batch["skipped"] == [victim]
     assert len(batch["index"]) == len(batch["image"]) == len(batch["tokens"]) == len(batch["t_image"]) == n - 1
     assert victim not in batch["index"].tolist()
@@ -632,9 +635,8 @@ def test_device_decoder_on_cuda_is_close_to_the_cpu(jpegs, pp, tok):
     out = {}
     for device in ("cpu", "cuda"):
         b = dict(batch)
-        b["image"] = b["image"].to(device)
-        for k, (flat, geom) in pop_deferred(b).items():
-            decode_deferred(b, k, flat, geom, "bilinear")
+        for k, entries in pop_deferred(b).items():
+            decode_deferred(b, k, entries, device, pp.cfg.image_size, "bilinear")
         out[device] = b["image"].cpu().int()
     d = (out["cpu"] - out["cuda"]).abs().float()
     assert d.mean().item() < 2.0 and (d > 8).float().mean().item() < 0.01, (d.mean().item(), d.max().item())
