@@ -11,6 +11,9 @@ the main process and in each DataLoader worker.
   process's resident memory per row, and what a forked worker that reads every row once (``source.open(i)``,
   what a worker does per sample) adds to its private memory per row — with the interpreter's objects frozen
   before the fork (as the trainer starts its workers) and without. Linux only (``/proc``).
+* **Pre-tokenized captions** (``--token-captions``, distinct captions of a text file): the time to tokenize them
+  into a :class:`mobileclip.distill.data.TokenTable` and store it (``data.token_cache``), and the time a later run
+  takes to read it back (digest of the captions, sha256 of the files, a few captions tokenized again).
 
 Each run's numbers are stored under ``--label`` in ``data_scale.json`` (runs of other labels are kept, so the
 code before and after a change can be measured by the same script) and ``data_scale.md`` shows them all.
@@ -103,10 +106,31 @@ def caption_cost(rows: int) -> dict:
                 "worker_bytes_per_row_frozen": frozen / rows, "worker_bytes_per_row_unfrozen": unfrozen / rows}
 
 
+def token_cost(n: int) -> dict:
+    import mobileclip
+    from mobileclip.distill.data import TextLines, TokenTable
+
+    tok = mobileclip.create_model("mobileclip-s0")[2]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "texts.txt"
+        path.write_text("".join(f"a photo of a small wooden boat on a quiet lake, picture number {i}\n"
+                                for i in range(n)))
+        source = TextLines(str(path))
+        t = time.perf_counter()
+        built = TokenTable(source, tok, store=tmp + "/tokens")
+        build = time.perf_counter() - t
+        t = time.perf_counter()
+        loaded = TokenTable(source, tok, store=tmp + "/tokens")
+        load = time.perf_counter() - t
+        assert loaded.loaded and not built.loaded
+        return {"captions": n, "build_and_store_s": build, "load_s": load}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--sampler-samples", type=int, default=10_000_000)
+    ap.add_argument("--token-captions", type=int, default=100_000)
     ap.add_argument("--label", default="after")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
@@ -123,9 +147,13 @@ def main() -> None:
         commit, dirty = "unknown", False
     run = {"label": args.label, "commit": commit + ("+changes" if dirty else ""),
            "command": f"python -m mobileclip.benchmarks.data_scale --rows {args.rows} --sampler-samples "
-                      f"{args.sampler_samples} --label '{args.label}'",
+                      f"{args.sampler_samples} --token-captions {args.token_captions} --label '{args.label}'",
            "environment": environment(), "sampler": sampler_cost(args.sampler_samples),
            "captions": caption_cost(args.rows)}
+    try:
+        run["tokens"] = token_cost(args.token_captions)
+    except TypeError:  # code from before data.token_cache
+        pass
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jpath = out / "data_scale.json"
@@ -138,12 +166,20 @@ def main() -> None:
              "| run | code | machine | sampler: first step of an epoch (ms) | sampler: next steps (ms) | caption rows "
              "| build (s) | main process (B/row) | worker reading every row (B/row), gc frozen / not |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    token_lines = []
     for r in runs:
         s, c, e = r["sampler"], r["captions"], r["environment"]
         lines.append(f"| {r['label']} | {r['commit']} | {e['cpu']}, {e['cores']} cores, {e['date']} | "
                      f"{s['first_step_ms']:.0f} ({s['samples'] / 1e6:g} M samples) | {s['next_steps_ms']:.2f} | "
                      f"{c['rows']:,} | {c['build_s']:.1f} | {c['main_bytes_per_row']:.0f} | "
                      f"{c['worker_bytes_per_row_frozen']:.0f} / {c['worker_bytes_per_row_unfrozen']:.0f} |")
+        if "tokens" in r:
+            t = r["tokens"]
+            token_lines.append(f"- {r['label']}: {t['captions']:,} distinct captions tokenized and stored in "
+                               f"{t['build_and_store_s']:.1f} s; read back by the next run in {t['load_s']:.2f} s "
+                               f"({t['build_and_store_s'] / t['load_s']:.0f}x).")
+    if token_lines:
+        lines += ["", "Pre-tokenized captions kept on disk (`data.token_cache`):", ""] + token_lines
     lines += ["", "Commands: " + "; ".join(f"`{r['command']}` ({r['label']})" for r in runs) + "."]
     (out / "data_scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -38,6 +38,7 @@ class DataConfig:
     # cropped and resized by torch; the workers only read files.
     image_dtype: Literal["uint8", "float32"] = "uint8"
     pretokenize: bool = False
+    token_cache: str = ""  # a folder keeping pre-tokenized captions between runs and ranks (implies pretokenize)
     draft: bool = False
     decoder: Literal["pil", "torchvision", "simplejpeg", "device"] = "pil"
     resize: Literal["pil", "torch"] = "pil"

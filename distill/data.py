@@ -13,7 +13,9 @@ the teacher saw; each model then applies its *own* preprocessing to the crop.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import os
 from pathlib import Path
@@ -696,11 +698,20 @@ class TokenTable:
 
     A source without ``captions(i)`` (the synthetic generator renders an image to know its captions) gets a
     memo instead: each distinct caption is tokenized once per process, up to ``memo_limit`` of them.
+
+    With ``store`` (a folder; ``data.token_cache``), the table is kept on disk, one sub-folder per caption set and
+    tokenizer (the name is a digest of every caption in order and of the tokenizer: its class, settings, vocabulary
+    file and the versions of the code that tokenizes), so the next run — and the other ranks — read it instead of
+    tokenizing (open_clip's tokenizer takes ~70 µs a caption: ~12 minutes for 10 million). Its files' sha256 are
+    checked when read, and a few captions are tokenized again and compared; a damaged table is refused, named.
+    ``self.loaded`` says whether it was read from the store.
     """
 
-    def __init__(self, source, tokenizer: Callable, batch: int = 1024, memo_limit: int = 200_000) -> None:
+    def __init__(self, source, tokenizer: Callable, batch: int = 1024, memo_limit: int = 200_000,
+                 store: str = "") -> None:
         self.tok, self.memo_limit, self.memo = tokenizer, memo_limit, {}
         self.n = len(source)
+        self.loaded = False
         get = getattr(source, "captions", None)
         self.precomputed = get is not None
         if not self.precomputed:
@@ -708,14 +719,32 @@ class TokenTable:
         ids: dict = {}
         starts = np.zeros(self.n + 1, dtype=np.int64)
         caption_ids = []
+        digest = hashlib.sha256()
         for i in range(self.n):
             caps = get(i)
             for c in caps:
                 caption_ids.append(ids.setdefault(c, len(ids)))
+                digest.update(c.encode("utf-8", "surrogatepass") + b"\x00")
+            digest.update(b"\x01")
             starts[i + 1] = starts[i] + len(caps)
         self.starts, self.caption_ids = starts, np.asarray(caption_ids, dtype=np.int32)
         uniques = list(ids)
         del ids
+        fingerprint = tokenizer_fingerprint(tokenizer) if store else None
+        folder = None
+        if fingerprint is not None:
+            key = hashlib.sha256(json.dumps({"captions": digest.hexdigest(), "tokenizer": fingerprint},
+                                            sort_keys=True).encode()).hexdigest()
+            folder = Path(store).expanduser() / f"tokens-{key[:24]}"
+            if folder.is_dir():
+                self._load(folder, uniques)
+                return
+        self._tokenize(uniques, tokenizer, batch)
+        if folder is not None:
+            self._save(folder, {"captions_sha256": digest.hexdigest(), "tokenizer": fingerprint,
+                                "samples": self.n, "captions": len(uniques)})
+
+    def _tokenize(self, uniques: list, tokenizer: Callable, batch: int) -> None:
         rows, lengths = [], np.zeros(len(uniques), dtype=np.int64)
         self.context_length, dtype = 0, torch.int64
         for b in range(0, len(uniques), batch):
@@ -735,6 +764,63 @@ class TokenTable:
         self.tokens = flat.astype(store)
         self.offsets = np.zeros(len(uniques) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
+
+    _FILES = ("tokens", "offsets")
+
+    def _save(self, folder: Path, meta: dict) -> None:
+        """Write the table (atomically: a finished folder or none; the first process to finish wins)."""
+        from mobileclip.files import atomic_write_json, temp_dir_for
+        from mobileclip.hashing import sha256_file
+
+        tmp = temp_dir_for(folder)
+        try:
+            for name in self._FILES:
+                np.save(tmp / f"{name}.npy", getattr(self, name))
+            meta = {**meta, "context_length": self.context_length, "dtype": str(self.dtype).replace("torch.", ""),
+                    "sha256": {f"{n}.npy": sha256_file(tmp / f"{n}.npy") for n in self._FILES}}
+            atomic_write_json(tmp / "table.json", meta)
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process (rank) stored the same table first
+                pass
+        finally:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _load(self, folder: Path, uniques: list) -> None:
+        """Read a stored table, refusing one whose files do not match their recorded sha256 or whose rows are not
+        what the tokenizer gives today."""
+        from mobileclip.hashing import sha256_file
+
+        from .cache import CacheError
+
+        def refuse(what: str):
+            raise CacheError(f"pre-tokenized captions {str(folder)!r}: {what}; delete that folder and it is "
+                                      "built again")
+
+        try:
+            meta = json.loads((folder / "table.json").read_text())
+            for name in self._FILES:
+                f = folder / f"{name}.npy"
+                if sha256_file(f) != meta["sha256"][f"{name}.npy"]:
+                    refuse(f"{name}.npy does not match its recorded sha256 (damaged or edited)")
+            tokens, offsets = (np.load(folder / f"{n}.npy", mmap_mode="r") for n in self._FILES)
+            context_length, dtype = int(meta["context_length"]), getattr(torch, meta["dtype"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            refuse(f"unreadable ({type(e).__name__}: {e})")
+        if offsets.shape != (len(uniques) + 1,) or int(offsets[-1]) != len(tokens):
+            refuse(f"holds {offsets.shape[0] - 1} captions, the data {len(uniques)}")
+        self.tokens, self.offsets, self.context_length, self.dtype = tokens, offsets, context_length, dtype
+        self.loaded = True
+        probe = sorted({0, len(uniques) // 3, len(uniques) // 2, len(uniques) - 1}) if uniques else []
+        for u in probe:  # the tokenizer today, against the stored rows
+            want = self.tok([uniques[u]])[0]
+            got = torch.zeros(self.context_length, dtype=self.dtype)
+            ids = self.tokens[self.offsets[u]:self.offsets[u + 1]]
+            got[:len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+            if want.shape != got.shape or not torch.equal(want, got):
+                refuse(f"caption {uniques[u]!r} is tokenized differently today")
 
     @property
     def nbytes(self) -> int:
@@ -761,6 +847,29 @@ class TokenTable:
         return out
 
 
+def tokenizer_fingerprint(tok) -> Optional[dict]:
+    """What a tokenizer's output depends on, for naming a stored :class:`TokenTable`: its class and settings, the
+    sha256 of its vocabulary file, and the versions of open_clip and ftfy (the CLIP tokenizer's text cleaning); None
+    when the vocabulary cannot be pinned (then the table is not stored)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from mobileclip.hashing import sha256_file
+
+    vocab = getattr(tok, "vocab_path", None)
+    if vocab is None or not Path(vocab).is_file():
+        return None
+
+    def ver(pkg):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    return {"class": f"{type(tok).__module__}.{type(tok).__qualname__}", "repr": repr(tok),
+            "context_length": getattr(tok, "context_length", None), "vocab_sha256": sha256_file(vocab),
+            "open_clip": ver("open_clip_torch"), "ftfy": ver("ftfy")}
+
+
 # ------------------------------------------------------------------ training samples
 
 class TrainSamples(torch.utils.data.Dataset):
@@ -781,7 +890,7 @@ class TrainSamples(torch.utils.data.Dataset):
       :class:`ImageNormalizer` (equal to the float32 CPU preprocess). 4x less to collate, pass between
       processes, pin and copy. Exact.
     * ``pretokenize=True``: captions are tokenized once, at construction (:class:`TokenTable`), not per
-      sample. Exact.
+      sample. Exact. ``token_cache=DIR`` (implies it) keeps the table on disk for the next run and the other ranks.
     * ``draft=True``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale by its DCT when the augmentation crop,
       so reduced, still covers the size the student resizes it to (:func:`draft_scale`); the crop is then
       resampled from the reduced image. Slightly different pixels (quantified in
@@ -802,11 +911,13 @@ class TrainSamples(torch.utils.data.Dataset):
 
     def __init__(self, source, student_preprocess: Callable, student_tokenizer: Callable, seed: int,
                  aug: dict, cache=None, teachers: Sequence = (), *, image_dtype: str = "float32",
-                 pretokenize: bool = False, draft: bool = False, decoder: str = "pil", resize: str = "pil") -> None:
+                 pretokenize: bool = False, draft: bool = False, decoder: str = "pil", resize: str = "pil",
+                 token_cache: str = "") -> None:
         self.source, self.pp, self.tok = source, student_preprocess, student_tokenizer
         self.seed, self.aug, self.cache, self.teachers = seed, aug, cache, list(teachers)
         self.images = StudentImages(student_preprocess, image_dtype, draft, decoder, resize)
-        self.tokens = TokenTable(source, student_tokenizer) if pretokenize else None
+        self.tokens = (TokenTable(source, student_tokenizer, store=token_cache) if pretokenize or token_cache
+                       else None)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -860,11 +971,12 @@ class UnpairedSamples(torch.utils.data.Dataset):
 
     def __init__(self, source, cache, student_preprocess: Callable, student_tokenizer: Callable, seed: int, *,
                  image_dtype: str = "float32", pretokenize: bool = False, draft: bool = False, decoder: str = "pil",
-                 resize: str = "pil") -> None:
+                 resize: str = "pil", token_cache: str = "") -> None:
         self.source, self.cache, self.pp, self.tok, self.seed = source, cache, student_preprocess, student_tokenizer, seed
         self.images = cache.modality == "images"
         self.student = StudentImages(student_preprocess, image_dtype, draft, decoder, resize)
-        self.tokens = TokenTable(source, student_tokenizer) if pretokenize and not self.images else None
+        self.tokens = (TokenTable(source, student_tokenizer, store=token_cache)
+                       if (pretokenize or token_cache) and not self.images else None)
 
     def __len__(self) -> int:
         return len(self.source)

@@ -420,8 +420,8 @@ class Trainer:
 
     def _pipeline(self) -> dict:
         d = self.cfg.data
-        return dict(image_dtype=d.image_dtype, pretokenize=d.pretokenize, draft=d.draft, decoder=d.decoder,
-                    resize=d.resize)
+        return dict(image_dtype=d.image_dtype, pretokenize=d.pretokenize, token_cache=d.token_cache, draft=d.draft,
+                    decoder=d.decoder, resize=d.resize)
 
     def _unpaired_parts(self) -> list:
         """The image-only and text-only caches, checked against the paired cache's teachers and their data."""

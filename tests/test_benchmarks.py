@@ -155,7 +155,7 @@ def test_data_scale_writes_labelled_runs(tmp_path, monkeypatch):
         pytest.skip("data_scale needs Linux's /proc")
     for label in ("before", "after", "after"):  # a label run again replaces its row
         monkeypatch.setattr(sys, "argv", ["data_scale", "--rows", "3000", "--sampler-samples", "20000",
-                                          "--label", label, "--out", str(tmp_path)])
+                                          "--token-captions", "300", "--label", label, "--out", str(tmp_path)])
         data_scale.main()
     runs = json.loads((tmp_path / "data_scale.json").read_text())["runs"]
     assert [r["label"] for r in runs] == ["before", "after"]
@@ -163,6 +163,7 @@ def test_data_scale_writes_labelled_runs(tmp_path, monkeypatch):
         assert r["sampler"]["first_step_ms"] > 0 and r["sampler"]["next_steps_ms"] < r["sampler"]["first_step_ms"]
         assert r["captions"]["rows"] == 3000 and 0 <= r["captions"]["main_bytes_per_row"] < 2000  # RSS: coarse
         assert r["captions"]["worker_bytes_per_row_frozen"] < 200
+        assert r["tokens"]["captions"] == 300 and r["tokens"]["load_s"] > 0
     assert (tmp_path / "data_scale.md").read_text().count("| after |") == 1
 
 

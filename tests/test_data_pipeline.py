@@ -143,6 +143,59 @@ def test_pretokenized_captions_equal_the_per_sample_tokenizer(tmp_path, tok):
             assert torch.equal(ds[(i, e)]["tokens"], plain[(i, e)]["tokens"])
 
 
+def test_stored_token_tables_are_reused_and_checked(tmp_path, tok, monkeypatch):
+    """data.token_cache: the first table is built and stored; the next one (another run, rank) is read back equal,
+    without tokenizing all captions again; other captions or another tokenizer get their own table; a damaged
+    file, or a tokenizer that no longer gives the stored ids, is refused by name."""
+    import json
+
+    from mobileclip.distill.cache import CacheError
+
+    caps = ["a cat!", "a cat!", "A  Dog ,  on a sofa", "émoji 🐱 and ünïcode", " ".join(["long caption"] * 40), "x"]
+    files = {f"{i}.png": None for i in range(len(caps))}
+    source, _ = _write(tmp_path, files, {f"{i}.png": c for i, c in enumerate(caps)})
+    store = tmp_path / "tokens"
+    built = TokenTable(source, tok, store=str(store))
+    assert not built.loaded and len(list(store.glob("tokens-*"))) == 1
+    calls = []
+    real_tok = tok.__class__.__call__
+
+    def counting(self, texts):
+        calls.append(len(texts))
+        return real_tok(self, texts)
+
+    same = tmp_path / "same.txt"
+    same.write_text("\n".join(caps) + "\n")
+    monkeypatch.setattr(tok.__class__, "__call__", counting)
+    again = TokenTable(TextLines(str(same)), tok, store=str(store))  # the same captions, another file
+    assert again.loaded and sum(calls) <= 4  # a few probes, not every caption
+    monkeypatch.setattr(tok.__class__, "__call__", real_tok)
+    for i, c in enumerate(caps):
+        assert torch.equal(again.get(i, 0, c), tok([c])[0]) and torch.equal(built.get(i, 0, c), tok([c])[0])
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(caps[:3]) + "\n")
+    assert not TokenTable(TextLines(str(other)), tok, store=str(store)).loaded  # other captions: a new table
+    assert len(list(store.glob("tokens-*"))) == 2
+
+    folder = next(f for f in store.glob("tokens-*") if json.loads((f / "table.json").read_text())["samples"] == 6)
+
+    def shifted(self, texts):  # a tokenizer that changed behind the same name and vocabulary
+        return real_tok(self, texts) + 1
+
+    monkeypatch.setattr(tok.__class__, "__call__", shifted)
+    with pytest.raises(CacheError, match="tokenized differently today"):
+        TokenTable(source, tok, store=str(store))
+    monkeypatch.setattr(tok.__class__, "__call__", real_tok)
+    data = bytearray((folder / "tokens.npy").read_bytes())
+    data[-1] ^= 1
+    (folder / "tokens.npy").write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="tokens.npy does not match its recorded sha256.*delete that folder"):
+        TokenTable(source, tok, store=str(store))
+    (folder / "table.json").write_text("{not json")
+    with pytest.raises(CacheError, match="unreadable"):
+        TokenTable(source, tok, store=str(store))
+
+
 def test_draft_scale_only_when_the_reduced_crop_still_covers_the_target():
     short = PreprocessConfig(256)
     assert draft_scale((512, 512), short) == 2 and draft_scale((511, 600), short) == 1
@@ -596,8 +649,8 @@ def test_device_decoder_options_are_checked(pp, tok):
 
 def test_training_with_device_decoding_equals_decoding_in_the_workers(photos, tmp_path):
     """Two short CPU runs from the same JPEG caption file, one decoding in its worker (torchvision's decoder,
-    torch's resize) and one leaving the JPEGs to the training device: on the CPU the batches are bit-equal, so
-    the losses are too."""
+    torch's resize) and one leaving the JPEGs to the training device (and keeping its pre-tokenized captions in
+    data.token_cache): on the CPU the batches are bit-equal, so the losses are too."""
     pytest.importorskip("torchvision")
     import json
 
@@ -614,11 +667,12 @@ def test_training_with_device_decoding_equals_decoding_in_the_workers(photos, tm
             "data.source=captions", f"data.path={tmp_path / 'pairs.csv'}", "data.workers=1", "optim.warmup_steps=1"]
     losses = {}
     for name, opts in (("workers", ["data.decoder=torchvision", "data.resize=torch"]),
-                       ("device", ["data.decoder=device"])):
+                       ("device", ["data.decoder=device", f"data.token_cache={tmp_path / 'tokens'}"])):
         summary = train(load_config(None, base + opts + [f"out={tmp_path / name}"]))
         assert summary["steps"] == 2 and summary["skipped_images"] == 0
         losses[name] = [json.loads(ln)["loss"] for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert losses["device"] == losses["workers"] and len(losses["device"]) == 2
+    assert len(list((tmp_path / "tokens").glob("tokens-*/tokens.npy"))) == 1  # data.token_cache stored the table
 
 
 @pytest.mark.gpu
