@@ -488,8 +488,9 @@ def normalize_cpu(image: torch.Tensor, cfg) -> torch.Tensor:
 class DeferredJPEG(NamedTuple):
     """A student image left for the training device to decode (``decoder="device"``): a plain colour JPEG's
     bytes (``uint8 [n]``) and ``geom`` = ``(left, top, right, bottom)`` of the augmentation crop in the full image,
-    the size it is resized to ``(width, height)``, the ``(left, top)`` of the center square in that, and the flip
-    (0/1). :func:`collate_train` packs them, :func:`decode_deferred` decodes them."""
+    the size it is resized to ``(width, height)``, the ``(left, top)`` of the center square in that, the flip
+    (0/1), and the full image's ``(width, height)``. :func:`collate_train` packs them, :func:`decode_deferred`
+    decodes them."""
     data: torch.Tensor
     geom: tuple
 
@@ -595,7 +596,7 @@ class StudentImages:
                 left, top = _center_box(nw, nh, self.cfg.image_size, flip)
                 self.deferred += 1
                 return DeferredJPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                    (*box, nw, nh, left, top, int(flip))), captions, None
+                                    (*box, nw, nh, left, top, int(flip), *full)), captions, None
             src = io.BytesIO(data)  # anything else is decoded here by Pillow
         chosen = {}
 
@@ -1035,14 +1036,14 @@ def collate_train(items: list) -> dict:
 def _stack_deferred(key: str, vals: list) -> dict:
     """Images of which some are :class:`DeferredJPEG`. No pixel batch is made here (the device allocates it):
     ``key + "_jpeg"`` holds all the JPEG bytes in one tensor (one shared-memory block to pass between processes,
-    not one per image) and ``key + "_jpeg_geom"`` an ``int64 [M, 12]`` table (row, offset and length in those
+    not one per image) and ``key + "_jpeg_geom"`` an ``int64 [M, 14]`` table (row, offset and length in those
     bytes, then the :class:`DeferredJPEG` geometry); the images decoded here, if any, are ``key + "_cpu"``
     (``uint8 [K, 3, S, S]``, channels-last) with their rows in ``key + "_cpu_rows"``."""
     deferred = [(j, v) for j, v in enumerate(vals) if isinstance(v, DeferredJPEG)]
     decoded = [(j, v) for j, v in enumerate(vals) if not isinstance(v, DeferredJPEG)]
     lengths = [len(v.data) for _, v in deferred]
     flat = _empty((sum(lengths),), torch.uint8)
-    geom = _empty((len(deferred), 12), torch.int64)
+    geom = _empty((len(deferred), 14), torch.int64)
     f, g, pos = flat.numpy(), geom.numpy(), 0
     for r, ((j, v), n) in enumerate(zip(deferred, lengths)):
         f[pos:pos + n] = v.data.numpy()
@@ -1064,12 +1065,18 @@ def pop_deferred(batch: dict) -> dict:
             for k in keys}
 
 
-def decode_deferred(batch: dict, key: str, entries: dict, device, size: int, interpolation: str) -> None:
+DEVICE_DECODE_PIXELS = 64 << 20  # decoded at once on the device: 64 Mpx, 192 MB of RGB
+
+
+def decode_deferred(batch: dict, key: str, entries: dict, device, size: int, interpolation: str,
+                    max_pixels: int = DEVICE_DECODE_PIXELS) -> None:
     """Make ``batch[key]``, ``uint8 [N, 3, size, size]`` (channels-last) on ``device``: the deferred JPEGs decoded
     there (nvJPEG on CUDA through ``torchvision.io.decode_jpeg``; libjpeg-turbo on the CPU), cropped, resized and
     flipped as the worker would have, and the rows the workers decoded copied in. A JPEG the decoder refuses drops
     its sample from the batch (every per-sample key of its group) and adds it to ``batch["skipped"]``, like any
-    unreadable image."""
+    unreadable image. JPEGs are decoded in groups of at most ``max_pixels`` pixels together (one larger image
+    alone), so that a batch of large images cannot take the device's memory at once.
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
 
     flat, geom = entries["_jpeg"], entries["_jpeg_geom"]
@@ -1083,22 +1090,32 @@ def decode_deferred(batch: dict, key: str, entries: dict, device, size: int, int
     batch[key] = images
     if not rows:
         return
-    datas = [flat[o:o + m] for _, o, m, *_ in rows]
-    try:
-        decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=images.device)
-    except RuntimeError:  # one bad JPEG fails the batched call: decode one by one to find it
-        decoded = []
-        for d in datas:
-            try:
-                decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=images.device))
-            except RuntimeError:
-                decoded.append(None)
+    groups, pixels = [[]], 0
+    for g in rows:
+        px = g[12] * g[13]
+        if groups[-1] and pixels + px > max_pixels:
+            groups.append([])
+            pixels = 0
+        groups[-1].append(g)
+        pixels += px
     bad = []
-    for img, (row, _, _, l, t, r, b, nw, nh, left, top, flip) in zip(decoded, rows):
-        if img is None or img.dim() != 3 or img.shape[0] != 3 or img.shape[1] < b or img.shape[2] < r:
-            bad.append(row)
-            continue
-        images[row] = _resize_crop_chw(img, (l, t, r, b), nw, nh, left, top, size, bool(flip), interpolation)
+    for group in groups:
+        datas = [flat[o:o + m] for _, o, m, *_ in group]
+        try:
+            decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=images.device)
+        except RuntimeError:  # one bad JPEG fails the batched call: decode one by one to find it
+            decoded = []
+            for d in datas:
+                try:
+                    decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=images.device))
+                except RuntimeError:
+                    decoded.append(None)
+        for img, (row, _, _, l, t, r, b, nw, nh, left, top, flip, w, h) in zip(decoded, group):
+            if img is None or tuple(img.shape) != (3, h, w):
+                bad.append(row)
+                continue
+            images[row] = _resize_crop_chw(img, (l, t, r, b), nw, nh, left, top, size, bool(flip), interpolation)
+        del decoded
     if bad:
         _drop_rows(batch, key, bad)
 

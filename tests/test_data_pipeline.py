@@ -637,6 +637,41 @@ def test_device_decoder_drops_a_sample_the_decoder_refuses(jpegs, pp, tok, monke
     assert batch["ui_index"].tolist() == [7] and batch["ui_image"].shape[0] == 1  # the other group is untouched
 
 
+def test_device_decoder_bounds_the_pixels_decoded_at_once(jpegs, pp, tok, monkeypatch):
+    """Deferred JPEGs are decoded in groups of at most max_pixels (one larger image alone), so a batch of large
+    images cannot take the device's memory at once; the result does not depend on the grouping. An image that
+    decodes to another size than its header's is dropped."""
+    import torchvision.io
+
+    from mobileclip.distill.data import decode_deferred, pop_deferred
+
+    dev = TrainSamples(jpegs[0], pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")
+    batch = collate_train([dev[(i, 0)] for i in range(N_PHOTOS)])  # the six 500x375 plain JPEGs
+    real, calls = torchvision.io.decode_jpeg, []
+
+    def counting(data, *a, **k):
+        calls.append(len(data) if isinstance(data, list) else 1)
+        out = real(data, *a, **k)
+        if isinstance(data, list) and len(data[0]) == victim:  # a JPEG that decodes to another size
+            out[0] = out[0][:, :-8]
+        return out
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", counting)
+    results = {}
+    for budget in (500 * 375 * 6, 500 * 375 * 2, 1):
+        b, victim = dict(batch), -1
+        for k, entries in pop_deferred(b).items():
+            decode_deferred(b, k, entries, "cpu", pp.cfg.image_size, "bilinear", max_pixels=budget)
+        results[budget], calls[:] = (b["image"], list(calls)), []
+    assert [results[b][1] for b in results] == [[6], [2, 2, 2], [1] * 6]
+    assert torch.equal(results[500 * 375 * 6][0], results[1][0]) and torch.equal(results[1][0],
+                                                                                results[500 * 375 * 2][0])
+    b, victim = dict(batch), int(batch["image_jpeg_geom"][0, 2])
+    for k, entries in pop_deferred(b).items():
+        decode_deferred(b, k, entries, "cpu", pp.cfg.image_size, "bilinear", max_pixels=1)
+    assert b["skipped"] == [int(batch["index"][0])] and len(b["image"]) == N_PHOTOS - 1
+
+
 def test_device_decoder_options_are_checked(pp, tok):
     from mobileclip.distill.data import StudentImages
 
