@@ -95,14 +95,16 @@ def caption_cost(rows: int) -> dict:
         path = Path(tmp) / "captions.csv"
         write_captions(path, rows)
         gc.collect()
-        rss0 = _status("VmRSS")
+        rss0, hwm0 = _status("VmRSS"), _status("VmHWM")
         t = time.perf_counter()
         source = CaptionPairs(str(path))
         build = time.perf_counter() - t
+        peak = _status("VmHWM") - max(hwm0, rss0)  # the high-water mark above what was resident before
         gc.collect()
         rss = _status("VmRSS") - rss0
         frozen, unfrozen = worker_growth(source, True), worker_growth(source, False)
         return {"rows": rows, "file_bytes": path.stat().st_size, "build_s": build, "main_bytes_per_row": rss / rows,
+                "build_peak_bytes_per_row": max(0, peak) / rows,
                 "worker_bytes_per_row_frozen": frozen / rows, "worker_bytes_per_row_unfrozen": unfrozen / rows}
 
 
@@ -148,8 +150,9 @@ def main() -> None:
     run = {"label": args.label, "commit": commit + ("+changes" if dirty else ""),
            "command": f"python -m mobileclip.benchmarks.data_scale --rows {args.rows} --sampler-samples "
                       f"{args.sampler_samples} --token-captions {args.token_captions} --label '{args.label}'",
-           "environment": environment(), "sampler": sampler_cost(args.sampler_samples),
-           "captions": caption_cost(args.rows)}
+           "environment": environment()}
+    run["captions"] = caption_cost(args.rows)  # first: its peak memory is read from the process's high-water mark
+    run["sampler"] = sampler_cost(args.sampler_samples)
     try:
         run["tokens"] = token_cost(args.token_captions)
     except TypeError:  # code from before data.token_cache
@@ -164,14 +167,16 @@ def main() -> None:
              "`python -m mobileclip.benchmarks.data_scale` (see its docstring). One row per labelled run; each run "
              "names the code it measured (commit; `+changes`: with uncommitted changes).", "",
              "| run | code | machine | sampler: first step of an epoch (ms) | sampler: next steps (ms) | caption rows "
-             "| build (s) | main process (B/row) | worker reading every row (B/row), gc frozen / not |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| build (s) | main process (B/row) | peak while building (B/row) "
+             "| worker reading every row (B/row), gc frozen / not |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     token_lines = []
     for r in runs:
         s, c, e = r["sampler"], r["captions"], r["environment"]
         lines.append(f"| {r['label']} | {r['commit']} | {e['cpu']}, {e['cores']} cores, {e['date']} | "
                      f"{s['first_step_ms']:.0f} ({s['samples'] / 1e6:g} M samples) | {s['next_steps_ms']:.2f} | "
                      f"{c['rows']:,} | {c['build_s']:.1f} | {c['main_bytes_per_row']:.0f} | "
+                     + (f"{c['build_peak_bytes_per_row']:.0f}" if "build_peak_bytes_per_row" in c else "—") + " | "
                      f"{c['worker_bytes_per_row_frozen']:.0f} / {c['worker_bytes_per_row_unfrozen']:.0f} |")
         if "tokens" in r:
             t = r["tokens"]

@@ -413,6 +413,12 @@ def test_packed_strings_round_trip():
         with pytest.raises(IndexError):
             packed[bad]
     assert len(PackedStrings([])) == 0
+    built = PackedStrings.building()
+    for x in strings:
+        built.append(x)
+    assert list(built.seal()) == strings
+    with pytest.raises(TypeError, match="sealed"):
+        built.append("more")
 
 
 def test_sources_hold_no_python_object_per_sample(tmp_path):

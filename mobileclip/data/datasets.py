@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+from array import array
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -106,11 +107,37 @@ class PackedStrings:
     (PyTorch's "copy-on-read"; 450 MB per worker per million caption-file rows, measured). Strings that are
     not valid UTF-8 (file names) round-trip through ``surrogateescape``."""
 
-    def __init__(self, strings) -> None:
-        encoded = [x.encode("utf-8", "surrogateescape") for x in strings]
-        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=self.offsets[1:])
-        self.data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    def __init__(self, strings=()) -> None:
+        """From any iterable of strings, read once, without holding them all (see :meth:`append`)."""
+        self._buf, self._ends = bytearray(), array("q")
+        for x in strings:
+            self.append(x)
+        self._seal()
+
+    def append(self, x: str) -> None:
+        """Add a string while building (strings are encoded as they come: no Python object per entry is kept)."""
+        if self._buf is None:
+            raise TypeError("PackedStrings are sealed once built; make a new one")
+        self._buf += x.encode("utf-8", "surrogateescape")
+        self._ends.append(len(self._buf))
+
+    def _seal(self) -> "PackedStrings":
+        self.offsets = np.zeros(len(self._ends) + 1, dtype=np.int64)
+        self.offsets[1:] = np.frombuffer(self._ends, dtype=np.int64) if len(self._ends) else []
+        self.data = np.frombuffer(self._buf, dtype=np.uint8)  # a view: the bytes are not copied again
+        self._buf = self._ends = None
+        return self
+
+    @classmethod
+    def building(cls) -> "PackedStrings":
+        """An empty table to :meth:`append` to, then :meth:`seal`."""
+        out = cls.__new__(cls)
+        out._buf, out._ends = bytearray(), array("q")
+        return out
+
+    def seal(self) -> "PackedStrings":
+        """Finish building: the strings appended so far become the table."""
+        return self._seal()
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -135,8 +162,8 @@ class _CaptionItems:
     resolved against the image root when read. Paths come back as ``str``: a ``pathlib.Path`` per sample
     would intern every file name in the reading process for good (pathlib ``sys.intern``\ s path parts)."""
 
-    def __init__(self, root: Path, paths: list, captions: list) -> None:
-        self.root, self.paths, self.captions = root, PackedStrings(paths), PackedStrings(captions)
+    def __init__(self, root: Path, paths: PackedStrings, captions: PackedStrings) -> None:
+        self.root, self.paths, self.captions = root, paths, captions
         self._root = os.fspath(root)
 
     def __len__(self) -> int:
@@ -190,11 +217,11 @@ class CaptionDataset(torch.utils.data.Dataset):
         else:
             self.image_root = self.path.parent
         text = read_utf8(self.path, "caption file")
+        # rows are read, checked and packed one at a time: no list of parsed rows (peak memory ~ the final table)
         rows = self._json_rows(text) if suffix in (".jsonl", ".json") else self._csv_rows(text, suffix)
-        if not rows:
-            raise DatasetError(f"caption file {name!r} has no rows")
-        paths, captions = [], []
+        paths, captions, n_rows = PackedStrings.building(), PackedStrings.building(), 0
         for where, row, img_key, cap_key in rows:
+            n_rows += 1
             img, cap = row.get(img_key), row.get(cap_key)
             if not isinstance(img, str) or not img.strip():
                 raise DatasetError(f"{name!r} {where}: the image path ({img_key!r}) is "
@@ -204,13 +231,17 @@ class CaptionDataset(torch.utils.data.Dataset):
             if bad:
                 raise DatasetError(f"{name!r} {where}: the caption ({cap_key!r}) is " + _describe(bad[0])
                                    + "; every row needs a non-empty text caption")
-            paths.extend([img] * len(caps))
-            captions.extend(caps)
-        del rows
-        self.items = _CaptionItems(self.image_root, paths, captions)
+            for c in caps:
+                paths.append(img)
+                captions.append(c)
+        del rows, text
+        if not n_rows:
+            raise DatasetError(f"caption file {name!r} has no rows")
+        self.items = _CaptionItems(self.image_root, paths.seal(), captions.seal())
         self.transform = transform
 
-    def _csv_rows(self, text: str, suffix: str) -> list:
+    def _csv_rows(self, text: str, suffix: str):
+        """Yields ``(where, row, image key, caption key)``, one row at a time."""
         name = str(self.path)
         delim = "\t" if suffix == ".tsv" else ","
         # newline="" keeps quoted newlines inside a field; splitlines() would also split on
@@ -219,7 +250,7 @@ class CaptionDataset(torch.utils.data.Dataset):
         try:
             header = next(reader, None)
             if header is None:
-                return []
+                return
             cols = [c.strip() for c in header]
             lower = [c.lower() for c in cols]
             img_i = next((lower.index(k) for k in IMAGE_KEYS if k in lower), None)
@@ -233,7 +264,7 @@ class CaptionDataset(torch.utils.data.Dataset):
                 raise DatasetError(
                     f"{name!r} has columns {cols}; need an image column (one of {list(IMAGE_KEYS)}) and a caption "
                     f"column (one of {list(CAPTION_KEYS)}) in its first line{hint}")
-            rows, line = [], reader.line_num
+            line = reader.line_num
             for fields in reader:
                 start, line = line + 1, reader.line_num
                 if not fields or (len(fields) == 1 and not fields[0].strip()):
@@ -243,29 +274,21 @@ class CaptionDataset(torch.utils.data.Dataset):
                         f"{name!r} line {start} has {len(fields)} fields but the header has {len(cols)}; quote "
                         f"captions that contain the separator {delim!r}, e.g. \"a cat{delim} sitting\"")
                 row = {cols[i]: fields[i] if i < len(fields) else None for i in (img_i, cap_i)}
-                rows.append((f"line {start}", row, cols[img_i], cols[cap_i]))
+                yield f"line {start}", row, cols[img_i], cols[cap_i]
         except csv.Error as e:
             raise DatasetError(f"{name!r} line {reader.line_num} is not valid {suffix[1:].upper()}: {e}") from None
-        return rows
 
-    def _json_rows(self, text: str) -> list:
+    def _json_rows(self, text: str):
+        """Yields ``(where, object, image key, caption key)``; JSON Lines one line at a time."""
         name = str(self.path)
         if self.path.suffix.lower() == ".json" and text.lstrip().startswith("["):  # one JSON array of objects
             try:
                 objs = json.loads(text)
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{name!r} is not valid JSON: {e}") from None
-            entries = [(f"item [{i}]", obj) for i, obj in enumerate(objs)]
+            entries = ((f"item [{i}]", obj) for i, obj in enumerate(objs))
         else:
-            entries = []
-            # JSON Lines are separated by '\n' only; splitlines() would also split on U+2028 in a caption.
-            for n, line in enumerate(text.split("\n"), start=1):
-                if line.strip():
-                    try:
-                        entries.append((f"line {n}", json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise DatasetError(f"{name!r} line {n} is not valid JSON: {e}") from None
-        rows = []
+            entries = self._json_lines(text)
         for where, obj in entries:
             if not isinstance(obj, dict):
                 raise DatasetError(f"{name!r} {where} is a JSON {type(obj).__name__}, not an object such as "
@@ -276,8 +299,17 @@ class CaptionDataset(torch.utils.data.Dataset):
                 raise DatasetError(
                     f"{name!r} {where} has keys {list(obj)}; need an image key (one of {list(IMAGE_KEYS)}) and a "
                     f"caption key (one of {list(CAPTION_KEYS)})")
-            rows.append((where, obj, img_key, cap_key))
-        return rows
+            yield where, obj, img_key, cap_key
+
+    def _json_lines(self, text: str):
+        # JSON Lines are separated by '\n' only (splitlines() would also split on U+2028 in a caption); a StringIO
+        # with newline="\n" splits on '\n' alone, one line at a time.
+        for n, line in enumerate(io.StringIO(text, newline="\n"), start=1):
+            if line.strip():
+                try:
+                    yield f"line {n}", json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{str(self.path)!r} line {n} is not valid JSON: {e}") from None
 
     @property
     def image_paths(self) -> list[str]:
