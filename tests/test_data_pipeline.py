@@ -8,7 +8,6 @@ benchmark's (benchmarks/data_throughput.py); the reference is always the default
 import csv
 import io
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -493,6 +492,7 @@ def test_sources_hold_no_python_object_per_sample(tmp_path):
         full = tmp_path / raw
         want = full.relative_to(tmp_path).as_posix() if full.is_relative_to(tmp_path) else str(full)
         assert forms.identity(j) == f"{want}\tc{j}", raw
+        assert forms.ds.image_paths[j] == str(tmp_path / raw), raw  # the path pathlib would give
 
     with tarfile.open(tmp_path / "s.tar", "w") as tf:
         for name, data in (("a.jpg", b"img-a"), ("a.json", b'{"caption": "cap a"}'), ("b.jpg", b"img-b"),

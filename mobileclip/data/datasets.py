@@ -174,7 +174,12 @@ class _CaptionItems:
         return self.paths[i]
 
     def path(self, i: int) -> str:
-        return os.path.join(self._root, self.paths[i])  # an absolute path stays itself
+        """Row ``i``'s image path, as pathlib would spell ``image root / path`` (an absolute path stays itself)."""
+        raw = self.paths[i]
+        parts = raw.split("/")
+        if "" in parts[1:] or "." in parts:  # redundant separators or '.' parts: pathlib's normalization (rare)
+            return str(self.root / raw)
+        return os.path.join(self._root, raw)
 
     def __getitem__(self, i: int) -> tuple:
         return self.path(i), self.captions[i]
