@@ -216,3 +216,42 @@ def test_student_size_overrides_are_recorded_and_threads_applied(tmp_path):
     _, _, _, report = create_student("mobileclip-tiny", str(full), context_length=12)
     assert report.not_loaded_layers() == ["text.positional_embedding"] or "text.positional_embedding" in str(
         report.to_dict())
+
+
+def _ddp_unpaired_worker(rank, world, port, out, result, caches):
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    tr = Trainer(_cfg(out, caches, "steps=1", "data.image_ratio=0.5", "data.text_ratio=1.0", "device=cpu"))
+    keys = MixedStepBatches([(64, 16, "p"), (40, 8, "i"), (36, 16, "t")], 1, tr.cfg.seed, rank=rank,
+                            world=world).indices_for_step(0)
+    batch = collate_train([tr.dataset[k] for k in keys])
+    assert batch["image"].shape[0] == 8 and batch["ui_image"].shape[0] == 4 and batch["ut_tokens"].shape[0] == 8
+    tr.opt.step = lambda *a, **k: None  # keep the (all-reduced) gradients
+    tr.train_step(batch)
+    if rank == 0:
+        torch.save({n: p.grad.clone() for n, p in tr.student.named_parameters() if p.grad is not None}, result)
+    tr.env.teardown()
+
+
+@pytest.mark.timeout(600)
+def test_two_process_gloo_with_unpaired_data_equals_one_process(caches, tmp_path):
+    """Two ranks, each with half the step's pairs, image-only and text-only samples, give the gradients of one
+    process with all of them: every unpaired loss sees the whole step's samples, whichever rank holds them."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plain = {k: (str(v) if not hasattr(v, "encode_image") else None) for k, v in caches.items()}
+    mp.spawn(_ddp_unpaired_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), plain), nprocs=2,
+             join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    one = _grads(tmp_path / "one", caches, 1)
+    assert ddp.keys() == one.keys() and "logit_scale" in one
+    bad = [k for k in one if not torch.allclose(one[k], ddp[k], rtol=1e-4, atol=1e-6)]
+    assert not bad, f"{len(bad)} of {len(one)} gradients differ, e.g. {bad[:3]}"
