@@ -153,10 +153,12 @@ def main() -> None:
            "environment": environment()}
     run["captions"] = caption_cost(args.rows)  # first: its peak memory is read from the process's high-water mark
     run["sampler"] = sampler_cost(args.sampler_samples)
-    try:
+    import inspect
+
+    from mobileclip.distill.data import TokenTable
+
+    if "store" in inspect.signature(TokenTable).parameters:  # code from before data.token_cache has none
         run["tokens"] = token_cost(args.token_captions)
-    except TypeError:  # code from before data.token_cache
-        pass
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jpath = out / "data_scale.json"

@@ -209,11 +209,12 @@ def device_decode_ms(batches: list, device, size: int) -> tuple:
     warms up and is not counted."""
     from mobileclip.distill.data import decode_deferred, pop_deferred
 
+    from mobileclip.benchmarks.stats import device_sync
+
     device = torch.device(device)
 
     def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        device_sync(device)
 
     total, cpu, samples = 0.0, 0.0, 0
     for j, b in enumerate(batches):

@@ -32,6 +32,7 @@ import torch
 
 def _measure(trainer, steps: int, warmup: int = 1) -> dict:
     """Time ``warmup + steps`` optimizer steps, split into data / teacher / student."""
+    from mobileclip.benchmarks.stats import device_sync
     from mobileclip.distill.data import StepBatches, collate_train
 
     cfg = trainer.cfg
@@ -42,11 +43,8 @@ def _measure(trainer, steps: int, warmup: int = 1) -> dict:
     orig_teacher = trainer.teacher_features
     spent = {"teacher": 0.0}
 
-    cuda = trainer.device.type == "cuda"
-
     def sync():   # CUDA runs asynchronously: a time taken without a sync measures the launch, not the work
-        if cuda:
-            torch.cuda.synchronize(trainer.device)
+        device_sync(trainer.device)
 
     def timed_teacher(chunk):
         sync()

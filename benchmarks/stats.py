@@ -151,6 +151,16 @@ def _no_tf32(new, legacy) -> Iterator[None]:
         setattr(owner, attr, saved)
 
 
+def device_sync(device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously: a time taken without this measures the
+    launch, not the work); nothing to wait for elsewhere."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def ieee_fp32_matmul():
     """fp32 CUDA matmuls in full fp32 (no TF32) inside the block; the previous setting is restored after."""
     import torch
@@ -187,8 +197,7 @@ def measure_peak(device: str, threads: int, seconds: float = 1.0, n: Optional[in
     b = torch.randn(n, n, generator=g).to(dev, tdtype)
 
     def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        device_sync(dev)
 
     times = []
     with ieee_fp32_matmul(), torch.inference_mode():

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mobileclip.data.datasets import PackedStrings
+from mobileclip.data.datasets import PackedStrings, pathlib_respells
 from mobileclip.errors import ConfigError, DatasetError
 from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, load_image,
-                                   load_image_scaled, plain_jpeg_size, resize_crop, resized_size, to_rgb)
+                                   load_image_scaled, plain_jpeg_size, read_source_bytes, resize_crop, resized_size,
+                                   to_rgb)
 
 AUG_FIELDS = ("x0", "y0", "w", "h", "flip")
 
@@ -95,8 +96,7 @@ class CaptionPairs:
     def identity(self, i: int) -> str:
         """Sample ``i``'s image path (relative to the image root) and caption, for a cache's fingerprint."""
         raw, caption = self.ds.items.raw(i), self.ds.items.captions[i]
-        parts = raw.split("/")
-        if raw.startswith("/") or "" in parts or "." in parts:  # pathlib's normalization (rare: slow path)
+        if raw.startswith("/") or pathlib_respells(raw):  # absolute, or pathlib's normalization (rare: slow path)
             path = Path(self.ds.items.path(i))
             try:
                 raw = path.relative_to(self.ds.image_root).as_posix()
@@ -513,15 +513,6 @@ def _resize_crop_chw(img: torch.Tensor, box: tuple, nw: int, nh: int, left: int,
     return out.flip(-1) if flip else out
 
 
-def _read_all(src) -> bytes:
-    if isinstance(src, io.BytesIO):
-        return src.getvalue()
-    if hasattr(src, "read"):
-        return src.read()
-    with open(src, "rb") as f:
-        return f.read()
-
-
 class StudentImages:
     """Sample ``i``'s augmentation crop through the student's preprocessing, with the levers of
     :class:`TrainSamples` (``image_dtype``, ``draft``, ``decoder``, ``resize``)."""
@@ -541,10 +532,12 @@ class StudentImages:
             if draft:
                 raise ConfigError("draft decoding happens on the CPU; it does not combine with decoder='device'")
             try:
-                from torchvision.io import decode_jpeg  # noqa: F401
+                import torchvision.io
             except ImportError as e:
                 raise ConfigError(f"decoder='device' decodes with torchvision.io.decode_jpeg ({e}); install "
                                   "torchvision") from e
+            if not hasattr(torchvision.io, "decode_jpeg"):
+                raise ConfigError("decoder='device' needs torchvision.io.decode_jpeg, which this torchvision lacks")
             resize = "torch"  # the device resizes with torch; the images it cannot take are resized so in workers
         self.pp, self.image_dtype, self.draft, self.decoder, self.resize = (preprocess, image_dtype, bool(draft),
                                                                              decoder, resize)
@@ -584,7 +577,7 @@ class StudentImages:
             return None, captions, None
         if self.decoder == "device":
             try:
-                data = _read_all(src)
+                data = read_source_bytes(src)
             except OSError:
                 return None, captions, None
             full = plain_jpeg_size(data)
@@ -720,13 +713,15 @@ class TokenTable:
         ids: dict = {}
         starts = np.zeros(self.n + 1, dtype=np.int64)
         caption_ids = []
-        digest = hashlib.sha256()
+        digest = hashlib.sha256() if store else None  # names a stored table: computed only when storing
         for i in range(self.n):
             caps = get(i)
             for c in caps:
                 caption_ids.append(ids.setdefault(c, len(ids)))
-                digest.update(c.encode("utf-8", "surrogatepass") + b"\x00")
-            digest.update(b"\x01")
+                if digest is not None:
+                    digest.update(c.encode("utf-8", "surrogatepass") + b"\x00")
+            if digest is not None:
+                digest.update(b"\x01")
             starts[i + 1] = starts[i] + len(caps)
         self.starts, self.caption_ids = starts, np.asarray(caption_ids, dtype=np.int32)
         uniques = list(ids)
@@ -782,8 +777,9 @@ class TokenTable:
             atomic_write_json(tmp / "table.json", meta)
             try:
                 os.replace(tmp, folder)
-            except OSError:  # another process (rank) stored the same table first
-                pass
+            except OSError:
+                if not folder.is_dir():  # not another process (rank) storing the same table first: a real failure
+                    raise
         finally:
             import shutil
 
@@ -816,10 +812,7 @@ class TokenTable:
         self.loaded = True
         probe = sorted({0, len(uniques) // 3, len(uniques) // 2, len(uniques) - 1}) if uniques else []
         for u in probe:  # the tokenizer today, against the stored rows
-            want = self.tok([uniques[u]])[0]
-            got = torch.zeros(self.context_length, dtype=self.dtype)
-            ids = self.tokens[self.offsets[u]:self.offsets[u + 1]]
-            got[:len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+            want, got = self.tok([uniques[u]])[0], self._row(u)
             if want.shape != got.shape or not torch.equal(want, got):
                 refuse(f"caption {uniques[u]!r} is tokenized differently today")
 
@@ -841,10 +834,13 @@ class TokenTable:
                 if len(self.memo) < self.memo_limit:
                     self.memo[caption] = t
             return t.clone()
-        u = self.caption_ids[self.starts[i] + c]
+        return self._row(int(self.caption_ids[self.starts[i] + c]))
+
+    def _row(self, u: int) -> torch.Tensor:
+        """Unique caption ``u``'s stored ids, padded as the tokenizer pads them."""
         ids = self.tokens[self.offsets[u]:self.offsets[u + 1]]
         out = torch.zeros(self.context_length, dtype=self.dtype)
-        out[:len(ids)] = torch.from_numpy(ids.astype(np.int64))
+        out[:len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
         return out
 
 

@@ -124,8 +124,7 @@ def load_image_scaled(source: Union[str, Path, BinaryIO], choose_scale=None, dec
         raise ValueError(f"decoder must be 'pil', 'torchvision' or 'simplejpeg', got {decoder!r}")
     data = None
     if decoder != "pil":
-        data = source.getvalue() if isinstance(source, io.BytesIO) else (
-            source.read() if hasattr(source, "read") else _read_bytes(source))
+        data = read_source_bytes(source)
         if decoder == "simplejpeg":
             fast = _plain_colour_jpeg(data, choose_scale)
             if fast is not None:
@@ -169,11 +168,15 @@ def load_image_scaled(source: Union[str, Path, BinaryIO], choose_scale=None, dec
         return ScaledImage(out, out.size)
 
 
-def _read_bytes(path) -> bytes:
-    """A file's bytes, without making a ``pathlib.Path`` of a ``str``: pathlib interns every path component it
-    parses (``sys.intern``, never freed), so a Path per sample grows each DataLoader worker by every file name
-    it reads (~40 B per sample, measured)."""
-    with open(path, "rb") as f:
+def read_source_bytes(source: Union[str, Path, BinaryIO]) -> bytes:
+    """The encoded bytes of an image source (a path, or a binary file object), without making a ``pathlib.Path``
+    of a ``str``: pathlib interns every path component it parses (``sys.intern``, never freed), so a Path per
+    sample grows each DataLoader worker by every file name it reads (~40 B per sample, measured)."""
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()
+    if hasattr(source, "read"):
+        return source.read()
+    with open(source, "rb") as f:
         return f.read()
 
 
@@ -228,11 +231,8 @@ def plain_jpeg_size(data: bytes) -> Optional[tuple]:
 def _plain_colour_jpeg(data: bytes, choose_scale) -> Optional[ScaledImage]:
     """``decoder="simplejpeg"`` without Pillow's header parse (a tenth of the decode time), for a plain colour
     JPEG (:func:`plain_jpeg_size`) decoded at full scale; its pixels are what the Pillow path gives (the same
-    libjpeg-turbo settings). None for anything else, which then takes the Pillow path (and its errors)."""
-    try:
-        import simplejpeg  # noqa: F401
-    except ImportError:
-        return None
+    libjpeg-turbo settings). None for anything else, or without simplejpeg, which then takes the Pillow path (and
+    its errors)."""
     size = plain_jpeg_size(data)
     if size is None:
         return None

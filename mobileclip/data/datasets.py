@@ -157,6 +157,13 @@ class PackedStrings:
         return self.data.nbytes + self.offsets.nbytes
 
 
+def pathlib_respells(raw: str) -> bool:
+    """Whether ``pathlib`` would spell the ``/``-separated path ``raw`` differently: redundant separators or ``.``
+    parts (which it drops). Such paths take pathlib's slow road; every other one is joined as a string."""
+    parts = raw.split("/")
+    return "" in parts[1:] or "." in parts
+
+
 class _CaptionItems:
     """``(image path, caption)`` per caption-file row, packed (:class:`PackedStrings`); relative paths are
     resolved against the image root when read. Paths come back as ``str``: a ``pathlib.Path`` per sample
@@ -176,8 +183,7 @@ class _CaptionItems:
     def path(self, i: int) -> str:
         """Row ``i``'s image path, as pathlib would spell ``image root / path`` (an absolute path stays itself)."""
         raw = self.paths[i]
-        parts = raw.split("/")
-        if "" in parts[1:] or "." in parts:  # redundant separators or '.' parts: pathlib's normalization (rare)
+        if pathlib_respells(raw):  # rare
             return str(self.root / raw)
         return os.path.join(self._root, raw)
 
