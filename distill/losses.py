@@ -4,10 +4,11 @@ Every loss takes the same two inputs and returns ``{"<name>_loss": scalar}``; th
 sums the terms with weights from the config.
 
 * :class:`StudentOut` — L2-normalized student image/text features ``[N, D]`` over the
-  whole (accumulated, all-rank) batch, the exponentiated ``logit_scale`` and optional
-  ``logit_bias``.
+  whole (accumulated, all-rank) batch, the student's similarity multiplier ``scale`` (the
+  exp of its learnable ``logit_scale``) and optional ``logit_bias``.
 * :class:`TeacherOut` — normalized teacher features, one ``[N, D_t]`` tensor per teacher
-  (an ensemble; sizes may differ), and each teacher's exponentiated logit scale ``[T]``.
+  (an ensemble; sizes may differ), and each teacher's similarity multiplier ``scale`` ``[T]``
+  (in [1, 100]: :mod:`mobileclip.scales`; ``losses.kd_teacher_scale`` replaces it).
 
 Both may also carry *unpaired* features: ``image_only`` (images without captions) and
 ``text_only`` (texts without images), whose teacher embeddings come from their own caches.
@@ -44,7 +45,7 @@ def register_loss(name: str):
 class StudentOut:
     image_features: torch.Tensor
     text_features: torch.Tensor
-    logit_scale: torch.Tensor  # exp of the learnable log scale
+    scale: torch.Tensor  # the multiplier: exp of the learnable log scale
     logit_bias: Optional[torch.Tensor] = None
     image_only: Optional[torch.Tensor] = None  # [M, D] images without captions
     text_only: Optional[torch.Tensor] = None   # [L, D] texts without images
@@ -54,7 +55,7 @@ class StudentOut:
 class TeacherOut:
     image_features: Sequence[torch.Tensor]  # per teacher [N, D_t] (a stacked [T, N, D] tensor works too)
     text_features: Sequence[torch.Tensor]
-    logit_scale: torch.Tensor  # [T], exponentiated
+    scale: torch.Tensor  # [T], each teacher's multiplier (not its log)
     image_only: Optional[Sequence[torch.Tensor]] = None  # per teacher [M, D_t]
     text_only: Optional[Sequence[torch.Tensor]] = None   # per teacher [L, D_t]
 
@@ -75,11 +76,11 @@ class ClipLoss(nn.Module):
     def forward(self, s: StudentOut, t: Optional[TeacherOut] = None, rows: Optional[slice] = None) -> dict:
         img, txt = s.image_features, s.text_features
         if self.local_loss and rows is not None:
-            li = s.logit_scale * img[rows] @ txt.T
-            lt = s.logit_scale * txt[rows] @ img.T
+            li = s.scale * img[rows] @ txt.T
+            lt = s.scale * txt[rows] @ img.T
             labels = _labels(img.shape[0], img.device)[rows]
         else:
-            li = s.logit_scale * img @ txt.T
+            li = s.scale * img @ txt.T
             lt = li.T
             labels = _labels(img.shape[0], img.device)
         return {"clip_loss": (F.cross_entropy(li, labels) + F.cross_entropy(lt, labels)) / 2}
@@ -99,7 +100,7 @@ class SigLipLoss(nn.Module):
 
     def forward(self, s: StudentOut, t: Optional[TeacherOut] = None) -> dict:
         bias = s.logit_bias if s.logit_bias is not None else self.logit_bias
-        logits = s.logit_scale * s.image_features @ s.text_features.T + bias
+        logits = s.scale * s.image_features @ s.text_features.T + bias
         n = logits.shape[0]
         signs = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
         return {"siglip_loss": -F.logsigmoid(signs * logits).sum() / n}
@@ -121,10 +122,10 @@ class KDLoss(nn.Module):
         super().__init__()
 
     def forward(self, s: StudentOut, t: TeacherOut) -> dict:
-        logits = [t.logit_scale[k] * t.image_features[k] @ t.text_features[k].T for k in range(len(t.image_features))]
+        logits = [t.scale[k] * t.image_features[k] @ t.text_features[k].T for k in range(len(t.image_features))]
         p_i2t = torch.stack([x.softmax(dim=1) for x in logits]).mean(dim=0)
         p_t2i = torch.stack([x.T.softmax(dim=1) for x in logits]).mean(dim=0)
-        si = s.logit_scale * s.image_features @ s.text_features.T
+        si = s.scale * s.image_features @ s.text_features.T
         return {"kd_loss": (_kl_rows(p_i2t, si) + _kl_rows(p_t2i, si.T)) / 2}
 
 
@@ -142,22 +143,35 @@ class _Projections(nn.Module):
         return F.normalize(self.maps[teacher](x), dim=-1)
 
 
+def clip_kd_feature_weight(alpha: float, teacher_dim: int) -> float:
+    """CLIP-KD's feature-distillation weight ``alpha`` in :class:`FeatureLoss`'s units.
+
+    CLIP-KD adds ``alpha * (F.mse_loss(img_s, img_t) + F.mse_loss(txt_s, txt_t))``, each a mean over N x D;
+    :class:`FeatureLoss` is the squared distance summed over D, averaged over N and over image and text, so
+    ``alpha * (mse_img + mse_txt) = (2 * alpha / D) * FeatureLoss``."""
+    return 2.0 * float(alpha) / int(teacher_dim)
+
+
 @register_loss("feature")
 class FeatureLoss(nn.Module):
     """CLIP-KD feature distillation: squared distance between the (projected, renormalized)
     student embedding and the teacher's, image and text, averaged over teachers.
-    For unit vectors this is ``2 - 2·cos``."""
+    For unit vectors this is ``2 - 2·cos``. With ``feature_alpha`` (CLIP-KD's alpha), teacher k's
+    term is weighted by :func:`clip_kd_feature_weight` (``2 alpha / D_k``) and the loss is used at weight 1."""
 
-    def __init__(self, student_dim: int = 0, teacher_dims: Optional[list] = None, **_: object) -> None:
+    def __init__(self, student_dim: int = 0, teacher_dims: Optional[list] = None, feature_alpha: float = 0.0,
+                 **_: object) -> None:
         super().__init__()
-        self.proj = _Projections(student_dim, list(teacher_dims or [student_dim]))
+        dims = list(teacher_dims or [student_dim])
+        self.proj = _Projections(student_dim, dims)
+        self.teacher_weights = [clip_kd_feature_weight(feature_alpha, d) if feature_alpha else 1.0 for d in dims]
 
     def forward(self, s: StudentOut, t: TeacherOut) -> dict:
         total = 0.0
         for k in range(len(t.image_features)):
             si, st = self.proj(s.image_features, k), self.proj(s.text_features, k)
-            total = total + ((si - t.image_features[k]) ** 2).sum(-1).mean() \
-                + ((st - t.text_features[k]) ** 2).sum(-1).mean()
+            total = total + self.teacher_weights[k] * (((si - t.image_features[k]) ** 2).sum(-1).mean()
+                                                       + ((st - t.text_features[k]) ** 2).sum(-1).mean())
         return {"feature_loss": total / (2 * len(t.image_features))}
 
 
@@ -175,8 +189,8 @@ class ICLLoss(nn.Module):
         labels = _labels(s.image_features.shape[0], s.image_features.device)
         for k in range(len(t.image_features)):
             si, st = self.proj(s.image_features, k), self.proj(s.text_features, k)
-            a = s.logit_scale * si @ t.text_features[k].T
-            b = s.logit_scale * st @ t.image_features[k].T
+            a = s.scale * si @ t.text_features[k].T
+            b = s.scale * st @ t.image_features[k].T
             total = total + (F.cross_entropy(a, labels) + F.cross_entropy(b, labels)) / 2
         return {"icl_loss": total / len(t.image_features)}
 
@@ -268,7 +282,7 @@ class UnpairedIntraKDLoss(nn.Module):
         total = s.image_features.new_zeros(())
         for s_rows, t_rows, s_same, t_same, _, _ in sides:
             offset = s_same.shape[0] - s_rows.shape[0]   # the unpaired rows come after the paired ones
-            total = total + _kd_rows(t_rows, t_same, t.logit_scale, s_rows, s_same, s.logit_scale, offset)
+            total = total + _kd_rows(t_rows, t_same, t.scale, s_rows, s_same, s.scale, offset)
         return {"unpaired_intra_kd_loss": total / len(sides) if sides else total}
 
 
@@ -288,12 +302,13 @@ class UnpairedCrossKDLoss(nn.Module):
         sides = _sides(s, t)
         total = s.image_features.new_zeros(())
         for s_rows, t_rows, _, _, s_cross, t_cross in sides:
-            total = total + _kd_rows(t_rows, t_cross, t.logit_scale, s_rows, s_cross, s.logit_scale)
+            total = total + _kd_rows(t_rows, t_cross, t.scale, s_rows, s_cross, s.scale)
         return {"unpaired_cross_kd_loss": total / len(sides) if sides else total}
 
 
-def build_losses(weights: dict, student_dim: int, teacher_dims: list, local_loss: bool = False) -> nn.ModuleDict:
-    """Instantiate every loss with a non-zero weight."""
+def build_losses(weights: dict, student_dim: int, teacher_dims: list, local_loss: bool = False,
+                 feature_alpha: float = 0.0) -> nn.ModuleDict:
+    """Instantiate every loss with a non-zero weight (``feature_alpha``: :class:`FeatureLoss` in CLIP-KD's units)."""
     from mobileclip.errors import ConfigError
 
     out = nn.ModuleDict()
@@ -301,7 +316,8 @@ def build_losses(weights: dict, student_dim: int, teacher_dims: list, local_loss
         if name not in LOSSES:
             raise ConfigError(f"unknown loss {name!r}; known losses: {sorted(LOSSES)}")
         if w:
-            out[name] = LOSSES[name](student_dim=student_dim, teacher_dims=teacher_dims, local_loss=local_loss)
+            out[name] = LOSSES[name](student_dim=student_dim, teacher_dims=teacher_dims, local_loss=local_loss,
+                                     feature_alpha=feature_alpha)
     if not out:
         raise ConfigError("every loss weight is zero: set at least one of " + ", ".join(sorted(LOSSES)))
     return out

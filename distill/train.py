@@ -360,18 +360,26 @@ class Trainer:
         if self.cache is not None:
             self.source = source_from_spec(self.cache.manifest["dataset"])
             self.cache.check_source(self.source, progress=cfg.progress and self.env.main)
+            check_view(self.cache, self.preprocess, "data.cache")
             self.teachers = []  # a trainer reading a cache never runs the teacher
             teacher_dims = self.cache.teacher_dims
-            self.teacher_scales = torch.tensor(self.cache.teacher_logit_scales, device=self.device)
+            own_scales = self.cache.teacher_scales
         else:
             self.source = build_source(cfg)
             self.teachers = [load_teacher(s, device=self.device) for s in cfg.teachers]
             teacher_dims = [teacher_dim(t, self.device) for t in self.teachers]
-            self.teacher_scales = torch.tensor([float(t.logit_scale.exp()) for t in self.teachers],
-                                               device=self.device)
+            own_scales = [float(t.scale) for t in self.teachers]
+        # The teachers' multipliers in the KD terms: their own, or losses.kd_teacher_scale for all of them.
+        kd_scale = cfg.losses.kd_teacher_scale
+        self.teacher_scale_report = {"own": own_scales, "used": [kd_scale] * len(own_scales) if kd_scale
+                                     else own_scales, "from": "losses.kd_teacher_scale" if kd_scale else
+                                     "each teacher's own"}
+        self.teacher_scales = torch.tensor(self.teacher_scale_report["used"], dtype=torch.float32, device=self.device)
         self.losses = build_losses(cfg.losses.weights(), self.student.embed_dim, teacher_dims or [0],
-                                   cfg.losses.local_loss).to(self.device)
+                                   cfg.losses.local_loss, cfg.losses.feature_alpha).to(self.device)
         self.weights = cfg.losses.weights()
+        if cfg.losses.feature_alpha and teacher_dims:
+            self.teacher_scale_report["feature_per_teacher"] = self.losses["feature"].teacher_weights
         if self.env.world > 1:  # as DDP does: every rank starts from rank 0's weights
             for t in [*self.student.state_dict().values(), *self.losses.state_dict().values()]:
                 dist.broadcast(t, src=0)
@@ -443,6 +451,7 @@ class Trainer:
                                  "same --teacher")
             source = source_from_spec(cache.manifest["dataset"])
             cache.check_source(source, progress=self.cfg.progress and self.env.main)
+            check_view(cache, self.preprocess, f"data.{key}")
             parts.append({"kind": kind, "cache": cache, "source": source,
                           "per_step": round(self.cfg.batch_size * getattr(self.cfg.data, ratio)),
                           "dataset": UnpairedSamples(source, cache, self.preprocess, self.tokenizer, self.cfg.seed,
@@ -809,7 +818,10 @@ class Trainer:
             t_data = time.time()
         bar.close()
         summary = {"steps": self.step, "bad_steps": self.bad_steps, "skipped_images": len(self.skipped_images),
-                   "skipped_examples": self.skipped_images[:20]}
+                   "skipped_examples": self.skipped_images[:20], "recipe": cfg.recipe or None,
+                   "loss_weights": self.weights}
+        if self.teacher_scales.numel():
+            summary["teacher_scales"] = self.teacher_scale_report
         if self.init_report is not None:
             summary["student_init"] = {"source": self.init_report.source, "layout": self.init_report.layout,
                                        "loaded": self.init_report.loaded,
@@ -829,6 +841,21 @@ class Trainer:
                       f"(e.g. sample {self.skipped_images[0]})")
         env.teardown()
         return summary
+
+
+def check_view(cache: TeacherCache, preprocess, key: str) -> None:
+    """Refuse a cache whose teachers embedded another view of each crop than the student sees."""
+    from mobileclip.views import region_for
+
+    if cache.modality == "texts":
+        return
+    mode = getattr(getattr(preprocess, "cfg", None), "resize_mode", "shortest")
+    want, have = region_for(mode), cache.manifest.get("view")
+    if have != want:
+        seen = {"center": "each crop's centre square", "squash": "each whole crop, squashed"}
+        raise CacheError(f"{key} ({str(cache.root)!r}): its teachers embedded {seen.get(have, have)} (view {have}), but "
+                         f"this student (resize_mode {mode}) sees {seen[want]}; rebuild the cache with "
+                         f"`mobileclip cache-teacher --view {want}`")
 
 
 def find_resume_dir(path: Path) -> Path:

@@ -92,8 +92,7 @@ def _third_party(spec: str) -> ExportSource:
         mean, std = tuple(pcfg.mean), tuple(pcfg.std)
         resize = {"mode": pcfg.resize_mode, "interpolation": pcfg.interpolation, "crop": "center"}
         info, files = _hf_tokenizer_files(spec[3:], teacher)
-    scale = getattr(inner, "logit_scale", None)
-    logit_scale = float(scale.detach().reshape(-1)[0].exp()) if isinstance(scale, torch.Tensor) else 100.0
+    logit_scale = float(teacher.scale)   # the multiplier, checked to lie in [1, 100] when the teacher loaded
     origin = (pcfg.get("preprocess_from", "open_clip model default") if kind == "open_clip" else
               "preprocessor_config.json" if (Path(spec[3:]).expanduser() / "preprocessor_config.json").is_file()
               else "CLIP's defaults (no preprocessor_config.json)")

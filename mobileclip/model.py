@@ -22,6 +22,7 @@ from torch import nn
 from .config import ModelConfig
 from .errors import ConfigError
 from .text import TextTransformer
+from .scales import scale_from_log
 
 
 class ImageTower(nn.Module):
@@ -73,6 +74,12 @@ class CLIP(CLIPMixin, nn.Module):
         self.cfg = cfg
         self.visual = ImageTower(cfg)
         self.text = TextTransformer(cfg.text, cfg.embed_dim)
+        # init_logit_scale is the *log* of the similarity multiplier (ln(1/0.07) = 2.66 in CLIP): an exponentiated
+        # value here (14.3, 100) would start training at exp(14.3) = 1.6e6, so it is checked for both readings.
+        scale_from_log(cfg.init_logit_scale, f"{cfg.name}: init_logit_scale")
+        if cfg.init_logit_bias is not None and not -100 <= float(cfg.init_logit_bias) <= 100:
+            raise ConfigError(f"{cfg.name}: init_logit_bias {cfg.init_logit_bias} is outside [-100, 100]; it is added "
+                              "to scaled cosines (SigLIP starts at -10), and beyond that every sigmoid saturates")
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = (
             nn.Parameter(torch.tensor(float(cfg.init_logit_bias))) if cfg.init_logit_bias is not None else None

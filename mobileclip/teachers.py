@@ -30,10 +30,11 @@ from torch import nn
 from .config import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, TokenizerConfig
 from .errors import TeacherError
 from .model import CLIPMixin
+from .scales import MAX_SCALE, check_scale, scale_from_log
 from .tokenizer import Tokenizer
 from .transforms import ImagePreprocess
 
-DEFAULT_TEACHER_LOGIT_SCALE = math.log(100.0)
+DEFAULT_TEACHER_SCALE = 100.0
 
 
 class CallableTokenizer:
@@ -53,31 +54,43 @@ class CallableTokenizer:
 
 
 class Teacher(CLIPMixin, nn.Module):
-    """A frozen CLIP behind the student interface. ``train()`` keeps it in eval mode."""
+    """A frozen CLIP behind the student interface. ``train()`` keeps it in eval mode.
+
+    ``scale`` is the teacher's similarity multiplier (``exp`` of a CLIP model's ``logit_scale``, e.g. 100), in
+    [1, 100]; when omitted, the model's own ``logit_scale`` parameter (a log) is exponentiated, else 100.
+    A sigmoid-trained model (one with a ``logit_bias``, SigLIP) whose own multiplier exceeds 100 is capped at
+    100, and :attr:`scale_from` says so. ``logit_scale=`` is refused: it was ambiguous (log or not).
+    """
 
     def __init__(self, model: nn.Module, preprocess: Callable, tokenizer: Callable, name: str,
                  encode_image: Optional[Callable] = None, encode_text: Optional[Callable] = None,
-                 logit_scale: Optional[float] = None, embed_dim: Optional[int] = None,
-                 image_size: Optional[int] = None, context_length: Optional[int] = None) -> None:
+                 scale: Optional[float] = None, embed_dim: Optional[int] = None,
+                 image_size: Optional[int] = None, context_length: Optional[int] = None,
+                 **legacy: Any) -> None:
         super().__init__()
+        _refuse_logit_scale_keyword(legacy, "Teacher")
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.name = name
         self._encode_image = encode_image or _normalize_optional(model.encode_image)
         self._encode_text = encode_text or _normalize_optional(model.encode_text)
-        if logit_scale is None:
-            own = getattr(model, "logit_scale", None)
-            logit_scale = float(own.detach().reshape(-1)[0]) if isinstance(own, torch.Tensor) \
-                else DEFAULT_TEACHER_LOGIT_SCALE
-        # A buffer, not a parameter: the teacher's temperature is fixed.
-        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)), persistent=False)
+        self.scale, self.scale_from = _teacher_scale(model, scale, name)
+        # As on every CLIP model here, ``logit_scale`` is the log (a buffer: the teacher's temperature is fixed).
+        self.register_buffer("logit_scale", torch.tensor(math.log(self.scale)), persistent=False)
         self.embed_dim = embed_dim
         self.image_size = image_size
         self.context_length = context_length if context_length is not None else getattr(tokenizer, "context_length", None)
         for p in self.model.parameters():
             p.requires_grad_(False)
         super().train(False)
+
+    def set_scale(self, scale: float) -> "Teacher":
+        """Replace the teacher's similarity multiplier (checked to lie in [1, 100])."""
+        self.scale = check_scale(scale, f"teacher {self.name!r} scale", TeacherError)
+        self.scale_from = "given"
+        self.logit_scale.fill_(math.log(self.scale))
+        return self
 
     def train(self, mode: bool = True) -> "Teacher":
         # A teacher is never put into training mode (dropout, BN statistics), whatever the trainer asks.
@@ -92,7 +105,7 @@ class Teacher(CLIPMixin, nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, embed_dim={self.embed_dim}, image_size={self.image_size}"
+        return f"name={self.name!r}, embed_dim={self.embed_dim}, image_size={self.image_size}, scale={self.scale:g}"
 
 
 def _normalize_optional(fn: Callable) -> Callable:
@@ -105,20 +118,50 @@ def _normalize_optional(fn: Callable) -> Callable:
 
 
 def wrap_teacher(module: nn.Module, preprocess: Callable, tokenizer: Callable, name: Optional[str] = None,
-                 logit_scale: Optional[float] = None, embed_dim: Optional[int] = None,
-                 image_size: Optional[int] = None) -> Teacher:
+                 scale: Optional[float] = None, embed_dim: Optional[int] = None,
+                 image_size: Optional[int] = None, **legacy: Any) -> Teacher:
     """Bring your own teacher: any module with ``encode_image`` and ``encode_text``.
 
-    ``logit_scale`` is the log of the similarity scale; when omitted, the module's own
-    ``logit_scale`` is used, else ln(100).
+    ``scale`` is the similarity multiplier in [1, 100] (``exp`` of a CLIP model's ``logit_scale``, e.g. 100);
+    when omitted, the module's own ``logit_scale`` parameter (a log) is exponentiated, else 100.
     """
+    _refuse_logit_scale_keyword(legacy, "wrap_teacher")
     for attr in ("encode_image", "encode_text"):
         if not callable(getattr(module, attr, None)):
             raise TeacherError(f"{type(module).__name__} has no {attr}(); a teacher needs encode_image and encode_text")
     if not callable(preprocess) or not callable(tokenizer):
         raise TeacherError("wrap_teacher needs the teacher's own preprocess and tokenizer callables")
-    return Teacher(module, preprocess, tokenizer, name or type(module).__name__, logit_scale=logit_scale,
+    return Teacher(module, preprocess, tokenizer, name or type(module).__name__, scale=scale,
                    embed_dim=embed_dim, image_size=image_size)
+
+
+def _refuse_logit_scale_keyword(extra: dict, where: str) -> None:
+    if "logit_scale" in extra:
+        v = extra.pop("logit_scale")
+        raise TeacherError(f"{where}(logit_scale={v!r}) is no longer accepted: it was ambiguous (the log of the "
+                           "similarity multiplier, or the multiplier?). Pass scale=<the multiplier in [1, 100]>, e.g. "
+                           "scale=100, or scale=float(model.logit_scale.exp()) for a CLIP model's own")
+    if extra:
+        raise TypeError(f"{where}() got unexpected keyword arguments {sorted(extra)}")
+
+
+def _teacher_scale(model: nn.Module, scale: Optional[float], name: str) -> tuple:
+    """``(multiplier, where it came from)``: the explicit ``scale`` checked, else the model's own log scale."""
+    if scale is not None:
+        if isinstance(scale, torch.Tensor):
+            raise TeacherError(f"teacher {name!r}: scale must be a number (the multiplier, e.g. 100), got a tensor; "
+                               "pass float(model.logit_scale.exp()) for a CLIP model's own")
+        return check_scale(scale, f"teacher {name!r} scale", TeacherError), "given"
+    own = getattr(model, "logit_scale", None)
+    if not isinstance(own, torch.Tensor):
+        return DEFAULT_TEACHER_SCALE, "default (the model has no logit_scale)"
+    log_value = float(own.detach().float().reshape(-1)[0])
+    has_bias = isinstance(getattr(model, "logit_bias", None), torch.Tensor)
+    if has_bias and math.log(MAX_SCALE) < log_value < math.log(1000.0):
+        return MAX_SCALE, (f"the model's own exp(logit_scale) = {math.exp(log_value):.4g} (sigmoid-trained), capped at "
+                           f"{MAX_SCALE:g}")
+    return scale_from_log(log_value, f"teacher {name!r}: the model's logit_scale", TeacherError), \
+        "the model's own exp(logit_scale)"
 
 
 # --------------------------------------------------------------------------- open_clip

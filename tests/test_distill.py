@@ -16,6 +16,7 @@ from mobileclip.distill.data import SyntheticPairs, apply_aug, sample_aug
 from mobileclip.distill.cache import CacheError
 from mobileclip.distill.train import TrainingError
 from mobileclip.errors import ConfigError
+from mobileclip.views import teacher_view
 
 BASE = ["student=mobileclip-tiny", "batch_size=16", "data.size=256", "data.workers=0", "log_every=1",
         "progress=false", "eval.size=36", "aug.flip_prob=0.0", "optim.warmup_steps=2"]
@@ -159,7 +160,8 @@ def test_teacher_cache_round_trip(tmp_path):
     im, caps = source.load(i)
     assert np.allclose(params, sample_aug(5, i, k, (0.5, 1.0), (3 / 4, 4 / 3), 0.5, 1.0))
     with torch.no_grad():
-        ref = teacher.encode_image(teacher.preprocess(apply_aug(im, params))[None])[0].numpy()
+        # the student's view of the crop (its centre square) at the teacher's size: tests/test_views.py checks it
+        ref = teacher.encode_image(teacher_view(teacher.preprocess)(apply_aug(im, params), "center")[None])[0].numpy()
         ref_t = teacher.encode_text(teacher.tokenizer([caps[1]]))[0].numpy()
     assert np.abs(cache.image_embedding(i, k) - ref).max() < 2e-3  # fp16 storage
     assert np.abs(cache.text_embedding(i, 1) - ref_t).max() < 2e-3

@@ -23,13 +23,13 @@ def test_clip_equals_reference_and_open_clip():
 
     s, _ = _inputs()
     ours = LOSSES["clip"]()(s)["clip_loss"]
-    logits = s.logit_scale * s.image_features @ s.text_features.T
+    logits = s.scale * s.image_features @ s.text_features.T
     ref = 0.0
     for i in range(6):  # written out: -log softmax of the matching pair, both directions
         ref += -torch.log(logits[i].exp()[i] / logits[i].exp().sum()) / 12
         ref += -torch.log(logits[:, i].exp()[i] / logits[:, i].exp().sum()) / 12
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
-    oc = ClipLoss()(s.image_features, s.text_features, s.logit_scale)
+    oc = ClipLoss()(s.image_features, s.text_features, s.scale)
     assert ours.item() == pytest.approx(oc.item(), rel=1e-6)
 
 
@@ -45,7 +45,7 @@ def test_siglip_equals_reference():
     s, _ = _inputs()
     s.logit_bias = torch.tensor(-2.0)
     ours = LOSSES["siglip"]()(s)["siglip_loss"]
-    logits = s.logit_scale * s.image_features @ s.text_features.T - 2.0
+    logits = s.scale * s.image_features @ s.text_features.T - 2.0
     ref = 0.0
     for i in range(6):
         for j in range(6):
@@ -66,8 +66,8 @@ def test_kd_equals_reference_and_open_clip(teachers):
     s, t = _inputs(teachers=teachers)
     ours = LOSSES["kd"]()(s, t)["kd_loss"]
     # Reference: KL(p || q) row by row, p the (mean) teacher distribution.
-    tl = [t.logit_scale[k] * t.image_features[k] @ t.text_features[k].T for k in range(teachers)]
-    sl = s.logit_scale * s.image_features @ s.text_features.T
+    tl = [t.scale[k] * t.image_features[k] @ t.text_features[k].T for k in range(teachers)]
+    sl = s.scale * s.image_features @ s.text_features.T
     p_i = sum(x.softmax(1) for x in tl) / teachers
     p_t = sum(x.T.softmax(1) for x in tl) / teachers
     kl = lambda p, logits: (p * (p.log() - logits.log_softmax(1))).sum(1).mean()  # noqa: E731
@@ -76,12 +76,12 @@ def test_kd_equals_reference_and_open_clip(teachers):
     assert ours.item() >= 0
     if teachers == 1:
         # open_clip's distill term is the cross-entropy, which is KL plus the teacher's entropy.
-        _, oc = DistillClipLoss()(s.image_features, s.text_features, s.logit_scale,
-                                  t.image_features[0], t.text_features[0], t.logit_scale[0])
+        _, oc = DistillClipLoss()(s.image_features, s.text_features, s.scale,
+                                  t.image_features[0], t.text_features[0], t.scale[0])
         entropy = (-(p_i * p_i.log()).sum(1).mean() - (p_t * p_t.log()).sum(1).mean()) / 2
         assert (ours + entropy).item() == pytest.approx(oc.item(), rel=1e-5)
         # Student == teacher → zero.
-        same = StudentOut(t.image_features[0], t.text_features[0], t.logit_scale[0])
+        same = StudentOut(t.image_features[0], t.text_features[0], t.scale[0])
         assert LOSSES["kd"]()(same, t)["kd_loss"].item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -100,8 +100,8 @@ def test_feature_and_icl_equal_reference_with_projection():
     with torch.no_grad():
         icl.proj.maps[0].weight.copy_(W)
     labels = torch.arange(6)
-    a = s.logit_scale * pi @ t.text_features[0].T
-    b = s.logit_scale * pt @ t.image_features[0].T
+    a = s.scale * pi @ t.text_features[0].T
+    b = s.scale * pt @ t.image_features[0].T
     ref = (F.cross_entropy(a, labels) + F.cross_entropy(b, labels)) / 2
     assert icl(s, t)["icl_loss"].item() == pytest.approx(ref.item(), rel=1e-5)
 
@@ -132,11 +132,11 @@ def test_ensemble_of_different_sizes():
     t = TeacherOut([t1.image_features[0], t2.image_features[0]], [t1.text_features[0], t2.text_features[0]],
                    torch.tensor([30.0, 50.0]))
     kd = LOSSES["kd"]()(s, t)["kd_loss"]
-    l1 = t.logit_scale[0] * t.image_features[0] @ t.text_features[0].T
-    l2 = t.logit_scale[1] * t.image_features[1] @ t.text_features[1].T
+    l1 = t.scale[0] * t.image_features[0] @ t.text_features[0].T
+    l2 = t.scale[1] * t.image_features[1] @ t.text_features[1].T
     p = (l1.softmax(1) + l2.softmax(1)) / 2
     q = (l1.T.softmax(1) + l2.T.softmax(1)) / 2
-    sl = s.logit_scale * s.image_features @ s.text_features.T
+    sl = s.scale * s.image_features @ s.text_features.T
     ref = ((p * (p.log() - sl.log_softmax(1))).sum(1).mean() + (q * (q.log() - sl.T.log_softmax(1))).sum(1).mean()) / 2
     assert kd.item() == pytest.approx(ref.item(), rel=1e-5)
     feat = LOSSES["feature"](student_dim=8, teacher_dims=[8, 12])

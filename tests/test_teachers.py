@@ -1,4 +1,6 @@
 """Teachers behind the student interface: open_clip, Hugging Face, own checkpoints, any module."""
+import math
+
 import pytest
 import torch
 from PIL import Image
@@ -130,3 +132,61 @@ def test_bring_your_own_teacher():
         mobileclip.load_teacher(_BYO())
     with pytest.raises(mobileclip.TeacherError, match="no encode_image"):
         mobileclip.wrap_teacher(torch.nn.Linear(2, 2), lambda x: x, tok)
+
+
+# ------------------------------------------------------------------ the teacher's scale: one spelling, checked
+
+def test_a_teacher_scale_is_the_multiplier_and_out_of_range_values_name_both_readings():
+    tok = mobileclip.Tokenizer()
+    pp = lambda im: torch.zeros(3, 8, 8)   # noqa: E731
+    assert mobileclip.wrap_teacher(_BYO(), pp, tok, scale=100.0).scale == 100.0
+    assert mobileclip.wrap_teacher(_BYO(), pp, tok).scale_from.startswith("default")
+    # the trap of the 2026-11 benchmark: exp(scale) where the multiplier goes (here exp(exp(2.708)))
+    with pytest.raises(mobileclip.TeacherError, match=r"outside \[1, 100\].*did you pass exp\(scale\)\?"):
+        mobileclip.wrap_teacher(_BYO(), pp, tok, scale=3.3e6)
+    with pytest.raises(mobileclip.TeacherError, match=r"if 0\.5 is the log of the scale, pass exp\(0\.5\) = 1\.649"):
+        mobileclip.wrap_teacher(_BYO(), pp, tok, scale=0.5)
+    for bad in (float("nan"), float("inf"), "100", True):
+        with pytest.raises(mobileclip.TeacherError):
+            mobileclip.wrap_teacher(_BYO(), pp, tok, scale=bad)
+    with pytest.warns(UserWarning, match=r"if 4\.6 is the log of the scale, pass exp\(4\.6\) = 99\.48"):
+        assert mobileclip.wrap_teacher(_BYO(), pp, tok, scale=4.6).scale == 4.6
+    # the old, ambiguous keyword is refused, whatever its value
+    with pytest.raises(mobileclip.TeacherError, match=r"logit_scale=4\.6\) is no longer accepted.*scale=100"):
+        mobileclip.wrap_teacher(_BYO(), pp, tok, logit_scale=4.6)
+    with pytest.raises(mobileclip.TeacherError, match="no longer accepted"):
+        Teacher(_BYO(), pp, tok, "t", logit_scale=4.6)
+    t = mobileclip.wrap_teacher(_BYO(), pp, tok)
+    t.set_scale(50)
+    assert t.scale == 50 and t.logit_scale.item() == pytest.approx(math.log(50))
+    with pytest.raises(mobileclip.TeacherError, match="did you pass exp"):
+        t.set_scale(1e9)
+
+
+def test_a_models_own_log_scale_is_read_and_checked():
+    tok = mobileclip.Tokenizer()
+    pp = lambda im: torch.zeros(3, 8, 8)   # noqa: E731
+    own = _BYO()
+    own.logit_scale = torch.nn.Parameter(torch.tensor(math.log(100.0)))
+    t = mobileclip.wrap_teacher(own, pp, tok)
+    assert t.scale == pytest.approx(100.0) and t.scale_from == "the model's own exp(logit_scale)"
+    own.logit_scale = torch.nn.Parameter(torch.tensor(14.2857))   # the multiplier stored where the log belongs
+    with pytest.raises(mobileclip.TeacherError, match=r"the model's logit_scale 14\.2857 is the log.*exp\(14\.2857\)"):
+        mobileclip.wrap_teacher(own, pp, tok)
+    own.logit_scale = torch.nn.Parameter(torch.tensor(4.7637))   # SigLIP's trained exp(4.76) = 117: capped, and said
+    own.logit_bias = torch.nn.Parameter(torch.tensor(-12.9))
+    t = mobileclip.wrap_teacher(own, pp, tok)
+    assert t.scale == 100.0 and "sigmoid-trained), capped at 100" in t.scale_from
+
+
+def test_a_student_config_with_an_exponentiated_init_scale_is_refused():
+    from mobileclip.model import CLIP
+    from mobileclip.zoo import get_model_config
+
+    cfg = get_model_config("mobileclip-tiny")
+    cfg.init_logit_scale = 1 / 0.07   # the multiplier where its log (2.66) belongs
+    with pytest.raises(mobileclip.errors.ConfigError, match=r"init_logit_scale 14\.2857 is the log.*outside"):
+        CLIP(cfg)
+    cfg.init_logit_scale, cfg.init_logit_bias = 2.66, -1e6
+    with pytest.raises(mobileclip.errors.ConfigError, match=r"init_logit_bias -1000000.0 is outside \[-100, 100\]"):
+        CLIP(cfg)

@@ -327,6 +327,19 @@ def _damage(kind, root: Path):
     elif kind == "old format":
         m["format_version"] = 1
         (root / "manifest.json").write_text(json.dumps(m))
+    elif kind == "teacher scale exponentiated":
+        m["teachers"][0]["scale"] = 3.3e6
+        (root / "manifest.json").write_text(json.dumps(m))
+    elif kind == "teacher scale missing":
+        del m["teachers"][0]["scale"]
+        (root / "manifest.json").write_text(json.dumps(m))
+    elif kind == "format 2 with a double exp":   # what the 2026-11 benchmark's caches held
+        m["format_version"] = 2
+        m["teachers"][0]["logit_scale"] = 3.3e6
+        (root / "manifest.json").write_text(json.dumps(m))
+    elif kind == "view edited":
+        m["view"] = "whole"
+        (root / "manifest.json").write_text(json.dumps(m))
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -335,6 +348,11 @@ def _damage(kind, root: Path):
     ("wrong embed dim", "the manifest implies"), ("string augs", "augs must be a positive integer"),
     ("truncated npy", "does not match its checksum"), ("bit flip", "does not match its checksum"),
     ("empty shard", "has no readable sha256.json"), ("old format", "cache format 1"),
+    ("teacher scale exponentiated", r"teachers\[0\]\.scale 3\.3e\+06 is outside \[1, 100\].*did you pass exp\(scale\)"),
+    ("teacher scale missing", r"teachers\[0\]\.scale must be a number"),
+    ("format 2 with a double exp", r"cache format 2, this version reads 3 \(teachers now embed exactly the student's "
+                                   r"view.*scale 3\.3e\+06 is also outside \[1, 100\]"),
+    ("view edited", "view must be 'center' or 'squash'"),
 ])
 def test_damaged_caches_are_refused(teacher, tmp_path, kind, message):
     src = SyntheticPairs("train", size=12, image_size=32, seed=0)
@@ -477,6 +495,8 @@ def test_bad_yaml_configs(tmp_path, capsys, text, message):
     ("optim.lr=nan", "expected a finite number"), ("optim.lr=0", "optim.lr: must be > 0"),
     ("optim.lr=fast", "expected a number"), ("aug.scale=[0.5, 1.5]", "aug.scale"),
     ("data.size=0", "data.size"), ("optim.beta2=1.0", "optim.beta2"), ("steps=ten", "expected an integer"),
+    ("losses.kd_teacher_scale=3.3e6", r"did you pass exp\(scale\)"), ("losses.kd_teacher_scale=nan", "finite"),
+    ("recipe=clipkd", "unknown recipe 'clipkd'"), ("losses.feature_alpha=2e6", "far above CLIP-KD's 2000"),
 ])
 def test_bad_overrides(tmp_path, capsys, override, message):
     code, err = run_cli(capsys, "distill", "progress=false", f"out={tmp_path / 'r'}", override)
@@ -489,6 +509,9 @@ def test_bad_overrides(tmp_path, capsys, override, message):
     (["--scale", "0.5", "1.5"], "--scale is the range of crop areas"),
     (["--size", "0"], "--size is the number of synthetic images"),
     (["--augs", "0"], "--augs must be at least 1"),
+    (["--teacher-scale", "3.3e6"], "did you pass exp(scale)?"),
+    (["--teacher-scale", "0.5"], "if 0.5 is the log of the scale, pass exp(0.5) = 1.649"),
+    (["--teacher-scale", "100", "--teacher-scale", "50"], "one multiplier for every teacher or one per --teacher (1)"),
 ])
 def test_cache_teacher_argument_errors(tmp_path, capsys, args, message):
     code, err = run_cli(capsys, "cache-teacher", "--teacher", "clip-vit-tiny", "--data", "synthetic",

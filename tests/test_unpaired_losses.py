@@ -74,7 +74,7 @@ def _sides_np(s, t):
 @pytest.mark.parametrize("sides", [(True, True), (True, False), (False, True)])
 def test_intra_and_cross_kd_equal_the_reference(teachers, sides):
     s, t = _inputs(teachers=teachers, images=sides[0], texts=sides[1], seed=teachers)
-    scales = _np(t.logit_scale)
+    scales = _np(t.scale)
     intra = cross = 0.0
     found = _sides_np(s, t)
     for rows, t_rows, same, t_same, other, t_other in found:
@@ -105,7 +105,7 @@ def test_unpaired_feature_equals_the_reference_with_a_projection():
 
 def test_a_student_that_matches_its_teacher_has_zero_unpaired_losses():
     s, t = _inputs(teachers=1)
-    t.logit_scale = torch.tensor([9.0])   # the student's temperature
+    t.scale = torch.tensor([9.0])   # the student's temperature
     same = StudentOut(t.image_features[0], t.text_features[0], torch.tensor(9.0), image_only=t.image_only[0],
                       text_only=t.text_only[0])
     for name in sorted(UNPAIRED_LOSSES):

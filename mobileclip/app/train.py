@@ -36,6 +36,7 @@ def cmd_cache_teacher(args) -> int:
     from ..distill.data import (
         CaptionPairs, ImageFiles, SyntheticImages, SyntheticPairs, SyntheticTexts, TextLines, WebDatasetPairs,
     )
+    from ..scales import check_scale
     from ..teachers import load_teacher
 
     check_cache_args(args.augs, args.shard_size, args.batch_size, args.scale, (3 / 4, 4 / 3), args.flip_prob)
@@ -62,10 +63,18 @@ def cmd_cache_teacher(args) -> int:
         source = WebDatasetPairs(args.data)
     else:
         source = CaptionPairs(args.data, args.image_root)
+    scales = args.teacher_scale or []
+    if scales and len(scales) not in (1, len(args.teacher)):
+        raise MobileCLIPError(f"--teacher-scale takes one multiplier for every teacher or one per --teacher "
+                              f"({len(args.teacher)}), got {len(scales)}")
+    for v in scales:   # before any teacher is loaded
+        check_scale(v, "--teacher-scale")
     teachers = [load_teacher(t, device=device) for t in args.teacher]
+    for i, t in enumerate(teachers if scales else []):
+        t.set_scale(scales[i] if len(scales) > 1 else scales[0])
     build_cache(teachers, source, args.out, augs=args.augs, shard_size=args.shard_size, batch_size=args.batch_size,
                 seed=args.seed, scale=tuple(args.scale), flip_prob=args.flip_prob, device=device, rank=rank,
-                world=world, num_workers=args.workers, precision=args.precision)
+                world=world, num_workers=args.workers, precision=args.precision, view=args.view)
     return 0
 
 
@@ -109,6 +118,12 @@ def register(sub) -> None:
                    help="the teachers' precision: auto = bf16 autocast on CUDA, fp32 on the CPU (recorded in the cache)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.0), help="crop area range")
+    s.add_argument("--teacher-scale", type=float, action="append", default=None, metavar="MULTIPLIER",
+                   help="the teachers' similarity multiplier in [1, 100] (exp of a CLIP's logit_scale, e.g. 100), "
+                        "instead of each one's own; once for all, or once per --teacher")
+    s.add_argument("--view", choices=["center", "squash"], default="center",
+                   help="what the student sees of a crop, which the teachers embed: its centre square (students "
+                        "with resize_mode shortest: every zoo student) or all of it squashed (resize_mode squash)")
     s.add_argument("--flip-prob", type=float, default=0.5)
     s.add_argument("--size", type=int, default=10000, help="synthetic: number of images")
     s.add_argument("--split", choices=["train", "val", "novel"], default="train",
