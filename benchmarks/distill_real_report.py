@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("text_to_image_R@1", "text_to_image_R@5", "image_to_text_R@1", "image_to_text_R@5", "zeroshot_top1")
+KEYS = ("text_to_image_R@1", "text_to_image_R@5", "image_to_text_R@1", "image_to_text_R@5", "zeroshot_top1",
+        "zeroshot_balanced_top1")
 
 
 def _pct(v) -> str:
@@ -31,15 +32,17 @@ def write_sweep(out_dir: Path, run: dict) -> None:
     atomic_write_json(path, {"runs": rows, "curves": curves})
     md = ["# Real-teacher benchmark: the sweep on the validation split", "",
           "Every choice of the benchmark (recipe, loss weights, teacher scale, steps) is made here, on val (409 items: "
-          "mean of text→image and image→text R@1; zero-shot over its 12 clip-art folders). The test split is "
+          "mean of text→image and image→text R@1; zero-shot over its 12 clip-art folders, whose sizes differ: "
+          "'balanced' is the mean of the per-class accuracies, where always answering the largest class scores 1/12). The test split is "
           "evaluated only for the final runs (`distill_real.md`). One row per run; commands and machines in "
           "`distill_real_sweep.json`.", "",
           "| config | steps | seed | val R@1 (mean of both directions) | best val R@1 on the curve (step) | "
-          "val zero-shot top-1 | train s | settings |",
-          "|---|---:|---:|---:|---:|---:|---:|---|"]
+          "val zero-shot top-1 | balanced | train s | settings |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (-(r["val_R@1"] or 0), r["config"], r["steps"], r["seed"])):
         md.append(f"| {r['config']} | {r['steps']} | {r['seed']} | {_pct(r['val_R@1'])} | "
                   f"{_pct(r['best_val_R@1'])} ({r['best_step']}) | {_pct(r['val_zeroshot_top1'])} | "
+                  f"{_pct(r.get('val_zeroshot_balanced_top1'))} | "
                   f"{r['train_s']:.0f} | {' '.join(r['overrides'])} |")
     with atomic_write(out_dir / "distill_real_sweep.md", "w") as f:
         f.write("\n".join(md) + "\n")

@@ -42,6 +42,13 @@ class _SynthCaptions(torch.utils.data.Dataset):
         return self.pp(Image.fromarray(self.samples[i].image)), self.captions[i], str(i)
 
 
+def balanced_top1(z: dict) -> float:
+    """The mean of the per-class top-1 accuracies (classes with images): on a folder whose classes differ in size,
+    a classifier that always answers the largest class scores its share in top-1, and 1/classes here."""
+    per = [v for v in z["per_class_top1"].values() if v is not None]
+    return float(sum(per) / len(per)) if per else 0.0
+
+
 @torch.no_grad()
 def evaluate_student(model, preprocess, tokenizer, cfg, source, device) -> dict:
     """Zero-shot top-1 (held-out images; held-out colour-shape pairs) and retrieval R@1."""
@@ -51,8 +58,9 @@ def evaluate_student(model, preprocess, tokenizer, cfg, source, device) -> dict:
     kw = dict(batch_size=128, device=device, progress=False)
     synth = getattr(source, "spec", lambda: {})().get("kind") == "synthetic"
     if cfg.eval.data:
-        out["zeroshot_top1"] = evaluate_zeroshot(model, tokenizer, ImageFolderDataset(cfg.eval.data, preprocess),
-                                                 **kw)["top1"]
+        z = evaluate_zeroshot(model, tokenizer, ImageFolderDataset(cfg.eval.data, preprocess), **kw)
+        out["zeroshot_top1"] = z["top1"]
+        out["zeroshot_balanced_top1"] = balanced_top1(z)
     elif synth:
         size = source.args["image_size"]
         # Held-out seeds: never the training images.

@@ -211,3 +211,12 @@ def test_retrieval_counts_duplicate_captions_as_hits(tmp_path, colour_teacher):
     # The two red captions embed identically, so at most one of them could rank "its own" image first
     # if duplicates were not counted (3/4); counted, both are hits.
     assert res["text_to_image_R@1"] == 1.0 and res["image_to_text_R@1"] == 1.0
+
+
+def test_balanced_top1_is_the_mean_over_classes_with_images():
+    from mobileclip.distill.evaluate import balanced_top1
+
+    # always answering the big class: 80 % top-1, but 1 of 2 classes right, and a class with no image ignored
+    z = {"top1": 0.8, "per_class_top1": {"big": 1.0, "small": 0.0, "absent": None}}
+    assert balanced_top1(z) == 0.5
+    assert balanced_top1({"per_class_top1": {}}) == 0.0
