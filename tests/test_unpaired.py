@@ -17,6 +17,7 @@ from mobileclip.distill.data import (
     collate_train,
 )
 from mobileclip.errors import ConfigError, DatasetError
+from mobileclip.views import teacher_view
 
 UNPAIRED = ["losses.unpaired_feature=0.5", "losses.unpaired_intra_kd=0.5", "losses.unpaired_cross_kd=1.0"]
 
@@ -53,7 +54,9 @@ def test_unpaired_caches_hold_what_the_teacher_gives(caches):
     src = SyntheticImages("novel", 40, 64, 1)
     i, k = 21, 1
     with torch.no_grad():
-        ref = teacher.encode_image(teacher.preprocess(apply_aug(src.load(i)[0], images.aug(i, k)))[None])[0].numpy()
+        # the student's view of the crop at the teacher's size (mobileclip.views; tests/test_views.py checks it)
+        view = teacher_view(teacher.preprocess)(apply_aug(src.load(i)[0], images.aug(i, k)), "center")
+        ref = teacher.encode_image(view[None])[0].numpy()
         text = SyntheticTexts("novel", 36, 64, 2).load(7)[1][0]
         ref_t = teacher.encode_text(teacher.tokenizer([text]))[0].numpy()
     assert np.abs(images.image_embedding(i, k) - ref).max() < 2e-3
