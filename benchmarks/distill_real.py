@@ -498,7 +498,7 @@ def run_student(name: str, seed: int, work: Path, args) -> dict:
     from mobileclip import create_model
     from mobileclip.distill import load_config, train
 
-    tag = f"{name}-s{args.steps}-seed{seed}"
+    tag = f"{name}-s{args.steps}-seed{seed}" + (f"-px{args.image_size}" if args.image_size != 64 else "")
     out = work / "runs" / tag
     overrides = student_overrides(name, seed, work, args, out)
     done = None
@@ -511,7 +511,8 @@ def run_student(name: str, seed: int, work: Path, args) -> dict:
         summary = train(load_config(None, overrides), overwrite=True)
         seconds = time.time() - t0
         curve = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines() if line.strip()]
-        done = {"config": name, "seed": seed, "steps": args.steps, "train_s": seconds, "overrides": overrides,
+        done = {"config": name, "seed": seed, "steps": args.steps, "image_size": args.image_size, "train_s": seconds,
+                "overrides": overrides,
                 "val": summary["eval"], "curve": curve, "recipe": summary.get("recipe"),
                 "loss_weights": summary.get("loss_weights"), "teacher_scales": summary.get("teacher_scales")}
         (out / "result.json").write_text(json.dumps(done, indent=1))
@@ -551,7 +552,7 @@ def summarize(results: list, teacher_row: dict, best: str, baseline: str = "clip
     more than a third of its parameters."""
     by: dict = {}
     for r in results:
-        by.setdefault(r["config"], []).append(r)
+        by.setdefault(r.get("label", r["config"]), []).append(r)
     rows = {}
     for name, rs in by.items():
         rows[name] = {"seeds": [r["seed"] for r in rs], "params": rs[0]["params"],
@@ -584,7 +585,8 @@ def sweep_rows(results: list) -> list:
     for r in results:
         curve = r.get("curve") or []
         best = max(curve, key=lambda e: e.get("retrieval_R@1", -1)) if curve else {}
-        out.append({"config": r["config"], "steps": r["steps"], "seed": r["seed"], "train_s": r["train_s"],
+        out.append({"config": r["config"], "steps": r["steps"], "seed": r["seed"], "image_size": r.get("image_size", 64),
+                    "train_s": r["train_s"],
                     "val_R@1": r["val"].get("retrieval_R@1"), "val_zeroshot_top1": r["val"].get("zeroshot_top1"),
                     "val_zeroshot_balanced_top1": r["val"].get("zeroshot_balanced_top1"),
                     "best_val_R@1": best.get("retrieval_R@1"), "best_step": best.get("step"),
@@ -601,6 +603,8 @@ def main(argv=None) -> int:
                         "the test split (distill_real.*), once the choices are made")
     p.add_argument("--configs", nargs="+", default=["clip"], choices=list(CONFIGS))
     p.add_argument("--best", default=None, help="with --split test: the config chosen on val, compared with clip")
+    p.add_argument("--baseline-steps", type=int, default=0,
+                   help="with --split test: also clip-only at these steps (its own best on val), as a row apart")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=64)
@@ -633,13 +637,21 @@ def main(argv=None) -> int:
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{args.threads} threads")
     results = [run_student(c, s, work, args) for s in args.seeds for c in args.configs]
-    settings = {k: getattr(args, k) for k in ("steps", "batch_size", "image_size", "lr", "unpaired_ratio", "augs")}
+    if args.split == "test" and args.baseline_steps and args.baseline_steps != args.steps:
+        # clip-only at the steps val chose for it, beside the comparison at equal steps
+        at = argparse.Namespace(**{**vars(args), "steps": args.baseline_steps})
+        for s in args.seeds:
+            r = run_student("clip", s, work, at)
+            results.append(dict(r, label=f"clip ({args.baseline_steps} steps)"))
+    settings = {k: getattr(args, k) for k in ("steps", "batch_size", "image_size", "lr", "unpaired_ratio", "augs",
+                                             "baseline_steps")}
     from .distill_real_report import write_sweep, write_report
 
     if args.split == "val":
         write_sweep(Path(args.out), {"command": command, "machine": machine, "date": time.strftime("%Y-%m-%d"),
                                      "settings": settings, "rows": sweep_rows(results), "curves": {
-                                         f"{r['config']}-s{r['steps']}-seed{r['seed']}": r["curve"] for r in results}})
+                                         f"{r['config']}-s{r['steps']}-seed{r['seed']}-px{r.get('image_size', 64)}":
+                                         r["curve"] for r in results}})
         return 0
     teacher_row = {"params": teacher_params(teacher), "heads": heads, "scale": teacher.scale,
                    "test": evaluate(teacher, teacher.preprocess, teacher.tokenizer, work)}

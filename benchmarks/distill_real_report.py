@@ -23,7 +23,7 @@ def write_sweep(out_dir: Path, run: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "distill_real_sweep.json"
     old = json.loads(path.read_text()) if path.is_file() else {"runs": [], "curves": {}}
-    key = lambda r: (r["config"], r["steps"], r["seed"])   # noqa: E731
+    key = lambda r: (r["config"], r["steps"], r["seed"], r.get("image_size", 64))   # noqa: E731
     new_keys = {key(r) for r in run["rows"]}
     rows = [r for r in old["runs"] if key(r) not in new_keys]
     rows += [dict(r, command=run["command"], machine=run["machine"], date=run["date"], settings=run["settings"])
@@ -35,12 +35,13 @@ def write_sweep(out_dir: Path, run: dict) -> None:
           "mean of text→image and image→text R@1; zero-shot over its 12 clip-art folders, whose sizes differ: "
           "'balanced' is the mean of the per-class accuracies, where always answering the largest class scores 1/12). The test split is "
           "evaluated only for the final runs (`distill_real.md`). One row per run; commands and machines in "
-          "`distill_real_sweep.json`.", "",
-          "| config | steps | seed | val R@1 (mean of both directions) | best val R@1 on the curve (step) | "
+          "`distill_real_sweep.json`. `train s` is wall time on a 2-core machine that other jobs shared at times: "
+          "not a speed measurement. `readme+unpaired` has the weights of `recipe=kd-unpaired`.", "",
+          "| config | px | steps | seed | val R@1 (mean of both directions) | best val R@1 on the curve (step) | "
           "val zero-shot top-1 | balanced | train s | settings |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (-(r["val_R@1"] or 0), r["config"], r["steps"], r["seed"])):
-        md.append(f"| {r['config']} | {r['steps']} | {r['seed']} | {_pct(r['val_R@1'])} | "
+        md.append(f"| {r['config']} | {r.get('image_size', 64)} | {r['steps']} | {r['seed']} | {_pct(r['val_R@1'])} | "
                   f"{_pct(r['best_val_R@1'])} ({r['best_step']}) | {_pct(r['val_zeroshot_top1'])} | "
                   f"{_pct(r.get('val_zeroshot_balanced_top1'))} | "
                   f"{r['train_s']:.0f} | {' '.join(r['overrides'])} |")
@@ -58,7 +59,7 @@ def plot_curves(path: Path, results: list, configs: list) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in configs:
-        runs = [r for r in results if r["config"] == name and r.get("curve")]
+        runs = [r for r in results if r.get("label", r["config"]) == name and r.get("curve")]
         if not runs:
             continue
         steps = sorted({e["step"] for r in runs for e in r["curve"]})
@@ -105,7 +106,9 @@ def write_report(out_dir: Path, report: dict) -> None:
     for name, row in rows.items():
         md.append(f"| {name} | {row['params'] / 1e6:.1f}M | " + " | ".join(
             f"{100 * row[k]['mean']:.1f} ± {100 * row[k]['std']:.1f}" for k in KEYS) + f" | {row['train_s_mean']:.0f} |")
-    md += ["", "Configurations: " + "; ".join(f"`{c}` = {' '.join(o)}" for c, o in report["configs"].items()), ""]
+    md += ["", "Configurations: " + "; ".join(f"`{c}` = {' '.join(o)}" for c, o in report["configs"].items())
+           + ". `readme+unpaired` has the weights of `recipe=kd-unpaired`. `train s` is wall time on a 2-core machine "
+             "that other jobs shared at times, not a speed measurement.", ""]
     if g:
         parts = []
         for k, label in (("text_to_image_R@1", "text→image R@1"), ("image_to_text_R@1", "image→text R@1")):

@@ -34,6 +34,12 @@ RECIPES: dict = {
     # (TinyCLIP/script/*.sh) for the teacher. Its weight inheritance (initialising the student from the
     # teacher's weights) is not part of a loss recipe: use student_pretrained.
     "tinyclip": {"losses": {**_ZERO, "kd": 1.0, "kd_teacher_scale": 50.0}},
+    # This toolkit's, for a teacher, pairs and data without pairs: chosen on the validation split of the real-teacher
+    # benchmark (benchmarks/results/distill_real_sweep.md) over the recipes above: KD at the teacher's own scale, a
+    # light feature term and a quarter of the CLIP loss on the pairs, and the three unpaired losses
+    # (data.image_cache / data.text_cache). Heavy feature distillation (CLIP-KD's alpha) did worse there.
+    "kd-unpaired": {"losses": {**_ZERO, "clip": 0.25, "kd": 1.0, "feature": 1.0, "unpaired_feature": 1.0,
+                               "unpaired_intra_kd": 0.5, "unpaired_cross_kd": 1.0}},
 }
 
 

@@ -16,7 +16,8 @@ from mobileclip.errors import ConfigError
 
 def _weights(cfg):
     lc = cfg.losses
-    return {k: getattr(lc, k) for k in ("clip", "siglip", "kd", "feature", "icl", "feature_alpha", "kd_teacher_scale")}
+    return {k: getattr(lc, k) for k in ("clip", "siglip", "kd", "feature", "icl", "feature_alpha", "kd_teacher_scale",
+                                        "unpaired_feature", "unpaired_intra_kd", "unpaired_cross_kd")}
 
 
 @pytest.mark.parametrize("name, want", [
@@ -26,9 +27,14 @@ def _weights(cfg):
     ("mobileclip", {"clip": 0.25, "kd": 0.75, "kd_teacher_scale": 100.0}),
     # TinyCLIP (microsoft/Cream TinyCLIP): soft loss only (distillation-alpha 1), --logit-scale 50
     ("tinyclip", {"clip": 0.0, "kd": 1.0, "kd_teacher_scale": 50.0}),
+    # ours, chosen on the real-teacher benchmark's val split
+    ("kd-unpaired", {"clip": 0.25, "kd": 1.0, "feature": 1.0, "unpaired_feature": 1.0, "unpaired_intra_kd": 0.5,
+                     "unpaired_cross_kd": 1.0}),
 ])
-def test_recipes_pin_their_weights(name, want):
-    cfg = load_config(None, [f"recipe={name}", "data.cache=", "teachers=[clip-vit-tiny]"])
+def test_recipes_pin_their_weights(name, want, small_cache):
+    cache, _ = small_cache   # a real cache: the unpaired losses need image/text caches, checked at load
+    extra = [f"data.image_cache={cache}", f"data.text_cache={cache}"] if name == "kd-unpaired" else []
+    cfg = load_config(None, [f"recipe={name}", f"data.cache={cache}", *extra])
     got = _weights(cfg)
     for k, v in want.items():
         assert got[k] == v, (k, got)
@@ -49,7 +55,8 @@ def test_overrides_apply_on_top_of_a_recipe(tmp_path):
     yaml_file.write_text("recipe: mobileclip\nlosses:\n  clip: 0.0\n  kd: 1.0\nteachers: [a]\n")
     cfg = load_config(str(yaml_file), ["losses.kd=0.5"])   # the S variants' 0 / 1, then an override
     assert (cfg.losses.clip, cfg.losses.kd, cfg.losses.kd_teacher_scale) == (0.0, 0.5, 100.0)
-    with pytest.raises(ConfigError, match="unknown recipe 'clipkd'; known recipes: clip-kd, mobileclip, tinyclip"):
+    with pytest.raises(ConfigError, match="unknown recipe 'clipkd'; known recipes: clip-kd, kd-unpaired, mobileclip, "
+                                          "tinyclip"):
         load_config(None, ["recipe=clipkd"])
 
 
