@@ -85,17 +85,29 @@ def main(argv=None) -> int:
         return 2
     own = TeacherCache(work / "cache" / "pairs").teacher_scales[0]
     rows = [run(work, "true scale", None, args), run(work, "trapped", math.exp(own), args)]
+    import platform
+
+    report = {"command": "python -m mobileclip.benchmarks.distill_real_trap "
+                         + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} "
+                         "threads", "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "own_scale": own,
+              "rows": rows}
+    write(Path(args.out), report)
+    return 0
+
+
+def write(out: Path, report: dict) -> None:
     from mobileclip.files import atomic_write, atomic_write_json
 
-    out = Path(args.out)
-    atomic_write_json(out / "distill_real_trap.json", {"command": "python -m mobileclip.benchmarks.distill_real_trap "
-                                                       + " ".join(argv if argv is not None else sys.argv[1:]),
-                                                       "date": time.strftime("%Y-%m-%d"), "rows": rows})
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "distill_real_trap.json", report)
+    own, rows = report["own_scale"], report["rows"]
     md = ["# The temperature trap, reproduced", "",
-          f"The README recipe (kd 1 + feature 1 + clip 0.25, the 334 pairs, {args.steps} steps, seed 0) with the "
-          f"teacher at its true multiplier ({own:.2f}) and at exp of it ({math.exp(own):.3g}), the scale the 2026-11 "
-          "benchmark's cache recorded. Val split (409 pairs; zero-shot over 12 clip-art folders whose largest holds "
-          "30 % of the images).", "",
+          f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ", f"Date: {report['date']}", "",
+          f"The README recipe of 2026-11 (kd 1 + feature 1 + clip 0.25, the 334 pairs, {report['steps']} steps, seed 0) "
+          f"with the teacher at its true multiplier ({own:.2f}) and at exp of it ({math.exp(own):.3g}), the scale the "
+          "2026-11 benchmark's cache recorded. Val split (409 pairs; zero-shot over 12 clip-art folders whose largest "
+          "holds 30 % of the images).", "",
           "| teacher scale | val R@1 | zero-shot top-1 | balanced top-1 | most frequent answer (share) | "
           "mean cosine between class prompts |", "|---|---:|---:|---:|---|---:|"]
     for r in rows:
@@ -109,7 +121,6 @@ def main(argv=None) -> int:
     with atomic_write(out / "distill_real_trap.md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
-    return 0
 
 
 if __name__ == "__main__":

@@ -154,6 +154,13 @@ def test_distill_real_splits_are_fixed_by_item_and_missing_parts_are_named(tmp_p
     assert not g["beats_baseline_by_3_std_on_both"]
 
 
+def test_distill_real_trap_needs_the_benchmarks_caches(tmp_path, capsys):
+    from mobileclip.benchmarks import distill_real_trap
+
+    assert distill_real_trap.main(["--work", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "holds no distill_real caches" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_data_scale_writes_labelled_runs(tmp_path, monkeypatch):
     from mobileclip.benchmarks import data_scale
 
