@@ -541,6 +541,46 @@ def student_overrides(name: str, seed: int, work: Path, args, out: Path) -> list
     return common + cfg + unpaired
 
 
+@torch.no_grad()
+def _val_embeddings(model, preprocess, tokenizer, work: Path) -> tuple:
+    from mobileclip.data import CaptionDataset
+
+    ds = CaptionDataset(work / "data" / "val.csv", transform=preprocess)
+    imgs, txts = [], []
+    for s in range(0, len(ds), 64):
+        rows = [ds[i] for i in range(s, min(len(ds), s + 64))]
+        imgs.append(model.encode_image(torch.stack([r[0] for r in rows]), normalize=True))
+        txts.append(model.encode_text(tokenizer([r[1] for r in rows]), normalize=True))
+    return torch.cat(imgs), torch.cat(txts)
+
+
+def _mean_r1(img: torch.Tensor, txt: torch.Tensor) -> float:
+    sim = img @ txt.T
+    n = torch.arange(sim.shape[0])
+    return float(((sim.argmax(1) == n).float().mean() + (sim.argmax(0) == n).float().mean()) / 2)
+
+
+def diagnose_towers(teacher, work: Path, runs: list) -> list:
+    """Which tower holds a student back, on val: its image tower with the teacher's text tower and the reverse (mean
+    R@1; possible when the embedding sizes match), and the mean cosine of its embeddings to the teacher's."""
+    teacher.eval()
+    ti, tt = _val_embeddings(teacher, teacher.preprocess, teacher.tokenizer, work)
+    out = [{"run": "teacher", "R@1": _mean_r1(ti, tt)}]
+    from mobileclip import create_model
+
+    for run in runs:
+        model, pp, tok = create_model(str(work / "runs" / run / "student"))
+        model.eval()
+        si, st = _val_embeddings(model, pp, tok, work)
+        row = {"run": run, "R@1": _mean_r1(si, st)}
+        if si.shape[1] == ti.shape[1]:
+            row.update({"student_image_teacher_text_R@1": _mean_r1(si, tt), "teacher_image_student_text_R@1":
+                        _mean_r1(ti, st), "image_cosine_to_teacher": float((si * ti).sum(1).mean()),
+                        "text_cosine_to_teacher": float((st * tt).sum(1).mean())})
+        out.append(row)
+    return out
+
+
 def _stats(values) -> dict:
     v = np.array(values, dtype=np.float64)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": v.tolist()}
@@ -615,6 +655,9 @@ def main(argv=None) -> int:
     p.add_argument("--curve-points", type=int, default=8, help="val evaluations during each run (the learning curve)")
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     p.add_argument("--prepare-only", action="store_true", help="data, teacher and caches; no student runs")
+    p.add_argument("--diagnose", nargs="+", default=None, metavar="RUN",
+                   help="no training: for these finished runs (folder names under WORK/runs), which tower holds the "
+                        "student back, on val (distill_real_towers.*)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -630,6 +673,17 @@ def main(argv=None) -> int:
         print(f"distill_real: {e}", file=sys.stderr)
         return 2
     if args.prepare_only:
+        return 0
+    if args.diagnose:
+        from .distill_real_report import write_towers
+
+        missing = [r for r in args.diagnose if not (work / "runs" / r / "student").is_dir()]
+        if missing:
+            print(f"distill_real: no finished run {missing[0]!r} under {work / 'runs'}", file=sys.stderr)
+            return 2
+        write_towers(Path(args.out), {"command": "python -m mobileclip.benchmarks.distill_real " + " ".join(
+            argv if argv is not None else sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+            "rows": diagnose_towers(teacher, work, args.diagnose)})
         return 0
     import platform
 

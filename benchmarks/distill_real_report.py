@@ -134,3 +134,28 @@ def write_report(out_dir: Path, report: dict) -> None:
         f.write("\n".join(md))
     plot_curves(out_dir / "distill_real_curves.png", report["results"], list(rows))
     print("\n".join(md))
+
+
+def write_towers(out_dir: Path, report: dict) -> None:
+    """The tower diagnosis (``distill_real.py --diagnose``)."""
+    from mobileclip.files import atomic_write, atomic_write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "distill_real_towers.json", report)
+    md = ["# Which tower holds the student back (val split)", "", f"Command: `{report['command']}`  ",
+          f"Date: {report['date']}", "",
+          "Mean of text→image and image→text R@1 on val (409 pairs) for each student alone, its image tower with the "
+          "teacher's text tower, and the teacher's image tower with its text tower (the student embeds into the "
+          "teacher's 256-d space, so the towers can be mixed); and the mean cosine between the student's and the "
+          "teacher's embeddings of the same val image or caption. %. R@1 here is a plain argmax (ties to the first "
+          "index), so it differs by a few tenths from the training-time evaluation's.", "",
+          "| run | R@1 | student image + teacher text | teacher image + student text | image cosine to teacher | "
+          "text cosine to teacher |", "|---|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        md.append(f"| {r['run']} | {_pct(r['R@1'])} | {_pct(r.get('student_image_teacher_text_R@1'))} | "
+                  f"{_pct(r.get('teacher_image_student_text_R@1'))} | "
+                  + (f"{r['image_cosine_to_teacher']:.2f} | {r['text_cosine_to_teacher']:.2f} |"
+                     if "image_cosine_to_teacher" in r else "— | — |"))
+    with atomic_write(out_dir / "distill_real_towers.md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
