@@ -714,6 +714,10 @@ def main(argv=None) -> int:
               "caches": caches, "teacher": teacher_row, "settings": {**settings, "seeds": args.seeds},
               "configs": {c: CONFIGS[c] for c in args.configs}, "results": results,
               "summary": summarize(results, teacher_row, best)}
+    labels = {r.get("label") for r in results}
+    at_own = f"clip ({args.baseline_steps} steps)"
+    if at_own in labels:  # the same goal against clip-only at the steps val chose for it
+        report["summary"]["goal_vs_clip_at_own_steps"] = summarize(results, teacher_row, best, baseline=at_own)["goal"]
     write_report(Path(args.out), report)
     return 0
 

@@ -152,6 +152,11 @@ def test_distill_real_splits_are_fixed_by_item_and_missing_parts_are_named(tmp_p
     g = distill_real.summarize(results, {"params": 30, "test": {"text_to_image_R@1": 0.4}}, best="kd")["goal"]
     assert g["text_to_image_R@1"]["beats_by_3_std"] and not g["image_to_text_R@1"]["beats_by_3_std"]
     assert not g["beats_baseline_by_3_std_on_both"]
+    from mobileclip.benchmarks.distill_real_report import _goal_line
+
+    line = _goal_line(g)   # the report's sentence names the baseline and says "not met" when one part fails
+    assert "kd − clip" in line and "**not met** against clip" in line and "not more than three" in line
+    assert "**met** against clip" in _goal_line(report["goal"])
 
 
 def test_distill_real_trap_needs_the_benchmarks_caches(tmp_path, capsys):
