@@ -316,6 +316,26 @@ def on_bundle(*a) -> Callable:
 
 VALIDATE, DAMAGED = ["validate", "b", "--max-batch", "2"], [*DISTILL, "losses.kd=1.0", "data.cache=c", "out=r"]
 SAME = "same probabilities as the 8-bit file"
+# a user's own teacher (py:) whose code returns NaN, or raises
+HOSTILE_PY = """import torch, mobileclip
+
+def _tiny():
+    return mobileclip.create_model("clip-vit-tiny")
+
+def nan():
+    model, pre, tok = _tiny()
+    good = model.encode_image
+    model.encode_image = lambda x: good(x, normalize=False) * float("nan")
+    return model, pre, tok
+
+def raises():
+    model, pre, tok = _tiny()
+    def boom(x):
+        raise ValueError("could not broadcast (4,100) into (4,256)")
+    model.encode_image = boom
+    return model, pre, tok
+"""
+PY_CT = ["cache-teacher", "--data", "synthetic", "--size", "12", "--image-size", "32", *CT, "--out", "c", "--teacher"]
 C, T, K, R = "Caption files", "Templates", "Teacher caches", "Run directories"
 CASES = [
     bundle("manifest is a JSON list", lambda b, m: [m], "must be a JSON object"),
@@ -395,6 +415,12 @@ CASES = [
          "--scale is the range of crop areas", absent=("c",)),
     Case(K, "`cache-teacher --size 0`", just(*SYNTH_CT, "--size", "0", "--out", "c"), 2,
          "--size is the number of synthetic images", absent=("c",)),
+    Case(K, "`py:` teacher whose `encode_image` returns NaN", existing("t/hostile.py", HOSTILE_PY, *PY_CT,
+                                                                       "py:t/hostile.py:nan"), 2,
+         r"teacher 'py:t/hostile\.py:nan': encode_image on \d+ input\(s\) returned non-finite", ("t",), ("c",)),
+    Case(K, "`py:` teacher whose `encode_image` raises", existing("t/hostile.py", HOSTILE_PY, *PY_CT,
+                                                                  "py:t/hostile.py:raises"), 2,
+         r"encode_image raised ValueError: could not broadcast", ("t",), ("c",)),
     Case(K, "resume after the checkpoint-dir teacher's weights changed", teacher_changed, 2, r"teacher 0 weights",
          ("c",)),
     Case(K, "distill from a caption-file cache after the file was reordered", captions_reordered, 2,

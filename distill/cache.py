@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from mobileclip.files import atomic_write_json, disk_full, remove_stale_temps, replace_dir, temp_dir_for
 from mobileclip.hashing import sha256_file
-from mobileclip.errors import ConfigError, MobileCLIPError
+from mobileclip.errors import ConfigError, MobileCLIPError, TeacherError
 from mobileclip.scales import scale_problem
 
 from .data import apply_aug, modality, sample_aug
@@ -195,6 +195,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
                               "flip_prob": float(flip_prob)},
     }
     mpath = out / "manifest.json"
+    made_out, wrote_manifest = not out.exists(), False
     if out.is_dir():
         remove_stale_temps(out)   # shards a killed run was writing
     if mpath.exists():
@@ -206,6 +207,7 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
     elif rank == 0:
         try:
             atomic_write_json(mpath, manifest)
+            wrote_manifest = True
         except OSError as e:
             raise disk_full(e, mpath) from e
 
@@ -235,6 +237,15 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
                 raise disk_full(e, _shard_dir(out, s)) from e
             done += hi - lo
             bar.update(hi - lo)
+    except TeacherError:
+        # a teacher returned what no cache may hold (NaN, wrong sizes) before any shard was written: leave nothing,
+        # so the corrected command starts afresh instead of meeting a manifest of the refused teacher
+        if wrote_manifest and not any(_shard_dir(out, s).is_dir() for s in range(n_shards)):
+            if made_out:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                mpath.unlink(missing_ok=True)
+        raise
     finally:
         bar.close()   # before any error line, so it does not land on the bar
     manifest["skipped_images_this_run"] = skipped

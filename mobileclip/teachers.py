@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, TokenizerConfig
-from .errors import TeacherError
+from .errors import MobileCLIPError, TeacherError
 from .model import CLIPMixin
 from .scales import MAX_SCALE, check_scale, scale_from_log
 from .tokenizer import Tokenizer
@@ -97,15 +97,62 @@ class Teacher(CLIPMixin, nn.Module):
         return super().train(False)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        x = self._encode_image(images)
+        x = self._checked("encode_image", self._encode_image, images)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        x = self._encode_text(tokens)
+        x = self._checked("encode_text", self._encode_text, tokens)
         return F.normalize(x, dim=-1) if normalize else x
+
+    def _checked(self, what: str, fn: Callable, inputs: torch.Tensor) -> torch.Tensor:
+        """``fn(inputs)``, refused with a :class:`TeacherError` naming the teacher unless it is what every consumer
+        of a teacher's embeddings assumes: one finite, non-zero row of ``embed_dim`` numbers per input. Not while
+        the teacher is being traced or exported (its graph holds no such check; the exported artifact's parity is)."""
+        if _tracing():
+            return fn(inputs)
+        try:
+            x = fn(inputs)
+        except (MobileCLIPError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if "out of memory" in str(e).lower():
+                raise
+            raise TeacherError(f"teacher {self.name!r}: {what} raised {type(e).__name__}: {str(e)[:300]}") from e
+        rows = int(inputs.shape[0])
+        problem = _embedding_problem(x, rows, self.embed_dim)
+        if problem:
+            raise TeacherError(f"teacher {self.name!r}: {what} on {rows} input(s) returned {problem}; a teacher must "
+                               "return one finite, non-zero embedding per input (check its weights and its code)")
+        return x
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, embed_dim={self.embed_dim}, image_size={self.image_size}, scale={self.scale:g}"
+
+
+def _tracing() -> bool:
+    """Inside torch.export / torch.compile / torch.jit tracing, where data-dependent checks cannot run."""
+    compiler = getattr(torch, "compiler", None)
+    return bool((compiler is not None and compiler.is_compiling()) or torch.jit.is_tracing()
+                or torch.jit.is_scripting())
+
+
+def _embedding_problem(x: Any, rows: int, dim: Optional[int]) -> Optional[str]:
+    """What is wrong with a teacher's output for ``rows`` inputs (None: nothing)."""
+    if not isinstance(x, torch.Tensor):
+        return f"a {type(x).__name__}, not a tensor"
+    if x.dim() != 2 or x.shape[0] != rows:
+        return f"shape {tuple(x.shape)}, not ({rows}, dim)"
+    if dim and x.shape[1] != dim:
+        return f"{x.shape[1]}-d embeddings where the teacher's embedding size is {dim}"
+    if not x.is_floating_point():
+        return f"a {x.dtype} tensor, not floating point"
+    finite = torch.isfinite(x).all(dim=1)
+    if not bool(finite.all()):
+        return f"non-finite values (NaN or inf) in {int((~finite).sum())} of {rows} rows"
+    zero = x.abs().amax(dim=1) == 0
+    if bool(zero.any()):
+        return f"all-zero embeddings in {int(zero.sum())} of {rows} rows (they cannot be normalized)"
+    return None
 
 
 def _normalize_optional(fn: Callable) -> Callable:
