@@ -277,11 +277,19 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """The ``bench`` handler: 0 when every case ran or was skipped for a stated reason, 1 when one failed."""
+    """The ``bench`` handler: 0 when every case ran or was skipped for a stated reason; 2 when one failed (a
+    damaged bundle, an engine error), with one line on stderr naming the first and where the others are."""
     result = run_bench(config_from_args(args))
     print_table(result)
     failed = [r for r in result["rows"] if r["status"] == "failed"]
-    return 1 if failed else 0
+    if not failed:
+        return 0
+    first = failed[0]
+    where = first.get("bundle") or first["runtime"]
+    print(f"mobileclip: error: {len(failed)} of {len(result['rows'])} cases failed (first: {where}, {first['tower']} "
+          f"batch {first['batch']}: {first['reason']}); every reason is in {Path(args.out) / 'bench.md'}",
+          file=sys.stderr)
+    return 2
 
 
 def add_commands(sub) -> None:

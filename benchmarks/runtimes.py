@@ -199,10 +199,10 @@ class BundleRuntime(Runtime):
 def _bundle_tokenizer(directory: Path, manifest: dict):
     """A tokenizer for the bundle's text inputs, from the files the bundle ships."""
     info = manifest.get("tokenizer", {})
-    if info.get("name") == "clip-bpe":
-        from open_clip.tokenizer import SimpleTokenizer
+    if info.get("name") == "clip-bpe":   # the runtime's: its files checked against each other and the tower
+        from mobileclip.runtime.hf_tokenizer import load_bundle_tokenizer
 
-        return SimpleTokenizer(bpe_path=str(directory / info["vocab_file"]), context_length=int(info["context_length"]))
+        return load_bundle_tokenizer(directory, info)
     from transformers import AutoTokenizer  # a transformers CLIP bundle ships its tokenizer files
 
     tok = AutoTokenizer.from_pretrained(str(directory))

@@ -18,7 +18,7 @@ from mobileclip.backends.bundle import FORMAT_VERSION, load_manifest, signature_
 from mobileclip.errors import ConfigError, MobileCLIPError
 from mobileclip.files import replace_dir, temp_dir_for
 
-from .source import ExportSource, load_source, resolve_spec
+from .source import ExportSource, load_source, resolve_spec, token_rows
 from .parity import ParityError, check, run_parity
 
 
@@ -133,7 +133,8 @@ def _manifest(src: ExportSource, arts: dict, token_dtype: str, seconds: float) -
         "format_version": FORMAT_VERSION, "model": src.name, "source": src.spec, "source_kind": src.kind,
         "embed_dim": src.embed_dim, "image_size": src.image_size, "mean": list(src.mean), "std": list(src.std),
         "resize": src.resize, "preprocess_from": src.preprocess_from,
-        "tokenizer": dict(src.tokenizer_info, token_dtype=token_dtype),
+        "tokenizer": dict(src.tokenizer_info, token_dtype=token_dtype,
+                          **({"vocab_size": rows} if (rows := token_rows(src.model)) else {})),
         "logit_scale": src.logit_scale, "artifacts": arts, "tools": tools, "export_seconds": round(seconds, 2),
     }
 
@@ -176,6 +177,10 @@ def _manifest_checks(directory: Path, manifest: dict, src: ExportSource) -> list
             "context_length": tok["context_length"]}
     misses += [f"the manifest's {k} is {have[k]}, the source's {want[k]}" for k in want
                if want[k] is not None and have[k] != want[k]]
+    rows = token_rows(src.model)
+    if "vocab_size" in tok and tok["vocab_size"] != rows:   # absent in bundles exported before it was recorded
+        misses.append(f"the manifest's tokenizer.vocab_size is {tok['vocab_size']}, the source's text tower "
+                      f"has {rows} token embeddings")
     if not math.isclose(manifest["logit_scale"], src.logit_scale, rel_tol=1e-5):
         misses.append(f"the manifest's logit_scale is {manifest['logit_scale']}, the source's {src.logit_scale}")
     for role in ("image", "text"):

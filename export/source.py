@@ -39,6 +39,14 @@ class ExportSource:
     preprocess_from: str = ""                               # where mean/std/resize came from
 
 
+def token_rows(model: nn.Module) -> Optional[int]:
+    """The text tower's token-embedding rows (every token id must be below it); None where the model has
+    no single ``token_embedding`` (open_clip, HF CLIP, ours)."""
+    rows = {m.num_embeddings for n, m in model.named_modules()
+            if isinstance(m, nn.Embedding) and n.rsplit(".", 1)[-1] == "token_embedding"}
+    return rows.pop() if len(rows) == 1 else None
+
+
 def _clip_bpe(vocab: Path, context: int) -> tuple[dict, list]:
     return ({"name": "clip-bpe", "vocab_file": vocab.name, "context_length": context, "pad_id": 0,
              "lowercase": True}, [vocab])

@@ -28,7 +28,7 @@ def test_bundle_contents_and_manifest(bundle):
     assert m["embed_dim"] == 256 and m["image_size"] == 64 and m["mean"] == [0.0, 0.0, 0.0]
     assert m["tokenizer"] == {"name": "clip-bpe", "vocab_file": "bpe_simple_vocab_16e6.txt.gz", "pad_id": 0,
                               "lowercase": True, "context_length": 16, "token_dtype": "int32",
-                              "tokenizer_json": "tokenizer.json"}
+                              "tokenizer_json": "tokenizer.json", "vocab_size": 49408}
     assert m["source"]["model"] == "mobileclip-tiny" and m["source"]["seed"] == 0 and m["source_kind"] == "mobileclip"
     tiny = mobileclip.get_model_config("mobileclip-tiny").to_dict()
     assert m["source"]["architecture"] == json.loads(json.dumps(tiny))   # the network, as JSON

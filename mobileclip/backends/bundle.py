@@ -190,6 +190,8 @@ def check_manifest(manifest) -> dict:
     if pad is not None and pad < 0:
         _fail("tokenizer.pad_id", f"must be >= 0, got {pad}")
     _get(tok, "lowercase", "tokenizer.", bool, required=False)
+    if "vocab_size" in tok:   # the text tower's token-embedding rows (recorded since this check exists)
+        _positive_int(tok, "vocab_size", "tokenizer.")
     if name == "clip-bpe":
         check_relpath(_get(tok, "vocab_file", "tokenizer.", str), "tokenizer.vocab_file")
         if "tokenizer_json" in tok:

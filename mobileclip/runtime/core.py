@@ -289,7 +289,26 @@ class RuntimeModel:
                 raise BundleError(f"the {role} tower gives {tower.output_dim}-d embeddings, the manifest's "
                                   f"embed_dim is {self.embed_dim}; re-export the bundle")
         self.batch_size = self.image_tower.fixed_batch or int(batch_size)
+        self.vocab_size: Optional[int] = manifest["tokenizer"].get("vocab_size")   # the text tower's rows
         self._class_cache: dict = {}
+
+    def _run(self, role: str, tower: OrtRunner, x: np.ndarray) -> np.ndarray:
+        """One tower call; the engine's own failure becomes one line naming the bundle and the tower."""
+        try:
+            out = tower(x)
+        except MobileCLIPError:
+            raise
+        except Exception as e:   # onnxruntime raises its own exception types (Fail, InvalidArgument, ...)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise RuntimeBackendError(f"the {role} tower of bundle {str(self.directory)!r} failed on a batch of "
+                                      f"{len(x)}: {type(e).__name__}: {first}; check the bundle with "
+                                      "`mobileclip validate`") from e
+        if out.ndim != 2 or len(out) != len(x) or not np.isfinite(out).all():
+            raise RuntimeBackendError(f"the {role} tower of bundle {str(self.directory)!r} gave "
+                                      + ("non-finite embeddings" if out.ndim == 2 and len(out) == len(x)
+                                         else f"an output of shape {out.shape} for a batch of {len(x)}")
+                                      + "; check the bundle with `mobileclip validate`")
+        return out
 
     @property
     def image_size(self) -> int:
@@ -309,7 +328,7 @@ class RuntimeModel:
                                     f"got {x.shape}")
         if not len(x):
             return np.zeros((0, self.embed_dim), np.float32)
-        return _normalize(np.concatenate([self.image_tower(x[i:i + self.batch_size])
+        return _normalize(np.concatenate([self._run("image", self.image_tower, x[i:i + self.batch_size])
                                           for i in range(0, len(x), self.batch_size)]))
 
     def encode_image(self, images: Union[ImageLike, Sequence[ImageLike]]) -> np.ndarray:
@@ -327,7 +346,12 @@ class RuntimeModel:
         tokens = self.tokenize(texts)
         if not len(tokens):
             return np.zeros((0, self.embed_dim), np.float32)
-        return _normalize(np.concatenate([self.text_tower(tokens[i:i + self.batch_size])
+        if self.vocab_size is not None and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            bad = int(tokens.max()) if tokens.max() >= self.vocab_size else int(tokens.min())
+            raise RuntimeBackendError(f"the tokenizer of bundle {str(self.directory)!r} gave id {bad}, "
+                                      f"outside the text tower's {self.vocab_size} token embeddings; re-export the "
+                                      "bundle")
+        return _normalize(np.concatenate([self._run("text", self.text_tower, tokens[i:i + self.batch_size])
                                           for i in range(0, len(tokens), self.batch_size)]))
 
     # -------------------------------------------------------------- zero-shot

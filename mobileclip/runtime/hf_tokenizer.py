@@ -514,6 +514,104 @@ def tokenizers_available() -> bool:
     return True
 
 
+# A fixed probe corpus on which a bundle's tokenizer.json (run by `tokenizers` alone, as apps run it)
+# and its BPE vocabulary file (ClipBPE, open_clip's algorithm) must give the same ids: cased and
+# accented words, punctuation runs, contractions, digits, several scripts, an emoji, the special
+# tokens' text, whitespace, an entity, and a text longer than any context. It avoids the documented
+# gaps of the JSON normalizer (ftfy's mojibake repair, numeric references outside NUMERIC_REFS).
+PROBE_CORPUS = (
+    "a photo of a cat", "A PHOTO OF A Dog!", "two dogs, 3 cats & 1 bird...", "it's, don't, we'll, they've",
+    "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e na\u00efve", "\u6771\u4eac\u30bf\u30ef\u30fc at night",
+    "\u0395\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac \u0438 \u0440\u0443\u0441\u0441\u043a\u0438\u0439",
+    "an emoji \U0001F600 and a heart \u2764", "  tabs\tand\nnewlines   ", "fish &amp; chips",
+    "e-mail someone@example.com or https://example.org/a?b=c#d", "1234567890 3.14159 -42",
+    "<start_of_text> in a caption <end_of_text>", "", "zebra " * 100,
+)
+
+
+def _first_differences(got: dict, want: dict, n: int = 2) -> str:
+    keys = sorted(set(got) | set(want), key=lambda k: (want.get(k, 1 << 30), str(k)))
+    diff = [k for k in keys if got.get(k) != want.get(k)]
+    return ", ".join(f"{k!r}: {got.get(k)} in tokenizer.json, {want.get(k)} in the vocabulary file"
+                     for k in diff[:n]) + (f" (and {len(diff) - n} more)" if len(diff) > n else "")
+
+
+def tokenizer_json_problem(json_path: Union[str, Path], vocab_file: Union[str, Path]) -> Union[str, None]:
+    """How a ``tokenizer.json`` disagrees with CLIP's BPE vocabulary file it claims to encode (None: it
+    agrees): the token -> id map, the merges, and the ids of the special tokens, compared in full."""
+    try:
+        config = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        model = config["model"]
+        got_vocab, got_merges = dict(model["vocab"]), list(model["merges"])
+        added = {t["content"]: t["id"] for t in config.get("added_tokens") or []}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"it cannot be read as a BPE tokenizer.json ({type(e).__name__}: {e})"
+    merges = read_merges(vocab_file)
+    want_vocab = {tok: i for i, tok in enumerate(clip_vocab(merges))}
+    if got_vocab != want_vocab:
+        return f"its vocabulary differs ({_first_differences(got_vocab, want_vocab)})"
+    # `tokenizers` writes merges as "a b" (older) or ["a", "b"] (newer)
+    got_merges = [" ".join(m) if isinstance(m, list) else m for m in got_merges]
+    want_merges = [f"{a} {b}" for a, b in merges]
+    if got_merges != want_merges:
+        i = next((i for i, (a, b) in enumerate(zip(got_merges, want_merges)) if a != b),
+                 min(len(got_merges), len(want_merges)))
+        return (f"its merges differ from merge {i} on ({len(got_merges)} merges, the vocabulary file has "
+                f"{len(want_merges)})")
+    wrong = {t: i for t, i in added.items() if want_vocab.get(t) != i}
+    if wrong or any(t not in added for t in SPECIAL_TOKENS):
+        return f"its special tokens differ ({_first_differences(added, {t: want_vocab[t] for t in SPECIAL_TOKENS})})"
+    return None
+
+
+def _check_padding(tok: "HFTokenizer", info: dict, name: str) -> None:
+    want = {"context_length": int(info.get("context_length", tok.context_length)), "pad_id": int(info.get("pad_id", 0))}
+    got = {"context_length": tok.context_length, "pad_id": tok.pad_id}
+    if want != got:
+        raise TokenizerError(f"{name!r} does not match the manifest's tokenizer entry ({got} vs {want}); "
+                             "re-export the bundle")
+
+
+def check_bundle_tokenizer(bundle_dir: Union[str, Path], info: dict, runtime: "HFTokenizer" = None) -> None:
+    """Refuse (:class:`TokenizerError`) a CLIP BPE bundle whose tokenizer files disagree with each other
+    or with its text tower: ``tokenizer.json`` against the BPE vocabulary file (vocabulary, merges and
+    special tokens in full, then :data:`PROBE_CORPUS` tokenized both ways), and every id the vocabulary
+    holds against the tower's token-embedding rows (``info["vocab_size"]``, recorded at export).
+    ``runtime``: the tokenizer built from that JSON for the runtime (Python cleaning), probed too.
+    Checksums prove a file is what the manifest lists; this proves the files say the same thing (about
+    0.3 s: the JSON, the vocabulary file and one more tokenizer are read)."""
+    if info.get("name") != "clip-bpe":
+        return
+    bundle_dir = Path(bundle_dir)
+    vocab_file = bundle_dir / str(info.get("vocab_file", ""))
+    rows = info.get("vocab_size")
+    if rows is not None:
+        n = len(clip_vocab(read_merges(vocab_file)))
+        if isinstance(rows, bool) or not isinstance(rows, int) or n > rows:
+            raise TokenizerError(f"the bundle's tokenizer gives ids up to {n - 1}, but its text tower has "
+                                 f"{rows!r} token embeddings (manifest tokenizer.vocab_size); re-export the bundle")
+    name = info.get(MANIFEST_KEY)
+    if not name:
+        return
+    path = bundle_dir / str(name)
+    problem = tokenizer_json_problem(path, vocab_file)
+    if problem is None and tokenizers_available():
+        as_json = HFTokenizer(path, clean="json")
+        _check_padding(as_json, info, name)
+        ref = ClipBPE(vocab_file, as_json.context_length, as_json.pad_id, bool(info.get("lowercase", True)))
+        want = ref(PROBE_CORPUS)
+        for mode, tok in (("json", as_json), ("python", runtime)):
+            got = (tok or HFTokenizer(path, clean=mode))(PROBE_CORPUS)
+            bad = [i for i in range(len(PROBE_CORPUS)) if not np.array_equal(got[i], want[i])]
+            if bad:
+                problem = (f"it tokenizes {PROBE_CORPUS[bad[0]][:40]!r} to other ids than the vocabulary file "
+                           f"({len(bad)} of {len(PROBE_CORPUS)} probe texts differ, {mode} cleaning)")
+                break
+    if problem:
+        raise TokenizerError(f"{str(path)!r} does not agree with the bundle's vocabulary file "
+                             f"{info.get('vocab_file')!r}: {problem}; the bundle is inconsistent - re-export it")
+
+
 def load_bundle_tokenizer(bundle_dir: Union[str, Path], info: dict,
                           prefer: str = "auto") -> Union["HFTokenizer", ClipBPE]:
     """The bundle's tokenizer: :class:`HFTokenizer` when ``tokenizers`` is importable and the manifest's
@@ -528,17 +626,15 @@ def load_bundle_tokenizer(bundle_dir: Union[str, Path], info: dict,
                              + ("the 'tokenizers' package is not installed" if not tokenizers_available()
                                 else f"the bundle manifest's tokenizer entry names no {MANIFEST_KEY!r}"))
     if not use_hf:
+        check_bundle_tokenizer(bundle_dir, info)
         return tokenizer_from_manifest(bundle_dir, info)
     tok = HFTokenizer(Path(bundle_dir) / name)
-    want = {"context_length": int(info.get("context_length", tok.context_length)),
-            "pad_id": int(info.get("pad_id", 0))}
-    got = {"context_length": tok.context_length, "pad_id": tok.pad_id}
-    if want != got:
-        raise TokenizerError(f"{name!r} does not match the manifest's tokenizer entry ({got} vs {want}); "
-                             "re-export the bundle")
+    _check_padding(tok, info, name)
+    check_bundle_tokenizer(bundle_dir, info, runtime=tok if tok.clean_mode == "python" else None)
     return tok
 
 
-__all__ = ["TOKENIZER_JSON", "MANIFEST_KEY", "NUMERIC_REFS", "HFTokenizer", "clip_vocab", "dumps",
+__all__ = ["TOKENIZER_JSON", "MANIFEST_KEY", "NUMERIC_REFS", "PROBE_CORPUS", "HFTokenizer", "check_bundle_tokenizer",
+           "clip_vocab", "dumps", "tokenizer_json_problem",
            "load_bundle_tokenizer", "normalizer_steps", "tokenizer_json", "tokenizers_available",
            "write_tokenizer_json"]
