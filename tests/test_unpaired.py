@@ -216,9 +216,19 @@ def test_student_size_overrides_are_recorded_and_threads_applied(tmp_path):
     mobileclip.save_checkpoint(mobileclip.create_model("mobileclip-tiny")[0], full)
     from mobileclip.factory import create_student
 
-    _, _, _, report = create_student("mobileclip-tiny", str(full), context_length=12)
-    assert report.not_loaded_layers() == ["text.positional_embedding"] or "text.positional_embedding" in str(
-        report.to_dict())
+    small, _, _, report = create_student("mobileclip-tiny", str(full), context_length=12)
+    width = small.cfg.text.width
+    assert report.not_loaded_layers() == ["text.positional_embedding"]
+    assert [(k, tuple(a), tuple(b)) for k, a, b in report.mismatched] == [
+        ("text.positional_embedding", (16, width), (12, width))]
+    assert report.missing == [] and report.unexpected == []
+    from safetensors.torch import load_file
+
+    saved = load_file(str(full / "model.safetensors"))
+    got = small.state_dict()
+    assert set(got) == set(saved) and report.loaded == len(saved) - 1
+    for k, v in saved.items():   # every other tensor is the checkpoint's
+        assert k == "text.positional_embedding" or torch.equal(got[k], v), k
 
 
 def _ddp_unpaired_worker(rank, world, port, out, result, caches):
