@@ -52,17 +52,42 @@ def test_operator_config_lists_what_the_towers_use_and_no_temporary_path(ort_int
     assert any(line.startswith("com.microsoft;") for line in text.splitlines())   # the fused kernels it needs
 
 
-def test_runtime_classifies_with_an_ort_bundle(ort_int8, tmp_path):
+def test_runtime_classifies_with_an_ort_bundle(ort_int8, synth_folder):
+    """The runtime's zero-shot probabilities on the .ort towers equal a reference computed apart from it: the
+    bundle's .onnx towers (what the .ort files were converted from) run by ONNX Runtime directly, on pixels
+    made here with numpy (the synthetic images are already at the input size) and ids from open_clip's
+    tokenizer, then softmax(logit_scale * cosine)."""
+    import onnxruntime as ort
+    from open_clip.tokenizer import SimpleTokenizer
     from PIL import Image
 
     from mobileclip.runtime import load
 
     b = load(ort_int8)
-    img = Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8))
-    e = b.encode_image([img, img])
-    t = b.encode_text(["a red circle", "a blue square"])
-    assert e.shape[0] == 2 and t.shape == (2, e.shape[1])
-    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, atol=1e-4)
+    m = load_manifest(ort_int8)
+    files = sorted(synth_folder.rglob("*.png"))[::9][:6]
+    images = [Image.open(p).convert("RGB") for p in files]
+    labels = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+    got = b.classify(images, labels, templates=["{}"])
+
+    s = m["image_size"]
+    assert all(im.size == (s, s) for im in images)
+    mean, std = (np.asarray(m[k], np.float32).reshape(1, 3, 1, 1) for k in ("mean", "std"))
+    pixels = (np.stack([np.asarray(im, np.float32).transpose(2, 0, 1) for im in images]) / 255 - mean) / std
+    tokens = SimpleTokenizer(context_length=m["tokenizer"]["context_length"])(labels).numpy().astype(np.int32)
+
+    def run(tower, x):
+        sess = ort.InferenceSession(str(ort_int8 / m["artifacts"][tower]["onnx"]), providers=["CPUExecutionProvider"])
+        y = sess.run(None, {m["artifacts"][tower]["inputs"][0]["name"]: x})[0].astype(np.float64)
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    logits = m["logit_scale"] * run("image", pixels) @ run("text", tokens).T
+    want = np.exp(logits - logits.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    assert len(got) == len(images)
+    for row, p in zip(got, want):
+        assert [label for label, _ in row] == [labels[j] for j in np.argsort(-p, kind="stable")]   # ranking, top-1
+        np.testing.assert_allclose([prob for _, prob in row], np.sort(p)[::-1], atol=1e-5)
 
 
 def test_validate_reads_the_ort_files_own_signature(ort_int8, tmp_path):
