@@ -58,12 +58,19 @@ def test_onnx_runtime_matches_pytorch_any_batch(bundle):
     torch.manual_seed(m["source"]["seed"])
     ref, pp, tok = mobileclip.create_model(m["source"]["model"])
     ref = mobileclip.reparameterize(ref)
-    sess = ort.InferenceSession(str(bundle / "text.onnx"), providers=["CPUExecutionProvider"])
-    tokens = tok(["a red circle", "two blue squares", "x" * 200])  # short, padded, truncated
-    got = sess.run(None, {"tokens": tokens.numpy().astype(np.int32)})[0]
+    text = ort.InferenceSession(str(bundle / "text.onnx"), providers=["CPUExecutionProvider"])
+    image = ort.InferenceSession(str(bundle / "image.onnx"), providers=["CPUExecutionProvider"])
+    prompts = ["a red circle", "two blue squares", "x" * 200, "a photo of a dog", "", "green", "a b c d e f g h",
+               "the end"]   # short, padded, truncated, empty
+    tokens = tok(prompts)
+    pixels = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        want = ref.encode_text(tokens).numpy()
-    assert got.shape == (3, 256) and np.abs(got - want).max() < 1e-5
+        want_t, want_i = ref.encode_text(tokens).numpy(), ref.encode_image(pixels).numpy()
+    for b in (1, 3, 8):   # one, an odd one, the largest the bundle was checked at (max_batch=8)
+        got_t = text.run(None, {"tokens": tokens[:b].numpy().astype(np.int32)})[0]
+        got_i = image.run(None, {"image": pixels[:b].numpy()})[0]
+        assert got_t.shape == got_i.shape == (b, 256), b
+        assert np.abs(got_t - want_t[:b]).max() < 1e-5 and np.abs(got_i - want_i[:b]).max() < 1e-5, b
 
 
 def test_tampered_or_missing_file_is_refused(bundle, tmp_path):
