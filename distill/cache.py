@@ -110,12 +110,17 @@ def dataset_digests(source, shard_size: int, progress: bool = False) -> list:
 
 
 def check_cache_args(augs, shard_size, batch_size, scale, ratio, flip_prob) -> None:
+    from mobileclip import limits
+
     if not isinstance(augs, int) or augs < 1:
         raise ConfigError(f"--augs must be at least 1, got {augs}")
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    limits.check_max(augs, limits.AUGS, "--augs")
+    limits.check_max(shard_size, limits.SHARD, "--shard-size")
+    limits.check_max(batch_size, limits.BATCH, "--batch-size")
     lo, hi = (float(v) for v in scale)
     if not (0 < lo <= hi <= 1):
         raise ConfigError(f"--scale is the range of crop areas as fractions of the image: 0 < low <= high <= 1, "
@@ -172,6 +177,13 @@ def build_cache(teachers: Sequence, source, out: Union[str, Path], augs: int = 4
     if view not in VIEW_REGIONS:
         raise ConfigError(f"view must be one of {VIEW_REGIONS} (the student's resize_mode 'shortest' sees the crop's "
                           f"centre square, 'squash' the whole crop), got {view!r}")
+    if kind != "texts":   # each batch embeds batch_size x augs crops at each teacher's input size
+        from mobileclip.limits import check_batch_pixels
+
+        sizes = [int(t.image_size) for t in teachers if t.image_size]
+        if sizes:
+            check_batch_pixels(batch_size * augs, max(sizes), "--batch-size",
+                               per=f" (--batch-size {batch_size} x --augs {augs} crops)")
     teachers = [t.to(device) for t in teachers]
     meta = [teacher_fingerprint(t, device, view) for t in teachers]
     if kind == "texts":   # texts have no view

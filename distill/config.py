@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -255,6 +256,29 @@ def _validate_scales(cfg: TrainConfig) -> None:
                           "mean over N x D, not a per-sample sum; did you mean losses.feature?")
 
 
+def _check_step_memory(cfg: TrainConfig) -> None:
+    """A process's micro-batch (the global batch over accumulation and WORLD_SIZE) at the student's input size
+    must fit this machine's memory (:func:`mobileclip.limits.check_batch_pixels`)."""
+    from mobileclip import limits
+
+    size = cfg.student_image_size
+    if not size:
+        try:
+            from mobileclip.zoo import get_model_config
+
+            size = get_model_config(cfg.student).image.image_size
+        except Exception:   # not a registered name (a checkpoint, an open_clip arch): known once it is built
+            return
+    try:
+        world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        world = 1
+    micro = max(1, cfg.batch_size // cfg.accum_steps // world)
+    limits.check_batch_pixels(micro, int(size), "batch_size",
+                              per=f" per process (batch_size {cfg.batch_size} / accum_steps {cfg.accum_steps}"
+                                  + (f" / {world} processes" if world > 1 else "") + ")")
+
+
 def _validate(cfg: TrainConfig) -> None:
     def bad(key, msg):
         return ConfigError(f"{key}: {msg}")
@@ -264,10 +288,15 @@ def _validate(cfg: TrainConfig) -> None:
             raise bad(key, "must be positive")
     if cfg.batch_size % cfg.accum_steps:
         raise bad("accum_steps", f"must divide batch_size ({cfg.batch_size})")
-    for key, low in (("student_embed_dim", 1), ("student_image_size", 16), ("student_context_length", 2)):
+    from mobileclip import limits
+
+    limits.check_max(cfg.batch_size, limits.BATCH, "batch_size")
+    for key, low, high in (("student_embed_dim", 1, limits.EMBED_DIM), ("student_image_size", 16, limits.IMAGE_SIZE),
+                           ("student_context_length", 2, limits.CONTEXT_LENGTH)):
         v = getattr(cfg, key)
         if v < 0 or 0 < v < low:
             raise bad(key, f"must be 0 (the model's own) or at least {low}, got {v}")
+        limits.check_max(v, high, key)
     if cfg.threads < 0:
         raise bad("threads", f"must be >= 0 (0: PyTorch's default), got {cfg.threads}")
     from mobileclip.factory import resolve_student_name
@@ -321,6 +350,13 @@ def _validate(cfg: TrainConfig) -> None:
                           ("workers", d.workers >= 0, ">= 0")):
         if not ok:
             raise bad(f"data.{key}", f"must be {rule}, got {getattr(d, key)}")
+    if d.token_cache and Path(d.token_cache).expanduser().exists() and not Path(d.token_cache).expanduser().is_dir():
+        raise bad("data.token_cache", f"{d.token_cache!r} is a file; give a folder (the pre-tokenized captions are "
+                                      "kept in it, one sub-folder per caption set)")
+    limits.check_max(d.image_size, limits.IMAGE_SIZE, "data.image_size")
+    limits.check_max(d.size, limits.SAMPLES, "data.size")
+    limits.check_max(cfg.eval.size, limits.SAMPLES, "eval.size")
+    _check_step_memory(cfg)
     if cfg.max_bad_steps < 0 or cfg.eval.every < 0 or cfg.eval.size < 1:
         raise bad("max_bad_steps/eval.every/eval.size", "max_bad_steps and eval.every must be >= 0, eval.size >= 1")
     if cfg.eval.data and not Path(cfg.eval.data).is_dir():

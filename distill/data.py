@@ -27,9 +27,9 @@ from PIL import Image
 
 from mobileclip.data.datasets import PackedStrings, pathlib_respells
 from mobileclip.errors import ConfigError, DatasetError
-from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, load_image,
-                                   load_image_scaled, plain_jpeg_size, read_source_bytes, resize_crop, resized_size,
-                                   to_rgb)
+from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, jpeg_scan_truncated,
+                                   load_image, load_image_scaled, plain_jpeg_size, read_source_bytes, resize_crop,
+                                   resized_size, to_rgb)
 
 AUG_FIELDS = ("x0", "y0", "w", "h", "flip")
 
@@ -42,6 +42,9 @@ class SyntheticPairs:
         from mobileclip.data.synthetic import SyntheticGenerator
 
         self.args = dict(split=split, size=size, image_size=image_size, seed=seed, two_object_prob=two_object_prob)
+        from mobileclip import limits
+
+        limits.check_max(size, limits.SAMPLES, "the number of synthetic samples")
         self.gen = SyntheticGenerator(split, image_size, seed, two_object_prob)
         self.size = size
         self.n_captions = self.gen.n_captions
@@ -278,8 +281,9 @@ class ImageFiles:
             raise DatasetError(f"image folder {str(self.root)!r} " + ("is a file; give the folder that holds the "
                                                                       "images" if self.root.exists()
                                                                       else "does not exist"))
+        # a dangling symbolic link is listed too: it cannot be read, so it is skipped and counted as unreadable
         rel = sorted(f.relative_to(self.root).as_posix() for f in self.root.rglob("*")
-                     if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                     if (f.is_file() or f.is_symlink() and not f.exists()) and f.suffix.lower() in IMAGE_EXTENSIONS
                      and not any(part.startswith(".") for part in f.relative_to(self.root).parts))
         self.relative = PackedStrings(rel)  # packed: see PackedStrings on memory in DataLoader workers
         del rel
@@ -697,7 +701,8 @@ class TokenTable:
     tokenizer (the name is a digest of every caption in order and of the tokenizer: its class, settings, vocabulary
     file and the versions of the code that tokenizes), so the next run — and the other ranks — read it instead of
     tokenizing (open_clip's tokenizer takes ~70 µs a caption: ~12 minutes for 10 million). Its files' sha256 are
-    checked when read, and a few captions are tokenized again and compared; a damaged table is refused, named.
+    checked when read, every row's structure too, and the captions are tokenized again and compared: all of
+    them up to ``FULL_CHECK_MAX``, a fresh random ``SAMPLE`` beyond; a damaged table is refused, named.
     ``self.loaded`` says whether it was read from the store.
     """
 
@@ -732,6 +737,12 @@ class TokenTable:
             key = hashlib.sha256(json.dumps({"captions": digest.hexdigest(), "tokenizer": fingerprint},
                                             sort_keys=True).encode()).hexdigest()
             folder = Path(store).expanduser() / f"tokens-{key[:24]}"
+            from .cache import CacheError
+
+            for what, p in (("data.token_cache", folder.parent), ("the table's folder", folder)):
+                if p.exists() and not p.is_dir():
+                    raise CacheError(f"{what} {str(p)!r} is a file, not a folder; the pre-tokenized captions are "
+                                     "kept in a folder - remove the file or choose another data.token_cache")
             if folder.is_dir():
                 self._load(folder, uniques)
                 return
@@ -808,13 +819,53 @@ class TokenTable:
             refuse(f"unreadable ({type(e).__name__}: {e})")
         if offsets.shape != (len(uniques) + 1,) or int(offsets[-1]) != len(tokens):
             refuse(f"holds {offsets.shape[0] - 1} captions, the data {len(uniques)}")
+        problem = self._row_problem(tokens, offsets, context_length)
+        if problem:
+            refuse(problem)
         self.tokens, self.offsets, self.context_length, self.dtype = tokens, offsets, context_length, dtype
         self.loaded = True
-        probe = sorted({0, len(uniques) // 3, len(uniques) // 2, len(uniques) - 1}) if uniques else []
-        for u in probe:  # the tokenizer today, against the stored rows
-            want, got = self.tok([uniques[u]])[0], self._row(u)
-            if want.shape != got.shape or not torch.equal(want, got):
-                refuse(f"caption {uniques[u]!r} is tokenized differently today")
+        n = len(uniques)
+        if n <= self.FULL_CHECK_MAX:   # small: every caption tokenized again (what building it costs)
+            probe = range(n)
+        else:   # the first and last captions and a fresh random sample (os.urandom) at every load
+            rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+            probe = sorted({0, n - 1, *rng.choice(n, min(self.SAMPLE, n), replace=False).tolist()})
+        probe = list(probe)
+        for b in range(0, len(probe), 1024):   # the tokenizer today, against the stored rows
+            chunk = probe[b:b + 1024]
+            want = self.tok([uniques[u] for u in chunk])
+            for k, u in enumerate(chunk):
+                got = self._row(u)
+                if want[k].shape != got.shape or not torch.equal(want[k], got):
+                    refuse(f"caption {uniques[u]!r} is tokenized differently today")
+
+    # A stored table's rows are checked when it is read: all of them for structure (start token first, end
+    # token last, a length within the context, ids within the vocabulary: numpy over the whole table), and
+    # their ids against the tokenizer for every caption of a table of up to FULL_CHECK_MAX captions, for
+    # SAMPLE random ones (and the first and last) of a larger one (README: what a re-signed table can do).
+    FULL_CHECK_MAX = 50_000
+    SAMPLE = 1_000
+
+    def _row_problem(self, tokens: np.ndarray, offsets: np.ndarray, context_length: int) -> Optional[str]:
+        """What is wrong with the rows of a stored table, as the tokenizer's own start/end tokens and vocabulary
+        define them (None: nothing found, or the tokenizer does not say)."""
+        empty = self.tok([""])[0]
+        ends = empty[empty != 0].tolist()
+        if len(ends) != 2 or not len(offsets) > 1:
+            return None
+        sot, eot = ends
+        lengths = np.diff(offsets)
+        if lengths.min() < 2 or lengths.max() > context_length:
+            i = int(np.argmax((lengths < 2) | (lengths > context_length)))
+            return f"caption {i}'s row holds {int(lengths[i])} ids (2 to {context_length} expected)"
+        for what, at, want in (("start", offsets[:-1], sot), ("end", offsets[1:] - 1, eot)):
+            bad = np.flatnonzero(np.asarray(tokens[at]) != want)
+            if len(bad):
+                return f"{len(bad)} caption rows do not {what} with the {what} token (first: caption {int(bad[0])})"
+        vocab = getattr(self.tok, "vocab_size", None)
+        if isinstance(vocab, int) and len(tokens) and int(np.max(tokens)) >= vocab:
+            return f"it holds id {int(np.max(tokens))}, outside the tokenizer's vocabulary of {vocab}"
+        return None
 
     @property
     def nbytes(self) -> int:
@@ -1112,14 +1163,37 @@ def decode_deferred(batch: dict, key: str, entries: dict, device, size: int, int
                     decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=images.device))
                 except RuntimeError:
                     decoded.append(None)
-        for img, (row, _, _, l, t, r, b, nw, nh, left, top, flip, w, h) in zip(decoded, group):
+        grey = _grey_corners([img if img is not None and tuple(img.shape) == (3, g[13], g[12]) else None
+                              for img, g in zip(decoded, group)])
+        for k, (img, (row, _, _, l, t, r, b, nw, nh, left, top, flip, w, h)) in enumerate(zip(decoded, group)):
             if img is None or tuple(img.shape) != (3, h, w):
+                bad.append(row)
+                continue
+            if grey[k] and jpeg_scan_truncated(bytes(datas[k].numpy())):   # see mobileclip.transforms
                 bad.append(row)
                 continue
             images[row] = _resize_crop_chw(img, (l, t, r, b), nw, nh, left, top, size, bool(flip), interpolation)
         del decoded
     if bad:
         _drop_rows(batch, key, bad)
+
+
+def _grey_corners(images: list) -> list:
+    """For each decoded ``uint8 [3, H, W]`` image (or None), whether a corner 8 x 8 block is exactly mid-grey, the
+    mark of a JPEG scan that ended early (:func:`mobileclip.transforms.check_jpeg_filled`): one device sync."""
+    flags, at = [], []
+    for k, img in enumerate(images):
+        if img is None:
+            continue
+        h, w = img.shape[-2:]
+        b = max(1, min(8, h, w))
+        corners = torch.stack([img[:, :b, :b], img[:, :b, w - b:], img[:, h - b:, :b], img[:, h - b:, w - b:]])
+        flags.append((corners == 128).flatten(1).all(1).any())
+        at.append(k)
+    out = [False] * len(images)
+    for k, f in zip(at, torch.stack(flags).cpu().tolist() if flags else []):
+        out[k] = bool(f)
+    return out
 
 
 def _drop_rows(batch: dict, key: str, rows: list) -> None:

@@ -275,6 +275,7 @@ class _KeepRunningStats:
 
 RUN_MARKERS = ("train_config.yaml", "metrics.jsonl", "summary.json", "last", "student", "eval.jsonl",
                "student_init.json")
+NOT_STARTED = {"train_config.yaml", "student_init.json"}   # what a run writes before its first step
 
 
 def check_run_dir(out: Path, resume: Optional[str], overwrite: bool, main: bool = True) -> None:
@@ -288,6 +289,11 @@ def check_run_dir(out: Path, resume: Optional[str], overwrite: bool, main: bool 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={str(out)!r} is a file; give a directory for the run")
     if resume or not out.is_dir() or not any(out.iterdir()):
+        return
+    if {p.name for p in out.iterdir()} <= NOT_STARTED:   # a run that never reached its first step: nothing to resume
+        if main:
+            for name in NOT_STARTED:
+                (out / name).unlink(missing_ok=True)
         return
     markers = [m for m in RUN_MARKERS if (out / m).exists()]
     if not markers:
@@ -754,6 +760,24 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
+        """Train; a fresh run refused (a :class:`MobileCLIPError`) before its first step removes what it wrote,
+        so the corrected command just runs again (a run that trained keeps its logs and checkpoints)."""
+        fresh = self.step == 0 and self.env.main
+        existed = self.out.exists()
+        before = {p.name for p in self.out.iterdir()} if existed and fresh else set()
+        try:
+            return self._fit()
+        except MobileCLIPError:
+            if fresh and self.step == 0 and not (self.out / "last").exists():
+                if not existed:
+                    shutil.rmtree(self.out, ignore_errors=True)
+                elif self.out.is_dir():
+                    for p in self.out.iterdir():
+                        if p.name not in before and p.name in RUN_MARKERS:
+                            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            raise
+
+    def _fit(self) -> dict:
         cfg, env = self.cfg, self.env
         if env.main:
             self.out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import torch
 
 from mobileclip import backends
 from mobileclip.backends import BackendUnavailable, ExportOptions
-from mobileclip.backends.bundle import FORMAT_VERSION, load_manifest, signature_misses, write_manifest
+from mobileclip.backends.bundle import FORMAT_VERSION, BundleError, load_manifest, signature_misses, write_manifest
 from mobileclip.errors import ConfigError, MobileCLIPError
 from mobileclip.files import replace_dir, temp_dir_for
 
@@ -187,7 +187,14 @@ def _manifest_checks(directory: Path, manifest: dict, src: ExportSource) -> list
         entry = manifest["artifacts"][role]
         read_io = backends.get(entry["backend"]).read_io
         if read_io is not None:   # the file's own signature against what the manifest says of it
-            real = read_io(directory, entry)
+            try:
+                real = read_io(directory, entry)
+            except (BackendUnavailable, MobileCLIPError):
+                raise
+            except Exception as e:   # the engine's own parser on a damaged file (flatbuffer, protobuf, ...)
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise BundleError(f"{role}: {entry['backend']} cannot read {entry['file']!r} of {str(directory)!r} "
+                                  f"({type(e).__name__}: {first}); the file is damaged - re-export the bundle") from e
             for key in ("inputs", "outputs"):
                 said = [{k: s.get(k) for k in ("name", "shape", "dtype")} for s in entry[key]]
                 if said != [{k: s[k] for k in ("name", "shape", "dtype")} for s in real[key]]:

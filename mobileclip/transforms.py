@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
+import warnings
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Optional, Union
 
@@ -60,11 +62,82 @@ def load_image(source: Union[str, Path, BinaryIO]) -> Image.Image:
     convert it to 8-bit RGB by the rule in this module's docstring.
 
     Raises one of :data:`IMAGE_READ_ERRORS`: ``FileNotFoundError`` / ``IsADirectoryError``,
-    ``UnidentifiedImageError`` (not an image), ``ImageDecodeError`` (corrupt data, or a pixel
-    range with no defined 8-bit meaning), ``DecompressionBombError``.
+    ``UnidentifiedImageError`` (not an image), ``ImageDecodeError`` (corrupt data — a JPEG whose
+    scan ends before its header's size is filled too —, or a pixel range with no defined 8-bit
+    meaning), ``DecompressionBombError``.
     """
-    with Image.open(source) as im:
-        return _decode_opened(im)
+    with _open(source) as im:
+        out = _decode_opened(im)
+        if im.format == "JPEG":
+            check_jpeg_filled(out, source)
+        return out
+
+
+_LARGE_NOTED = []   # this process's one line about images above Pillow's warning limit
+
+
+def _open(source) -> Image.Image:
+    """``Image.open`` with Pillow's two-line DecompressionBombWarning (an image above ``MAX_IMAGE_PIXELS``, decoded
+    anyway) replaced by one line per process naming the first such image; twice the limit stays an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(source)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.size[0] * im.size[1] > limit and not _LARGE_NOTED:
+        _LARGE_NOTED.append(source)
+        name = source if isinstance(source, (str, Path)) else "an image"
+        print(f"mobileclip: note: {name} has {im.size[0]} x {im.size[1]} pixels, above Pillow's decompression-bomb "
+              f"warning limit ({limit:,}); such images are decoded (from twice the limit they are skipped as "
+              "unreadable); this is said once per process", file=sys.stderr)
+    return im
+
+
+# A JPEG whose entropy-coded scan ends before the header's size is filled decodes without an error in Pillow and
+# torchvision: libjpeg fills the rest with zero coefficients (mid-grey, 128 in every channel) and only warns
+# ("Corrupt JPEG data: premature end of data segment"). The filled area always reaches the last block, so a
+# decoded image whose corner block is exactly that grey is decoded again strictly (simplejpeg, at 1/8 scale) to
+# tell a truncated scan from a real grey corner.
+_TRUNCATED_SCAN = ("premature end of data segment", "premature end of jpeg file")
+
+
+def _grey_corner(image, block: int) -> bool:
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        b = max(1, min(block, w, h))
+        boxes = [(0, 0), (w - b, 0), (0, h - b), (w - b, h - b)]
+        return any(all(e == (128, 128) for e in image.crop((x, y, x + b, y + b)).getextrema()) for x, y in boxes)
+    h, w = int(image.shape[-2]), int(image.shape[-1])   # a uint8 [3, H, W] tensor
+    b = max(1, min(block, w, h))
+    return any(bool((image[:, y:y + b, x:x + b] == 128).all()) for x, y in
+               [(0, 0), (w - b, 0), (0, h - b), (w - b, h - b)])
+
+
+def jpeg_scan_truncated(data: bytes) -> Optional[bool]:
+    """Whether libjpeg reports a JPEG's scan ending before its image is filled (None: simplejpeg, the strict
+    decoder this asks, is not installed)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=8, min_height=1, min_width=1, strict=True)
+    except (ValueError, RuntimeError) as e:
+        return any(m in str(e).lower() for m in _TRUNCATED_SCAN)
+    return False
+
+
+def check_jpeg_filled(image, source, scale: int = 1) -> None:
+    """Refuse (:class:`ImageDecodeError`) a decoded JPEG whose scan ended before its size was filled (see above).
+    ``image``: the decoded pixels (PIL, or ``uint8 [3, H, W]``) at ``1 / scale``; ``source``: its path, file
+    object or bytes, read again only when a corner is that grey."""
+    if not _grey_corner(image, max(1, 8 // scale)):
+        return
+    if hasattr(source, "seek") and not isinstance(source, io.BytesIO):
+        source.seek(0)
+    data = source if isinstance(source, (bytes, bytearray)) else read_source_bytes(source)
+    if jpeg_scan_truncated(bytes(data)):
+        raise ImageDecodeError("corrupt JPEG data: the scan ends before the image its header declares is filled "
+                               "(libjpeg would fill the rest with grey)")
 
 
 def _decode_opened(im: Image.Image) -> Image.Image:
@@ -123,6 +196,7 @@ def load_image_scaled(source: Union[str, Path, BinaryIO], choose_scale=None, dec
     if decoder not in ("pil", "torchvision", "simplejpeg"):
         raise ValueError(f"decoder must be 'pil', 'torchvision' or 'simplejpeg', got {decoder!r}")
     data = None
+    original = source
     if decoder != "pil":
         data = read_source_bytes(source)
         if decoder == "simplejpeg":
@@ -130,42 +204,50 @@ def load_image_scaled(source: Union[str, Path, BinaryIO], choose_scale=None, dec
             if fast is not None:
                 return fast
         source = io.BytesIO(data)
-    with Image.open(source) as im:
-        if im.format != "JPEG":
-            out = _decode_opened(im)
-            return ScaledImage(out, out.size)
-        try:
-            orientation = im.getexif().get(0x0112, 1)
-        except _DECODER_ERRORS + (OSError, ValueError):
-            orientation = 1  # exif_transpose will meet the same broken EXIF; let the full decode decide
-        swap, rev_x, rev_y = _ORIENTATIONS.get(orientation, (False, False, False))
-        w0, h0 = im.size
-        full = (h0, w0) if swap else (w0, h0)
-        k = int(choose_scale(*full)) if choose_scale is not None else 1
-        if k > 1 and k in JPEG_SCALES and orientation in _ORIENTATIONS:
-            try:
-                im.draft(None, (w0 // k, h0 // k))
-            except _DECODER_ERRORS as e:
-                raise ImageDecodeError(f"corrupt image data ({type(e).__name__}: {e})") from e
-            scale = next((s for s in (8, 4, 2, 1) if im.size == (-(-w0 // s), -(-h0 // s))), 1)
-            if scale > 1:
-                stored = im.size
-                out = _decode_opened(im)  # transposes `im` in place
-                if out.size != ((stored[1], stored[0]) if swap else stored):  # orientation read differently
-                    raise ImageDecodeError("EXIF orientation changed while decoding")
-                wr, hr = out.size
-                fw, fh = full
-                off = (wr - fw / scale if rev_x else 0.0, hr - fh / scale if rev_y else 0.0)
-                return ScaledImage(out, full, scale, off)
-        if data is not None and orientation == 1 and im.mode in ("RGB", "L"):
-            if decoder == "simplejpeg":   # colour JPEGs only: a grayscale one goes through Pillow
-                tensor = _decode_jpeg_simplejpeg(data) if im.mode == "RGB" else None
-            else:
-                tensor = _decode_jpeg_torchvision(data)
-            if tensor is not None and tuple(tensor.shape[1:]) == (h0, w0):
-                return ScaledImage(tensor, full)
+    with _open(source) as im:
+        out = _load_scaled(im, choose_scale, decoder, data)
+        if im.format == "JPEG":
+            check_jpeg_filled(out.image, data if data is not None else original, out.scale)
+        return out
+
+
+def _load_scaled(im: Image.Image, choose_scale, decoder: str, data: Optional[bytes]) -> ScaledImage:
+    """:func:`load_image_scaled`'s work on an opened image."""
+    if im.format != "JPEG":
         out = _decode_opened(im)
         return ScaledImage(out, out.size)
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except _DECODER_ERRORS + (OSError, ValueError):
+        orientation = 1  # exif_transpose will meet the same broken EXIF; let the full decode decide
+    swap, rev_x, rev_y = _ORIENTATIONS.get(orientation, (False, False, False))
+    w0, h0 = im.size
+    full = (h0, w0) if swap else (w0, h0)
+    k = int(choose_scale(*full)) if choose_scale is not None else 1
+    if k > 1 and k in JPEG_SCALES and orientation in _ORIENTATIONS:
+        try:
+            im.draft(None, (w0 // k, h0 // k))
+        except _DECODER_ERRORS as e:
+            raise ImageDecodeError(f"corrupt image data ({type(e).__name__}: {e})") from e
+        scale = next((s for s in (8, 4, 2, 1) if im.size == (-(-w0 // s), -(-h0 // s))), 1)
+        if scale > 1:
+            stored = im.size
+            out = _decode_opened(im)  # transposes `im` in place
+            if out.size != ((stored[1], stored[0]) if swap else stored):  # orientation read differently
+                raise ImageDecodeError("EXIF orientation changed while decoding")
+            wr, hr = out.size
+            fw, fh = full
+            off = (wr - fw / scale if rev_x else 0.0, hr - fh / scale if rev_y else 0.0)
+            return ScaledImage(out, full, scale, off)
+    if data is not None and orientation == 1 and im.mode in ("RGB", "L"):
+        if decoder == "simplejpeg":   # colour JPEGs only: a grayscale one goes through Pillow
+            tensor = _decode_jpeg_simplejpeg(data) if im.mode == "RGB" else None
+        else:
+            tensor = _decode_jpeg_torchvision(data)
+        if tensor is not None and tuple(tensor.shape[1:]) == (h0, w0):
+            return ScaledImage(tensor, full)
+    out = _decode_opened(im)
+    return ScaledImage(out, out.size)
 
 
 def read_source_bytes(source: Union[str, Path, BinaryIO]) -> bytes:

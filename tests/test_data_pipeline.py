@@ -7,6 +7,7 @@ benchmark's (benchmarks/data_throughput.py); the reference is always the default
 """
 import csv
 import io
+import shutil
 import tarfile
 
 import numpy as np
@@ -167,7 +168,12 @@ def test_stored_token_tables_are_reused_and_checked(tmp_path, tok, monkeypatch):
     same.write_text("\n".join(caps) + "\n")
     monkeypatch.setattr(tok.__class__, "__call__", counting)
     again = TokenTable(TextLines(str(same)), tok, store=str(store))  # the same captions, another file
-    assert again.loaded and sum(calls) <= 4  # a few probes, not every caption
+    assert again.loaded and sum(calls) == 1 + 5  # a small table: its 5 distinct captions again (+ "" for structure)
+    calls.clear()
+    monkeypatch.setattr(TokenTable, "FULL_CHECK_MAX", 2)
+    monkeypatch.setattr(TokenTable, "SAMPLE", 1)
+    assert TokenTable(TextLines(str(same)), tok, store=str(store)).loaded and sum(calls) <= 1 + 3  # a large one:
+    monkeypatch.undo()                                                        # the first, the last, a random one
     monkeypatch.setattr(tok.__class__, "__call__", real_tok)
     for i, c in enumerate(caps):
         assert torch.equal(again.get(i, 0, c), tok([c])[0]) and torch.equal(built.get(i, 0, c), tok([c])[0])
@@ -193,6 +199,88 @@ def test_stored_token_tables_are_reused_and_checked(tmp_path, tok, monkeypatch):
     (folder / "table.json").write_text("{not json")
     with pytest.raises(CacheError, match="unreadable"):
         TokenTable(source, tok, store=str(store))
+
+
+def _resign(folder, edit):
+    """Edit a stored table's ids with ``edit(tokens, offsets)`` and re-sign table.json (its sha256 then pass)."""
+    import json
+
+    from mobileclip.hashing import sha256_file
+
+    tokens = np.load(folder / "tokens.npy")
+    offsets = np.load(folder / "offsets.npy")
+    edit(tokens, offsets)
+    np.save(folder / "tokens.npy", tokens)
+    meta = json.loads((folder / "table.json").read_text())
+    meta["sha256"]["tokens.npy"] = sha256_file(folder / "tokens.npy")
+    (folder / "table.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, o: t.__setitem__(o[2] + 1, t[o[2] + 1] + 1), "caption 'a dog on a sofa' is tokenized differently"),
+    (lambda t, o: t.__setitem__(o[3] - 1, 400), "1 caption rows do not end with the end token .first: caption 2"),
+    (lambda t, o: t.__setitem__(o[1], 7), "1 caption rows do not start with the start token .first: caption 1"),
+    (lambda t, o: t.__setitem__(o[2] + 1, 60000), "it holds id 60000, outside the tokenizer's vocabulary of 49408"),
+])
+def test_a_resigned_token_table_is_checked_row_by_row(tmp_path, tok, monkeypatch, edit, message):
+    """Issue 20, item 3: an edited table whose sha256 were re-signed is refused: a small table has every caption
+    tokenized again; a large one (FULL_CHECK_MAX lowered here) has every row's structure checked and a random
+    sample re-tokenized."""
+    from mobileclip.distill.cache import CacheError
+
+    caps = ["a cat", "a cat on a mat", "a dog on a sofa", "two birds", "a red car", "an old house"]
+    path = tmp_path / "caps.txt"
+    path.write_text("\n".join(caps) + "\n")
+    store = tmp_path / "tokens"
+    TokenTable(TextLines(str(path)), tok, store=str(store))
+    folder = next(store.glob("tokens-*"))
+    _resign(folder, edit)
+    with pytest.raises(CacheError, match=message):
+        TokenTable(TextLines(str(path)), tok, store=str(store))
+    if "tokenized differently" in message:   # the same edit in a large table: only sampled, as its ids are valid
+        monkeypatch.setattr(TokenTable, "FULL_CHECK_MAX", 3)
+        monkeypatch.setattr(TokenTable, "SAMPLE", 2)
+        outcomes = set()
+        for _ in range(40):   # 3 of 6 rows checked each time (first, last, 2 random): caught 40% of loads
+            try:
+                TokenTable(TextLines(str(path)), tok, store=str(store))
+                outcomes.add("passed")
+            except CacheError:
+                outcomes.add("refused")
+        assert outcomes == {"passed", "refused"}   # what the README says a re-signed large table can do
+
+
+def test_token_cache_that_is_a_file_is_named(tmp_path, tok):
+    """Issue 20, item 4: a file where the store, or one table's folder, belongs is one clear refusal."""
+    from mobileclip.distill.cache import CacheError
+
+    path = tmp_path / "caps.txt"
+    path.write_text("a cat\na dog\n")
+    store = tmp_path / "tokens"
+    store.write_text("not a folder")
+    with pytest.raises(CacheError, match="data.token_cache .*tokens' is a file, not a folder"):
+        TokenTable(TextLines(str(path)), tok, store=str(store))
+    store.unlink()
+    TokenTable(TextLines(str(path)), tok, store=str(store))
+    folder = next(store.glob("tokens-*"))
+    shutil.rmtree(folder)
+    folder.write_text("")
+    with pytest.raises(CacheError, match="the table's folder .*tokens-.* is a file, not a folder"):
+        TokenTable(TextLines(str(path)), tok, store=str(store))
+    code_err = _cli_distill_token_cache(tmp_path, tmp_path / "caps.txt")
+    assert code_err[0] == 2 and "data.token_cache: " in code_err[1] and "is a file; give a folder" in code_err[1]
+
+
+def _cli_distill_token_cache(tmp_path, file):
+    import contextlib
+    import io
+
+    from mobileclip.app.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["distill", "progress=false", f"out={tmp_path / 'r'}", f"data.token_cache={file}"])
+    return code, err.getvalue().strip()
 
 
 def test_draft_scale_only_when_the_reduced_crop_still_covers_the_target():

@@ -425,6 +425,23 @@ def test_distill_refuses_an_existing_run(tmp_path, capsys):
     assert code == 0 and steps == [1]
 
 
+def test_a_refused_run_leaves_nothing_and_the_corrected_run_just_works(tmp_path, capsys):
+    """Issue 20, item 5: refused after out= was created (the batch is larger than the dataset: found when the
+    sampler is built), the run removes what it wrote; a folder that held only what a run writes before its first
+    step (a run killed there) does not block the next run."""
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "distill", *BASE, "data.size=4", "steps=2", f"out={out}")
+    assert code == 2 and "batch size 8 is larger than the dataset (4 samples)" in err and not out.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    code, err = run_cli(capsys, "distill", *BASE, "data.size=4", "steps=2", f"out={mine}")
+    assert code == 2 and mine.is_dir() and not any(mine.iterdir())   # the user's folder stays, empty
+    (out).mkdir()
+    (out / "train_config.yaml").write_text("steps: 2\n")   # a run killed before its first step
+    code, _ = run_cli(capsys, "distill", *BASE, "steps=1", f"out={out}")
+    assert code == 0 and (out / "last").is_dir()
+
+
 def test_resume_drops_log_rows_after_its_checkpoint(tmp_path):
     out = tmp_path / "run"
     train(load_config(None, BASE + ["steps=3", f"out={out}"]))   # last/ at step 3; rows 1..3
@@ -497,10 +514,20 @@ def test_bad_yaml_configs(tmp_path, capsys, text, message):
     ("data.size=0", "data.size"), ("optim.beta2=1.0", "optim.beta2"), ("steps=ten", "expected an integer"),
     ("losses.kd_teacher_scale=3.3e6", r"did you pass exp\(scale\)"), ("losses.kd_teacher_scale=nan", "finite"),
     ("recipe=clipkd", "unknown recipe 'clipkd'"), ("losses.feature_alpha=2e6", "far above CLIP-KD's 2000"),
+    # issue 20, item 4: sizes that would exhaust memory are refused before anything is created
+    ("student_image_size=100000", "student_image_size: 100,000 is above the limit of 2,048"),
+    ("student_context_length=1000000", "student_context_length: 1,000,000 is above the limit of 1,024"),
+    ("student_embed_dim=100000", "student_embed_dim: 100,000 is above the limit of 8,192"),
+    ("batch_size=4194304", "batch_size: 4,194,304 is above the limit of 1,048,576"),
+    ("data.image_size=100000", "data.image_size: 100,000 is above the limit"),
+    ("data.size=10000000000", "data.size: 10,000,000,000 is above the limit"),
+    ("batch_size=1000000", r"batch_size: a batch of 1,000,000 images at 256 px per process .* of pixels alone, more "
+                           r"than half of this machine's"),
 ])
 def test_bad_overrides(tmp_path, capsys, override, message):
-    code, err = run_cli(capsys, "distill", "progress=false", f"out={tmp_path / 'r'}", override)
-    assert code == 2 and len(err.splitlines()) == 1
+    extra = ["student_image_size=256"] if override == "batch_size=1000000" else []   # 786 GB of pixels
+    code, err = run_cli(capsys, "distill", "progress=false", f"out={tmp_path / 'r'}", override, *extra)
+    assert code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
     assert __import__("re").search(message, err), err
 
 
@@ -512,6 +539,11 @@ def test_bad_overrides(tmp_path, capsys, override, message):
     (["--teacher-scale", "3.3e6"], "did you pass exp(scale)?"),
     (["--teacher-scale", "0.5"], "if 0.5 is the log of the scale, pass exp(0.5) = 1.649"),
     (["--teacher-scale", "100", "--teacher-scale", "50"], "one multiplier for every teacher or one per --teacher (1)"),
+    (["--augs", "100000"], "--augs: 100,000 is above the limit of 1,024"),
+    (["--shard-size", "100000000"], "--shard-size: 100,000,000 is above the limit"),
+    (["--image-size", "100000"], "the synthetic image size: 100,000 is above the limit of 2,048"),
+    (["--size", "10000000000"], "the number of synthetic samples: 10,000,000,000 is above the limit"),
+    (["--augs", "1000", "--batch-size", "100000"], "--batch-size: a batch of 100,000,000 images at"),
 ])
 def test_cache_teacher_argument_errors(tmp_path, capsys, args, message):
     code, err = run_cli(capsys, "cache-teacher", "--teacher", "clip-vit-tiny", "--data", "synthetic",

@@ -65,7 +65,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         for name, d in zip(folder_names, class_dirs):
             label = self.classnames.index(name)
             for f in sorted(d.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                # a dangling symbolic link is kept: it fails to load, so it is counted as unreadable
+                if (f.is_file() or f.is_symlink() and not f.exists()) and f.suffix.lower() in IMAGE_EXTENSIONS:
                     self.samples.append((f, label))
         if not self.samples:
             raise DatasetError(
@@ -408,6 +409,9 @@ def write_synthetic(out: Union[str, Path], n: int, split: str = "val", image_siz
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise DatasetError(f"--out {str(out)!r} is a file, not a folder; choose a folder for the synthetic images")
+    from mobileclip import limits
+
+    limits.check_max(n, limits.SAMPLES, "--n")
     gen = SyntheticGenerator(split, image_size, seed, two_object_prob)
 
     def rel_path(s, i: int) -> Path:

@@ -172,6 +172,9 @@ class SyntheticGenerator:
             raise ValueError(f"unknown split {split!r}; choose from {list(SPLITS)}")
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16 px, got {image_size}")
+        from mobileclip import limits
+
+        limits.check_max(image_size, limits.IMAGE_SIZE, "the synthetic image size")
         if not 0.0 <= two_object_prob <= 1.0:
             raise ValueError("two_object_prob must be within [0, 1]")
         self.split, self.image_size, self.seed = split, image_size, seed
