@@ -15,8 +15,32 @@ def test_synthetic_throughput_writes_results(tmp_path, monkeypatch):
     assert [r["image_size"] for r in res["rows"]] == [64, 128, 256]
     for r in res["rows"]:
         assert r["images"] > 0 and r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        assert r["images_per_s"] == pytest.approx(r["images"] / (r["images"] / r["images_per_s"]))
+        assert r["images"] / r["images_per_s"] >= 0.2   # the rate is over the wall time, at least --seconds
     assert res["environment"]["cores"] >= 1
+
+
+def test_synthetic_throughput_on_a_clock_the_test_moves(monkeypatch):
+    """measure()'s numbers where the answer is known: images alternately take 1/64 s and 3/64 s (exact in binary),
+    so by the time 0.99 s have passed 32 images were made in 1.0 s (32 images/s, not 32 / 0.99: the rate is over
+    the wall time), half of them at 15.625 ms and half at 46.875 ms."""
+    import types
+
+    from mobileclip.benchmarks import synthetic_throughput
+
+    now = [0.0]
+
+    class Generator:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __getitem__(self, i):
+            now[0] += (1 if i % 2 == 0 else 3) / 64
+
+    monkeypatch.setattr(synthetic_throughput, "SyntheticGenerator", Generator)
+    monkeypatch.setattr(synthetic_throughput, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    r = synthetic_throughput.measure(64, 0.99, 0.35)
+    assert (r["images"], r["images_per_s"]) == (32, 32.0)
+    assert (r["p50_ms"], r["p90_ms"], r["p99_ms"]) == (31.25, 46.875, 46.875)
 
 
 def test_distill_throughput_writes_results(tmp_path, monkeypatch):
@@ -38,8 +62,48 @@ def test_distill_throughput_writes_results(tmp_path, monkeypatch):
         assert rows["student only"]["mfu"] is None  # no peak known for a CPU
     assert rows["student only"]["teacher"] < rows["online: clip-vit-tiny"]["teacher"]  # only online runs one
     for r in res["rows"]:
-        assert r["total"] == pytest.approx(r["data"] + r["teacher"] + r["student"], rel=1e-6)
-        assert r["samples_per_s"] == pytest.approx(4 / r["total"])
+        assert min(r["data"], r["teacher"], r["student"]) >= 0 and r["samples_per_s"] > 0
+
+
+def test_distill_throughput_splits_each_step_on_a_clock_the_test_moves(monkeypatch):
+    """_measure's data / teacher / student split where the answer is known: reading a sample takes 1 s (a batch of
+    2: 2 s), moving the batch to the device 0.5 s, the teacher 3 s, the student's own work 2 + 5 s around it."""
+    import types
+
+    import torch
+
+    from mobileclip.benchmarks import distill_throughput
+    from mobileclip.distill import load_config
+
+    now = [0.0]
+    monkeypatch.setattr(distill_throughput, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    class Samples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, key):
+            now[0] += 1.0
+            return {"image": torch.zeros(3)}
+
+    class FakeTrainer:
+        cfg = load_config(None, ["batch_size=2", "data.workers=0"])
+        source, dataset, device = range(8), Samples(), torch.device("cpu")
+
+        def to_device(self, batch):
+            now[0] += 0.5
+            return batch
+
+        def teacher_features(self, chunk):
+            now[0] += 3.0
+
+        def train_step(self, batch):
+            now[0] += 2.0
+            self.teacher_features(batch)
+            now[0] += 5.0
+
+    out = distill_throughput._measure(FakeTrainer(), steps=3)
+    assert out == {"data": 2.5, "teacher": 3.0, "student": 7.0, "total": 12.5, "samples_per_s": 2 / 12.5}
 
 
 def test_distill_throughput_moves_each_batch_to_the_trainers_device():
@@ -171,14 +235,29 @@ def test_data_scale_writes_labelled_runs(tmp_path, monkeypatch):
 
     if not Path("/proc/self/smaps_rollup").exists():
         pytest.skip("data_scale needs Linux's /proc")
+    import numpy as np
+
+    draws, real = [], np.random.default_rng
+
+    def counting(*args, **kwargs):   # the sampler's O(n) cost: drawing an epoch's permutation (seed, stream 11, epoch)
+        seed = args[0] if args else kwargs.get("seed")
+        if isinstance(seed, list) and seed[:2] == [0, 11]:
+            draws.append(seed)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np.random, "default_rng", counting)
     for label in ("before", "after", "after"):  # a label run again replaces its row
         monkeypatch.setattr(sys, "argv", ["data_scale", "--rows", "3000", "--sampler-samples", "20000",
                                           "--token-captions", "300", "--label", label, "--out", str(tmp_path)])
         data_scale.main()
+    # The first step of each run draws the permutation, its next 20 steps (all in epoch 0: 78 steps of 256 per
+    # epoch) reuse it: why they cost less than the first, checked by counting rather than by timing.
+    assert draws == [[0, 11, 0]] * 3
     runs = json.loads((tmp_path / "data_scale.json").read_text())["runs"]
     assert [r["label"] for r in runs] == ["before", "after"]
     for r in runs:
-        assert r["sampler"]["first_step_ms"] > 0 and r["sampler"]["next_steps_ms"] < r["sampler"]["first_step_ms"]
+        assert r["sampler"]["samples"] == 20000 and r["sampler"]["batch"] == 256
+        assert r["sampler"]["first_step_ms"] > 0 and r["sampler"]["next_steps_ms"] > 0
         assert r["captions"]["rows"] == 3000 and 0 <= r["captions"]["main_bytes_per_row"] < 2000  # RSS: coarse
         assert r["captions"]["worker_bytes_per_row_frozen"] < 200
         assert r["tokens"]["captions"] == 300 and r["tokens"]["load_s"] > 0
