@@ -1,4 +1,4 @@
-"""Tokenizer ids equal open_clip's; preprocessing matches torchvision/open_clip's pipeline."""
+"""Tokenizer ids equal transformers' CLIP BPE; preprocessing matches torchvision/open_clip's pipeline."""
 import numpy as np
 import pytest
 import torch
@@ -20,15 +20,42 @@ CORPUS = [
 ]
 
 
-@pytest.mark.parametrize("context", [77, 16])
-def test_tokenizer_ids_equal_open_clip(context):
-    from open_clip.tokenizer import SimpleTokenizer
+@pytest.fixture(scope="module")
+def hf_clip_tokenizer(tmp_path_factory):
+    """transformers' own CLIPTokenizer (its Python BPE, not open_clip's, which mobileclip.Tokenizer wraps) over
+    the same vocabulary, written in its file format: the 256 byte symbols, the same with the end-of-word mark,
+    one token per merge, then the start and end tokens (CLIP's 49408)."""
+    import gzip
+    import json
 
+    from open_clip.tokenizer import default_bpe
+    from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    with gzip.open(default_bpe(), "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1:49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = (symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+             + ["<|startoftext|>", "<|endoftext|>"])
+    assert len(vocab) == 49408
+    d = tmp_path_factory.mktemp("hf_clip")
+    (d / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+
+
+@pytest.mark.parametrize("context", [77, 16])
+def test_tokenizer_ids_equal_an_independent_clip_bpe(context, hf_clip_tokenizer):
     ours = mobileclip.Tokenizer(mobileclip.config.TokenizerConfig("clip-bpe", context))
-    ref = SimpleTokenizer(context_length=context)
     ids = ours(CORPUS)
     assert ids.shape == (len(CORPUS), context) and ids.dtype == torch.long
-    assert torch.equal(ids, ref(CORPUS, context_length=context))
+    for row, text in zip(ids.tolist(), CORPUS):
+        ref = hf_clip_tokenizer(text)["input_ids"]   # start, ids, end: untruncated, unpadded
+        if len(ref) > context:                       # CLIP's rule: cut, and keep the end token last
+            ref = ref[:context - 1] + ref[-1:]
+        assert row == ref + [0] * (context - len(ref)), text
+    # the ids of the canonical prompt: start 49406, "a" 320, "photo" 1125, "of" 539, "cat" 2368, end 49407
+    assert ids[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407, 0]
     # Truncated text keeps its end token at the last position.
     assert ids[-1, -1].item() == ours.eot_token_id
     assert (ids.argmax(dim=-1) == (ids == ours.eot_token_id).int().argmax(dim=-1)).all()
