@@ -671,7 +671,57 @@ def check_spec(path: Path, expected: dict) -> list:
                 "input_scale": repr(float(expected.get("input_scale", INPUT_SCALE)))}
         if got != want:
             misses.append(f"normalization metadata {got} != {want}")
-    return misses
+    return misses + weight_misses(path, spec)
+
+
+_BLOB_READERS = {"FLOAT16": "read_fp16_data", "FLOAT32": "read_float_data", "INT8": "read_int8_data",
+                 "UINT8": "read_uint8_data", "INT16": "read_int16_data", "UINT16": "read_uint16_data",
+                 "INT32": "read_int32_data", "UINT32": "read_uint32_data", "INT4": "read_int4_data",
+                 "UINT4": "read_uint4_data", "UINT2": "read_uint2_data", "UINT1": "read_uint1_data",
+                 "UINT3": "read_uint3_data", "UINT6": "read_uint6_data"}
+
+
+def _values(block):
+    for op in block.operations:
+        yield from op.attributes.values()
+        for inner in op.blocks:
+            yield from _values(inner)
+
+
+def weight_misses(path: Path, spec) -> list:
+    """Every weight blob the ML program refers to, read from its weight file by coremltools' own blob reader (no
+    macOS needed): a file cut short, a blob at an offset past its end or holding fewer values than the tensor's
+    shape is a miss. Checksums say the bundle's files are those listed; this says the package can be loaded."""
+    from coremltools.libmilstoragepython import _BlobStorageReader
+    from coremltools.proto import MIL_pb2
+
+    names = {v: k for k, v in MIL_pb2.DataType.items()}
+    readers, count = {}, 0
+    for func in spec.mlProgram.functions.values():
+        for block in func.block_specializations.values():
+            for v in _values(block):
+                if v.WhichOneof("value") != "blobFileValue":
+                    continue
+                blob, dtype = v.blobFileValue, names.get(v.type.tensorType.dataType, "?")
+                rel = blob.fileName.replace("@model_path/", "", 1)
+                file = path / "Data" / "com.apple.CoreML" / rel
+                where = f"the weight at offset {blob.offset} of {rel}"
+                if not file.is_file():
+                    return [f"{where}: the file is missing"]
+                try:
+                    reader = readers.setdefault(rel, _BlobStorageReader(str(file)))
+                    data = getattr(reader, _BLOB_READERS[dtype])(blob.offset)
+                except KeyError:
+                    return [f"{where} has data type {dtype}, which this check does not know"]
+                except Exception as e:   # noqa: BLE001 - the reader raises ValueError/RuntimeError on a bad file
+                    return [f"{where} cannot be read ({type(e).__name__}: {e}): the package is damaged"]
+                dims = [d.constant.size for d in v.type.tensorType.dimensions]
+                if dtype in ("FLOAT16", "FLOAT32", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32") and \
+                        all(d.WhichOneof("dimension") == "constant" for d in v.type.tensorType.dimensions) and \
+                        len(data) != int(np.prod(dims)):
+                    return [f"{where} holds {len(data)} values, its tensor {dims} needs {int(np.prod(dims))}"]
+                count += 1
+    return []
 
 
 def _mil_fp16() -> int:
