@@ -25,12 +25,9 @@ from mobileclip.runtime.tokenizer import TokenizerError  # noqa: E402
 
 def _edit_json(d, fn):
     """Edit the bundle's tokenizer.json with ``fn(config)`` and re-sign the manifest (checksums pass)."""
-    m = json.loads((d / "manifest.json").read_text())
-    path = d / m["tokenizer"]["tokenizer_json"]
-    config = json.loads(path.read_text())
-    fn(config)
-    path.write_text(json.dumps(config))
-    write_manifest(d, m)
+    from mobileclip.benchmarks.robustness import edit_tokenizer_json
+
+    edit_tokenizer_json(d, fn)
 
 
 def _swap(config):

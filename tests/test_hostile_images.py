@@ -157,3 +157,22 @@ def test_decompression_bomb_warning_is_one_line(tmp_path):
     assert r.returncode == 0 and "DecompressionBombWarning" not in r.stderr
     assert len([ln for ln in lines if "decompression-bomb warning limit" in ln]) == 1
     assert lines[-1] == "refused"
+
+
+def test_dangling_symlink_in_an_index_is_counted_and_retried_once_its_target_exists(tmp_path, tiny_bundle):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from mobileclip import runtime
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(_photo(seed=i)).save(folder / f"{i}.png")
+    (folder / "2.png").symlink_to(tmp_path / "later.png")
+    model = runtime.load(tiny_bundle)
+    index = runtime.ImageIndex.build(model, folder, progress=False)
+    assert len(index) == 2 and [s["path"] for s in index.skipped] == ["2.png"]
+    s = index.update(model)
+    assert s["embedded"] == 0 and s["unreadable_total"] == 1   # still dangling: not retried
+    Image.fromarray(_photo(seed=5)).save(tmp_path / "later.png")
+    s = index.update(model)
+    assert s["embedded"] == 1 and s["unreadable_total"] == 0 and len(index) == 3

@@ -61,7 +61,8 @@ def _now() -> str:
 
 
 def scan_images(folder: Union[str, Path]) -> dict:
-    """``{relative posix path: (size, mtime_ns)}`` of the image files under ``folder``, recursively."""
+    """``{relative posix path: (size, mtime_ns)}`` of the image files under ``folder``, recursively (a dangling
+    symbolic link: ``(-1, -1)``)."""
     root = Path(folder)
     found = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -72,7 +73,9 @@ def scan_images(folder: Union[str, Path]) -> dict:
             p = Path(dirpath) / name
             try:
                 st = p.stat()
-            except OSError:  # vanished or a dangling link: not an indexable file
+            except OSError:  # vanished, or a dangling link: listed (-1, -1), so it fails to load and is counted
+                if os.path.islink(p):   # as unreadable, and is tried again once its target exists
+                    found[p.relative_to(root).as_posix()] = (-1, -1)
                 continue
             found[p.relative_to(root).as_posix()] = (int(st.st_size), int(st.st_mtime_ns))
     return found
