@@ -315,6 +315,85 @@ def on_bundle(*a) -> Callable:
 
 
 VALIDATE, DAMAGED = ["validate", "b", "--max-batch", "2"], [*DISTILL, "losses.kd=1.0", "data.cache=c", "out=r"]
+
+
+def edit_tokenizer_json(b: Path, edit: Callable) -> None:
+    """Edit bundle ``b``'s tokenizer.json with ``edit(config)`` and re-sign the manifest (checksums pass); also used
+    by tests/test_bundle_consistency.py."""
+    from mobileclip.export.bundle import write_manifest
+
+    m = json.loads((b / "manifest.json").read_text())
+    path = b / m["tokenizer"]["tokenizer_json"]
+    cfg = json.loads(path.read_text())
+    edit(cfg)
+    path.write_text(json.dumps(cfg))
+    write_manifest(b, m)
+
+
+def tokenizer_json(edit: Callable, argv=None) -> Callable:
+    """A case setup: the bundle's tokenizer.json edited by ``edit(config)``, the manifest re-signed."""
+    def setup(d, base):
+        edit_tokenizer_json(base.bundle(d), edit)
+        return list(argv or CLASSIFY)
+    return setup
+
+
+def swap_ids(cfg):
+    v = cfg["model"]["vocab"]
+    v["red</w>"], v["blue</w>"] = v["blue</w>"], v["red</w>"]
+
+
+def litert_truncated(d, base):
+    """A LiteRT bundle whose .tflite is cut in half, the manifest re-signed."""
+    from mobileclip.export.bundle import write_manifest
+
+    mc(["export", "mobileclip-tiny", "--format", "litert", "--out", "b", "--max-batch", "1"], d)
+    m = json.loads((d / "b" / "manifest.json").read_text())
+    f = d / "b" / m["artifacts"]["image"]["file"]
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    write_manifest(d / "b", m)
+    return VALIDATE
+
+
+def resigned_token_table(d, base):
+    """A stored token table (data.token_cache) with one caption's ids changed and its sha256 re-signed."""
+    from mobileclip.hashing import sha256_file
+
+    mc(["synth", "--out", "data", "--n", "12", "--image-size", "32"], d)
+    argv = [*DISTILL, "data.source=captions", "data.path=data/captions.csv", "data.token_cache=tc", "steps=1"]
+    mc([*argv, "out=first"], d)
+    folder = next((d / "tc").glob("tokens-*"))
+    tokens = np.load(folder / "tokens.npy")
+    offsets = np.load(folder / "offsets.npy")
+    tokens[offsets[1] + 1] += 1   # caption 1's first word
+    np.save(folder / "tokens.npy", tokens)
+    meta = json.loads((folder / "table.json").read_text())
+    meta["sha256"]["tokens.npy"] = sha256_file(folder / "tokens.npy")
+    (folder / "table.json").write_text(json.dumps(meta))
+    shutil.rmtree(d / "first")
+    return [*argv, "out=r"]
+
+
+def scan_cut_short(d, base):
+    """A JPEG whose header says 960 x 800 over the scan of a 96 x 80 image (libjpeg fills the rest grey)."""
+    import io
+
+    base.bundle(d)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (800).to_bytes(2, "big") + (960).to_bytes(2, "big")
+    (d / "cut.jpg").write_bytes(bytes(data))
+    return ["classify", "b", "cut.jpg", "--labels", "red,blue"]
+
+
+def dangling_link(d, base):
+    (d / "imgs").mkdir()
+    for i in range(3):
+        red_png(d / "imgs", f"{i}.png")
+    (d / "imgs" / "3.png").symlink_to(d / "deleted.png")
+    return ["cache-teacher", "--teacher", "clip-vit-tiny", "--images", "imgs", *CT, "--out", "c"]
 SAME = "same probabilities as the 8-bit file"
 # a user's own teacher (py:) whose code returns NaN, or raises
 HOSTILE_PY = """import torch, mobileclip
@@ -333,6 +412,12 @@ def raises():
     def boom(x):
         raise ValueError("could not broadcast (4,100) into (4,256)")
     model.encode_image = boom
+    return model, pre, tok
+
+def rows():
+    model, pre, tok = _tiny()
+    good = model.encode_image
+    model.encode_image = lambda x: good(x)[:1]
     return model, pre, tok
 """
 PY_CT = ["cache-teacher", "--data", "synthetic", "--size", "12", "--image-size", "32", *CT, "--out", "c", "--teacher"]
@@ -357,6 +442,15 @@ CASES = [
            guard=("outside.onnx",)),
     bundle("one flipped byte in `image.onnx`", flip_byte, "image.onnx' does not match its checksum"),
     bundle("manifest not UTF-8", not_utf8, "manifest.json' is not UTF-8"),
+    Case("Bundles (classify)", "tokenizer.json with two ids swapped (re-signed)", tokenizer_json(swap_ids), 2,
+         r"does not agree with the bundle's vocabulary file .*its vocabulary differs", ("b",)),
+    Case("Bundles (classify)", "tokenizer.json maps a word to id 999999 (re-signed)",
+         tokenizer_json(lambda c: c["model"]["vocab"].update({"red</w>": 999999})), 2,
+         r"'red</w>': 999999 in tokenizer\.json", ("b",)),
+    Case("Bundles (classify)", "`bench` on that bundle (ids swapped)",
+         tokenizer_json(swap_ids, ["bench", "b", "--towers", "text", "--batch", "1", "--min-runs", "2",
+                                   "--min-seconds", "0", "--warmup", "0", "--peak-seconds", "0.05", "--out", "o"]), 2,
+         r"1 of 1 cases failed .*does not agree with the bundle's vocabulary file", ("b",)),
 
     Case("validate", "plain validate", on_bundle(*VALIDATE), 0,
          "parity passed", ("b",), present=("b.validate.json",)),
@@ -368,6 +462,8 @@ CASES = [
          "logit_scale is 1.0, the source's", ("b",)),
     Case("validate", "re-signed: embed dim 128", resigned(None, "embed_dim", 128), 1,
          "embed_dim is 128, the source's 256", ("b",)),
+    Case("validate", "LiteRT bundle with its `.tflite` cut in half (re-signed)", litert_truncated, 2,
+         r"litert cannot read 'image\.tflite'.*the file is damaged", ("b",)),
     Case("validate", "`--report` inside the bundle",
          on_bundle(*VALIDATE, "--report", "b/r.json"), 2,
          "inside the bundle", ("b",)),
@@ -380,6 +476,10 @@ CASES = [
     Case("Images", "float32 TIFF in [0, 1]", deep_image("tiff-unit"), 0, SAME, compare="ref8.png"),
     Case("Images", "float TIFF with values up to 7.5", deep_image("tiff-7.5"), 2, r"float images must lie in \[0, 1\]"),
     Case("Images", "truncated JPEG", truncated_jpeg, 2, r"t\.jpg.*truncated"),
+    Case("Images", "JPEG whose scan ends before its header's 960x800 are filled", scan_cut_short, 2,
+         r"cut\.jpg.*the scan ends before the image its header declares is filled"),
+    Case("Images", "`cache-teacher --images` with a dangling symbolic link", dangling_link, 0,
+         "1 unreadable images skipped"),
 
     Case(C, "latin-1 CSV", captions("c.csv", "image,caption\na.png,ok\na.png,caf\u00e9 au lait\n".encode("latin-1")),
          2, r"not UTF-8 text \(byte 0xe9 on line 3"),
@@ -408,6 +508,16 @@ CASES = [
          "expected a finite number", absent=("r",)),
     Case("Configs", "override `aug.scale=[0.5,1.5]`", just("distill", "progress=false", "out=r", "aug.scale=[0.5,1.5]"),
          2, r"aug\.scale", absent=("r",)),
+    Case("Configs", "`student_image_size=100000`", just(*DISTILL, "student_image_size=100000", "out=r"), 2,
+         "student_image_size: 100,000 is above the limit of 2,048", absent=("r",)),
+    Case("Configs", "`batch_size=1000000` at 256 px", just(*DISTILL, "batch_size=1000000", "student_image_size=256",
+                                                           "out=r"), 2,
+         "a batch of 1,000,000 images at 256 px .* of pixels alone", absent=("r",)),
+    Case("Configs", "`data.token_cache=` a file", existing("x/tc", "not a folder", *DISTILL, "data.token_cache=x/tc",
+                                                           "out=r"), 2,
+         r"data\.token_cache: 'x/tc' is a file; give a folder", ("x",), ("r",)),
+    Case("Configs", "`cache-teacher --augs 100000`", just(*SYNTH_CT, "--augs", "100000", "--out", "c"), 2,
+         "--augs: 100,000 is above the limit of 1,024", absent=("c",)),
 
     Case(K, "`cache-teacher --shard-size 0`", just(*SYNTH_CT, "--shard-size", "0", "--out", "c"), 2,
          "--shard-size must be at least 1", absent=("c",)),
@@ -421,6 +531,11 @@ CASES = [
     Case(K, "`py:` teacher whose `encode_image` raises", existing("t/hostile.py", HOSTILE_PY, *PY_CT,
                                                                   "py:t/hostile.py:raises"), 2,
          r"encode_image raised ValueError: could not broadcast", ("t",), ("c",)),
+    Case(K, "`py:` teacher whose `encode_image` returns one row for a batch",
+         existing("t/hostile.py", HOSTILE_PY, *PY_CT, "py:t/hostile.py:rows"), 2,
+         r"encode_image on \d+ input\(s\) returned shape \(1, \d+\), not \(\d+, dim\)", ("t",), ("c",)),
+    Case(K, "token table (`data.token_cache`) with one caption's ids edited, sha256 re-signed", resigned_token_table,
+         2, r"caption .* is tokenized differently today", ("tc", "data"), ("r",)),
     Case(K, "resume after the checkpoint-dir teacher's weights changed", teacher_changed, 2, r"teacher 0 weights",
          ("c",)),
     Case(K, "distill from a caption-file cache after the file was reordered", captions_reordered, 2,
@@ -435,6 +550,9 @@ CASES = [
 
     Case(R, "distill into a finished run's `out=`", run_copy(), 2, "already holds a run.*--resume.*--overwrite",
          ("run",)),
+    Case(R, "distill refused after `out=` was made (batch larger than the data)",
+         just(*DISTILL, "data.size=4", "out=r"), 2, r"batch size 8 is larger than the dataset \(4 samples\)",
+         absent=("r",)),
     Case(R, "`--overwrite` on a non-run directory",
          existing("photos/a.jpg", "precious", *DISTILL, "out=photos", "--overwrite"), 2, "holds no run", ("photos",)),
     Case(R, "`--resume` from a truncated `train_state.pt`", run_copy("truncated"), 2, "truncated or damaged", ("run",)),

@@ -830,14 +830,17 @@ class TokenTable:
         else:   # the first and last captions and a fresh random sample (os.urandom) at every load
             rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
             probe = sorted({0, n - 1, *rng.choice(n, min(self.SAMPLE, n), replace=False).tolist()})
-        probe = list(probe)
-        for b in range(0, len(probe), 1024):   # the tokenizer today, against the stored rows
+        probe = np.asarray(list(probe), dtype=np.int64)
+        for b in range(0, len(probe), 1024):   # the tokenizer today, against the stored rows (whole chunks at once)
             chunk = probe[b:b + 1024]
-            want = self.tok([uniques[u] for u in chunk])
-            for k, u in enumerate(chunk):
-                got = self._row(u)
-                if want[k].shape != got.shape or not torch.equal(want[k], got):
-                    refuse(f"caption {uniques[u]!r} is tokenized differently today")
+            want = self.tok([uniques[u] for u in chunk.tolist()])
+            got = self._rows(chunk)
+            if want.dtype != self.dtype or tuple(want.shape) != got.shape:
+                refuse(f"captions are tokenized to {tuple(want.shape)} {want.dtype} today, {got.shape} {self.dtype} "
+                       "when it was stored")
+            diff = np.flatnonzero((want.numpy().astype(np.int64) != got).any(axis=1))
+            if len(diff):
+                refuse(f"caption {uniques[int(chunk[diff[0]])]!r} is tokenized differently today")
 
     # A stored table's rows are checked when it is read: all of them for structure (start token first, end
     # token last, a length within the context, ids within the vocabulary: numpy over the whole table), and
@@ -886,6 +889,15 @@ class TokenTable:
                     self.memo[caption] = t
             return t.clone()
         return self._row(int(self.caption_ids[self.starts[i] + c]))
+
+    def _rows(self, us: np.ndarray) -> np.ndarray:
+        """Unique captions ``us``' stored ids, padded with zeros: ``int64 [len(us), context_length]``."""
+        starts = np.asarray(self.offsets[us], dtype=np.int64)
+        lengths = np.asarray(self.offsets[us + 1], dtype=np.int64) - starts
+        cols = np.arange(self.context_length)
+        inside = cols[None, :] < lengths[:, None]
+        at = np.minimum(starts[:, None] + cols[None, :], max(len(self.tokens) - 1, 0))
+        return np.where(inside, np.asarray(self.tokens)[at].astype(np.int64) if len(self.tokens) else 0, 0)
 
     def _row(self, u: int) -> torch.Tensor:
         """Unique caption ``u``'s stored ids, padded as the tokenizer pads them."""
