@@ -93,18 +93,20 @@ def test_a_damaged_artifact_fails_validate(name, backend_bundle, tmp_path):
     from mobileclip.export import validate
 
     bundle = _exported(name, backend_bundle)
-    for tower in ("image", "text"):
+    for tower in ("image", "text"):   # the image tower through the API, the text tower through the CLI
         d = shutil.copytree(bundle, tmp_path / f"{tower}-{name}")
         m = json.loads((d / "manifest.json").read_text())
         _cut(d / m["artifacts"][tower]["file"])
         write_manifest(d, m)   # re-signed: only the artifact's own reading can tell
-        try:
-            report = validate(d, max_batch=2, allow_mismatch=True, report=tmp_path / f"{tower}-{name}.json")
-        except MobileCLIPError:
-            failed = True
-        else:
-            failed = not report["passed"]
-        assert failed, f"{name}: a {tower} artifact cut in half passed validate"
+        if tower == "image":
+            try:
+                report = validate(d, max_batch=2, allow_mismatch=True, report=tmp_path / f"{tower}-{name}.json")
+            except MobileCLIPError:
+                failed = True
+            else:
+                failed = not report["passed"]
+            assert failed, f"{name}: a {tower} artifact cut in half passed validate"
+            continue
         err, out = io.StringIO(), io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             code = main(["validate", str(d), "--max-batch", "2", "--report", str(tmp_path / f"{tower}.cli.json")])
