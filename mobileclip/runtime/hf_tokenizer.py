@@ -73,6 +73,7 @@ module's). Apps on other platforms run the JSON's normalizer (``clean="json"``).
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import html.entities
 import json
@@ -584,6 +585,26 @@ def check_bundle_tokenizer(bundle_dir: Union[str, Path], info: dict, runtime: "H
         return
     bundle_dir = Path(bundle_dir)
     vocab_file = bundle_dir / str(info.get("vocab_file", ""))
+    # Files already found consistent in this process are not checked again (keyed by their bytes' sha256).
+    name = info.get(MANIFEST_KEY)
+    try:
+        key = (hashlib.sha256(vocab_file.read_bytes()).hexdigest(),
+               hashlib.sha256((bundle_dir / str(name)).read_bytes()).hexdigest() if name else None,
+               json.dumps({k: info.get(k) for k in ("context_length", "pad_id", "lowercase", "vocab_size")},
+                          sort_keys=True))
+    except OSError:
+        key = None
+    if key is not None and key in _CONSISTENT:
+        return
+    _check_bundle_tokenizer(bundle_dir, vocab_file, info, runtime)
+    if key is not None:
+        _CONSISTENT.add(key)
+
+
+_CONSISTENT: set = set()
+
+
+def _check_bundle_tokenizer(bundle_dir: Path, vocab_file: Path, info: dict, runtime) -> None:
     rows = info.get("vocab_size")
     if rows is not None:
         n = len(clip_vocab(read_merges(vocab_file)))
