@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from mobileclip.data.datasets import PackedStrings, pathlib_respells
-from mobileclip.errors import ConfigError, DatasetError
+from mobileclip.errors import ConfigError, DatasetError, MobileCLIPError
 from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, jpeg_scan_truncated,
                                    load_image, load_image_scaled, plain_jpeg_size, read_source_bytes, resize_crop,
                                    resized_size, to_rgb)
@@ -1168,12 +1168,23 @@ def decode_deferred(batch: dict, key: str, entries: dict, device, size: int, int
         datas = [flat[o:o + m] for _, o, m, *_ in group]
         try:
             decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=images.device)
-        except RuntimeError:  # one bad JPEG fails the batched call: decode one by one to find it
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError:  # one bad JPEG fails the batched call: decode one by one to find it (counted)
+            batch["device_decode_fallbacks"] = batch.get("device_decode_fallbacks", 0) + 1
             decoded = []
             for d in datas:
                 try:
                     decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=images.device))
-                except RuntimeError:
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except RuntimeError as e:   # a bad JPEG, or a device decoder that cannot decode a good one
+                    if _decodes_on_cpu(d):
+                        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                        raise DeviceDecodeError(
+                            f"data.decoder=device: {images.device} failed on a JPEG that libjpeg decodes on the CPU "
+                            f"({type(e).__name__}: {first}); the device's decoder (torchvision's nvJPEG) is not "
+                            "usable here - use data.decoder=simplejpeg or pil") from e
                     decoded.append(None)
         grey = _grey_corners([img if img is not None and tuple(img.shape) == (3, g[13], g[12]) else None
                               for img, g in zip(decoded, group)])
@@ -1188,6 +1199,22 @@ def decode_deferred(batch: dict, key: str, entries: dict, device, size: int, int
         del decoded
     if bad:
         _drop_rows(batch, key, bad)
+
+
+class DeviceDecodeError(MobileCLIPError):
+    """The training device's JPEG decoder fails on data the CPU decodes: the decoder, not the image, is at fault."""
+
+
+def _decodes_on_cpu(data: torch.Tensor) -> bool:
+    """Whether libjpeg (torchvision on the CPU) decodes these JPEG bytes: tells a bad image from a bad decoder."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io.image import decode_jpeg
+
+    try:
+        decode_jpeg(data, mode=ImageReadMode.RGB, device="cpu")
+    except RuntimeError:
+        return False
+    return True
 
 
 def _grey_corners(images: list) -> list:

@@ -429,6 +429,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.skipped_images: list = []
+        self.decode_fallbacks = 0   # data.decoder=device: batched decodes retried one image at a time (this process)
         if resume:
             self.load_state(Path(resume))
 
@@ -601,6 +602,7 @@ class Trainer:
                for k, v in batch.items()}
         for key, entries in deferred.items():
             decode_deferred(out, key, entries, self.device, self.image_size, self.images_interpolation)
+        self.decode_fallbacks += out.pop("device_decode_fallbacks", 0)
         return out
 
     def _no_sync(self):
@@ -844,6 +846,8 @@ class Trainer:
         summary = {"steps": self.step, "bad_steps": self.bad_steps, "skipped_images": len(self.skipped_images),
                    "skipped_examples": self.skipped_images[:20], "recipe": cfg.recipe or None,
                    "loss_weights": self.weights}
+        if cfg.data.decoder == "device":
+            summary["device_decode_fallbacks"] = self.decode_fallbacks
         if self.teacher_scales.numel():
             summary["teacher_scales"] = self.teacher_scale_report
         if self.init_report is not None:

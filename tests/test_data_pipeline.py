@@ -721,14 +721,43 @@ def test_device_decoder_drops_a_sample_the_decoder_refuses(jpegs, pp, tok, monke
         return real(data, *a, **k)
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", refusing)
+    import mobileclip.distill.data as D
+
+    real_check = D._decodes_on_cpu
+    monkeypatch.setattr(D, "_decodes_on_cpu", lambda d: len(d) != victim_len and real_check(d))   # truly bad
     victim = int(batch["index"][victim_row])
     for k, entries in pop_deferred(batch).items():
         decode_deferred(batch, k, entries, "cpu", pp.cfg.image_size, "bilinear")
-    assert batch["skipped"] == [victim]
+    assert batch["skipped"] == [victim] and batch["device_decode_fallbacks"] == 1   # the retry is counted
     assert len(batch["index"]) == len(batch["image"]) == len(batch["tokens"]) == len(batch["t_image"]) == n - 1
     assert victim not in batch["index"].tolist()
     assert batch["t_image"][:, 0].tolist() == [float(j) for j in range(n) if j != victim_row]
     assert batch["ui_index"].tolist() == [7] and batch["ui_image"].shape[0] == 1  # the other group is untouched
+
+
+@pytest.mark.parametrize("failure", ["good JPEG refused", "out of memory"])
+def test_device_decoder_failures_that_are_not_a_bad_image_raise(jpegs, pp, tok, monkeypatch, failure):
+    """Issue 21: a device decoder that fails on a JPEG libjpeg decodes on the CPU (torchvision without nvJPEG, a
+    broken driver) stops the run naming the decoder, and an out-of-memory error is re-raised as itself; neither is
+    counted as an unreadable image (which would train on nothing)."""
+    import torchvision.io
+
+    from mobileclip.distill.data import DeviceDecodeError, decode_deferred, pop_deferred
+
+    dev = TrainSamples(jpegs[0], pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")
+    batch = collate_train([dev[(i, 0)] for i in range(len(jpegs[0]))])
+
+    def broken(data, *a, **k):
+        if failure == "out of memory":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise RuntimeError("nvjpeg: this torchvision was built without nvJPEG support")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", broken)
+    want = (DeviceDecodeError, "failed on a JPEG that libjpeg decodes on the CPU .*built without nvJPEG") \
+        if failure == "good JPEG refused" else (torch.cuda.OutOfMemoryError, "CUDA out of memory")
+    with pytest.raises(want[0], match=want[1]):
+        for k, entries in pop_deferred(batch).items():
+            decode_deferred(batch, k, entries, "cpu", pp.cfg.image_size, "bilinear")
 
 
 def test_device_decoder_bounds_the_pixels_decoded_at_once(jpegs, pp, tok, monkeypatch):
