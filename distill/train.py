@@ -428,6 +428,7 @@ class Trainer:
         self.rank_rng: Optional[list] = None   # every rank's random state at the last gather_rng()
         self.step = 0
         self.bad_steps = 0
+        self.empty_steps = 0   # steps whose every image was unreadable (nothing to train on)
         self.skipped_images: list = []
         self.decode_fallbacks = 0   # data.decoder=device: batched decodes retried one image at a time (this process)
         if resume:
@@ -498,7 +499,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "step": self.step, "bad_steps": self.bad_steps, "skipped_images": self.skipped_images,
-            "model": unwrap(self.student).state_dict(), "losses": self.losses.state_dict(),
+            "empty_steps": self.empty_steps, "model": unwrap(self.student).state_dict(), "losses": self.losses.state_dict(),
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -586,6 +587,7 @@ class Trainer:
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
             group["lr"] = base * lr_factor(self.step, self.cfg)
         self.skipped_images = list(state["skipped_images"])
+        self.empty_steps = int(state.get("empty_steps", 0))   # absent in states saved before it was counted
         if self.env.main:
             print(f"resumed from {path} at step {self.step}")
 
@@ -813,9 +815,15 @@ class Trainer:
             data_time += time.time() - t_data
             batch = self.to_device(batch)
             self.skipped_images.extend(batch["skipped"])
-            if "image" not in batch:  # every image of this batch was unreadable
+            if "image" not in batch:  # every image of this batch was unreadable: the step is skipped and counted
+                self.empty_steps += 1
+                if self.empty_steps > cfg.max_bad_steps:
+                    raise TrainingError(
+                        f"{self.empty_steps} steps had no readable image (every sample of the batch was skipped; "
+                        f"limit max_bad_steps={cfg.max_bad_steps}), e.g. sample {self.skipped_images[-1]}: check the "
+                        "data (paths, permissions, formats) or the image decoder")
                 self.step += 1
-                self.sched.step()
+                self.sched.step()   # the schedule follows the step number, as a resumed run's does
                 continue
             row = self.train_step(batch)
             self.step += 1
@@ -843,7 +851,8 @@ class Trainer:
                     self.save_state()
             t_data = time.time()
         bar.close()
-        summary = {"steps": self.step, "bad_steps": self.bad_steps, "skipped_images": len(self.skipped_images),
+        summary = {"steps": self.step, "bad_steps": self.bad_steps, "empty_steps": self.empty_steps,
+                   "skipped_images": len(self.skipped_images),
                    "skipped_examples": self.skipped_images[:20], "recipe": cfg.recipe or None,
                    "loss_weights": self.weights}
         if cfg.data.decoder == "device":

@@ -176,3 +176,18 @@ def test_dangling_symlink_in_an_index_is_counted_and_retried_once_its_target_exi
     Image.fromarray(_photo(seed=5)).save(tmp_path / "later.png")
     s = index.update(model)
     assert s["embedded"] == 1 and s["unreadable_total"] == 0 and len(index) == 3
+
+
+def test_a_run_whose_batches_hold_no_readable_image_stops(tmp_path, capsys):
+    """Issue 21: every image unreadable (here: text files named .jpg) is not trained on for the whole run: each
+    such step is counted, and more than max_bad_steps of them stop the run naming a sample and what to check."""
+    from mobileclip.app.cli import main
+
+    source = _pairs(tmp_path, {f"{i}.jpg": b"not a JPEG at all" for i in range(8)})
+    assert source is not None
+    code = main(["distill", "student=mobileclip-tiny", "batch_size=4", "data.source=captions",
+                 f"data.path={tmp_path / 'captions.csv'}", "data.workers=0", "progress=false", "eval.size=36",
+                 "steps=10", "max_bad_steps=2", f"out={tmp_path / 'r'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("mobileclip: error: 3 steps had no readable image")
+    assert "limit max_bad_steps=2" in err[-1] and "check the data" in err[-1]
