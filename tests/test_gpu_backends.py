@@ -317,7 +317,11 @@ def test_ort_runner_runs_when_the_gpu_provider_is_active(ort_fallback, tiny_bund
     ort_fallback.active = [CUDA, CPU]   # the provider was created: nothing to refuse
     with OrtRunner(tiny_bundle, _onnx_entry(tiny_bundle), device="cuda:1") as r:
         assert r.infer(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 256)
-    assert ort_fallback.requested[-1] == [(CUDA, {"device_id": 1}), CPU]   # cuda:N is GPU N
+    # cuda:N is GPU N; an fp32 artifact runs without TF32 (ONNX Runtime's CUDA default is use_tf32=1)
+    assert ort_fallback.requested[-1] == [(CUDA, {"device_id": 1, "use_tf32": 0}), CPU]
+    fp16 = dict(_onnx_entry(tiny_bundle), precision="fp16")   # lower precisions keep the provider's defaults
+    with OrtRunner(tiny_bundle, fp16, device="cuda") as r:
+        assert ort_fallback.requested[-1] == [CUDA, CPU]
     with OrtRunner(tiny_bundle, _onnx_entry(tiny_bundle)) as r:   # the CPU needs no check
         assert ort_fallback.requested[-1] == [CPU] and r.infer(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 256)
 

@@ -156,9 +156,11 @@ def check_providers(session, requested: Sequence, path) -> None:
             "run on the CPU (--device cpu, or providers=['CPUExecutionProvider'])")
 
 
-def ort_providers(device: str) -> list:
+def ort_providers(device: str, precision: str = "fp32") -> list:
     """The execution providers for ``device``: ``cpu``, or ``cuda`` / ``cuda:N`` (CUDA first, refused when
-    onnxruntime has no CUDA provider; ``cuda:N`` picks GPU N)."""
+    onnxruntime has no CUDA provider; ``cuda:N`` picks GPU N). An fp32 artifact gets CUDA's ``use_tf32=0``: ONNX
+    Runtime's CUDA provider otherwise runs fp32 matmuls and convolutions in TF32 (its default), and an "fp32" row
+    would measure something else."""
     import onnxruntime as ort
 
     device = str(device)
@@ -171,8 +173,10 @@ def ort_providers(device: str) -> list:
     if "CUDAExecutionProvider" not in have:
         raise BackendUnavailable(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (available: {have}); "
                                  "install onnxruntime-gpu to run bundles on the GPU")
-    cuda = ("CUDAExecutionProvider", {"device_id": gpu}) if ":" in device else "CUDAExecutionProvider"
-    return [cuda, CPU_PROVIDER]
+    options = {"device_id": gpu} if ":" in device else {}
+    if precision == "fp32":
+        options["use_tf32"] = 0
+    return [("CUDAExecutionProvider", options) if options else "CUDAExecutionProvider", CPU_PROVIDER]
 
 
 class OrtRunner(Runner):
@@ -196,7 +200,8 @@ class OrtRunner(Runner):
             raise BundleError(f"the manifest entry of {str(self.path)!r} is incomplete ({e!r}); re-export the "
                               "bundle") from e
         self.session = ort_session(self.path, entry.get("precision", "fp32"),
-                                   self.providers or ort_providers(self.device), self.threads, self.inter_threads)
+                                   self.providers or ort_providers(self.device, entry.get("precision", "fp32")),
+                                   self.threads, self.inter_threads)
         names = [i.name for i in self.session.get_inputs()]
         if spec_in.get("name") not in names:
             raise BundleError(f"{str(self.path)!r} has inputs {names}, the manifest says {spec_in.get('name')!r}; "
