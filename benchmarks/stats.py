@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from mobileclip.errors import ConfigError
+from mobileclip.precision import ieee_fp32, ieee_fp32_matmul  # noqa: F401 (IEEE fp32 on CUDA lives in the core)
 
 if TYPE_CHECKING:
     from .runtimes import Runtime
@@ -135,21 +136,6 @@ class MemoryProbe:
 
 # =========================================================================== peak
 
-@contextmanager
-def _no_tf32(new, legacy) -> Iterator[None]:
-    """IEEE fp32 in the block for one kind of CUDA op, restored after: through ``new.fp32_precision`` where
-    torch has it (PyTorch >= 2.9: ``"ieee"``, ``"tf32"`` or ``"none"``), else ``legacy.allow_tf32``. Reading
-    the old flag raises a RuntimeError once the new API has been used ("mix of the legacy and new APIs"), so
-    only one of them is ever touched."""
-    new_api = new is not None and hasattr(new, "fp32_precision")
-    owner, attr, value = (new, "fp32_precision", "ieee") if new_api else (legacy, "allow_tf32", False)
-    saved = getattr(owner, attr)
-    setattr(owner, attr, value)
-    try:
-        yield
-    finally:
-        setattr(owner, attr, saved)
-
 
 def device_sync(device) -> None:
     """Wait for the work queued on ``device`` (CUDA runs asynchronously: a time taken without this measures the
@@ -159,23 +145,6 @@ def device_sync(device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def ieee_fp32_matmul():
-    """fp32 CUDA matmuls in full fp32 (no TF32) inside the block; the previous setting is restored after."""
-    import torch
-
-    return _no_tf32(torch.backends.cuda.matmul, torch.backends.cuda.matmul)
-
-
-@contextmanager
-def ieee_fp32() -> Iterator[None]:
-    """fp32 CUDA matmuls *and* cuDNN convolutions in full fp32 inside the block (cuDNN allows TF32 for
-    convolutions by default, so an "fp32" timing of a conv tower would otherwise be a TF32 one)."""
-    import torch
-
-    with _no_tf32(getattr(torch.backends.cudnn, "conv", None), torch.backends.cudnn), ieee_fp32_matmul():
-        yield
 
 
 def measure_peak(device: str, threads: int, seconds: float = 1.0, n: Optional[int] = None,

@@ -476,8 +476,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(precision: str, device: torch.device):
-    """The autocast context of a resolved precision (none for fp32)."""
+    """The autocast context of a resolved precision; for fp32, IEEE fp32 on CUDA (no TF32 convolutions, cuDNN's
+    default, or matmuls: :func:`mobileclip.precision.ieee_fp32`), nothing elsewhere."""
     if precision == "fp32":
+        if device.type == "cuda":
+            from mobileclip.precision import ieee_fp32
+
+            return ieee_fp32()
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 

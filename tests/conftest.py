@@ -80,3 +80,18 @@ def backend_bundle(tmp_path_factory):
         return made[name]
 
     return get
+
+
+@pytest.fixture
+def tf32_everywhere():
+    """CUDA's fp32 settings (cuDNN convolutions, matmuls) set to TF32 for the test, restored after: returns the
+    two setting holders, so a test can check what a block turns them into (skipped on a torch without them)."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    if not hasattr(conv, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no torch.backends.cudnn.conv.fp32_precision")
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
+    try:
+        yield conv, matmul
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before

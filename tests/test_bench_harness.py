@@ -132,41 +132,34 @@ def test_measure_peak_tf32_on_torch_without_the_new_api(monkeypatch):
     assert old.allow_tf32 is True
 
 
-def test_torch_fp32_cases_on_cuda_turn_off_tf32_convolutions_too():
+def test_torch_fp32_cases_on_cuda_turn_off_tf32_convolutions_too(tf32_everywhere):
     """cuDNN runs fp32 convolutions in TF32 by default: the torch runtime's fp32 rows on CUDA run inside
     ieee_fp32(), which sets convolutions and matmuls to IEEE fp32 and restores both after."""
     from mobileclip.benchmarks.stats import ieee_fp32
 
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    if not hasattr(conv, "fp32_precision"):
-        pytest.skip(f"torch {torch.__version__} has no torch.backends.cudnn.conv.fp32_precision")
-    before = (conv.fp32_precision, matmul.fp32_precision)
-    conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
-    try:
-        with ieee_fp32():
-            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
-        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
-        # What TorchRuntime's fp32 case on a CUDA device runs under: the model's encoder records both settings
-        # when it is called (the run is driven without a GPU: the inputs' .to() is a no-op stand-in).
-        from mobileclip.benchmarks.runtimes import TorchRuntime
+    conv, matmul = tf32_everywhere
+    with ieee_fp32():
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+    # What TorchRuntime's fp32 case on a CUDA device runs under: the model's encoder records both settings
+    # when it is called (the run is driven without a GPU: the inputs' .to() is a no-op stand-in).
+    from mobileclip.benchmarks.runtimes import TorchRuntime
 
-        seen = []
+    seen = []
 
-        class Tokens:
-            def to(self, device):
-                return self
+    class Tokens:
+        def to(self, device):
+            return self
 
-        def encode_text(tokens):
-            seen.append((conv.fp32_precision, matmul.fp32_precision))
+    def encode_text(tokens):
+        seen.append((conv.fp32_precision, matmul.fp32_precision))
 
-        src = types.SimpleNamespace(tokenizer=lambda prompts: Tokens(),
-                                    model=types.SimpleNamespace(encode_text=encode_text))
-        run = TorchRuntime(src, "cuda", precision="fp32").prepare("text", 2)
-        run()
-        assert seen == [("ieee", "ieee")]
-        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")   # put back after the call
-    finally:
-        conv.fp32_precision, matmul.fp32_precision = before
+    src = types.SimpleNamespace(tokenizer=lambda prompts: Tokens(),
+                                model=types.SimpleNamespace(encode_text=encode_text))
+    run = TorchRuntime(src, "cuda", precision="fp32").prepare("text", 2)
+    run()
+    assert seen == [("ieee", "ieee")]
+    assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")   # put back after the call
 
 
 def test_memory_probe_reads_and_resets_the_high_water_mark():

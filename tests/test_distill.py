@@ -545,3 +545,18 @@ def test_gather_handles_ranks_with_different_batch_sizes(tmp_path):
     assert out["g"][:, 0].tolist() == [1, 1, 2, 2, 2]
     # d/dx of sum(row_index * g) summed over both ranks' identical losses: 2 x row index.
     assert out["grad"][:, 0].tolist() == [0.0, 2.0]
+
+
+def test_fp32_on_cuda_means_ieee_fp32_in_cache_teacher_and_the_trainer(tf32_everywhere):
+    """Issue 21: cache-teacher's (and the trainer's) fp32 on CUDA runs convolutions and matmuls in IEEE fp32 —
+    cuDNN's default would run fp32 convolutions in TF32 — and restores the settings after; bf16 is autocast, and
+    the CPU is left alone."""
+    from mobileclip.distill.cache import autocast
+
+    conv, matmul = tf32_everywhere
+    with autocast("fp32", torch.device("cuda")):
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+    with autocast("fp32", torch.device("cpu")):
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+    assert isinstance(autocast("bf16", torch.device("cpu")), torch.autocast)
