@@ -86,13 +86,17 @@ PEAK_BF16_TFLOPS = [
 
 
 def known_peak_tflops(name=None):
-    """The peak dense bf16 TFLOP/s of a GPU by its name (default: GPU 0), or None when it is not known."""
+    """The peak dense bf16 TFLOP/s of a GPU by its name (default: GPU 0), or None when it is not known. A MIG
+    slice ("... MIG 3g.40gb") has a fraction of the whole GPU's compute, which its name does not give exactly:
+    None, so that --peak-tflops must say it."""
     import re
 
     if name is None:
         if not torch.cuda.is_available():
             return None
         name = torch.cuda.get_device_name()
+    if re.search(r"\bMIG\b", name):
+        return None
     return next((v for pattern, v in PEAK_BF16_TFLOPS if re.search(pattern, name)), None)
 
 
@@ -163,7 +167,10 @@ def main() -> None:
     for r in results:
         r["step_vs_student_only"] = r["total"] / base
         r["student_train_gflops_per_sample"] = flops / 1e9
+        # Two figures: over the whole step (data wait and teacher included) and over the student's own time
         r["mfu"] = flops * r["samples_per_s"] / (peak * 1e12) if peak else None
+        r["mfu_student"] = (flops * args.batch / r["student"] / (peak * 1e12)
+                            if peak and r["student"] > 0 else None)
     import open_clip
     import timm
 
@@ -184,12 +191,16 @@ def main() -> None:
              f"{env['torch']}, {env['date']}. Student `{args.student}` at {args.image_size} px, batch {args.batch}, "
              f"mean of {args.steps} steps after 1 warm-up; random weights.", "",
              f"Precision {args.precision}, compile {args.compile}; student training FLOPs "
-             f"{flops / 1e9:.2f} GFLOP/sample" + (f"; MFU against {peak} TFLOP/s peak." if peak else "."), "",
-             "| mode | samples/s | step s | data s | teacher s | student s | step / student-only | MFU |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{flops / 1e9:.2f} GFLOP/sample" + (f"; MFU against {peak} TFLOP/s peak, over the whole step and "
+                                                   "over the student's own time (no data wait, no teacher)."
+                                                   if peak else "."), "",
+             "| mode | samples/s | step s | data s | teacher s | student s | step / student-only | MFU (step) "
+             "| MFU (student) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    pct = (lambda v: f"{100 * v:.1f}%" if v is not None else "—")
     lines += [f"| {r['mode']} | {r['samples_per_s']:.2f} | {r['total']:.2f} | {r['data']:.2f} | {r['teacher']:.2f} | "
-              f"{r['student']:.2f} | {r['step_vs_student_only']:.2f}x | "
-              + (f"{100 * r['mfu']:.1f}% |" if r["mfu"] is not None else "— |") for r in results]
+              f"{r['student']:.2f} | {r['step_vs_student_only']:.2f}x | {pct(r['mfu'])} | {pct(r['mfu_student'])} |"
+              for r in results]
     (out / "distill_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -148,8 +148,27 @@ def test_mfu_peak_is_matched_by_the_exact_gpu_variant():
     assert known_peak_tflops("NVIDIA H200") == 989.4
     assert known_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert known_peak_tflops("NVIDIA A10") == 125.0
-    for unknown in ("NVIDIA H100", "NVIDIA A10G", "NVIDIA GeForce RTX 4090"):   # no guess: --peak-tflops
+    for unknown in ("NVIDIA H100", "NVIDIA A10G", "NVIDIA GeForce RTX 4090",   # no guess: --peak-tflops
+                    "NVIDIA H100 80GB HBM3 MIG 3g.40gb", "NVIDIA A100-SXM4-80GB MIG 1g.10gb"):   # a slice of one
         assert known_peak_tflops(unknown) is None
+
+
+def test_mfu_is_given_over_the_step_and_over_the_students_own_time(tmp_path, monkeypatch):
+    """Issue 21: a step that waits for data has a lower MFU than its student's own compute; both are reported,
+    each from its own time (here a made-up measurement: 4 samples, 0.5 s student of a 2 s step, 1e9 FLOPs each,
+    a 10 TFLOP/s peak: 0.02% over the step, 0.08% over the student)."""
+    from mobileclip.benchmarks import distill_throughput as D
+
+    fake = {"data": 1.5, "teacher": 0.0, "student": 0.5, "total": 2.0, "samples_per_s": 2.0}
+    monkeypatch.setattr(D, "_measure", lambda tr, steps: dict(fake))
+    monkeypatch.setattr("mobileclip.distill.Trainer", lambda cfg: None)
+    monkeypatch.setattr(D, "train_flops_per_sample", lambda student: 1e9)
+    monkeypatch.setattr(sys, "argv", ["x", "--student", "mobileclip-tiny", "--batch", "4", "--steps", "1",
+                                      "--teachers", "--peak-tflops", "10", "--out", str(tmp_path)])
+    D.main()
+    row = json.loads((tmp_path / "distill_throughput.json").read_text())["rows"][0]
+    assert row["mfu"] == pytest.approx(1e9 * 2.0 / 10e12) and row["mfu_student"] == pytest.approx(1e9 * 8.0 / 10e12)
+    assert "| 0.0% | 0.1% |" in (tmp_path / "distill_throughput.md").read_text()
 
 
 def test_training_flops_count_attention_on_cpu():
