@@ -38,7 +38,8 @@ def _measure(trainer, steps: int, warmup: int = 1) -> dict:
     cfg = trainer.cfg
     sampler = StepBatches(len(trainer.source), cfg.batch_size, warmup + steps, cfg.seed)
     loader = torch.utils.data.DataLoader(trainer.dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
-                                         collate_fn=collate_train)
+                                         collate_fn=collate_train,   # as Trainer.fit loads: pinned for a GPU
+                                         pin_memory=trainer.device.type == "cuda")
     rows = []
     orig_teacher = trainer.teacher_features
     spent = {"teacher": 0.0}
