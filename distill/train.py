@@ -324,6 +324,31 @@ def _drop_rows_after(path: Path, step: int) -> None:
         f.write("".join(ln + "\n" for ln in keep))
 
 
+def shm_free(path: str = "/dev/shm") -> Optional[int]:
+    """Bytes free in the shared-memory filesystem DataLoader workers pass batches through (None: none there)."""
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def shm_prefetch(batch_bytes: int, workers: int, want: int = 4, free: Optional[int] = None) -> int:
+    """The DataLoader prefetch factor whose batches in flight (``workers x prefetch``, each ``batch_bytes``, with
+    room for the rest of a sample) fit in half of ``/dev/shm``: ``want`` when they fit, fewer when not, and a
+    :class:`ConfigError` when not even one batch per worker does (a container's default 64 MB: "Bus error")."""
+    free = shm_free() if free is None else free
+    if free is None or batch_bytes <= 0:
+        return want
+    need = int(batch_bytes * 1.25)
+    fits = int(free / 2 // (need * workers)) if workers else want
+    if fits >= 1:
+        return min(want, fits)
+    raise ConfigError(f"data.workers={workers}: each worker passes batches of about {need / 1e6:.0f} MB through "
+                      f"/dev/shm, which has {free / 1e6:.0f} MB free; lower data.workers or batch_size, or give the "
+                      "container more shared memory (docker run --shm-size=8g)")
+
+
 def start_loader(loader):
     """``iter(loader)``, with the interpreter's objects frozen while the workers fork (:func:`gc.freeze`, as
     Python's documentation advises before a fork): a collection in a worker would otherwise write to every
@@ -801,9 +826,14 @@ class Trainer:
         else:
             sampler = StepBatches(len(self.source), cfg.batch_size, cfg.steps, cfg.seed, env.rank, env.world,
                                   self.step)
+        prefetch = None
+        if cfg.data.workers:   # worker batches travel through /dev/shm: as many in flight as it holds, up to 4
+            per_step = cfg.batch_size // env.world + sum(p["per_step"] for p in self.unpaired)
+            prefetch = shm_prefetch(per_step * 3 * self.image_size ** 2
+                                    * (1 if cfg.data.image_dtype == "uint8" else 4), cfg.data.workers)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=cfg.data.workers, collate_fn=collate_train,
-            pin_memory=self.device.type == "cuda", prefetch_factor=4 if cfg.data.workers else None)
+            pin_memory=self.device.type == "cuda", prefetch_factor=prefetch)
         metrics_path = self.out / "metrics.jsonl"
         bar = tqdm(total=cfg.steps, initial=self.step, desc="distill", disable=not (cfg.progress and env.main),
                    dynamic_ncols=True)

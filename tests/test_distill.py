@@ -560,3 +560,24 @@ def test_fp32_on_cuda_means_ieee_fp32_in_cache_teacher_and_the_trainer(tf32_ever
     with autocast("fp32", torch.device("cpu")):
         assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
     assert isinstance(autocast("bf16", torch.device("cpu")), torch.autocast)
+
+
+def test_worker_batches_are_sized_to_the_shared_memory(monkeypatch):
+    """Issue 21: DataLoader workers pass batches through /dev/shm (a container's default is 64 MB: "Bus error"
+    mid-run); the prefetch factor is lowered until workers x prefetch batches fit in half of it, and a batch too
+    large for even one per worker is refused before training, naming the fix."""
+    from mobileclip.distill.train import shm_free, shm_prefetch
+
+    mb = 1_000_000
+    assert shm_prefetch(10 * mb, workers=2, free=1000 * mb) == 4          # 2 x 4 x 12.5 MB in 500 MB: all 4
+    assert shm_prefetch(10 * mb, workers=8, free=400 * mb) == 2           # 8 x 2 x 12.5 MB = 200 MB
+    with pytest.raises(ConfigError, match=r"data.workers=8: each worker passes batches of about 62 MB through "
+                                          r"/dev/shm, which has 64 MB free; .*--shm-size"):
+        shm_prefetch(50 * mb, workers=8, free=64 * mb)
+    import importlib
+
+    T = importlib.import_module("mobileclip.distill.train")   # the module (the package exports a train function)
+    monkeypatch.setattr(T, "shm_free", lambda path="/dev/shm": None)   # no /dev/shm (macOS): as asked
+    assert shm_prefetch(50 * mb, workers=8) == 4
+    monkeypatch.undo()
+    assert shm_free() is None or shm_free() > 0
