@@ -29,14 +29,11 @@ def test_synthetic_throughput_on_a_clock_the_test_moves(monkeypatch):
 
     now = [0.0]
 
-    class Generator:
-        def __init__(self, *args, **kwargs):
-            pass
-
+    class Generator:   # a stand-in whose images take a known time on the test's clock
         def __getitem__(self, i):
             now[0] += (1 if i % 2 == 0 else 3) / 64
 
-    monkeypatch.setattr(synthetic_throughput, "SyntheticGenerator", Generator)
+    monkeypatch.setattr(synthetic_throughput, "SyntheticGenerator", lambda *args, **kwargs: Generator())
     monkeypatch.setattr(synthetic_throughput, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     r = synthetic_throughput.measure(64, 0.99, 0.35)
     assert (r["images"], r["images_per_s"]) == (32, 32.0)
