@@ -27,9 +27,9 @@ from PIL import Image
 
 from mobileclip.data.datasets import PackedStrings, pathlib_respells
 from mobileclip.errors import ConfigError, DatasetError, MobileCLIPError
-from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, jpeg_scan_truncated,
-                                   load_image, load_image_scaled, plain_jpeg_size, read_source_bytes, resize_crop,
-                                   resized_size, to_rgb)
+from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, corner_boxes,
+                                   jpeg_scan_truncated, load_image, load_image_scaled, plain_jpeg_size,
+                                   read_source_bytes, resize_crop, resized_size, to_rgb)
 
 AUG_FIELDS = ("x0", "y0", "w", "h", "flip")
 
@@ -1225,8 +1225,7 @@ def _grey_corners(images: list) -> list:
         if img is None:
             continue
         h, w = img.shape[-2:]
-        b = max(1, min(8, h, w))
-        corners = torch.stack([img[:, :b, :b], img[:, :b, w - b:], img[:, h - b:, :b], img[:, h - b:, w - b:]])
+        corners = torch.stack([img[:, y:y + b, x:x + b] for x, y, b in corner_boxes(int(w), int(h))])
         flags.append((corners == 128).flatten(1).all(1).any())
         at.append(k)
     out = [False] * len(images)

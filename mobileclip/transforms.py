@@ -100,16 +100,19 @@ def _open(source) -> Image.Image:
 _TRUNCATED_SCAN = ("premature end of data segment", "premature end of jpeg file")
 
 
+def corner_boxes(w: int, h: int, block: int = 8) -> list:
+    """The four corner squares ``(x, y, size)`` of a ``w x h`` image, ``block`` px a side (the image's size at
+    most): where a JPEG scan cut short leaves its grey (a corner after any EXIF transpose)."""
+    b = max(1, min(block, w, h))
+    return [(0, 0, b), (w - b, 0, b), (0, h - b, b), (w - b, h - b, b)]
+
+
 def _grey_corner(image, block: int) -> bool:
     if isinstance(image, Image.Image):
-        w, h = image.size
-        b = max(1, min(block, w, h))
-        boxes = [(0, 0), (w - b, 0), (0, h - b), (w - b, h - b)]
-        return any(all(e == (128, 128) for e in image.crop((x, y, x + b, y + b)).getextrema()) for x, y in boxes)
+        return any(all(e == (128, 128) for e in image.crop((x, y, x + b, y + b)).getextrema())
+                   for x, y, b in corner_boxes(*image.size, block))
     h, w = int(image.shape[-2]), int(image.shape[-1])   # a uint8 [3, H, W] tensor
-    b = max(1, min(block, w, h))
-    return any(bool((image[:, y:y + b, x:x + b] == 128).all()) for x, y in
-               [(0, 0), (w - b, 0), (0, h - b), (w - b, h - b)])
+    return any(bool((image[:, y:y + b, x:x + b] == 128).all()) for x, y, b in corner_boxes(w, h, block))
 
 
 def jpeg_scan_truncated(data: bytes) -> Optional[bool]:
