@@ -31,17 +31,19 @@ class DataConfig:
     image_ratio: float = 1.0
     text_ratio: float = 1.0
     workers: int = 2
-    # The input pipeline (benchmarks/results/data_throughput.md). Exact: uint8 batches normalized on the device
-    # (4x less to copy; equal to the float32 CPU preprocess), captions tokenized once at start (same ids).
+    # The input pipeline (benchmarks/results/data_throughput.md). The defaults are its fastest exact path: uint8
+    # batches normalized on the device (4x less to copy; equal to the float32 CPU preprocess), captions tokenized
+    # once at start (same ids), colour JPEGs decoded by simplejpeg (libjpeg-turbo with Pillow's settings: the same
+    # pixels; anything else, or no simplejpeg, goes through Pillow). pretokenize=false, decoder=pil: the old path.
     # Faster but not bit-equal to the crops the teacher saw: JPEG draft decoding when the crop is at least twice
-    # the input size, torchvision's JPEG decoder (bit-equal to Pillow's) with torch's resize (within 1 level).
+    # the input size, torch's resize (within 1 level).
     # decoder=device: plain colour JPEGs go to the training device as bytes and are decoded there (nvJPEG on CUDA),
     # cropped and resized by torch; the workers only read files.
     image_dtype: Literal["uint8", "float32"] = "uint8"
-    pretokenize: bool = False
+    pretokenize: bool = True
     token_cache: str = ""  # a folder keeping pre-tokenized captions between runs and ranks (implies pretokenize)
     draft: bool = False
-    decoder: Literal["pil", "torchvision", "simplejpeg", "device"] = "pil"
+    decoder: Literal["pil", "torchvision", "simplejpeg", "device"] = "simplejpeg"
     resize: Literal["pil", "torch"] = "pil"
 
 

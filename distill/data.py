@@ -944,7 +944,8 @@ class TrainSamples(torch.utils.data.Dataset):
       crop at teacher k's input size and normalization (:mod:`mobileclip.views`), and the caption
       through teacher k's tokenizer.
 
-    Data-pipeline levers (keyword options; the defaults are today's behaviour):
+    Data-pipeline levers (keyword options; these defaults are the plain path, while ``mobileclip distill``'s
+    ``data.*`` defaults are the fastest exact one: uint8, pre-tokenized, simplejpeg):
 
     * ``image_dtype="uint8"``: ``image`` is the student's ``uint8 [3, S, S]`` image before
       normalization (a channels-last view); the trainer normalizes the batch on the device with

@@ -852,3 +852,31 @@ def test_device_decoder_on_cuda_is_close_to_the_cpu(jpegs, pp, tok):
         out[device] = b["image"].cpu().int()
     d = (out["cpu"] - out["cuda"]).abs().float()
     assert d.mean().item() < 2.0 and (d > 8).float().mean().item() < 0.01, (d.mean().item(), d.max().item())
+
+
+def test_default_pipeline_is_the_fastest_exact_path(photos, tmp_path):
+    """data.* defaults to its fastest exact levers (uint8 batches, pre-tokenized captions, simplejpeg): a short run
+    with them gives the same losses as the old path (float32 batches, captions tokenized per sample, Pillow)."""
+    import json
+
+    from mobileclip.benchmarks.data_throughput import make_jpeg
+    from mobileclip.distill import load_config, train
+    from mobileclip.distill.config import DataConfig
+
+    d = DataConfig()
+    assert (d.image_dtype, d.pretokenize, d.decoder, d.resize, d.draft) == ("uint8", True, "simplejpeg", "pil", False)
+    rng = np.random.default_rng(5)
+    rows = ["image,caption"]
+    for i in range(8):
+        (tmp_path / f"{i}.jpg").write_bytes(make_jpeg(photos[i % len(photos)], rng, size=(160, 120)))
+        rows.append(f"{i}.jpg,a photo numbered {i}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    base = ["student=mobileclip-tiny", "batch_size=4", "steps=2", "log_every=1", "progress=false", "eval.every=0",
+            "data.source=captions", f"data.path={tmp_path / 'pairs.csv'}", "data.workers=0", "optim.warmup_steps=1"]
+    losses = {}
+    for name, opts in (("default", []), ("old", ["data.image_dtype=float32", "data.pretokenize=false",
+                                                 "data.decoder=pil"])):
+        summary = train(load_config(None, base + opts + [f"out={tmp_path / name}"]))
+        assert summary["steps"] == 2 and summary["skipped_images"] == 0
+        losses[name] = [json.loads(ln)["loss"] for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert losses["default"] == losses["old"] and len(losses["old"]) == 2
