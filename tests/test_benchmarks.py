@@ -100,7 +100,8 @@ def test_distill_throughput_splits_each_step_on_a_clock_the_test_moves(monkeypat
             now[0] += 5.0
 
     out = distill_throughput._measure(FakeTrainer(), steps=3)
-    assert out == {"data": 2.5, "teacher": 3.0, "student": 7.0, "total": 12.5, "samples_per_s": 2 / 12.5}
+    assert out == {"data": 2.5, "teacher": 3.0, "student": 7.0, "total": 12.5, "samples_per_s": 2 / 12.5,
+                   "first_step": None}
 
 
 def test_distill_throughput_moves_each_batch_to_the_trainers_device():
@@ -134,6 +135,35 @@ def test_distill_throughput_moves_each_batch_to_the_trainers_device():
     tr = FakeTrainer()
     out = _measure(tr, steps=2)
     assert tr.moved == 3 and out["samples_per_s"] > 0
+
+
+def test_mfu_peak_on_a_mig_slice_must_be_given(tmp_path, capsys):
+    """A MIG slice's name does not say its share of the GPU: --peak-tflops is required there, and checked."""
+    from mobileclip.benchmarks.distill_throughput import main, peak_for
+    from mobileclip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="MIG slice.*--peak-tflops"):
+        peak_for("NVIDIA H100 80GB HBM3 MIG 3g.40gb", None)
+    assert peak_for("NVIDIA H100 80GB HBM3 MIG 3g.40gb", 420.0) == 420.0
+    assert peak_for("NVIDIA H100 80GB HBM3", None) == 989.4 and peak_for(None, None) is None
+    for bad in (0.0, -5.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="--peak-tflops"):
+            peak_for("NVIDIA H100 80GB HBM3", bad)
+    assert main(["--peak-tflops", "-1", "--out", str(tmp_path)]) == 2
+    assert main(["--eager-too", "--out", str(tmp_path)]) == 2   # eager against what? --compile is missing
+    assert main(["--steps", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(e.startswith("distill_throughput: error: ") for e in err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_compiled_vs_eager_first_step_tolerances():
+    from mobileclip.benchmarks.distill_throughput import compiled_vs_eager
+
+    ok = compiled_vs_eager({"loss": 5.0, "grad_norm": 2.0}, {"loss": 5.05, "grad_norm": 2.08})
+    assert ok["loss"]["ok"] and ok["grad_norm"]["ok"] and ok["loss"]["rel_diff"] == pytest.approx(0.01)
+    bad = compiled_vs_eager({"loss": 5.0, "grad_norm": 2.0}, {"loss": 5.5, "grad_norm": float("nan")})
+    assert not bad["loss"]["ok"] and not bad["grad_norm"]["ok"]
 
 
 def test_mfu_peak_is_matched_by_the_exact_gpu_variant():
