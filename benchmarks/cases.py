@@ -24,7 +24,7 @@ ROW_KEYS = ("model", "runtime", "precision", "quant", "compile", "device", "towe
             "bundle", "io", "threads", "n_runs", "timed_s", "mean_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms",
             "throughput_sps", "peak_rss_mb", "run_rss_mb", "load_rss_mb", "peak_cuda_mb", "artifact_mb",
             "bundle_mb", "params", "gflops_per_sample", "limit_ms", "gap", "accuracy", "accuracy_source",
-            "min_cosine")
+            "min_cosine", "providers", "nodes_by_provider")
 
 
 # =========================================================================== model facts
@@ -237,8 +237,11 @@ class _Sources:
         return self.facts[spec["model"]]
 
 
-def _export_bundles(cfg: BenchConfig, sources: _Sources, export_dir: Path) -> list:
-    """Export every --model in every --export precision (reusing matching bundles); returns (path, model)."""
+def _export_bundles(cfg: BenchConfig, sources: _Sources, export_dir: Path, failed: Optional[list] = None) -> list:
+    """Export every --model in every --export precision (reusing matching bundles); returns (path, model).
+
+    An export that raises is appended to ``failed`` as ``(model, precision, reason)`` and the others go on, so
+    one precision's failure loses neither the other bundles nor the PyTorch rows (without ``failed``, it raises)."""
     from mobileclip.export import export, load_manifest
     from mobileclip.export.bundle import BundleError
     from mobileclip.export.source import resolve_spec
@@ -278,9 +281,31 @@ def _export_bundles(cfg: BenchConfig, sources: _Sources, export_dir: Path) -> li
                 else:
                     kw = {"quant": "dynamic"}
             print(f"exporting {name} ({precision}{', ' + kw['quant'] if kw else ''}) to {d}")
-            export(name, d, precision=precision, max_batch=max(cfg.batches), allow_mismatch=True, **kw)
+            try:
+                export(name, d, precision=precision, max_batch=max(cfg.batches), allow_mismatch=True, **kw)
+            except Exception as e:  # noqa: BLE001 - recorded as failed rows; the exit status says so
+                if failed is None:
+                    raise
+                print(f"export of {name} ({precision}) failed: {_reason(e)}")
+                failed.append((name, precision, f"export to ONNX {precision} failed: {_reason(e)}"))
+                continue
             out.append((d, name))
     return out
+
+
+def _export_failed_rows(cfg: BenchConfig, failed: list) -> list:
+    """One failed row per tower and batch of each export that raised (``_export_bundles``' ``failed``)."""
+    from mobileclip.export.source import resolve_spec
+
+    rows = []
+    for name, precision, reason in failed:
+        g = _Group(model_label(resolve_spec(name, 0)["model"]))
+        for tower in cfg.towers:
+            for batch in cfg.batches:
+                row = _new_row(cfg, g, BACKEND_RUNTIME.get("onnx", "onnxruntime"), precision, tower, batch)
+                row.update(status="failed", reason=reason)
+                rows.append(row)
+    return rows
 
 
 def _groups(cfg: BenchConfig, exported: list) -> list:
@@ -425,7 +450,22 @@ def _run_group(g: _Group, cfg: BenchConfig, sources: _Sources, probe: MemoryProb
           f"each, {cfg.warmup} warm-up calls)" + (f"; {len(rows) - len(cases)} not runnable" if len(rows) > len(cases)
                                                  else ""))
     time_cases(cases, cfg.warmup, cfg.min_runs, cfg.min_seconds, probe, cuda=cfg.device == "cuda")
-    out = [_fill(row, case, facts, peak, cfg, spec) for row, case, _ in rows]
+    out = [_placed(_fill(row, case, facts, peak, cfg, spec), rt) for row, case, rt in rows]
     for rt in runtimes:
         rt.close()
     return out
+
+
+def _placed(row: dict, rt: Runtime) -> dict:
+    """The providers a timed bundle row's session really used and how many nodes each ran; a GPU row with nodes
+    on the CPU says so in its reason (it is still timed: that is what this artifact does on this machine)."""
+    placement = rt.placement(row["tower"]) if isinstance(rt, BundleRuntime) and row["status"] == "ok" else None
+    if not placement:
+        return row
+    row["providers"], row["nodes_by_provider"] = placement["providers"], placement["nodes"]
+    cpu = placement["nodes"].get("CPUExecutionProvider", 0)
+    if row["device"] != "cpu" and cpu:
+        note = (f"{cpu} of {sum(placement['nodes'].values())} nodes ran on the CPU (ONNX Runtime placed them there: "
+                "no kernel on the GPU provider for their op or type)")
+        row["reason"] = f"{row['reason']}; {note}" if row["reason"] else note
+    return row

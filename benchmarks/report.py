@@ -14,6 +14,8 @@ DEFINITIONS = {
                 "the latency that peak would allow",
     "gap": "p50_ms / limit_ms (int8 kernels can beat the fp32 peak, so a gap below 1 is possible)",
     "artifact_mb": "size of the tower's exported file (sum of files for a directory such as a .mlpackage)",
+    "nodes_by_provider": "ONNX Runtime rows: how many of the graph's nodes each execution provider ran, read from "
+                         "ONNX Runtime's profiler on the first call (providers: the session's own list)",
     "min_cosine": "a bundle tower's minimum cosine to its PyTorch source in the bundle's parity report (parity.json, "
                   "written by export)",
 }
@@ -49,6 +51,21 @@ def markdown(result: dict) -> str:
         lines += ["", "Not timed:", ""]
         lines += [f"- {r['model']} {r['runtime']} {r['precision']} {r['tower']} batch {r['batch']}: "
                   f"**{r['status']}**: {r['reason']}" for r in other]
+    placed = {}
+    for r in rows:
+        if r.get("nodes_by_provider"):
+            placed.setdefault((r["bundle"], r["tower"]), r)
+    if placed:
+        lines += ["", "Where ONNX Runtime ran each tower's nodes (its profiler, first call; `providers` is the "
+                  "session's list):", "", "| bundle | tower | providers | nodes by provider |", "|---|---|---|---|"]
+        lines += [f"| {b} | {t} | {', '.join(r['providers'])} | "
+                  + ", ".join(f"{k}: {v}" for k, v in r["nodes_by_provider"].items()) + " |"
+                  for (b, t), r in placed.items()]
+    notes = [r for r in rows if r["status"] == "ok" and r["reason"]]
+    if notes:
+        lines += ["", "Notes on timed rows:", ""]
+        lines += [f"- {r['model']} {r['runtime']} {r['precision']} {r['tower']} batch {r['batch']}: {r['reason']}"
+                  for r in notes]
     acc = {(r["model"], r["precision"]): r for r in rows if r["accuracy"] is not None}
     if acc:
         lines += ["", "| model | precision | zero-shot top-1 | source |", "|---|---|---:|---|"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -160,8 +160,16 @@ class BundleRuntime(Runtime):
             r = backends.runner_for(self.dir, self.entry(tower), self.device, self.threads)
             if hasattr(r, "inter_threads"):
                 r.inter_threads = 1
+            if hasattr(r, "probe_placement"):   # ONNX Runtime: which providers really run the nodes (first call)
+                r.probe_placement = True
             self._runners[tower] = r
         return self._runners[tower]
+
+    def placement(self, tower: str) -> Optional[dict]:
+        """``{"providers": [...], "nodes": {provider: count}}`` the tower's session really used, once it has run
+        (ONNX Runtime runners); None where the backend cannot say."""
+        r = self._runners.get(tower)
+        return getattr(r, "placement", None) if r is not None else None
 
     def inputs(self, tower: str, batch: int) -> np.ndarray:
         fixed = self.runner(tower).fixed_batch

@@ -281,8 +281,13 @@ def test_bench_end_to_end_rows(e2e, tiny_bundle):
         assert r["accuracy"] == (0.25 if r["precision"] == "int8" else 0.27)
         if r["runtime"] == "torch":
             assert r["artifact_mb"] is None and r["bundle"] is None and r["load_rss_mb"] is not None
+            assert r["providers"] is None and r["nodes_by_provider"] is None
         else:
             assert r["artifact_mb"] > 0.1 and r["bundle_mb"] > r["artifact_mb"]
+            # where the session really ran its nodes, from ONNX Runtime's profiler: all on the CPU here
+            assert r["providers"] == ["CPUExecutionProvider"]
+            assert list(r["nodes_by_provider"]) == ["CPUExecutionProvider"] and r["nodes_by_provider"][
+                "CPUExecutionProvider"] >= 10
     # params are what each tower's forward touches: the whole reparameterized tower of our CLIP
     from mobileclip.export.source import load_source
     from mobileclip.model import count_params
@@ -312,6 +317,7 @@ def test_bench_end_to_end_markdown_and_plots(e2e):
              and r["tower"] == "image" and r["batch"] == 2)
     assert (f"| mobileclip-tiny | onnxruntime | int8 (static) | image | 2 | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
             f"{r['p99_ms']:.2f} |") in md
+    assert "Where ONNX Runtime ran each tower's nodes" in md and "| CPUExecutionProvider | CPUExecutionProvider: " in md
     for name, min_w in (("latency_vs_batch.png", 1000), ("accuracy_vs_latency.png", 600)):
         path = out / name
         assert res["plots"][name.split("_vs")[0] + "_plot"] == str(path)
@@ -390,3 +396,52 @@ def test_runtime_filter_and_compile_failure_recorded_as_skipped(tmp_path, monkey
     compiled = [r for r in res["rows"] if r["runtime"] == "torch.compile"]
     assert all(r["compile"] and r["p50_ms"] is None and r["gap"] is None for r in compiled)
     assert all(not math.isnan(r["p50_ms"]) for r in res["rows"] if r["status"] == "ok")
+
+
+def test_a_failed_export_precision_loses_neither_the_torch_rows_nor_the_other_precisions(tmp_path, monkeypatch, capsys):
+    """--export fp32,fp16 where the fp16 export raises: the torch and fp32 rows are timed, fp16's rows are failed
+    with the export's reason, and the exit status is 2 with one line naming it."""
+    import mobileclip.export as export_mod
+
+    real = export_mod.export
+
+    def export(name, d, precision="fp32", **kw):
+        if precision == "fp16":
+            raise RuntimeError("onnxscript: fp16 conversion crashed")
+        return real(name, d, precision=precision, **kw)
+
+    monkeypatch.setattr(export_mod, "export", export)
+    code = H.main(["--model", "mobileclip-tiny", "--export", "fp32,fp16", "--export-dir", str(tmp_path / "x"),
+                   "--towers", "text", "--out", str(tmp_path / "o")] + QUICK)
+    assert code == 2
+    rows = json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]
+    status = {(r["runtime"], r["precision"], r["batch"]): (r["status"], r["reason"]) for r in rows}
+    assert status[("torch", "fp32", 1)][0] == status[("torch", "fp32", 2)][0] == "ok"
+    assert status[("onnxruntime", "fp32", 1)][0] == status[("onnxruntime", "fp32", 2)][0] == "ok"
+    for b in (1, 2):
+        assert status[("onnxruntime", "fp16", b)] == (
+            "failed", "export to ONNX fp16 failed: RuntimeError: onnxscript: fp16 conversion crashed")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 of 6 cases failed" in err[0] and "fp16 conversion crashed" in err[0]
+
+
+def test_a_gpu_row_with_nodes_on_the_cpu_says_so():
+    """A CUDA session that ONNX Runtime partly placed on the CPU is timed, and its row names the CPU's share."""
+    from mobileclip.benchmarks.cases import _placed
+    from mobileclip.benchmarks.runtimes import BundleRuntime
+
+    class Placed(BundleRuntime):
+        def __init__(self):
+            pass
+
+        def placement(self, tower):
+            return {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                    "nodes": {"CPUExecutionProvider": 3, "CUDAExecutionProvider": 97}}
+
+    row = dict.fromkeys(H.ROW_KEYS)
+    row.update(tower="image", status="ok", device="cuda")
+    _placed(row, Placed())
+    assert row["nodes_by_provider"] == {"CPUExecutionProvider": 3, "CUDAExecutionProvider": 97}
+    assert row["reason"].startswith("3 of 100 nodes ran on the CPU") and row["status"] == "ok"
+    cpu_row = dict(row, device="cpu", reason=None)
+    assert _placed(cpu_row, Placed())["reason"] is None   # on the CPU, the CPU is where they belong

@@ -110,7 +110,7 @@ def provider_name(provider) -> str:
 
 
 def ort_session(path: Path, precision: str = "fp32", providers: Optional[Sequence] = None, threads: int = 0,
-                inter_threads: int = 0):
+                inter_threads: int = 0, profile_prefix: Optional[str] = None):
     """An ONNX Runtime session for one bundle artifact, on exactly the providers asked for.
 
     ONNX Runtime falls back to the next provider in the list (in the end the CPU) when one
@@ -119,6 +119,9 @@ def ort_session(path: Path, precision: str = "fp32", providers: Optional[Sequenc
     be labelled with a device they never ran on, so every requested provider other than the
     CPU must be among the session's own providers (``session.get_providers()``), or
     :class:`BackendUnavailable` says which are missing and what to do.
+
+    ``profile_prefix`` turns on ONNX Runtime's profiler (files named after it), which records the provider that
+    runs each node: :func:`node_placement` reads it after the first run.
     """
     try:
         import onnxruntime as ort
@@ -130,6 +133,9 @@ def ort_session(path: Path, precision: str = "fp32", providers: Optional[Sequenc
         opts.intra_op_num_threads = int(threads)
     if inter_threads:
         opts.inter_op_num_threads = int(inter_threads)
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     # ORT 1.31 can crash creating an fp16 session with the NCHWc layout transformer (DESIGN.md).
     disabled = ["NchwcTransformer"] if precision == "fp16" else None
     requested = list(providers or [CPU_PROVIDER])
@@ -154,6 +160,30 @@ def check_providers(session, requested: Sequence, path) -> None:
             f"{active} instead (this onnxruntime offers {ort.get_available_providers()}). Install the matching onnxruntime-gpu and "
             "the CUDA/cuDNN (or TensorRT) libraries it needs (ONNX Runtime's log says which failed to load), or "
             "run on the CPU (--device cpu, or providers=['CPUExecutionProvider'])")
+
+
+def node_placement(session) -> dict:
+    """Where a profiled session's nodes ran (call after at least one run; it ends the profiling, so later runs are
+    not slowed): ``{"providers": the session's providers, "nodes": {provider: nodes it ran}}``, read from the
+    profile's per-node kernel events (``args.provider``), each node counted once. The profile file is removed.
+    A session whose providers include CUDA can still place nodes on the CPU (ops CUDA has no kernel for): the
+    counts show it, where ``get_providers()`` does not."""
+    import json
+
+    path = session.end_profiling()
+    nodes: dict = {}
+    try:
+        events = json.loads(Path(path).read_text()) if path else []
+    except (OSError, ValueError) as e:
+        raise BackendUnavailable(f"ONNX Runtime's profile {path!r} could not be read ({e})") from e
+    finally:
+        if path:
+            Path(path).unlink(missing_ok=True)
+    for ev in events:
+        args = ev.get("args") or {}
+        if ev.get("cat") == "Node" and str(ev.get("name", "")).endswith("_kernel_time") and args.get("provider"):
+            nodes.setdefault(args["provider"], set()).add(ev["name"])
+    return {"providers": list(session.get_providers()), "nodes": {k: len(v) for k, v in sorted(nodes.items())}}
 
 
 def ort_providers(device: str, precision: str = "fp32") -> list:
@@ -185,12 +215,17 @@ class OrtRunner(Runner):
     ``providers`` overrides the execution providers ``device`` implies; either way a session
     on which ONNX Runtime silently dropped a requested GPU provider is refused
     (:func:`ort_session`). ``inter_threads`` sets ONNX Runtime's inter-op pool (0: its default).
+    ``probe_placement``: the session is profiled for its first run only, and ``placement`` then says which
+    providers ran how many nodes (:func:`node_placement`).
     """
 
     def __init__(self, directory, entry: dict, device: str = "cpu", threads: int = 0,
                  providers: Optional[Sequence] = None, inter_threads: int = 0) -> None:
         super().__init__(directory, entry, device, threads)
         self.providers, self.inter_threads = providers, inter_threads
+        self.probe_placement = False
+        self.placement: Optional[dict] = None
+        self._profile_dir = None
 
     def _activate(self) -> None:
         entry = self.entry
@@ -199,9 +234,15 @@ class OrtRunner(Runner):
         except (KeyError, IndexError, TypeError) as e:
             raise BundleError(f"the manifest entry of {str(self.path)!r} is incomplete ({e!r}); re-export the "
                               "bundle") from e
+        prefix = None
+        if self.probe_placement and self.placement is None:
+            import tempfile
+
+            self._profile_dir = tempfile.mkdtemp(prefix="mobileclip-placement-")
+            prefix = str(Path(self._profile_dir) / "ort")
         self.session = ort_session(self.path, entry.get("precision", "fp32"),
                                    self.providers or ort_providers(self.device, entry.get("precision", "fp32")),
-                                   self.threads, self.inter_threads)
+                                   self.threads, self.inter_threads, profile_prefix=prefix)
         names = [i.name for i in self.session.get_inputs()]
         if spec_in.get("name") not in names:
             raise BundleError(f"{str(self.path)!r} has inputs {names}, the manifest says {spec_in.get('name')!r}; "
@@ -220,9 +261,26 @@ class OrtRunner(Runner):
         self.output_dim = out[-1] if out and isinstance(out[-1], int) else None
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        out = self.session.run(None, {self.input_name: x})[0]
+        if self._profile_dir is not None:   # the first run of a profiled session: read where its nodes ran
+            self._end_profile()
+        return out
+
+    def _end_profile(self) -> None:
+        import shutil
+
+        try:
+            self.placement = node_placement(self.session)
+        finally:
+            shutil.rmtree(self._profile_dir, ignore_errors=True)
+            self._profile_dir = None
 
     def _deactivate(self) -> None:
+        if self._profile_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._profile_dir, ignore_errors=True)
+            self._profile_dir = None
         self.session = None
 
 
