@@ -59,14 +59,22 @@ distill-real: distill-real-deps
 	$(VPY) -m mobileclip.benchmarks.distill_real --split test --steps 1200 --seeds 0 1 2 \
 	    --configs clip readme+unpaired --best readme+unpaired --baseline-steps 400
 
-# The GPU check (benchmarks/gpu_check.sh) on a machine whose Python has a CUDA torch. gpu-wheels
-# downloads, for Python 3.12 on x86-64, the small pure-Python packages the check needs that such a
-# machine may lack, into .whl/ (the script installs them to /tmp/site). ONNX Runtime's CUDA build and
-# TensorRT are hundreds of MB: install them there from their own indexes, or the check skips them.
-GPU_WHEELS ?= open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 webdataset==1.0.2 braceexpand==0.1.7
+# The GPU check (benchmarks/gpu_check.sh) on a machine whose Python has a CUDA torch. gpu-wheels downloads
+# into .whl/ every non-torch package the check's steps import that the device image lacks (its package list:
+# the device tool's KINDS.md; regex, pytest, onnx, onnxscript, onnxruntime, timm, safetensors are there):
+# the pure-Python ones once, the compiled ones (simplejpeg) for each Python the image may have. The script
+# installs them one at a time to /tmp/site, skipping wheels built for another Python. ONNX Runtime's CUDA build
+# and TensorRT are hundreds of MB: install them there from their own indexes, or the check skips their steps.
+GPU_WHEELS ?= open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.5 webdataset==1.0.2 braceexpand==0.1.7
+GPU_BINARY_WHEELS ?= simplejpeg==1.9.0
+GPU_PYTHONS ?= 3.11 3.12 3.13
+GPU_PLATFORMS = --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 gpu-wheels:
 	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl $(GPU_WHEELS)
+	    $(GPU_PLATFORMS) --platform any -d .whl $(GPU_WHEELS)
+	for v in $(GPU_PYTHONS); do \
+	    $(PY) -m pip download --no-deps --only-binary=:all: --python-version $$v --implementation cp \
+	        $(GPU_PLATFORMS) -d .whl $(GPU_BINARY_WHEELS) || exit 1; done
 
 gpu-check:
 	bash benchmarks/gpu_check.sh gpu_check_out

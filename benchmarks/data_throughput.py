@@ -13,7 +13,7 @@ sample has its own caption.
 Each configuration is :class:`mobileclip.distill.data.TrainSamples` read through a DataLoader with
 ``collate_train`` and the trainer's ``StepBatches`` sampler, as the trainer reads it (no teacher
 cache: augmentations are drawn per sample; student ``mobileclip-s0`` at 256 px). The levers are
-added one at a time, cumulatively: the baseline (today's default, and today's collate), then the
+added one at a time, cumulatively: the baseline (the old default, and the old collate), then the
 new collate (shared memory), uint8 images, pre-tokenized captions, JPEG draft decoding, torch's
 resize, torchvision's JPEG decoder, simplejpeg's instead; the last rows combine the exact levers only. Each is timed with
 0 workers (the main process does everything: one core), 1 worker and 2 workers; samples/s per core
@@ -151,7 +151,7 @@ _TOK = {**_U8, "pretokenize": True}
 _DRAFT = {**_TOK, "draft": True}
 _RESIZE = {**_DRAFT, "resize": "torch"}
 LEVERS = [
-    ("baseline (today's default)", "legacy", {}),
+    ("baseline (the old default: float32, tokenized per sample, Pillow)", "legacy", {}),
     ("+ collate into shared memory", "new", {}),
     ("+ uint8 images (normalize on device)", "new", _U8),
     ("+ pre-tokenized captions", "new", _TOK),
@@ -160,7 +160,7 @@ LEVERS = [
     ("+ torchvision JPEG decoder", "new", {**_RESIZE, "decoder": "torchvision"}),
     ("+ simplejpeg decoder (instead of torchvision's)", "new", {**_RESIZE, "decoder": "simplejpeg"}),
     ("exact only: uint8 + pre-tokenized + torchvision decoder", "new", {**_TOK, "decoder": "torchvision"}),
-    ("exact only: uint8 + pre-tokenized + simplejpeg decoder", "new", {**_TOK, "decoder": "simplejpeg"}),
+    ("exact only: uint8 + pre-tokenized + simplejpeg decoder (the default)", "new", {**_TOK, "decoder": "simplejpeg"}),
     ("uint8 + pre-tokenized + JPEG decoding left to the device (CPU side only)", "new", {**_TOK, "decoder": "device"}),
 ]
 AUG = {"scale": (0.5, 1.0), "ratio": (0.75, 1.3333333), "flip_prob": 0.5}  # the trainer's defaults
