@@ -4,15 +4,15 @@ the main process and in each DataLoader worker.
     .venv/bin/python -m mobileclip.benchmarks.data_scale [--rows 1000000] [--sampler-samples 10000000]
         [--label after] [--out benchmarks/results]
 
-* **Sampler**: :class:`mobileclip.distill.data.StepBatches` over ``--sampler-samples`` samples, global batch
+* **Sampler**: :class:`mobileclip.distill.samples.StepBatches` over ``--sampler-samples`` samples, global batch
   256: the time of the first step of an epoch and the mean of the next 20.
 * **Caption file**: a CSV of ``--rows`` rows (image paths in 1000 folders, captions of ~45 characters), read
-  by :class:`mobileclip.distill.data.CaptionPairs` as the trainer reads it: the time to build it, the main
+  by :class:`mobileclip.distill.sources.CaptionPairs` as the trainer reads it: the time to build it, the main
   process's resident memory per row, and what a forked worker that reads every row once (``source.open(i)``,
   what a worker does per sample) adds to its private memory per row — with the interpreter's objects frozen
   before the fork (as the trainer starts its workers) and without. Linux only (``/proc``).
 * **Pre-tokenized captions** (``--token-captions``, distinct captions of a text file): the time to tokenize them
-  into a :class:`mobileclip.distill.data.TokenTable` and store it (``data.token_cache``), and the time a later run
+  into a :class:`mobileclip.distill.tokens.TokenTable` and store it (``data.token_cache``), and the time a later run
   takes to read it back (digest of the captions, sha256 of the files, a few captions tokenized again).
 
 Each run's numbers are stored under ``--label`` in ``data_scale.json`` (runs of other labels are kept, so the
@@ -43,7 +43,7 @@ def _private_dirty() -> int:
 
 
 def sampler_cost(n: int, batch: int = 256, steps: int = 20) -> dict:
-    from mobileclip.distill.data import StepBatches
+    from mobileclip.distill.samples import StepBatches
 
     s = StepBatches(n, batch, steps + 1, seed=0)
     t = time.perf_counter()
@@ -89,7 +89,7 @@ def worker_growth(source, freeze: bool) -> int:
 
 
 def caption_cost(rows: int) -> dict:
-    from mobileclip.distill.data import CaptionPairs
+    from mobileclip.distill.sources import CaptionPairs
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "captions.csv"
@@ -110,7 +110,8 @@ def caption_cost(rows: int) -> dict:
 
 def token_cost(n: int) -> dict:
     import mobileclip
-    from mobileclip.distill.data import TextLines, TokenTable
+    from mobileclip.distill.sources import TextLines
+    from mobileclip.distill.tokens import TokenTable
 
     tok = mobileclip.create_model("mobileclip-s0")[2]
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,7 +156,7 @@ def main() -> None:
     run["sampler"] = sampler_cost(args.sampler_samples)
     import inspect
 
-    from mobileclip.distill.data import TokenTable
+    from mobileclip.distill.tokens import TokenTable
 
     if "store" in inspect.signature(TokenTable).parameters:  # code from before data.token_cache has none
         run["tokens"] = token_cost(args.token_captions)

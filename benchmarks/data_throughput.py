@@ -10,7 +10,7 @@ the width, random flip) of one of the real photographs that installed packages s
 written once to a temporary folder as a captions CSV and as WebDataset shards (4 shards); every
 sample has its own caption.
 
-Each configuration is :class:`mobileclip.distill.data.TrainSamples` read through a DataLoader with
+Each configuration is :class:`mobileclip.distill.samples.TrainSamples` read through a DataLoader with
 ``collate_train`` and the trainer's ``StepBatches`` sampler, as the trainer reads it (no teacher
 cache: augmentations are drawn per sample; student ``mobileclip-s0`` at 256 px). The levers are
 added one at a time, cumulatively: the baseline (the old default, and the old collate), then the
@@ -167,7 +167,7 @@ AUG = {"scale": (0.5, 1.0), "ratio": (0.75, 1.3333333), "flip_prob": 0.5}  # the
 
 
 def build(source, pp, tok, options: dict):
-    from mobileclip.distill.data import TrainSamples
+    from mobileclip.distill.samples import TrainSamples
 
     t = time.perf_counter()
     ds = TrainSamples(source, pp, tok, seed=0, aug=AUG, **options)
@@ -178,7 +178,7 @@ def measure(ds, collate, workers: int, samples: int, batch: int, device=None, si
     """samples/s over ``samples`` samples after the first batch, and the time to the first batch. Batches with
     JPEGs left to the device are not decoded in the timed loop (its samples/s is the CPU side's); with ``device``,
     the first four are then decoded there, timed apart (``device_ms_per_sample``)."""
-    from mobileclip.distill.data import StepBatches
+    from mobileclip.distill.samples import StepBatches
 
     steps = samples // batch + 1
     sampler = StepBatches(len(ds), batch, steps, seed=0)
@@ -207,7 +207,8 @@ def device_decode_ms(batches: list, device, size: int) -> tuple:
     ``device`` (the trainer's ``to_device`` work beyond the copy), synchronized; the CPU time shows what the
     decoder still does on the host (nvJPEG may decode small images' Huffman data on the CPU). The first batch
     warms up and is not counted."""
-    from mobileclip.distill.data import decode_deferred, pop_deferred
+    from mobileclip.distill.images import decode_deferred
+    from mobileclip.distill.samples import pop_deferred
 
     from mobileclip.benchmarks.stats import device_sync
 
@@ -234,7 +235,7 @@ def device_decode_ms(batches: list, device, size: int) -> tuple:
 
 def pretokenize_cost(tok, n: int = 100_000) -> dict:
     """Time and memory of a TokenTable over ``n`` distinct captions (a caption file of ``n`` rows)."""
-    from mobileclip.distill.data import TokenTable
+    from mobileclip.distill.tokens import TokenTable
 
     class Captions:
         def __len__(self):
@@ -256,7 +257,8 @@ def pretokenize_cost(tok, n: int = 100_000) -> dict:
 
 def main() -> None:
     import mobileclip
-    from mobileclip.distill.data import CaptionPairs, WebDatasetPairs, collate_train
+    from mobileclip.distill.samples import collate_train
+    from mobileclip.distill.sources import CaptionPairs, WebDatasetPairs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--student", default="mobileclip-s0")

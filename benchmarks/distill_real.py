@@ -455,7 +455,7 @@ def build_caches(teacher, work: Path, augs: int, log=print, pool_augs: int = 3) 
     """The teacher caches: ``pairs``, ``images`` (the image-only split), ``texts`` (the text-only split and the ImageNet
     names) and ``pool`` (the image-only split and the icons, :func:`prepare_icons`)."""
     from mobileclip.distill import build_cache
-    from mobileclip.distill.data import CaptionPairs, ImageFiles, TextLines
+    from mobileclip.distill.sources import CaptionPairs, ImageFiles, TextLines
 
     out = {}
     data = work / "data"

@@ -33,7 +33,7 @@ import torch
 def _measure(trainer, steps: int, warmup: int = 1) -> dict:
     """Time ``warmup + steps`` optimizer steps, split into data / teacher / student."""
     from mobileclip.benchmarks.stats import device_sync
-    from mobileclip.distill.data import StepBatches, collate_train
+    from mobileclip.distill.samples import StepBatches, collate_train
 
     cfg = trainer.cfg
     sampler = StepBatches(len(trainer.source), cfg.batch_size, warmup + steps, cfg.seed)
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     from mobileclip.distill import Trainer, build_cache, load_config
-    from mobileclip.distill.data import SyntheticPairs
+    from mobileclip.distill.sources import SyntheticPairs
     from mobileclip.teachers import load_teacher
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -3,7 +3,7 @@
     .venv/bin/python -m mobileclip.benchmarks.token_cache [--sizes 50000,1000000] [--out benchmarks/results]
 
 For each size, distinct captions (~12 words) in a text file are tokenized by MobileCLIP-S0's tokenizer and
-stored (:class:`mobileclip.distill.data.TokenTable` with ``store=``), then read back three times; the median
+stored (:class:`mobileclip.distill.tokens.TokenTable` with ``store=``), then read back three times; the median
 read is split into its parts, the checks each timed alone on the same table:
 
 * **captions**: the rest of the read: the caption file read, indexed and every caption digested (what names
@@ -38,7 +38,8 @@ def _captions(n: int) -> str:
 
 def measure(n: int) -> dict:
     import mobileclip
-    from mobileclip.distill.data import TextLines, TokenTable
+    from mobileclip.distill.sources import TextLines
+    from mobileclip.distill.tokens import TokenTable
     from mobileclip.hashing import sha256_file
 
     tok = mobileclip.create_model("mobileclip-s0")[2]
@@ -95,7 +96,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     from mobileclip.benchmarks.common import environment
-    from mobileclip.distill.data import TokenTable
+    from mobileclip.distill.tokens import TokenTable
 
     sizes = [int(s) for s in args.sizes.split(",")]
     runs = []

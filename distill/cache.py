@@ -51,7 +51,8 @@ from mobileclip.hashing import sha256_file
 from mobileclip.errors import ConfigError, MobileCLIPError, TeacherError
 from mobileclip.scales import scale_problem
 
-from .data import apply_aug, modality, sample_aug
+from .augment import apply_aug, sample_aug
+from .sources import modality
 
 FORMAT_VERSION = 3
 # What changed in each format, for the message that refuses an older cache.

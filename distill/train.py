@@ -47,10 +47,10 @@ from mobileclip.errors import ConfigError, MobileCLIPError
 from .cache import CacheError, TeacherCache, autocast, teacher_differences, teacher_dim
 from .cache import resolve_precision as resolve_precision_name
 from .config import TrainConfig
-from .data import (
-    CaptionPairs, ImageNormalizer, MixedSamples, MixedStepBatches, StepBatches, SyntheticPairs, TrainSamples,
-    UnpairedSamples, WebDatasetPairs, collate_train, decode_deferred, pop_deferred, source_from_spec,
-)
+from .images import ImageNormalizer, decode_deferred
+from .samples import (MixedSamples, MixedStepBatches, StepBatches, TrainSamples, UnpairedSamples, collate_train,
+                      pop_deferred)
+from .sources import CaptionPairs, SyntheticPairs, WebDatasetPairs, source_from_spec
 from .losses import StudentOut, TeacherOut, build_losses, max_logit_scale
 
 

@@ -1,4 +1,4 @@
-"""The training data pipeline's levers (distill/data.py): uint8 images normalized later, captions
+"""The training data pipeline's levers (distill/images.py, tokens.py, samples.py): uint8 images normalized later, captions
 tokenized once, JPEG draft decoding, torchvision's JPEG decoder, torch's resize, the collate.
 
 Images are real photographs shipped by installed packages (scikit-learn's sample images,
@@ -17,9 +17,10 @@ from PIL import Image
 
 from mobileclip.config import PreprocessConfig
 from mobileclip.errors import ConfigError
-from mobileclip.distill.data import (CaptionPairs, ImageNormalizer, StepBatches, SyntheticPairs, TextLines,
-                                     TokenTable, TrainSamples, UnpairedSamples, WebDatasetPairs, collate_train,
-                                     draft_scale, normalize_images)
+from mobileclip.distill.images import ImageNormalizer, draft_scale, normalize_images
+from mobileclip.distill.samples import StepBatches, TrainSamples, UnpairedSamples, collate_train
+from mobileclip.distill.sources import CaptionPairs, SyntheticPairs, TextLines, WebDatasetPairs
+from mobileclip.distill.tokens import TokenTable
 from mobileclip.transforms import ImagePreprocess
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -407,7 +408,8 @@ def test_unreadable_images_are_skipped_and_counted_on_every_path(photos, pp, tok
         b2 = collate_train([un[(i, 0)] for i in range(len(source))])
         assert len(b2["skipped"]) == n_bad and len(b2["ui_index"]) == 2
         if opts.get("decoder") == "device":  # the good JPEGs went as bytes, and decode where the batch lands
-            from mobileclip.distill.data import decode_deferred, pop_deferred
+            from mobileclip.distill.images import decode_deferred
+            from mobileclip.distill.samples import pop_deferred
 
             for b in (batch, b2):
                 assert sum(len(g) for g in [v for k, v in b.items() if k.endswith("_jpeg_geom")]) == 2
@@ -517,7 +519,7 @@ def test_sources_hold_no_python_object_per_sample(tmp_path):
     import os
 
     from mobileclip.data.datasets import PackedStrings
-    from mobileclip.distill.data import WDS_INDEX, ImageFiles
+    from mobileclip.distill.sources import ImageFiles, WDS_INDEX
 
     if not os.path.exists("/proc/self/smaps_rollup"):
         pytest.skip("needs Linux's /proc/self/smaps_rollup")
@@ -667,7 +669,8 @@ def test_device_decoder_defers_plain_jpegs_and_gives_the_workers_images(jpegs, p
     files are decoded in the worker. Reference: Pillow's decode and resize (the default path), within one level;
     and, on the CPU, exactly torchvision's decoder with torch's resize in the worker."""
     pytest.importorskip("torchvision")
-    from mobileclip.distill.data import decode_deferred, pop_deferred
+    from mobileclip.distill.images import decode_deferred
+    from mobileclip.distill.samples import pop_deferred
 
     source = jpegs[which]
     dev = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")
@@ -697,7 +700,8 @@ def test_device_decoder_drops_a_sample_the_decoder_refuses(jpegs, pp, tok, monke
     "skipped", as an unreadable image in a worker would; the other rows keep their own data."""
     import torchvision.io
 
-    from mobileclip.distill.data import decode_deferred, pop_deferred
+    from mobileclip.distill.images import decode_deferred
+    from mobileclip.distill.samples import pop_deferred
 
     source = jpegs[0]
     dev = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")
@@ -721,7 +725,7 @@ def test_device_decoder_drops_a_sample_the_decoder_refuses(jpegs, pp, tok, monke
         return real(data, *a, **k)
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", refusing)
-    import mobileclip.distill.data as D
+    import mobileclip.distill.images as D
 
     real_check = D._decodes_on_cpu
     monkeypatch.setattr(D, "_decodes_on_cpu", lambda d: len(d) != victim_len and real_check(d))   # truly bad
@@ -742,7 +746,8 @@ def test_device_decoder_failures_that_are_not_a_bad_image_raise(jpegs, pp, tok, 
     counted as an unreadable image (which would train on nothing)."""
     import torchvision.io
 
-    from mobileclip.distill.data import DeviceDecodeError, decode_deferred, pop_deferred
+    from mobileclip.distill.images import DeviceDecodeError, decode_deferred
+    from mobileclip.distill.samples import pop_deferred
 
     dev = TrainSamples(jpegs[0], pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")
     batch = collate_train([dev[(i, 0)] for i in range(len(jpegs[0]))])
@@ -766,7 +771,8 @@ def test_device_decoder_bounds_the_pixels_decoded_at_once(jpegs, pp, tok, monkey
     decodes to another size than its header's is dropped."""
     import torchvision.io
 
-    from mobileclip.distill.data import decode_deferred, pop_deferred
+    from mobileclip.distill.images import decode_deferred
+    from mobileclip.distill.samples import pop_deferred
 
     dev = TrainSamples(jpegs[0], pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")
     batch = collate_train([dev[(i, 0)] for i in range(N_PHOTOS)])  # the six 500x375 plain JPEGs
@@ -796,7 +802,7 @@ def test_device_decoder_bounds_the_pixels_decoded_at_once(jpegs, pp, tok, monkey
 
 
 def test_device_decoder_options_are_checked(pp, tok):
-    from mobileclip.distill.data import StudentImages
+    from mobileclip.distill.images import StudentImages
 
     with pytest.raises(ConfigError, match="image_dtype='uint8'"):
         StudentImages(pp, "float32", decoder="device")
@@ -839,7 +845,8 @@ def test_device_decoder_on_cuda_is_close_to_the_cpu(jpegs, pp, tok):
     """nvJPEG (decode_jpeg on CUDA) and float resampling against libjpeg-turbo and torch's uint8 resampling on the
     CPU, batch for batch. The decoders' IDCT and chroma upsampling differ, so pixels may differ by a few levels;
     the bounds are a first guess, to be checked on the first GPU run."""
-    from mobileclip.distill.data import decode_deferred, pop_deferred
+    from mobileclip.distill.images import decode_deferred
+    from mobileclip.distill.samples import pop_deferred
 
     source = jpegs[0]
     dev = TrainSamples(source, pp, tok, 0, AUG, image_dtype="uint8", pretokenize=True, decoder="device")

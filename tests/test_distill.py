@@ -12,7 +12,8 @@ from PIL import Image
 
 import mobileclip
 from mobileclip.distill import TeacherCache, Trainer, build_cache, load_config, train
-from mobileclip.distill.data import SyntheticPairs, apply_aug, sample_aug
+from mobileclip.distill.augment import apply_aug, sample_aug
+from mobileclip.distill.sources import SyntheticPairs
 from mobileclip.distill.cache import CacheError
 from mobileclip.distill.train import TrainingError
 from mobileclip.errors import ConfigError
@@ -72,7 +73,7 @@ def _grads_after_one_step(tmp_path, accum, extra=()):
                              "progress=false", "aug.flip_prob=0.0", f"accum_steps={accum}", "steps=1",
                              f"out={tmp_path}", "losses.clip=1.0", *extra])
     tr = Trainer(cfg)
-    from mobileclip.distill.data import StepBatches, collate_train
+    from mobileclip.distill.samples import StepBatches, collate_train
 
     batch = collate_train([tr.dataset[k] for k in StepBatches(64, 16, 1, cfg.seed).indices_for_step(0)])
     tr.opt.step = lambda *a, **k: None  # keep the gradients, skip the update
@@ -92,7 +93,7 @@ def test_accumulation_gives_the_big_batch_gradients(tmp_path):
 def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(tmp_path):
     """GradCache's graph-free first pass leaves BatchNorm's running statistics alone: with 2 micro-batches
     each BatchNorm counts 2 batches per step (the recomputed pass), not 4."""
-    from mobileclip.distill.data import StepBatches, collate_train
+    from mobileclip.distill.samples import StepBatches, collate_train
 
     cfg = _cfg(tmp_path, "steps=1", "accum_steps=2", "batch_size=8", "data.size=16", "data.image_size=32")
     tr = Trainer(cfg)
@@ -292,7 +293,7 @@ def _ddp_worker(rank, world, port, out, result, extra=()):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from mobileclip.distill.data import StepBatches, collate_train
+    from mobileclip.distill.samples import StepBatches, collate_train
 
     cfg = load_config(None, ["student=clip-vit-tiny", "batch_size=16", "data.size=64", "data.workers=0",
                              "progress=false", "aug.flip_prob=0.0", "steps=1", f"out={out}", "device=cpu",
@@ -403,7 +404,7 @@ def _write_shards(root, n_shards=2, per_shard=6, corrupt=(), no_caption=()):
 
 
 def test_webdataset_shards_as_a_source(tmp_path):
-    from mobileclip.distill.data import WebDatasetPairs
+    from mobileclip.distill.sources import WebDatasetPairs
 
     pattern = _write_shards(tmp_path / "shards", corrupt={4}, no_caption={9})
     src = WebDatasetPairs(pattern)
@@ -439,7 +440,7 @@ def test_webdataset_shards_as_a_source(tmp_path):
 
 
 def test_data_is_deterministic_across_workers_and_ranks(tmp_path):
-    from mobileclip.distill.data import StepBatches, collate_train
+    from mobileclip.distill.samples import StepBatches, collate_train
 
     tr = Trainer(_cfg(tmp_path, "steps=3"))
 
@@ -484,7 +485,7 @@ def test_bf16_training_on_gpu(tmp_path):
 def test_compiled_bf16_step_matches_eager_on_gpu(tmp_path):
     """One bf16 step of mobileclip-s0, torch.compile'd and eager, from the same weights and batch: the loss and
     gradient norm agree to bf16 accuracy and are finite (on CPU this combination is refused: it aborts)."""
-    from mobileclip.distill.data import StepBatches, collate_train
+    from mobileclip.distill.samples import StepBatches, collate_train
 
     rows = {}
     for compiled in (False, True):

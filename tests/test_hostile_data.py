@@ -15,7 +15,7 @@ from mobileclip import runtime
 from mobileclip.app.cli import main
 from mobileclip.config import PreprocessConfig
 from mobileclip.data import CaptionDataset, ImageFolderDataset, collate_skip, write_synthetic
-from mobileclip.distill.data import CaptionPairs, WebDatasetPairs
+from mobileclip.distill.sources import CaptionPairs, WebDatasetPairs
 from mobileclip.errors import DatasetError, MobileCLIPError
 from mobileclip.runtime.commands import read_templates
 from mobileclip.transforms import ImageDecodeError, ImagePreprocess, load_image, to_rgb

@@ -17,8 +17,9 @@ from PIL import Image
 
 from mobileclip.config import PreprocessConfig
 from mobileclip.data.datasets import ImageFolderDataset
-from mobileclip.distill.data import (CaptionPairs, ImageFiles, TrainSamples, collate_train, decode_deferred,
-                                     pop_deferred)
+from mobileclip.distill.images import decode_deferred
+from mobileclip.distill.samples import TrainSamples, collate_train, pop_deferred
+from mobileclip.distill.sources import CaptionPairs, ImageFiles
 from mobileclip.transforms import (IMAGE_READ_ERRORS, ImageDecodeError, ImagePreprocess, jpeg_scan_truncated,
                                    load_image, load_image_scaled)
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import mobileclip
 from mobileclip.distill import build_cache, load_config, train
-from mobileclip.distill.data import SyntheticPairs
+from mobileclip.distill.sources import SyntheticPairs
 from mobileclip.distill.losses import FeatureLoss, StudentOut, TeacherOut, clip_kd_feature_weight
 from mobileclip.distill.recipes import RECIPES
 from mobileclip.errors import ConfigError

@@ -25,7 +25,7 @@ from mobileclip import runtime  # noqa: E402
 from mobileclip.app.cli import main  # noqa: E402
 from mobileclip.distill import TeacherCache, build_cache, load_config, train  # noqa: E402
 from mobileclip.distill.cache import CacheError  # noqa: E402
-from mobileclip.distill.data import CaptionPairs, SyntheticPairs  # noqa: E402
+from mobileclip.distill.sources import CaptionPairs, SyntheticPairs
 from mobileclip.errors import ConfigError  # noqa: E402
 from mobileclip.export import ParityError, export, validate  # noqa: E402
 from mobileclip.export.bundle import BundleError, load_manifest, write_manifest  # noqa: E402

@@ -12,10 +12,9 @@ from PIL import Image
 import mobileclip
 from mobileclip.distill import TeacherCache, Trainer, build_cache, load_config, train
 from mobileclip.distill.cache import CacheError
-from mobileclip.distill.data import (
-    ImageFiles, MixedStepBatches, SyntheticImages, SyntheticPairs, SyntheticTexts, TextLines, apply_aug,
-    collate_train,
-)
+from mobileclip.distill.augment import apply_aug
+from mobileclip.distill.samples import MixedStepBatches, collate_train
+from mobileclip.distill.sources import ImageFiles, SyntheticImages, SyntheticPairs, SyntheticTexts, TextLines
 from mobileclip.errors import ConfigError, DatasetError
 from mobileclip.views import teacher_view
 

@@ -8,7 +8,8 @@ from torchvision import transforms as T
 import mobileclip
 from mobileclip.distill import TeacherCache, build_cache
 from mobileclip.distill.cache import CacheError
-from mobileclip.distill.data import SyntheticPairs, apply_aug
+from mobileclip.distill.augment import apply_aug
+from mobileclip.distill.sources import SyntheticPairs
 from mobileclip.distill.train import check_view
 from mobileclip.views import OwnPreprocessView, measure_view, teacher_view, view_box
 

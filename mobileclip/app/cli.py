@@ -1,6 +1,6 @@
 """The `mobileclip` command line."""
 # The docstring above is the parser's description (`mobileclip --help`). This module holds the
-# parser, the one error boundary (`main`, `user_error`) and helpers the command groups share;
+# parser, the one error boundary (`main`, `user_error`) and the command groups share common.py;
 # each group (models.py, train.py, export.py, runtime.py, bench.py, demo.py) registers its own
 # subcommands with `register(sub)`.
 from __future__ import annotations
@@ -11,22 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import MobileCLIPError
-
-
-def _device(arg: Optional[str]):
-    import torch
-
-    if arg:
-        return torch.device(arg)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _write_json(path: Optional[str], data: dict) -> None:
-    if path:
-        from ..checkpoint import atomic_write_json
-
-        atomic_write_json(path, data)
-        print(f"wrote {path}")
+from .common import EXTRA_OF
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Which extra installs a missing module (for the one-line error that names it).
-_EXTRA_OF = {"torch": "train", "torchvision": "train", "timm": "train", "open_clip": "train",
-             "transformers": "train", "safetensors": "train", "webdataset": "train", "braceexpand": "train",
-             "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "runtime", "coremltools": "coreml",
-             "tensorrt": "tensorrt", "matplotlib": "bench", "regex": "runtime", "ftfy": "runtime"}
 # OS errors that are about the user's paths or disk, not about this program.
 _USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC,
                 errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST, errno.ENOTEMPTY}
@@ -61,11 +41,11 @@ def user_error(e: BaseException) -> Optional[str]:
         return str(e)
     if isinstance(e, ModuleNotFoundError) and e.name:
         top = e.name.split(".")[0]
-        if top in _EXTRA_OF:
+        if top in EXTRA_OF:
             from .. import DISTRIBUTION
 
             return (f"this command needs {top}, which is not installed: pip install "
-                    f"'{DISTRIBUTION}[{_EXTRA_OF[top]}]'")
+                    f"'{DISTRIBUTION}[{EXTRA_OF[top]}]'")
         return None
     if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
         where = f" {e.filename!r}" if e.filename else ""

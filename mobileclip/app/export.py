@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import backends
 from ..errors import MobileCLIPError
-from .cli import _EXTRA_OF
+from .common import EXTRA_OF
 
 ORT_FORMAT = "ort"   # the backend --ort-format selects
 
@@ -34,7 +34,7 @@ def cmd_export(args) -> int:
 
         top = (e.name or "").split(".")[0]
         # the PyTorch stack is the train extra; anything else is the format's own tools
-        extra = "train" if _EXTRA_OF.get(top) == "train" else backends.get(args.format).extra
+        extra = "train" if EXTRA_OF.get(top) == "train" else backends.get(args.format).extra
         raise MobileCLIPError(f"export --format {args.format} needs the {extra} extra: "
                               f"pip install '{DISTRIBUTION}[{extra}]' ({e})") from e
     print(f"wrote {args.out}: {', '.join(a['file'] for a in m['artifacts'].values())}; parity "

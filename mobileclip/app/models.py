@@ -6,7 +6,7 @@ import os
 import time
 from typing import Optional
 
-from .cli import _device, _write_json
+from .common import torch_device, write_json
 
 
 def _fmt_m(n) -> str:
@@ -39,7 +39,7 @@ def _load(args):
     from ..factory import create_model
 
     model, preprocess, tokenizer = create_model(args.model, pretrained=args.pretrained)
-    device = _device(args.device)
+    device = torch_device(args.device)
     return model.to(device), preprocess, tokenizer, device
 
 
@@ -63,7 +63,7 @@ def cmd_zeroshot(args) -> int:
     res.update(model=args.model, data=str(args.data), templates=len(templates), seconds=round(time.time() - t0, 2))
     print(f"zero-shot on {res['n']} images, {res['classes']} classes: top-1 {100 * res['top1']:.2f}%  "
           f"top-5 {100 * res['top5']:.2f}%" + (f"  ({res['skipped']} unreadable images skipped)" if res["skipped"] else ""))
-    _write_json(args.json, res)
+    write_json(args.json, res)
     return 0
 
 
@@ -79,7 +79,7 @@ def cmd_retrieval(args) -> int:
     print(f"retrieval on {res['images']} images / {res['texts']} captions: "
           + "  ".join(f"{k} {100 * v:.2f}%" for k, v in res.items() if "R@" in k and not k.startswith("mean"))
           + (f"  ({res['skipped']} unreadable images skipped)" if res["skipped"] else ""))
-    _write_json(args.json, res)
+    write_json(args.json, res)
     return 0
 
 

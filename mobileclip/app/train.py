@@ -5,7 +5,7 @@ import json
 import os
 
 from ..errors import MobileCLIPError
-from .cli import _device
+from .common import torch_device
 
 
 def cmd_synth(args) -> int:
@@ -33,9 +33,8 @@ def cmd_cache_teacher(args) -> int:
     import torch
 
     from ..distill.cache import build_cache, check_cache_args
-    from ..distill.data import (
-        CaptionPairs, ImageFiles, SyntheticImages, SyntheticPairs, SyntheticTexts, TextLines, WebDatasetPairs,
-    )
+    from ..distill.sources import (CaptionPairs, ImageFiles, SyntheticImages, SyntheticPairs, SyntheticTexts,
+                                   TextLines, WebDatasetPairs)
     from ..scales import check_scale
     from ..teachers import load_teacher
 
@@ -49,7 +48,7 @@ def cmd_cache_teacher(args) -> int:
     if synthetic and args.size < 1:
         raise MobileCLIPError(f"--size is the number of synthetic images and must be at least 1, got {args.size}")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    device = _device(args.device)
+    device = torch_device(args.device)
     if device.type == "cuda" and world > 1:
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     synth_args = (args.split, args.size, args.image_size, args.seed, args.two_object_prob)
