@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from mobileclip import spec as specs
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .runtimes import (BACKEND_RUNTIME, PROMPTS, RUNTIMES, TORCH_PRECISIONS, TOWERS, BundleRuntime, Runtime, Skip,
@@ -92,7 +93,9 @@ def _size_mb(path: Path) -> float:
 
 def model_label(model: str) -> str:
     """A short, stable name for a model spec: checkpoint paths relative to the working directory."""
-    prefix, rest = ("hf:", model[3:]) if model.startswith("hf:") else ("", model)
+    parsed = specs.parse(model) if specs.is_third_party(model) else None
+    hf = parsed is not None and parsed.kind == specs.HF
+    rest = parsed.target if hf else model
     if os.path.isabs(rest):
         try:
             rel = os.path.relpath(rest)
@@ -100,7 +103,7 @@ def model_label(model: str) -> str:
             rel = ".."
         if not rel.startswith(".."):
             rest = rel
-    return prefix + rest
+    return specs.hf(rest) if hf else rest
 
 
 def _slug(label: str) -> str:
@@ -109,7 +112,8 @@ def _slug(label: str) -> str:
 
 def source_accuracy(model: str) -> Optional[tuple[float, str]]:
     """Zero-shot top-1 of a checkpoint directory from the ``summary.json`` beside it, if any."""
-    path = model[3:] if model.startswith("hf:") else model
+    parsed = specs.parse(model) if specs.is_third_party(model) else None
+    path = parsed.target if parsed is not None and parsed.kind == specs.HF else model
     summary = Path(path).expanduser().parent / "summary.json"
     if not Path(path).expanduser().is_dir() or not summary.is_file():
         return None
@@ -184,16 +188,20 @@ class BenchConfig:
 
 def _check_model_name(name: str) -> None:
     """Fail before any work on a --model that is neither registered, a teacher spec nor a directory."""
-    if name.startswith("open_clip:"):
+    parsed = specs.parse(name)
+    if parsed.kind == specs.OPEN_CLIP:
         import open_clip
 
-        arch = name.split(":")[1]
-        if arch not in open_clip.list_models():
-            raise ConfigError(f"--model {name}: open_clip has no architecture {arch!r}; `mobileclip models` lists "
-                              "the known ones")
-    elif name.startswith("hf:") or Path(name).expanduser().is_dir():
-        return
-    else:
+        if parsed.target not in open_clip.list_models():
+            raise ConfigError(f"--model {name}: open_clip has no architecture {parsed.target!r}; `mobileclip models` "
+                              "lists the known ones")
+    elif parsed.kind == specs.PY:
+        raise ConfigError(f"--model {name}: bench times a registered name, a checkpoint directory, open_clip:... or "
+                          "hf:...; a py: model has no spec its bundles could re-create their reference from")
+    elif parsed.kind == specs.CHECKPOINT and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"--model {name}: no such checkpoint directory, and not a registered name "
+                          "(`mobileclip models` lists them)")
+    elif parsed.kind == specs.REGISTERED:
         from mobileclip.zoo import get_entry
 
         get_entry(name)  # UnknownModelError listing the registered names

@@ -172,7 +172,7 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     from mobileclip.distill import Trainer, build_cache, load_config
     from mobileclip.distill.sources import SyntheticPairs
-    from mobileclip.teachers import load_teacher
+    from mobileclip.factory import load_teacher
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--student", default="mobileclip-s0")

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobileclip import spec as specs
+
 
 def _session(path: Path, threads: int):
     import onnxruntime as ort
@@ -230,7 +232,7 @@ def _hf_cases(work: Path, add, img: np.ndarray, tok: np.ndarray, threads: int) -
     torch.manual_seed(0)
     hf_dir = work / "hf-clip"
     CLIPModel(CLIPConfig()).save_pretrained(hf_dir)  # the default CLIPConfig is ViT-B/32 sized
-    export(f"hf:{hf_dir}", work / "hf-ours", max_batch=4)
+    export(specs.hf(hf_dir), work / "hf-ours", max_batch=4)
     # Timed as two cases and summed: calling one session right after another makes the
     # first one's idle spinning threads compete with the second (measured: the pair took
     # 1.7x its parts' sum when alternated on 2 cores).

@@ -70,6 +70,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mobileclip import spec as specs
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .cases import (CONV_STATIC_INT8, EXPORT_PRECISIONS, ROW_KEYS, BenchConfig, _export_bundles, _export_failed_rows,
@@ -215,8 +216,7 @@ def _versions() -> dict:
 def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("bundles", nargs="*", metavar="BUNDLE", help="bundle directories written by `mobileclip export`")
     s.add_argument("--model", action="append", default=[], metavar="NAME",
-                   help="PyTorch model (repeatable): registry name (random weights), checkpoint dir, "
-                        "open_clip:<arch>, hf:<dir>")
+                   help=f"PyTorch model (repeatable): {specs.HELP} (not py:)")
     s.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
     s.add_argument("--runtime", default=",".join(RUNTIMES),
                    help=f"comma-separated runtimes to run (default all: {','.join(RUNTIMES)})")

@@ -365,7 +365,7 @@ def start_loader(loader):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> None:
-        from mobileclip.teachers import load_teacher
+        from mobileclip.factory import load_teacher
 
         self.cfg = cfg
         if cfg.threads:

@@ -122,7 +122,7 @@ def _portable_tokenizer(directory: Path, info: dict) -> None:
 
 
 def _manifest(src: ExportSource, arts: dict, token_dtype: str, seconds: float) -> dict:
-    from mobileclip import __version__
+    from mobileclip.version import __version__
 
     tools = {"mobileclip": __version__, "torch": torch.__version__}
     for mod in ("onnx", "onnxruntime", "coremltools", "tensorrt", "litert_torch", "ai_edge_litert", "executorch"):

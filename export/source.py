@@ -16,6 +16,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
+from mobileclip import spec as specs
 from mobileclip.errors import ConfigError
 
 
@@ -75,14 +76,15 @@ def _ours(spec: str, pretrained: Optional[str] = None, architecture: Optional[di
 
 
 def _third_party(spec: str) -> ExportSource:
-    from mobileclip.teachers import load_teacher
+    from mobileclip.factory import load_teacher
 
     from mobileclip.reparam import reparameterize
 
-    teacher = load_teacher(spec)
+    parsed = specs.parse(spec)
+    teacher = load_teacher(parsed)
     reparameterize(teacher.model, inplace=True)  # e.g. MobileCLIP-S1's FastViT trunk
     inner = teacher.model
-    kind = "open_clip" if spec.startswith("open_clip:") else "hf"
+    kind = parsed.kind
     if kind == "open_clip":
         import open_clip.tokenizer as oct
 
@@ -99,10 +101,10 @@ def _third_party(spec: str) -> ExportSource:
         pcfg = teacher.preprocess.cfg
         mean, std = tuple(pcfg.mean), tuple(pcfg.std)
         resize = {"mode": pcfg.resize_mode, "interpolation": pcfg.interpolation, "crop": "center"}
-        info, files = _hf_tokenizer_files(spec[3:], teacher)
+        info, files = _hf_tokenizer_files(parsed.target, teacher)
     logit_scale = float(teacher.scale)   # the multiplier, checked to lie in [1, 100] when the teacher loaded
     origin = (pcfg.get("preprocess_from", "open_clip model default") if kind == "open_clip" else
-              "preprocessor_config.json" if (Path(spec[3:]).expanduser() / "preprocessor_config.json").is_file()
+              "preprocessor_config.json" if (Path(parsed.target).expanduser() / "preprocessor_config.json").is_file()
               else "CLIP's defaults (no preprocessor_config.json)")
     return ExportSource(teacher, teacher.preprocess, teacher.tokenizer, {}, spec, kind, int(teacher.embed_dim),
                         int(teacher.image_size), mean, std, resize, int(teacher.context_length), logit_scale,
@@ -129,14 +131,12 @@ def load_source(spec: dict) -> ExportSource:
     """The PyTorch reference of a bundle: a checkpoint, a third-party CLIP, or a registry model at a seed."""
     model = spec["model"]
     torch.manual_seed(int(spec.get("seed", 0)))   # registry names and third-party archs get random weights
-    from mobileclip.teachers import is_teacher_spec
-
     pretrained = spec.get("pretrained")
     if pretrained:
         _check_weights(pretrained, spec.get("pretrained_sha256"))
     if spec.get("weights_sha256"):   # open_clip:<arch>:[<tag>=]<file>
         _check_weights(_open_clip_file(model)[1], spec["weights_sha256"])
-    if is_teacher_spec(model):
+    if specs.is_third_party(model):
         src = _third_party(model)
     else:
         src = _ours(model, pretrained, spec.get("architecture"))
@@ -170,17 +170,13 @@ def _check_weights(path: str, digest: Optional[str]) -> None:
 
 
 def _open_clip_file(model: str) -> tuple:
-    """``open_clip:<arch>:<x>`` → ``(prefix up to the file, the file or None)``; ``x`` may be ``tag=file``."""
-    parts = model.split(":", 2)
-    if len(parts) < 3 or not parts[2]:
+    """``open_clip:<arch>:<x>`` → ``(the spec with the file replaced by "", the file or None)``; ``x`` may be
+    ``tag=file``."""
+    parsed = specs.parse(model)
+    tag, file = parsed.weights_file() if parsed.kind == specs.OPEN_CLIP else (None, None)
+    if file is None:
         return model, None
-    x = parts[2]
-    if Path(x).expanduser().is_file():
-        return f"{parts[0]}:{parts[1]}:", x
-    if "=" in x:
-        tag, file = x.split("=", 1)
-        return f"{parts[0]}:{parts[1]}:{tag}=", file
-    return model, None
+    return str(parsed.with_weights(f"{tag}=" if tag else "")) + ("" if tag else ":"), file
 
 
 def resolve_spec(model: str, seed: int = 0, pretrained: Optional[str] = None) -> dict:
@@ -191,10 +187,10 @@ def resolve_spec(model: str, seed: int = 0, pretrained: Optional[str] = None) ->
     registered model changes.
     """
     from mobileclip.errors import CheckpointError
-    from mobileclip.teachers import is_teacher_spec
     from mobileclip.zoo import get_model_config, list_models
 
-    if model.startswith("py:"):
+    parsed = specs.parse(model, pretrained)
+    if parsed.kind == specs.PY:
         raise ConfigError(f"{model!r}: export takes a registered name, a checkpoint directory, open_clip:... or "
                           "hf:...; a py: teacher has no spec a bundle could re-create its reference from")
     if pretrained and model not in list_models():
@@ -202,15 +198,14 @@ def resolve_spec(model: str, seed: int = 0, pretrained: Optional[str] = None) ->
                           f"{model!r} put the weights in the model spec (open_clip:<arch>:<file>) or export the "
                           "checkpoint directory itself")
     spec: dict = {}
-    if model.startswith("open_clip:"):
+    if parsed.kind == specs.OPEN_CLIP:
         prefix, file = _open_clip_file(model)
         if file is not None and Path(file).expanduser().is_file():
             file = str(Path(file).expanduser().resolve())
             model, spec["weights_sha256"] = prefix + file, weights_digest(file)
-    elif model.startswith("hf:") and Path(model[3:]).expanduser().is_dir():
-        model = "hf:" + str(Path(model[3:]).expanduser().resolve())
-    elif not is_teacher_spec(model) and Path(model).is_dir() and not pretrained and (
-            (Path(model) / "config.json").is_file() or model not in list_models()):
+    elif parsed.kind == specs.HF and Path(parsed.target).expanduser().is_dir():
+        model = specs.hf(Path(parsed.target).expanduser().resolve())
+    elif parsed.kind == specs.CHECKPOINT and Path(model).is_dir():
         model = str(Path(model).resolve())
     spec = {"model": model, "seed": int(seed), **spec}
     if model in list_models():

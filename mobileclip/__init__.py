@@ -8,9 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-# The name to `pip install` (the import name stays `mobileclip`; `mobileclip` on PyPI is another project).
-DISTRIBUTION = "mobileclip-toolkit"
+from .version import DISTRIBUTION, __version__  # noqa: F401
 
 _EXPORTS = {
     "load_checkpoint": "checkpoint", "load_weights": "checkpoint", "save_checkpoint": "checkpoint",
@@ -21,7 +19,7 @@ _EXPORTS = {
     "convert_checkpoint": "convert", "load_pretrained": "convert",
     "CLIP": "model", "count_params": "model",
     "reparameterize": "reparam",
-    "Teacher": "teachers", "load_teacher": "teachers", "wrap_teacher": "teachers",
+    "Teacher": "teachers", "load_teacher": "factory", "wrap_teacher": "teachers",
     "Tokenizer": "tokenizer",
     "ImagePreprocess": "transforms", "load_image": "transforms",
     "get_model_config": "zoo", "list_models": "zoo",
@@ -57,7 +55,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .factory import create_model  # noqa: F401
     from .model import CLIP, count_params  # noqa: F401
     from .reparam import reparameterize  # noqa: F401
-    from .teachers import Teacher, load_teacher, wrap_teacher  # noqa: F401
+    from .factory import load_teacher  # noqa: F401
+    from .teachers import Teacher, wrap_teacher  # noqa: F401
     from .tokenizer import Tokenizer  # noqa: F401
     from .transforms import ImagePreprocess, load_image  # noqa: F401
     from .zoo import get_model_config, list_models  # noqa: F401

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from . import spec as specs
 from .zoo import get_entry, get_model_config, list_models
 
 TABLE = Path(__file__).with_name("open_clip_params.json")
@@ -72,7 +73,7 @@ def teacher_rows(compute_missing: bool = True) -> list[dict]:
                 counts = open_clip_param_count(arch)
             except Exception:  # an architecture this torch/timm cannot build: list it without counts
                 counts = None
-        rows.append({"name": f"open_clip:{arch}", "role": "teacher", "image_size": size,
+        rows.append({"name": specs.open_clip(arch), "role": "teacher", "image_size": size,
                      "context_length": cfg.get("text_cfg", {}).get("context_length"),
                      "embed_dim": cfg.get("embed_dim"), **(counts or {"params": None})})
     return rows

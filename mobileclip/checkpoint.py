@@ -48,7 +48,7 @@ def save_checkpoint(model: nn.Module, directory: Union[str, Path], extra: dict |
     context length, ...), the logit scale, whether the model is reparameterized, parameter
     counts and library versions. Each file goes to a temporary name first.
     """
-    from . import __version__
+    from .version import __version__
     from .model import CLIP, count_params
 
     inner = unwrap(model)

@@ -25,6 +25,10 @@ class UnsafeCheckpointError(CheckpointError):
     """A pickled checkpoint holds Python objects other than tensors; it was not loaded."""
 
 
+class RuntimeInputError(MobileCLIPError, ValueError):
+    """An argument is not usable (an empty label list, a template without '{}', a wrong array type, ...)."""
+
+
 class DatasetError(MobileCLIPError):
     """A dataset is missing, empty, or malformed."""
 

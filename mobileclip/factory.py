@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
+from torch import nn
 
+from . import spec as specs
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, read_config
-from .errors import CheckpointError
+from .errors import CheckpointError, TeacherError
 from .model import CLIP
 from .tokenizer import Tokenizer
 from .transforms import ImagePreprocess
@@ -16,44 +18,72 @@ from .zoo import get_model_config
 
 def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path]] = None,
                  device: Union[str, torch.device, None] = None):
-    """Build a model by registry name, teacher spec, or checkpoint directory.
+    """Build a model by its spec (:mod:`mobileclip.spec`: a registered name, a checkpoint directory,
+    ``open_clip:...``, ``hf:...`` or ``py:...``).
 
     * ``"mobileclip-s0"`` (see :func:`mobileclip.list_models`): random weights, or
       ``pretrained=`` a checkpoint directory / weights file for the same architecture: one of
       ours, Apple's released ``mobileclip_s0.pt`` … ``mobileclip_blt.pt``, or an open_clip
       MobileCLIP/MobileCLIP2 file (converted on load, see :mod:`mobileclip.convert`).
-    * ``"open_clip:ViT-B-32[:tag or file]"``, ``"hf:dir"``: a frozen teacher
+    * ``"open_clip:ViT-B-32[:tag or file]"``, ``"hf:dir"``, ``"py:module:fn"``: a frozen teacher
       (``pretrained=`` then acts as the open_clip tag or file).
     * a directory holding ``config.json`` + ``model.safetensors``.
 
     Returns ``(model, preprocess, tokenizer)``; the model is in eval mode.
     """
-    from .teachers import is_teacher_spec, load_teacher
-
-    name = str(name)
-    if is_teacher_spec(name):
-        if pretrained and not (name.startswith("open_clip:") and name.count(":") == 1):
-            raise CheckpointError(f"pretrained={str(pretrained)!r} does not apply to {name!r}: give open_clip weights in "
-                                  "the spec (open_clip:<arch>:<tag or file>); hf: and py: models bring their own")
-        spec = f"{name}:{pretrained}" if pretrained else name
-        teacher = load_teacher(spec, device=device)
+    parsed = specs.parse(name, pretrained)
+    if parsed.third_party:
+        if pretrained and not (parsed.kind == specs.OPEN_CLIP and not parsed.weights):
+            raise CheckpointError(f"pretrained={str(pretrained)!r} does not apply to {str(name)!r}: give open_clip "
+                                  "weights in the spec (open_clip:<arch>:<tag or file>); hf: and py: models bring "
+                                  "their own")
+        teacher = load_teacher(parsed.with_weights(str(pretrained)) if pretrained else parsed, device=device)
         return teacher, teacher.preprocess, teacher.tokenizer
-    from .zoo import list_models
-
-    path = Path(name).expanduser()
-    # A checkpoint directory wins (unless weights for a registered name are given); then a registered
-    # name; anything path-like is a checkpoint that load_checkpoint reports clearly as missing or incomplete.
-    if (pretrained is None and (path / CONFIG_NAME).is_file()) or (name not in list_models() and (
-            path.is_dir() or "/" in name or name.startswith("."))):
+    if parsed.kind == specs.CHECKPOINT:
         if pretrained is not None:
-            raise CheckpointError(f"pretrained={str(pretrained)!r} applies to registered model names; {name!r} is a "
-                                  "checkpoint directory, which holds its own weights")
-        model = load_checkpoint(path)
+            raise CheckpointError(f"pretrained={str(pretrained)!r} applies to registered model names; {str(name)!r} "
+                                  "is a checkpoint directory, which holds its own weights")
+        model = load_checkpoint(Path(parsed.target).expanduser())
     else:
-        model = build_model(get_model_config(name), pretrained)[0]
+        model = build_model(get_model_config(parsed.target), pretrained)[0]
     if device is not None:
         model = model.to(device)
     return (model, *_io(model))
+
+
+def load_teacher(spec: Union[str, "specs.ModelSpec", nn.Module], preprocess: Optional[Callable] = None,
+                 tokenizer: Optional[Callable] = None, device: Union[str, torch.device, None] = None):
+    """A frozen :class:`~mobileclip.teachers.Teacher` from a spec (any form :mod:`mobileclip.spec` reads: the
+    third-party ones load through :mod:`mobileclip.third_party`; a registered name gets random weights, seeded),
+    a :class:`Teacher`, or a module passed with its own ``preprocess`` and ``tokenizer``."""
+    from . import third_party
+    from .teachers import Teacher, wrap_teacher
+
+    if isinstance(spec, Teacher):
+        teacher = spec
+    elif isinstance(spec, nn.Module):
+        if preprocess is None or tokenizer is None:
+            raise TeacherError("a teacher module needs its own preprocess and tokenizer: "
+                               "load_teacher(module, preprocess=..., tokenizer=...)")
+        teacher = wrap_teacher(spec, preprocess, tokenizer)
+    elif not isinstance(spec, (str, specs.ModelSpec)) or not spec:
+        raise TeacherError(f"a teacher spec must be a non-empty string or a module, got {spec!r}")
+    else:
+        parsed = spec if isinstance(spec, specs.ModelSpec) else specs.parse(spec)
+        if parsed.kind == specs.OPEN_CLIP:
+            teacher = third_party.load_open_clip_teacher(parsed.target, parsed.weights)
+        elif parsed.kind == specs.HF:
+            teacher = third_party.load_hf_teacher(parsed.target)
+        elif parsed.kind == specs.PY:
+            teacher = third_party.load_py_teacher(str(parsed))
+        else:
+            # A registered name has random weights: seeded, so that two identical runs have the same teacher
+            # (and a teacher cache built twice is bit-identical); the caller's random state is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model, pp, tok = create_model(str(parsed))
+            teacher = Teacher(model, pp, tok, str(parsed), embed_dim=model.embed_dim, image_size=model.image_size)
+    return teacher.to(device) if device is not None else teacher
 
 
 def _weights_in(directory: Path) -> Path:
@@ -98,31 +128,29 @@ def resolve_student_name(name: str) -> tuple:
 
     ``open_clip:<MobileCLIP arch>[:<file>]`` names the registered model with the same network
     (:data:`mobileclip.convert.OPEN_CLIP_ARCHS`), so released open_clip MobileCLIP/MobileCLIP2
-    models train as students; other open_clip architectures and ``hf:`` models are teachers only.
+    models train as students; other open_clip architectures, ``hf:`` and ``py:`` models are teachers only.
     """
     from .convert import OPEN_CLIP_ARCHS
     from .errors import ConfigError
 
-    name = str(name)
-    if name.startswith("open_clip:"):
-        parts = name.split(":", 2)
-        arch = parts[1]
+    parsed = specs.parse(name)
+    if parsed.kind == specs.OPEN_CLIP:
+        arch = parsed.target
         if arch not in OPEN_CLIP_ARCHS:
             raise ConfigError(f"student {name!r}: open_clip architectures that train as students are "
                               f"{sorted(OPEN_CLIP_ARCHS)} (converted to this package's models); other open_clip "
                               "models can be teachers")
-        weights = parts[2] if len(parts) > 2 and parts[2] else None
-        if weights and "=" in weights and not Path(weights).expanduser().exists():
-            weights = weights.split("=", 1)[1]   # tag=file: the registered model carries the preprocessing
-        if weights and not Path(weights).expanduser().exists() and "/" not in weights and not weights.endswith(
-                (".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
-            raise ConfigError(f"student {name!r}: {weights!r} looks like an open_clip pretrained tag; a student starts "
+        tag, weights = parsed.weights_file()
+        if weights is None and tag and ("/" in tag or tag.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))):
+            tag, weights = None, tag   # a file that is not there: loading it says so
+        if weights is None and tag:
+            raise ConfigError(f"student {name!r}: {tag!r} looks like an open_clip pretrained tag; a student starts "
                               "from a local weights file (download it, then open_clip:<arch>:<file>)")
-        return OPEN_CLIP_ARCHS[arch], weights
-    if name.startswith(("hf:", "py:")):
+        return OPEN_CLIP_ARCHS[arch], weights   # tag=file: the registered model carries the preprocessing
+    if parsed.third_party:
         raise ConfigError(f"student {name!r}: Hugging Face and py: models are teachers only; students are registered "
                           "models, checkpoint directories or open_clip MobileCLIP/MobileCLIP2 architectures")
-    return name, None
+    return str(name), None
 
 
 OVERRIDE_KEYS = {"embed_dim": ("embed_dim",),

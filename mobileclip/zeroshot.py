@@ -42,7 +42,7 @@ def build_classifier(model, tokenizer: Callable, classnames: Sequence[str],
     """``[C, D]`` class embeddings: mean of normalized prompt embeddings, renormalized."""
     if not classnames:
         raise ValueError("zero-shot classification needs at least one class name")
-    from .runtime.core import check_templates
+    from .templates import check_templates
 
     templates = check_templates(templates)   # exactly one '{}' each: a clear error, never a str.format crash
     device = device or _device_of(model)

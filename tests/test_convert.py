@@ -268,7 +268,7 @@ def test_open_clip_file_loads_exactly(arch, tmp_path):
 def test_preprocessing_follows_open_clips_pretrained_config(arch):
     import open_clip
 
-    from mobileclip.teachers import open_clip_preprocess
+    from mobileclip.third_party import open_clip_preprocess
 
     (tag,) = open_clip.list_pretrained_tags_by_model(arch)[:1]
     want = open_clip.get_pretrained_cfg(arch, tag)
@@ -296,16 +296,16 @@ def test_open_clip_teacher_from_a_file_uses_the_weights_preprocessing(tmp_path):
 
 
 def test_a_file_for_an_architecture_with_disagreeing_tags_must_name_its_tag(tmp_path):
-    from mobileclip.teachers import _split_open_clip_pretrained, open_clip_preprocess
+    from mobileclip.third_party import open_clip_preprocess, split_open_clip_pretrained
 
     (tmp_path / "w.safetensors").write_bytes(b"")
     with pytest.raises(TeacherError, match=r"laion2b_s32b_b82k.*open_clip:ViT-L-14:<tag>="):
         mobileclip.load_teacher(f"open_clip:ViT-L-14:{tmp_path / 'w.safetensors'}")
-    tag, file = _split_open_clip_pretrained("ViT-L-14", f"laion2b_s32b_b82k={tmp_path / 'w.safetensors'}")
+    tag, file = split_open_clip_pretrained("ViT-L-14", f"laion2b_s32b_b82k={tmp_path / 'w.safetensors'}")
     assert tag == "laion2b_s32b_b82k" and file.endswith("w.safetensors")
     assert open_clip_preprocess("ViT-L-14", tag, file)["mean"] == (0.5, 0.5, 0.5)
     with pytest.raises(TeacherError, match="no pretrained tag 'nope'"):
-        _split_open_clip_pretrained("ViT-L-14", f"nope={tmp_path / 'w.safetensors'}")
+        split_open_clip_pretrained("ViT-L-14", f"nope={tmp_path / 'w.safetensors'}")
 
 
 def test_checkpoint_saved_with_an_older_network_is_not_loaded_into_todays(tmp_path):

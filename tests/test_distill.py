@@ -194,7 +194,7 @@ def test_training_from_cache_never_runs_the_teacher(tmp_path, monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("a teacher was loaded while training from a cache")
 
-    monkeypatch.setattr("mobileclip.teachers.load_teacher", forbidden)
+    monkeypatch.setattr("mobileclip.factory.load_teacher", forbidden)
     summary = train(_cfg(tmp_path / "run", "steps=3", f"data.cache={tmp_path / 'c'}", "losses.kd=1.0",
                          "losses.feature=0.5", "losses.icl=0.5", "losses.clip=0.25"))
     rows = _metrics(tmp_path / "run")

@@ -415,7 +415,7 @@ def test_template_files_that_are_fine_and_missing_ones(tmp_path):
     p = tmp_path / "t.txt"
     p.write_bytes("\ufeff# prompts\na photo of a {}.\n  {0}, or is it {0}?  \r\n{{literal}} {}\n".encode())
     assert read_templates(str(p)) == ["a photo of a {}.", "{0}, or is it {0}?", "{{literal}} {}"]
-    assert read_templates(None) == list(runtime.core.DEFAULT_TEMPLATES)
+    assert read_templates(None) == list(runtime.DEFAULT_TEMPLATES)
     assert read_templates("", default=("x {}",)) == ["x {}"]
     with pytest.raises(runtime.RuntimeInputError, match="does not exist"):
         read_templates(str(tmp_path / "nope.txt"))
@@ -431,8 +431,10 @@ def test_template_files_that_are_fine_and_missing_ones(tmp_path):
     ([], "empty"),
 ])
 def test_check_templates(templates, match):
+    from mobileclip.templates import check_templates
+
     with pytest.raises(runtime.RuntimeInputError, match=match):
-        runtime.core.check_templates(templates)
+        check_templates(templates)
 
 
 # ------------------------------------------------------------------ synth

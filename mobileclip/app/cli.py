@@ -42,7 +42,7 @@ def user_error(e: BaseException) -> Optional[str]:
     if isinstance(e, ModuleNotFoundError) and e.name:
         top = e.name.split(".")[0]
         if top in EXTRA_OF:
-            from .. import DISTRIBUTION
+            from ..version import DISTRIBUTION
 
             return (f"this command needs {top}, which is not installed: pip install "
                     f"'{DISTRIBUTION}[{EXTRA_OF[top]}]'")

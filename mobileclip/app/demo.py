@@ -64,7 +64,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     """The full demo; ``quick=True`` runs the same pipeline with a few steps (for tests)."""
     from ..distill import build_cache, load_config, train
     from ..distill.sources import SyntheticImages, SyntheticPairs, SyntheticTexts
-    from ..teachers import load_teacher
+    from ..factory import load_teacher
 
     out.mkdir(parents=True, exist_ok=True)
     times, results = {}, {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import backends
+from .. import spec as specs
 from ..errors import MobileCLIPError
 from .common import EXTRA_OF
 
@@ -30,7 +31,7 @@ def cmd_export(args) -> int:
                    overwrite=args.overwrite, allow_mismatch=args.allow_mismatch, seed=args.seed,
                    workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, pretrained=args.pretrained)
     except ModuleNotFoundError as e:
-        from .. import DISTRIBUTION
+        from ..version import DISTRIBUTION
 
         top = (e.name or "").split(".")[0]
         # the PyTorch stack is the train extra; anything else is the format's own tools
@@ -76,8 +77,8 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("export", help="export both towers to a bundle and check parity with PyTorch")
-    s.add_argument("model", help="checkpoint directory; a registered name (random weights, seeded by --seed); "
-                                 "open_clip:<arch>[:<tag or weights file>]; or hf:<CLIPModel directory>")
+    s.add_argument("model", help=f"the model: {specs.HELP} (registered names get random weights seeded by --seed; "
+                                 "py: models cannot be exported: a bundle must be able to re-create its reference)")
     s.add_argument("--pretrained", default=None,
                    help="weights for a registered MODEL: our checkpoint, Apple's mobileclip_*.pt, or an open_clip "
                         "MobileCLIP/MobileCLIP2 file (converted on load)")

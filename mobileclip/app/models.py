@@ -6,6 +6,7 @@ import os
 import time
 from typing import Optional
 
+from .. import spec as specs
 from .common import torch_device, write_json
 
 
@@ -84,7 +85,7 @@ def cmd_retrieval(args) -> int:
 
 
 def _model_args(s) -> None:
-    s.add_argument("--model", required=True, help="registered name, open_clip:/hf:/py: teacher spec, or checkpoint dir")
+    s.add_argument("--model", required=True, help=f"the model: {specs.HELP}")
     s.add_argument("--pretrained", default=None,
                    help="weights for a registered name: our checkpoint (dir or file), Apple's mobileclip_*.pt, "
                         "or an open_clip MobileCLIP/MobileCLIP2 file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+from .. import spec as specs
 from ..errors import MobileCLIPError
 from .common import torch_device
 
@@ -36,7 +37,7 @@ def cmd_cache_teacher(args) -> int:
     from ..distill.sources import (CaptionPairs, ImageFiles, SyntheticImages, SyntheticPairs, SyntheticTexts,
                                    TextLines, WebDatasetPairs)
     from ..scales import check_scale
-    from ..teachers import load_teacher
+    from ..factory import load_teacher
 
     check_cache_args(args.augs, args.shard_size, args.batch_size, args.scale, (3 / 4, 4 / 3), args.flip_prob)
     given = [f for f in ("data", "images", "texts") if getattr(args, f)]
@@ -98,7 +99,7 @@ def register(sub) -> None:
 
     s = sub.add_parser("cache-teacher", help="run teachers once over a dataset with K augmentations; store embeddings")
     s.add_argument("--teacher", action="append", required=True,
-                   help="teacher spec (repeat for an ensemble): open_clip:ARCH[:TAG|FILE], hf:DIR, checkpoint dir")
+                   help=f"teacher spec (repeat for an ensemble): {specs.HELP}")
     s.add_argument("--data", default=None,
                    help="image-caption pairs: 'synthetic', a caption file (.csv/.tsv/.jsonl), or WebDataset shards "
                         "('shards/{000..099}.tar')")

@@ -11,11 +11,10 @@
 Nothing here imports torch (a test checks ``sys.modules`` in a fresh interpreter).
 """
 from mobileclip.backends.bundle import BundleError
+from mobileclip.errors import RuntimeInputError
+from mobileclip.templates import DEFAULT_TEMPLATES
 
-from .core import (
-    DEFAULT_TEMPLATES, ImageReadError, Preprocessor, RuntimeBackendError, RuntimeInputError, RuntimeModel,
-    bundle_fingerprint, load, read_image,
-)
+from .core import ImageReadError, Preprocessor, RuntimeBackendError, RuntimeModel, bundle_fingerprint, load, read_image
 from .index import IMAGE_EXTENSIONS, ImageIndex, ImageIndexError, IndexMismatchError, build_index, load_index, \
     scan_images
 from .hf_tokenizer import HFTokenizer, load_bundle_tokenizer

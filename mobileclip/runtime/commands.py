@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mobileclip.errors import MobileCLIPError
+from mobileclip.errors import MobileCLIPError, RuntimeInputError
+from mobileclip.templates import DEFAULT_TEMPLATES, check_templates
 
-from .core import DEFAULT_TEMPLATES, ImageReadError, RuntimeInputError, check_templates, load, read_image
+from .core import ImageReadError, load, read_image
 from .index import IMAGE_EXTENSIONS, ImageIndex, ImageIndexError
 
 

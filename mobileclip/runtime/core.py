@@ -15,16 +15,16 @@ import numpy as np
 from PIL import Image
 
 from mobileclip.config import PreprocessConfig
-from mobileclip.errors import MobileCLIPError
 from mobileclip.backends import names as backend_names, runtime_name
 from mobileclip.backends.bundle import BundleError, load_manifest, signature_misses
-from mobileclip.backends.onnx import OrtRunner, ort_session  # noqa: F401  (ort_session: for old imports)
+from mobileclip.backends.onnx import OrtRunner
+from mobileclip.errors import MobileCLIPError, RuntimeInputError
+from mobileclip.templates import check_templates
 from mobileclip.transforms import load_image, preprocess_array
 
 from .hf_tokenizer import HFTokenizer, load_bundle_tokenizer
 from .tokenizer import ClipBPE
 
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
 RESIZE_MODES = ("shortest", "squash")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
@@ -32,10 +32,6 @@ ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
 class RuntimeBackendError(MobileCLIPError):
     """The bundle's artifacts are for a backend the torch-free runtime does not run."""
-
-
-class RuntimeInputError(MobileCLIPError, ValueError):
-    """An argument given to the runtime is not usable (empty label list, wrong array type, ...)."""
 
 
 class ImageReadError(MobileCLIPError):
@@ -211,44 +207,6 @@ def _as_image_list(images) -> list:
         return list(images)
     raise RuntimeInputError(f"images must be a path, a PIL image, a uint8 array or a list of those, got "
                             f"{type(images).__name__}")
-
-
-def check_templates(templates: Optional[Iterable[str]]) -> list:
-    """The prompt templates as a list, each checked to take exactly one label.
-
-    A template holds one ``{}`` (or ``{0}``, possibly repeated) where the label goes; literal
-    braces are written ``{{`` and ``}}``. Anything ``str.format`` would reject or misuse —
-    ``{x}``, two ``{}``, a lone ``{`` — is a :class:`RuntimeInputError` naming the template.
-    """
-    import string
-
-    if isinstance(templates, (str, bytes)):
-        raise RuntimeInputError(f"templates must be a list of strings, got one string {templates!r}; "
-                                f"wrap it in a list: [{templates!r}]")
-    templates = list(DEFAULT_TEMPLATES if templates is None else templates)
-    if not templates:
-        raise RuntimeInputError("the template list is empty; give at least one template such as 'a photo of a {}.'")
-    hint = "the label goes in '{}' (write '{{' and '}}' for literal braces)"
-    for i, t in enumerate(templates):
-        name = f"template {t!r}" if len(templates) == 1 else f"template {i + 1} of {len(templates)}, {t!r},"
-        if not isinstance(t, str):
-            raise RuntimeInputError(f"{name} is a {type(t).__name__}, not a string")
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
-        except ValueError as e:  # a lone '{' or '}'
-            raise RuntimeInputError(f"{name} has unbalanced braces ({e}); {hint}") from None
-        if not fields:
-            raise RuntimeInputError(f"every template needs '{{}}' where the label goes; {name} has none")
-        named = [f for f in fields if f not in ("", "0")]
-        if named:
-            raise RuntimeInputError(f"{name} has the field '{{{named[0]}}}'; {hint}")
-        if fields.count("") > 1:
-            raise RuntimeInputError(f"{name} has {fields.count('')} '{{}}' fields; use exactly one for the label")
-        try:
-            t.format("label")
-        except (ValueError, IndexError, KeyError, TypeError) as e:  # e.g. '{:d}', '{}' mixed with '{0}'
-            raise RuntimeInputError(f"{name} cannot take a label ({type(e).__name__}: {e}); {hint}") from None
-    return templates
 
 
 class RuntimeModel:
