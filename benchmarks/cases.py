@@ -1,6 +1,6 @@
 """What ``mobileclip bench`` measures: the benchmark's configuration (:class:`BenchConfig`), the
 facts of a PyTorch source (params, FLOPs), the bundles ``--export`` writes, and one model's cases
-(rows) prepared, timed and filled in (:func:`_run_group`)."""
+(rows) prepared, timed and filled in (:func:`run_group`)."""
 from __future__ import annotations
 
 import gc
@@ -15,8 +15,8 @@ from mobileclip import spec as specs
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .runtimes import (BACKEND_RUNTIME, PROMPTS, RUNTIMES, TORCH_PRECISIONS, TOWERS, BundleRuntime, Runtime, Skip,
-                       TorchRuntime, _bundle_tokenizer)
-from .stats import Case, MemoryProbe, _reason, gap, latency_stats, limit_ms, throughput, time_cases
+                       TorchRuntime, bundle_tokenizer)
+from .stats import Case, MemoryProbe, error_reason, gap, latency_stats, limit_ms, throughput, time_cases
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 CONV_STATIC_INT8 = 0.5         # image towers with more conv FLOPs than this get static QDQ int8
@@ -217,7 +217,7 @@ class _Group:
     bundles: list = field(default_factory=list)   # (path, manifest, exported)
 
 
-class _Sources:
+class Sources:
     """PyTorch sources, loaded once, with their facts; released group by group."""
 
     def __init__(self) -> None:
@@ -240,18 +240,18 @@ class _Sources:
             try:
                 self.load(spec)
             except (MobileCLIPError, OSError, KeyError, ValueError, RuntimeError) as e:
-                self.facts[spec["model"]] = f"PyTorch source {spec['model']!r} could not be loaded: {_reason(e)}"
+                self.facts[spec["model"]] = f"PyTorch source {spec['model']!r} could not be loaded: {error_reason(e)}"
             gc.collect()
         return self.facts[spec["model"]]
 
 
-def _export_bundles(cfg: BenchConfig, sources: _Sources, export_dir: Path, failed: Optional[list] = None) -> list:
+def export_bundles(cfg: BenchConfig, sources: Sources, export_dir: Path, failed: Optional[list] = None) -> list:
     """Export every --model in every --export precision (reusing matching bundles); returns (path, model).
 
     An export that raises is appended to ``failed`` as ``(model, precision, reason)`` and the others go on, so
     one precision's failure loses neither the other bundles nor the PyTorch rows (without ``failed``, it raises)."""
     from mobileclip.export import export, load_manifest
-    from mobileclip.export.bundle import BundleError
+    from mobileclip.backends.bundle import BundleError
     from mobileclip.export.source import resolve_spec
 
     out, calib = [], None
@@ -294,15 +294,15 @@ def _export_bundles(cfg: BenchConfig, sources: _Sources, export_dir: Path, faile
             except Exception as e:  # noqa: BLE001 - recorded as failed rows; the exit status says so
                 if failed is None:
                     raise
-                print(f"export of {name} ({precision}) failed: {_reason(e)}")
-                failed.append((name, precision, f"export to ONNX {precision} failed: {_reason(e)}"))
+                print(f"export of {name} ({precision}) failed: {error_reason(e)}")
+                failed.append((name, precision, f"export to ONNX {precision} failed: {error_reason(e)}"))
                 continue
             out.append((d, name))
     return out
 
 
-def _export_failed_rows(cfg: BenchConfig, failed: list) -> list:
-    """One failed row per tower and batch of each export that raised (``_export_bundles``' ``failed``)."""
+def export_failed_rows(cfg: BenchConfig, failed: list) -> list:
+    """One failed row per tower and batch of each export that raised (``export_bundles``' ``failed``)."""
     from mobileclip.export.source import resolve_spec
 
     rows = []
@@ -316,7 +316,7 @@ def _export_failed_rows(cfg: BenchConfig, failed: list) -> list:
     return rows
 
 
-def _groups(cfg: BenchConfig, exported: list) -> list:
+def make_groups(cfg: BenchConfig, exported: list) -> list:
     from mobileclip.export import load_manifest
     from mobileclip.export.source import resolve_spec
 
@@ -388,7 +388,7 @@ def _bundle_runtime(path: Path, manifest: dict, cfg: BenchConfig, tokenizer) -> 
     return BundleRuntime(path, manifest, cfg.device, cfg.threads, tokenizer)
 
 
-def _run_group(g: _Group, cfg: BenchConfig, sources: _Sources, probe: MemoryProbe, peak: dict) -> list:
+def run_group(g: _Group, cfg: BenchConfig, sources: Sources, probe: MemoryProbe, peak: dict) -> list:
     """Prepare, time (interleaved) and report every case of one model."""
     rows, cases, runtimes = [], [], []
     src = None
@@ -407,7 +407,7 @@ def _run_group(g: _Group, cfg: BenchConfig, sources: _Sources, probe: MemoryProb
             rows.append((row, None, rt))
             return
         except Exception as e:  # a failed case is a row with its reason; the exit code says something failed
-            row.update(status="failed", reason=_reason(e))
+            row.update(status="failed", reason=error_reason(e))
             rows.append((row, None, rt))
             return
         case = Case(row, rt, fn)
@@ -429,10 +429,10 @@ def _run_group(g: _Group, cfg: BenchConfig, sources: _Sources, probe: MemoryProb
         if runtime_name not in cfg.runtimes:
             continue
         try:
-            tokenizer = _bundle_tokenizer(path, manifest) if "text" in cfg.towers else None
+            tokenizer = bundle_tokenizer(path, manifest) if "text" in cfg.towers else None
             tok_error = None
         except (MobileCLIPError, OSError, KeyError, ValueError) as e:
-            tokenizer, tok_error = None, f"the bundle's tokenizer could not be loaded: {_reason(e)}"
+            tokenizer, tok_error = None, f"the bundle's tokenizer could not be loaded: {error_reason(e)}"
         rt = _bundle_runtime(path, manifest, cfg, tokenizer)
         runtimes.append(rt)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6

@@ -109,11 +109,11 @@ def caption_cost(rows: int) -> dict:
 
 
 def token_cost(n: int) -> dict:
-    import mobileclip
+    from mobileclip.factory import create_model
     from mobileclip.distill.sources import TextLines
     from mobileclip.distill.tokens import TokenTable
 
-    tok = mobileclip.create_model("mobileclip-s0")[2]
+    tok = create_model("mobileclip-s0")[2]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "texts.txt"
         path.write_text("".join(f"a photo of a small wooden boat on a quiet lake, picture number {i}\n"

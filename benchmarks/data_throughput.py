@@ -256,7 +256,7 @@ def pretokenize_cost(tok, n: int = 100_000) -> dict:
 
 
 def main() -> None:
-    import mobileclip
+    from mobileclip.factory import create_model
     from mobileclip.distill.samples import collate_train
     from mobileclip.distill.sources import CaptionPairs, WebDatasetPairs
 
@@ -277,7 +277,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a DataLoader worker's setting; the main process reads with 0 workers like one
-    model, pp, tok = mobileclip.create_model(args.student)
+    model, pp, tok = create_model(args.student)
     del model
     levers = [LEVERS[i] for i in args.levers] if args.levers else LEVERS
     collates = {"legacy": legacy_collate, "new": collate_train}

@@ -495,7 +495,7 @@ def evaluate(model, preprocess, tokenizer, work: Path) -> dict:
 def run_student(name: str, seed: int, work: Path, args) -> dict:
     """Train config ``name`` with ``seed``; evaluate on val during training (the learning curve) and at the end;
     on the test split only when ``args.split == "test"``. Reused when it ran with these very settings."""
-    from mobileclip import create_model
+    from mobileclip.factory import create_model
     from mobileclip.distill import load_config, train
 
     tag = f"{name}-s{args.steps}-seed{seed}" + (f"-px{args.image_size}" if args.image_size != 64 else "")
@@ -566,7 +566,7 @@ def diagnose_towers(teacher, work: Path, runs: list) -> list:
     teacher.eval()
     ti, tt = _val_embeddings(teacher, teacher.preprocess, teacher.tokenizer, work)
     out = [{"run": "teacher", "R@1": _mean_r1(ti, tt)}]
-    from mobileclip import create_model
+    from mobileclip.factory import create_model
 
     for run in runs:
         model, pp, tok = create_model(str(work / "runs" / run / "student"))

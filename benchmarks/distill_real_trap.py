@@ -47,7 +47,7 @@ def answers(model, preprocess, tokenizer, folder: Path) -> dict:
 
 
 def run(work: Path, name: str, scale_override, args) -> dict:
-    from mobileclip import create_model
+    from mobileclip.factory import create_model
     from mobileclip.distill import load_config
     from mobileclip.distill.train import Trainer
 

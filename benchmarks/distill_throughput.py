@@ -113,9 +113,9 @@ def train_flops_per_sample(student: str) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    import mobileclip
+    from mobileclip.factory import create_model
 
-    model, _, tok = mobileclip.create_model(student)
+    model, _, tok = create_model(student)
     x = torch.zeros(1, 3, model.image_size, model.image_size)
     with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model.encode_image(x)

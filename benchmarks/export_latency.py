@@ -44,7 +44,7 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _ort_case(path: Path, feeds: dict, threads: int):
+def ort_case(path: Path, feeds: dict, threads: int):
     sess = _session(path, threads)
     return lambda: sess.run(None, feeds)
 
@@ -132,18 +132,18 @@ def main() -> None:
             if tower == "text" and bundle == "s0-int8-static":
                 continue  # same text tower as int8-dynamic
             label = bundle.replace("s0-", "").replace("-static", " static QDQ").replace("-dynamic", " dynamic")
-            add(f"mobileclip-s0 {tower} ONNX {label}", _ort_case(work / bundle / name, {inp: x}, args.threads),
+            add(f"mobileclip-s0 {tower} ONNX {label}", ort_case(work / bundle / name, {inp: x}, args.threads),
                 bundle, tower, name)
         add(f"mobileclip-s0 {tower} PyTorch eager", eager(s0.model, f"encode_{tower}", x))
     fusion_notes = []
     for tower, x, name, inp in (("image", img224, "image.onnx", "image"), ("text", tok77, "text.onnx", "tokens")):
         for bundle in ("vit-fp32", "vit-int8-dynamic"):
             label = bundle.replace("vit-", "").replace("-dynamic", " dynamic")
-            add(f"ViT-B-32 {tower} ONNX {label}", _ort_case(work / bundle / name, {inp: x}, args.threads),
+            add(f"ViT-B-32 {tower} ONNX {label}", ort_case(work / bundle / name, {inp: x}, args.threads),
                 bundle, tower, name)
         fused = _transformer_fusions(work / "vit-fp32" / name, work / f"vit-{tower}-fused.onnx", fusion_notes)
         if fused is not None:
-            add(f"ViT-B-32 {tower} ONNX fp32 + ORT transformer fusions", _ort_case(fused, {inp: x}, args.threads))
+            add(f"ViT-B-32 {tower} ONNX fp32 + ORT transformer fusions", ort_case(fused, {inp: x}, args.threads))
         add(f"ViT-B-32 {tower} PyTorch eager", eager(vit.model, f"encode_{tower}", x))
 
     hf_note = _hf_cases(work, add, img224, tok77, args.threads)
@@ -236,9 +236,9 @@ def _hf_cases(work: Path, add, img: np.ndarray, tok: np.ndarray, threads: int) -
     # Timed as two cases and summed: calling one session right after another makes the
     # first one's idle spinning threads compete with the second (measured: the pair took
     # 1.7x its parts' sum when alternated on 2 cores).
-    add("HF CLIPModel (ViT-B/32 sizes) ours: image", _ort_case(work / "hf-ours" / "image.onnx", {"image": img},
+    add("HF CLIPModel (ViT-B/32 sizes) ours: image", ort_case(work / "hf-ours" / "image.onnx", {"image": img},
                                                                 threads))
-    add("HF CLIPModel (ViT-B/32 sizes) ours: text", _ort_case(work / "hf-ours" / "text.onnx", {"tokens": tok},
+    add("HF CLIPModel (ViT-B/32 sizes) ours: text", ort_case(work / "hf-ours" / "text.onnx", {"tokens": tok},
                                                                threads))
     try:
         from optimum.exporters.onnx import main_export
@@ -248,7 +248,7 @@ def _hf_cases(work: Path, add, img: np.ndarray, tok: np.ndarray, threads: int) -
                 library_name="transformers", do_validation=False)
     feeds = {"input_ids": tok.astype(np.int64), "attention_mask": (tok != 0).astype(np.int64), "pixel_values": img}
     add("HF CLIPModel (ViT-B/32 sizes) optimum-onnx: one graph",
-        _ort_case(work / "hf-optimum" / "model.onnx", feeds, threads))
+        ort_case(work / "hf-optimum" / "model.onnx", feeds, threads))
     note = ("optimum-onnx exports one graph computing both embeddings (and the logits); ours is two graphs, timed as "
             "two cases whose p50s are summed.")
     try:
@@ -259,7 +259,7 @@ def _hf_cases(work: Path, add, img: np.ndarray, tok: np.ndarray, threads: int) -
         opt.optimize(save_dir=str(work / "hf-optimum-o2"), optimization_config=OptimizationConfig(
             optimization_level=2))
         files = sorted((work / "hf-optimum-o2").glob("*.onnx"))
-        add("HF CLIPModel (ViT-B/32 sizes) optimum-onnx + ORTOptimizer O2", _ort_case(files[0], feeds, threads))
+        add("HF CLIPModel (ViT-B/32 sizes) optimum-onnx + ORTOptimizer O2", ort_case(files[0], feeds, threads))
     except Exception as e:  # report, do not hide: the table says what optimum's optimizer did
         note += f" ORTOptimizer level 2 failed on this graph: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return note

@@ -73,8 +73,8 @@ import numpy as np
 from mobileclip import spec as specs
 from mobileclip.errors import ConfigError, MobileCLIPError
 
-from .cases import (CONV_STATIC_INT8, EXPORT_PRECISIONS, ROW_KEYS, BenchConfig, _export_bundles, _export_failed_rows,
-                    _groups, _run_group, _Sources, model_label, source_accuracy, tower_facts)
+from .cases import (CONV_STATIC_INT8, EXPORT_PRECISIONS, ROW_KEYS, BenchConfig, export_bundles, export_failed_rows,
+                    make_groups, run_group, Sources, model_label, source_accuracy, tower_facts)
 from .report import DEFINITIONS, markdown, print_table, write_reports
 from .runtimes import (BACKEND_RUNTIME, PROMPTS, RUNTIMES, TORCH_PRECISIONS, TOWERS, BundleRuntime, Runtime, Skip,
                        TorchRuntime)
@@ -150,7 +150,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     probe = MemoryProbe()
     rss_start = probe.rss_mb()
-    sources = _Sources()
+    sources = Sources()
     tmp_export = None
     t_start = time.time()
     try:
@@ -159,17 +159,17 @@ def run_bench(cfg: BenchConfig) -> dict:
             export_dir = Path(cfg.export_dir) if cfg.export_dir else Path(tempfile.mkdtemp(prefix="mobileclip-bench-"))
             tmp_export = None if cfg.export_dir else export_dir
             export_dir.mkdir(parents=True, exist_ok=True)
-            exported = _export_bundles(cfg, sources, export_dir, export_failed)
-        groups = _groups(cfg, exported)
+            exported = export_bundles(cfg, sources, export_dir, export_failed)
+        groups = make_groups(cfg, exported)
         print(f"measuring the peak: fp32 matmul on {cfg.device}" + (f", {cfg.threads} threads" if cfg.device == "cpu"
                                                                   else ""))
         peak = {"fp32": measure_peak(cfg.device, cfg.threads, cfg.peak_seconds)}
         if cfg.device == "cuda":  # the limit of fp16/bf16 cases: tensor-core matmuls
             peak["bf16"] = measure_peak(cfg.device, cfg.threads, cfg.peak_seconds, dtype="bf16")
         print(f"peak {peak['fp32']['gflops']:.1f} GFLOP/s ({peak['fp32']['how']})")
-        rows = _export_failed_rows(cfg, export_failed)
+        rows = export_failed_rows(cfg, export_failed)
         for g in groups:
-            rows += _run_group(g, cfg, sources, probe, peak)
+            rows += run_group(g, cfg, sources, probe, peak)
             gc.collect()
             if cfg.device == "cuda":
                 torch.cuda.empty_cache()

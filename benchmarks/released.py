@@ -59,7 +59,8 @@ def _embed(model, recipe, size: int, context: int = 77):
 
 
 def apple_table(work: Path, recipe, ref: Path) -> list:
-    import mobileclip
+    from mobileclip.factory import create_model
+    from mobileclip.reparam import reparameterize
 
     with gzip.open(ref / "layouts.json.gz", "rt") as f:
         layouts = json.load(f)
@@ -69,10 +70,10 @@ def apple_table(work: Path, recipe, ref: Path) -> list:
         path = work / f"{apple}.pt"
         torch.save(recipe.state_dict_for(layouts[apple]), path)
         t0 = time.perf_counter()
-        model, _, _ = mobileclip.create_model(ours, pretrained=path)
+        model, _, _ = create_model(ours, pretrained=path)
         seconds = time.perf_counter() - t0
         img, txt = _embed(model, recipe, model.image_size)
-        fast = mobileclip.reparameterize(model)
+        fast = reparameterize(model)
         img_r, txt_r = _embed(fast, recipe, model.image_size)
         rows.append({
             "source": f"Apple {apple}.pt", "model": ours, "source_keys": len(layouts[apple]),
@@ -84,7 +85,7 @@ def apple_table(work: Path, recipe, ref: Path) -> list:
         })
         print(rows[-1])
         if apple == "mobileclip_b":   # what timm's B (stem padding 0, LayerNorm eps 1e-6) would give instead
-            timm_b, _, _ = mobileclip.create_model("mobileclip2-b")
+            timm_b, _, _ = create_model("mobileclip2-b")
             timm_b.load_state_dict(model.state_dict())
             img_t, _ = _embed(timm_b, recipe, 224)
             rows[-1]["note"] = (f"timm's vit_base_mci_224 with the same weights: image max-abs "
@@ -98,7 +99,9 @@ def open_clip_table(work: Path, recipe, archs: list) -> list:
     import open_clip
     from safetensors.torch import save_file
 
-    import mobileclip
+    from mobileclip.factory import create_model
+
+    from mobileclip.reparam import reparameterize
     from mobileclip.convert import OPEN_CLIP_ARCHS
 
     rows = []
@@ -114,21 +117,21 @@ def open_clip_table(work: Path, recipe, archs: list) -> list:
         name = OPEN_CLIP_ARCHS[arch]
         twin = "mobileclip2-b" if name == "mobileclip-b" else name   # open_clip runs timm's B
         t0 = time.perf_counter()
-        model, _, _ = mobileclip.create_model(twin, pretrained=path)
+        model, _, _ = create_model(twin, pretrained=path)
         seconds = time.perf_counter() - t0
         size = model.image_size
         x, t = recipe.fixed_images(size), recipe.fixed_tokens(model.context_length)
         with torch.no_grad():
             wi, wt = ref.encode_image(x, normalize=True).numpy(), ref.encode_text(t, normalize=True).numpy()
         img, txt = _embed(model, recipe, size, model.context_length)
-        img_r, txt_r = _embed(mobileclip.reparameterize(model), recipe, size, model.context_length)
+        img_r, txt_r = _embed(reparameterize(model), recipe, size, model.context_length)
         row = {"source": f"open_clip {arch}", "model": twin, "source_keys": len(layout),
                "model_keys": len(model.state_dict()), "load_s": round(seconds, 2),
                "image_max_abs": float(np.abs(img - wi).max()), "text_max_abs": float(np.abs(txt - wt).max()),
                "image_max_abs_reparam": float(np.abs(img_r - wi).max()),
                "text_max_abs_reparam": float(np.abs(txt_r - wt).max())}
         if twin != name:
-            apple_b, _, _ = mobileclip.create_model(name, pretrained=path)
+            apple_b, _, _ = create_model(name, pretrained=path)
             img_b, _ = _embed(apple_b, recipe, size)
             row["note"] = (f"compared as mobileclip2-b (timm's B, what open_clip runs); loaded as mobileclip-b "
                            f"(Apple's B) the image differs by {float(np.abs(img_b - wi).max()):.2e}")
@@ -140,11 +143,13 @@ def open_clip_table(work: Path, recipe, archs: list) -> list:
 
 
 def export_s0(work: Path, threads: int, rounds: int, iters: int) -> dict:
-    import mobileclip
+    from mobileclip.factory import create_model
+    from mobileclip.reparam import reparameterize
+    from mobileclip.tokenizer import Tokenizer
     from mobileclip.data import write_synthetic
     from mobileclip.export import export
 
-    from .export_latency import _ort_case, time_interleaved
+    from .export_latency import ort_case, time_interleaved
 
     calib = work / "calib"
     write_synthetic(calib, 64, split="train", image_size=256)
@@ -170,9 +175,9 @@ def export_s0(work: Path, threads: int, rounds: int, iters: int) -> dict:
             "text_mb": (bundles[label] / "text.onnx").stat().st_size / 1e6,
         }
         print(label, out[label])
-    model = mobileclip.reparameterize(mobileclip.create_model("mobileclip-s0", pretrained=weights)[0])
+    model = reparameterize(create_model("mobileclip-s0", pretrained=weights)[0])
     img = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)
-    tok = mobileclip.Tokenizer(model.cfg.tokenizer)(["a photo of a red circle next to a blue square"]).numpy()
+    tok = Tokenizer(model.cfg.tokenizer)(["a photo of a red circle next to a blue square"]).numpy()
 
     def eager(fn, x):
         x = torch.from_numpy(x)
@@ -185,7 +190,7 @@ def export_s0(work: Path, threads: int, rounds: int, iters: int) -> dict:
     cases = {}
     for tower, x, inp in (("image", img, "image"), ("text", tok.astype(np.int32), "tokens")):
         for label, b in bundles.items():
-            cases[f"{tower} ONNX {label}"] = _ort_case(b / f"{tower}.onnx", {inp: x}, threads)
+            cases[f"{tower} ONNX {label}"] = ort_case(b / f"{tower}.onnx", {inp: x}, threads)
         cases[f"{tower} PyTorch eager"] = eager(getattr(model, f"encode_{tower}"),
                                                 x.astype(np.int64) if tower == "text" else x)
     out["latency_ms"] = time_interleaved(cases, rounds, iters)

@@ -132,7 +132,7 @@ def flip_byte(d, base):
 def resigned(section, key, value) -> Callable:
     """A manifest re-signed with a wrong number: the checksums pass, the number is wrong."""
     def setup(d, base):
-        from mobileclip.export.bundle import write_manifest
+        from mobileclip.backends.bundle import write_manifest
 
         b = base.bundle(d)
         m = json.loads((b / "manifest.json").read_text())
@@ -198,17 +198,19 @@ def teacher_changed(d, base):
     """A cache built from a checkpoint-directory teacher, killed after two shards; then the teacher changes."""
     import torch
 
-    import mobileclip
+    from mobileclip.checkpoint import save_checkpoint
 
-    model = mobileclip.create_model("clip-vit-tiny")[0]
-    mobileclip.save_checkpoint(model, d / "t")
+    from mobileclip.factory import create_model
+
+    model = create_model("clip-vit-tiny")[0]
+    save_checkpoint(model, d / "t")
     argv = ["cache-teacher", "--teacher", "t", "--data", "synthetic", "--size", "12", "--image-size", "32", *CT,
             "--out", "c"]
     mc(argv, d)
     shutil.rmtree(d / "c" / "shard_00002")   # as a killed run leaves it
     with torch.no_grad():
         next(model.parameters()).add_(1e-3)
-    mobileclip.save_checkpoint(model, d / "t")
+    save_checkpoint(model, d / "t")
     return argv
 
 
@@ -320,7 +322,7 @@ VALIDATE, DAMAGED = ["validate", "b", "--max-batch", "2"], [*DISTILL, "losses.kd
 def edit_tokenizer_json(b: Path, edit: Callable) -> None:
     """Edit bundle ``b``'s tokenizer.json with ``edit(config)`` and re-sign the manifest (checksums pass); also used
     by tests/test_bundle_consistency.py."""
-    from mobileclip.export.bundle import write_manifest
+    from mobileclip.backends.bundle import write_manifest
 
     m = json.loads((b / "manifest.json").read_text())
     path = b / m["tokenizer"]["tokenizer_json"]
@@ -345,7 +347,7 @@ def swap_ids(cfg):
 
 def litert_truncated(d, base):
     """A LiteRT bundle whose .tflite is cut in half, the manifest re-signed."""
-    from mobileclip.export.bundle import write_manifest
+    from mobileclip.backends.bundle import write_manifest
 
     mc(["export", "mobileclip-tiny", "--format", "litert", "--out", "b", "--max-batch", "1"], d)
     m = json.loads((d / "b" / "manifest.json").read_text())
@@ -399,7 +401,7 @@ SAME = "same probabilities as the 8-bit file"
 HOSTILE_PY = """import torch, mobileclip
 
 def _tiny():
-    return mobileclip.create_model("clip-vit-tiny")
+    return create_model("clip-vit-tiny")
 
 def nan():
     model, pre, tok = _tiny()

@@ -204,7 +204,7 @@ class BundleRuntime(Runtime):
         self._runners.clear()
 
 
-def _bundle_tokenizer(directory: Path, manifest: dict):
+def bundle_tokenizer(directory: Path, manifest: dict):
     """A tokenizer for the bundle's text inputs, from the files the bundle ships."""
     info = manifest.get("tokenizer", {})
     if info.get("name") == "clip-bpe":   # the runtime's: its files checked against each other and the tower

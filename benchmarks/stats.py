@@ -217,7 +217,7 @@ def _measure(case: Case, probe: MemoryProbe, cuda: bool) -> Iterator[None]:
         case.peak_cuda = max(case.peak_cuda, torch.cuda.max_memory_allocated() / 1e6)
 
 
-def _reason(e: BaseException) -> str:
+def error_reason(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
 
@@ -244,9 +244,9 @@ def time_cases(cases: list, warmup: int, min_runs: int, min_seconds: float, prob
                 est = (time.perf_counter() - t0) / max(1, warmup)
         except Exception as e:  # recorded in the row, with the reason: a benchmark reports, it does not hide
             if c.row["compile"]:
-                c.row.update(status="skipped", reason=f"torch.compile failed: {_reason(e)}")
+                c.row.update(status="skipped", reason=f"torch.compile failed: {error_reason(e)}")
             else:
-                c.row.update(status="failed", reason=_reason(e))
+                c.row.update(status="failed", reason=error_reason(e))
             c.fn = None
             continue
         c.per_slot = _per_slot(est, min_runs, min_seconds)
@@ -268,7 +268,7 @@ def time_cases(cases: list, warmup: int, min_runs: int, min_seconds: float, prob
                         c.runtime.sync()
                         c.samples.append(1000.0 * (time.perf_counter() - t0))
             except Exception as e:  # as in warm-up: the row says what went wrong, the others still run
-                c.row.update(status="failed", reason=f"after {len(c.samples)} timed calls: {_reason(e)}")
+                c.row.update(status="failed", reason=f"after {len(c.samples)} timed calls: {error_reason(e)}")
                 c.samples.clear()
                 live.remove(c)
                 continue

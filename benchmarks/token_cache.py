@@ -37,12 +37,12 @@ def _captions(n: int) -> str:
 
 
 def measure(n: int) -> dict:
-    import mobileclip
+    from mobileclip.factory import create_model
     from mobileclip.distill.sources import TextLines
     from mobileclip.distill.tokens import TokenTable
     from mobileclip.hashing import sha256_file
 
-    tok = mobileclip.create_model("mobileclip-s0")[2]
+    tok = create_model("mobileclip-s0")[2]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "texts.txt"
         path.write_text(_captions(n))

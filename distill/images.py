@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from mobileclip.errors import ConfigError, MobileCLIPError
-from mobileclip.transforms import (IMAGE_READ_ERRORS, _RESAMPLE, ScaledImage, center_offsets, corner_boxes,
+from mobileclip.transforms import (IMAGE_READ_ERRORS, RESAMPLE, ScaledImage, center_offsets, corner_boxes,
                                    jpeg_scan_truncated, load_image_scaled, plain_jpeg_size, read_source_bytes,
                                    resize_crop, resized_size, to_rgb)
 
@@ -204,7 +204,7 @@ class StudentImages:
             k, (ox, oy) = scaled.scale, scaled.offset
             sx, sy = (box[2] - box[0]) / k / nw, (box[3] - box[1]) / k / nh
             bx, by = box[0] / k + ox, box[1] / k + oy
-            out = img.resize((size, size), _RESAMPLE[cfg.interpolation], box=(bx + left * sx, by + top * sy,
+            out = img.resize((size, size), RESAMPLE[cfg.interpolation], box=(bx + left * sx, by + top * sy,
                                                                  bx + (left + size) * sx, by + (top + size) * sy))
             return _pil_to_uint8(out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out)
         if isinstance(img, Image.Image):

@@ -1,11 +1,12 @@
 """Export: bundles of the two towers (ONNX, Core ML, TensorRT), each proven to match PyTorch (``mobileclip.export``).
 
-Names are imported lazily (PEP 562), so ``mobileclip.export.bundle`` can be used where torch
+Names are imported lazily (PEP 562), so ``mobileclip.backends.bundle`` can be used where torch
 is not installed (the runtime reads bundles without it).
 """
 from importlib import import_module
 
-_EXPORTS = {"export": ".api", "validate": ".api", "BundleError": ".bundle", "load_manifest": ".bundle",
+_EXPORTS = {"export": ".api", "validate": ".api", "BundleError": "mobileclip.backends.bundle",
+            "load_manifest": "mobileclip.backends.bundle",
             "ParityError": ".parity"}
 
 __all__ = sorted(_EXPORTS)

@@ -41,7 +41,7 @@ from PIL import Image, ImageOps
 from .config import PreprocessConfig
 from .errors import MobileCLIPError
 
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
 class ImageDecodeError(MobileCLIPError, ValueError):
@@ -462,7 +462,7 @@ def center_offsets(nw: int, nh: int, size: int) -> tuple:
 
 def resize_crop(im: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     size = cfg.image_size
-    resample = _RESAMPLE[cfg.interpolation]
+    resample = RESAMPLE[cfg.interpolation]
     if cfg.resize_mode == "squash":
         return im.resize((size, size), resample)
     nw, nh = resized_size(im.size, cfg)

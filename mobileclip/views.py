@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from .transforms import _RESAMPLE, ImagePreprocess
+from .transforms import RESAMPLE, ImagePreprocess
 
 VIEW_REGIONS = ("center", "squash")   # the student's resize_mode "shortest" sees the centre square; "squash" all
 
@@ -56,7 +56,7 @@ class TeacherView:
         import torch
 
         im = crop if crop.mode == "RGB" else crop.convert("RGB")
-        out = im.resize((self.size, self.size), _RESAMPLE[self.interpolation], box=view_box(im.size, region))
+        out = im.resize((self.size, self.size), RESAMPLE[self.interpolation], box=view_box(im.size, region))
         x = (np.asarray(out, dtype=np.float32) / 255.0 - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
@@ -87,7 +87,7 @@ _TO_TENSOR = ("ToTensor", "MaybeToTensor")
 
 def _interp_name(mode) -> Optional[str]:
     name = str(getattr(mode, "value", mode)).lower()
-    return name if name in _RESAMPLE else None
+    return name if name in RESAMPLE else None
 
 
 def teacher_view(preprocess: Callable):

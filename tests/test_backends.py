@@ -1,5 +1,5 @@
 """The backend registry: every backend exports, runs and passes parity where its tools are present
-(and says why not elsewhere); the Runner lifecycle; the import directions that keep layers apart."""
+(and says why not elsewhere); the Runner lifecycle; backends and the runtime import no torch."""
 import ast
 import subprocess
 import sys
@@ -92,17 +92,8 @@ def test_runner_chunks_to_the_artifacts_batch(fixed, max_batch, n, calls):
     assert r.activations == 2
 
 
-# ------------------------------------------------------------------ import directions
-
-# app -> export/distill/benchmarks -> backends/runtime -> core. The application layer (the command
-# line and the demo) is mobileclip/app/ plus mobileclip/__main__.py; nothing else imports it.
-APP = "mobileclip.app"
-UPPER = (APP, "mobileclip.export", "mobileclip.distill", "mobileclip.benchmarks")
-
-
-def _in_app(path: Path) -> bool:
-    return path == REPO / "mobileclip" / "__main__.py" or (REPO / "mobileclip" / "app") in path.parents
-
+# ------------------------------------------------------------------ torch-free at import
+# (the layers and import cycles: tests/test_architecture.py)
 
 def _imports(path: Path, package: str, top_level_only: bool = False) -> list:
     """Modules imported by ``path`` (relative imports resolved against ``package``)."""
@@ -127,23 +118,6 @@ def _modules(folder: str, package: str):
     for p in sorted((REPO / folder).rglob("*.py")):
         rel = p.relative_to(REPO / folder).with_suffix("")
         yield p, ".".join([package, *rel.parts[:-1]])   # the package a relative import starts from
-
-
-@pytest.mark.parametrize("folder, package, above", [
-    ("mobileclip", "mobileclip", UPPER),   # the core, backends/ and runtime/: none of the layers above
-    ("export", "mobileclip.export", (APP,)),   # the middle layer: never the app
-    ("distill", "mobileclip.distill", (APP,)),
-    ("benchmarks", "mobileclip.benchmarks", (APP,)),
-])
-def test_no_layer_imports_the_layers_above(folder, package, above):
-    bad = []
-    for path, pkg in _modules(folder, package):
-        if _in_app(path):
-            continue
-        for mod in _imports(path, pkg):
-            if any(mod == u or mod.startswith(u + ".") for u in above):
-                bad.append(f"{path.relative_to(REPO)} imports {mod}")
-    assert not bad, "imports must go app -> export/distill/benchmarks -> backends/runtime -> core:\n" + "\n".join(bad)
 
 
 def test_backends_and_runtime_are_torch_free_at_import():

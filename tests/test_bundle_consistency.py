@@ -17,7 +17,7 @@ pytest.importorskip("tokenizers", reason="the runtime extra (tokenizers) is not 
 from mobileclip import runtime  # noqa: E402
 from mobileclip.app.cli import main  # noqa: E402
 from mobileclip.export import validate  # noqa: E402
-from mobileclip.export.bundle import write_manifest  # noqa: E402
+from mobileclip.backends.bundle import write_manifest  # noqa: E402
 from mobileclip.runtime.core import RuntimeBackendError  # noqa: E402
 from mobileclip.runtime.hf_tokenizer import PROBE_CORPUS, HFTokenizer  # noqa: E402
 from mobileclip.runtime.tokenizer import TokenizerError  # noqa: E402

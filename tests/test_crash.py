@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
 from mobileclip.export import export  # noqa: E402
-from mobileclip.export.bundle import load_manifest  # noqa: E402
+from mobileclip.backends.bundle import load_manifest  # noqa: E402
 
 pytestmark = pytest.mark.slow
 HOOK = Path(__file__).with_name("_crashhook.py")

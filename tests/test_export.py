@@ -146,7 +146,7 @@ def test_fp16_bundle(tmp_path):
 
 def test_int8_dynamic_bundle(tmp_path):
     """No calibration set: both towers dynamic int8 (MatMul/Gemm), convolutions left in fp32."""
-    from mobileclip.export.quantize import op_counts
+    from mobileclip.backends.quantize import op_counts
 
     # Random weights: the 36 class prompts score as near-ties, so zero-shot argmax agreement is
     # not meaningful here (the demo checks it on a trained student); the cosines must pass.
@@ -180,7 +180,7 @@ def _fp32_sizes(bundle):
 
 def test_int8_static_bundle_calibrated_on_real_images(tmp_path, synth_folder, capsys):
     from mobileclip.app.cli import main
-    from mobileclip.export.quantize import op_counts
+    from mobileclip.backends.quantize import op_counts
 
     out = tmp_path / "st"
     main(["export", "mobileclip-tiny", "--out", str(out), "--precision", "int8", "--calib", str(synth_folder),
@@ -219,7 +219,7 @@ def test_corrupted_artifact_trips_the_parity_check(bundle, tmp_path):
     """A bundle whose checksums are right but whose weights are wrong fails parity."""
     import shutil
 
-    from mobileclip.export.bundle import write_manifest
+    from mobileclip.backends.bundle import write_manifest
 
     copy = tmp_path / "corrupt"
     shutil.copytree(bundle, copy)
@@ -276,7 +276,7 @@ def test_parity_thresholds_per_precision_and_tower():
 
 def test_tensorrt_format_without_tensorrt_is_a_clear_error(tmp_path):
     from mobileclip.errors import ConfigError
-    from mobileclip.export.tensorrt import tensorrt_available
+    from mobileclip.backends.tensorrt import tensorrt_available
 
     ok, reason = tensorrt_available()
     if ok:
@@ -289,7 +289,7 @@ def test_tensorrt_format_without_tensorrt_is_a_clear_error(tmp_path):
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_tensorrt_bundle(tmp_path, synth_folder, precision):
-    from mobileclip.export.tensorrt import tensorrt_available
+    from mobileclip.backends.tensorrt import tensorrt_available
 
     ok, reason = tensorrt_available()
     if not ok:
@@ -380,7 +380,7 @@ def test_parity_cannot_pass_with_the_wrong_preprocessing(bundle, tmp_path, field
     source, the bundle side from the manifest (as the runtime would run it)."""
     import shutil
 
-    from mobileclip.export.bundle import write_manifest
+    from mobileclip.backends.bundle import write_manifest
 
     copy = tmp_path / "wrong"
     shutil.copytree(bundle, copy)

@@ -19,12 +19,12 @@ from conftest import randomize_batchnorm  # noqa: E402
 
 from mobileclip.config import OPENAI_MEAN, OPENAI_STD, PreprocessConfig  # noqa: E402
 from mobileclip.errors import ConfigError, MobileCLIPError  # noqa: E402
-from mobileclip.export import coreml  # noqa: E402
-from mobileclip.export.coreml import (  # noqa: E402
+from mobileclip.backends import coreml  # noqa: E402
+from mobileclip.backends.coreml import (  # noqa: E402
     COMPRESSIONS, IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, CoreMLExportError, NormalizedImageInput, check_spec,
     coreml_predictor, export_coreml, fp16_overflow_check, normalized_to_pixels,
 )
-from mobileclip.export.onnx import ImageTower, TextTower  # noqa: E402
+from mobileclip.backends.onnx_graph import ImageTower, TextTower  # noqa: E402
 from mobileclip.transforms import preprocess_array  # noqa: E402
 
 MAX_BATCH = 4
@@ -126,7 +126,7 @@ def test_fp16_keeps_overflow_prone_ops_in_fp32(exported):
 
 
 def test_fp32_op_list_mirrors_the_onnx_backend():
-    from mobileclip.export.onnx import FP32_OPS
+    from mobileclip.backends.onnx_graph import FP32_OPS
 
     assert set(coreml.ONNX_TO_MIL_FP32) == set(FP32_OPS)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mobileclip.errors import ConfigError, MobileCLIPError
-from mobileclip.export.tensorrt import (TRTRunner, build_engine, describe_parser_error, prepare_input,
+from mobileclip.backends.tensorrt import (TRTRunner, build_engine, describe_parser_error, prepare_input,
                                         profile_shapes, require_tensorrt, tensorrt_available)
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
@@ -35,7 +35,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def onnx_dir(tiny, tmp_path_factory):
     """image.onnx / text.onnx with a dynamic batch (the default exporter) and a fixed-batch image.onnx."""
-    from mobileclip.export.onnx import ImageTower, TextTower, export_tower
+    from mobileclip.backends.onnx_graph import ImageTower, TextTower, export_tower
 
     model, tokenizer = tiny
     d = tmp_path_factory.mktemp("trt_onnx")
@@ -327,7 +327,7 @@ def cosines(a, b):
 
 @pytest.fixture(scope="module")
 def engines(onnx_dir, tmp_path_factory):
-    from mobileclip.export.onnx import to_fp16
+    from mobileclip.backends.onnx_graph import to_fp16
 
     if not TRT_OK:
         pytest.skip(TRT_REASON)

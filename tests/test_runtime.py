@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 from mobileclip import runtime  # noqa: E402
 from mobileclip.errors import MobileCLIPError  # noqa: E402
 from mobileclip.config import OPENAI_MEAN, OPENAI_STD, PreprocessConfig  # noqa: E402
-from mobileclip.export.bundle import BundleError, load_manifest, write_manifest  # noqa: E402
+from mobileclip.backends.bundle import BundleError, load_manifest, write_manifest  # noqa: E402
 from mobileclip.runtime.commands import add_commands  # noqa: E402
 from mobileclip.transforms import ImagePreprocess, load_image  # noqa: E402
 from tokenizer_corpus import CORPUS  # noqa: E402  (the hard corpus, shared with test_hf_tokenizer.py)

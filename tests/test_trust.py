@@ -28,7 +28,7 @@ from mobileclip.distill.cache import CacheError  # noqa: E402
 from mobileclip.distill.sources import CaptionPairs, SyntheticPairs
 from mobileclip.errors import ConfigError  # noqa: E402
 from mobileclip.export import ParityError, export, validate  # noqa: E402
-from mobileclip.export.bundle import BundleError, load_manifest, write_manifest  # noqa: E402
+from mobileclip.backends.bundle import BundleError, load_manifest, write_manifest  # noqa: E402
 from mobileclip.files import remove_stale_temps, temp_dir_for  # noqa: E402
 
 
