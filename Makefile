@@ -53,7 +53,7 @@ distill-real-deps: $(VENV)/.installed-$(EXTRAS)
 	    [ ! -d /usr/share/icons/oxygen ] || [ ! -d /usr/share/icons/elementary-xfce ]; then \
 	    apt-get install -y --no-install-recommends $(REAL_DATA_DEBS); fi
 
-# The final, test-split stage with the choices the val sweep made (README, "Real teacher, real data"; the sweep's
+# The final, test-split stage with the choices the val sweep made (docs/distillation.md, "Real teacher, real data"; the sweep's
 # commands are in benchmarks/results/distill_real_sweep.json). About 2 h on 2 cores.
 distill-real: distill-real-deps
 	$(VPY) -m mobileclip.benchmarks.distill_real --split test --steps 1200 --seeds 0 1 2 \

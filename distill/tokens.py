@@ -172,7 +172,7 @@ class TokenTable:
     # A stored table's rows are checked when it is read: all of them for structure (start token first, end
     # token last, a length within the context, ids within the vocabulary: numpy over the whole table), and
     # their ids against the tokenizer for every caption of a table of up to FULL_CHECK_MAX captions, for
-    # SAMPLE random ones (and the first and last) of a larger one (README: what a re-signed table can do).
+    # SAMPLE random ones (and the first and last) of a larger one (docs/trust.md: what a re-signed table can do).
     FULL_CHECK_MAX = 50_000
     SAMPLE = 1_000
 

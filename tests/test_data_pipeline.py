@@ -248,7 +248,7 @@ def test_a_resigned_token_table_is_checked_row_by_row(tmp_path, tok, monkeypatch
                 outcomes.add("passed")
             except CacheError:
                 outcomes.add("refused")
-        assert outcomes == {"passed", "refused"}   # what the README says a re-signed large table can do
+        assert outcomes == {"passed", "refused"}   # what docs/trust.md says a re-signed large table can do
 
 
 def test_token_cache_that_is_a_file_is_named(tmp_path, tok):
