@@ -31,7 +31,6 @@ never runs a teacher.
 """
 from __future__ import annotations
 
-import contextlib
 
 import hashlib
 import json
@@ -49,6 +48,7 @@ from tqdm.auto import tqdm
 from mobileclip.files import atomic_write_json, disk_full, remove_stale_temps, replace_dir, temp_dir_for
 from mobileclip.hashing import sha256_file
 from mobileclip.errors import ConfigError, MobileCLIPError, TeacherError
+from mobileclip.precision import autocast, resolve_precision
 from mobileclip.scales import scale_problem
 
 from .augment import apply_aug, sample_aug
@@ -463,29 +463,6 @@ class _ShardItems(torch.utils.data.Dataset):
         crops = [apply_aug(im, p) for p in params]
         return {"ok": True, "aug": np.stack(params), "captions": captions,
                 "inputs": [torch.stack([v(c, self.region) for c in crops]) for v in self.views]}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 on CUDA, fp32 on the CPU; fp16 needs CUDA (the teachers' and the trainer's rule)."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
-    return precision
-
-
-def autocast(precision: str, device: torch.device):
-    """The autocast context of a resolved precision; for fp32, IEEE fp32 on CUDA (no TF32 convolutions, cuDNN's
-    default, or matmuls: :func:`mobileclip.precision.ieee_fp32`), nothing elsewhere."""
-    if precision == "fp32":
-        if device.type == "cuda":
-            from mobileclip.precision import ieee_fp32
-
-            return ieee_fp32()
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @torch.no_grad()

@@ -22,15 +22,12 @@ bias, the losses' own heads) are left out of DDP and averaged with one small all
 """
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
-import pickle
 import shutil
 import time
 from contextlib import nullcontext
-from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -41,329 +38,26 @@ import yaml
 from tqdm.auto import tqdm
 
 from mobileclip.checkpoint import save_checkpoint, unwrap
-from mobileclip.files import atomic_write, atomic_write_json, disk_full, old_dir_for, replace_dir, temp_dir_for
-from mobileclip.errors import ConfigError, MobileCLIPError
+from mobileclip.errors import ConfigError, MobileCLIPError, TrainingError
+from mobileclip.files import atomic_write_json
+from mobileclip.precision import autocast, resolve_precision
 
-from .cache import CacheError, TeacherCache, autocast, teacher_differences, teacher_dim
-from .cache import resolve_precision as resolve_precision_name
+from .blocks import (HEAD_PARAMS, KeepRunningStats, Towers, build_source, lr_factor, param_groups, resolve_device,
+                     split_batch)
+from .cache import CacheError, TeacherCache, teacher_differences, teacher_dim
 from .config import TrainConfig
+from .distributed import DistEnv, all_reduce_grads, any_rank, gather
 from .images import ImageNormalizer, decode_deferred
+from .loader import shm_prefetch, start_loader
+from .losses import StudentOut, TeacherOut, build_losses, max_logit_scale
+from .rundir import RUN_MARKERS, check_run_dir, drop_rows_after, find_resume_dir
 from .samples import (MixedSamples, MixedStepBatches, StepBatches, TrainSamples, UnpairedSamples, collate_train,
                       pop_deferred)
-from .sources import CaptionPairs, SyntheticPairs, WebDatasetPairs, source_from_spec
-from .losses import StudentOut, TeacherOut, build_losses, max_logit_scale
+from .sources import source_from_spec
+from .state import TrainerState
 
 
-class TrainingError(MobileCLIPError):
-    """Training cannot go on (too many non-finite steps, ...)."""
-
-
-# ------------------------------------------------------------------ distributed helpers
-
-class DistEnv:
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.initialized_here = False
-
-    def setup(self, device: torch.device, timeout_min: float = 60.0) -> None:
-        """Join the process group. On CUDA the rank's GPU becomes the current device first (the
-        pin-memory thread, NCCL's communicator and the barriers use it) and is bound to the group
-        (``device_id``), so no rank touches GPU 0 by accident."""
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        if self.world > 1 and not dist.is_initialized():
-            cuda = device.type == "cuda"
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_min),
-                                    device_id=device if cuda else None)
-            self.initialized_here = True
-
-    def teardown(self) -> None:
-        if self.initialized_here and dist.is_initialized():
-            dist.barrier()  # no rank tears down while another is still in a collective
-            dist.destroy_process_group()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def gather(x: torch.Tensor, world: int, with_grad: bool) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (rank order).
-
-    Ranks may hold different numbers of rows (an unreadable image dropped on one rank):
-    rows are padded to the largest count for the collective and trimmed afterwards.
-    """
-    if world == 1:
-        return x
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(v.item()) for v in sizes]
-    longest = max(sizes)
-    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, longest - x.shape[0])) if x.shape[0] < longest else x
-    if with_grad:
-        parts = _GatherWithGrad.apply(padded.contiguous()).split(longest)
-    else:
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:k] for p, k in zip(parts, sizes)], dim=0)
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather whose backward sums every rank's gradient for this rank's rows.
-
-    Needed when the ranks' losses differ (``local_loss``): this rank's rows are negatives in
-    the other ranks' losses. Unlike ``torch.distributed.nn.all_gather`` the graph holds no
-    reference to the process group (the default group is used when backward runs), and the
-    backward is one all-reduce, which every backend supports (gloo has no reduce-scatter).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x)
-        ctx.rows = (dist.get_rank() * x.shape[0], x.shape[0])
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        start, n = ctx.rows
-        return grad[start:start + n]
-
-
-def all_reduce_grads(params: list, world: int) -> None:
-    """Average gradients over ranks with one flat all-reduce (the few parameters outside DDP)."""
-    if world == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
-
-
-def any_rank(flag: bool, world: int, device: torch.device) -> bool:
-    if world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-# ------------------------------------------------------------------ building blocks
-
-def resolve_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
-    """``auto``: the rank's GPU (``cuda:LOCAL_RANK``) when CUDA is available, else the CPU. ``cuda``
-    without an index is the rank's GPU too; ``cuda:N`` is taken as given."""
-    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={cfg.device}: no CUDA GPU is visible to PyTorch (torch "
-                              f"{torch.__version__}, torch.cuda.is_available() is False); use device=cpu or auto")
-        if device.index is None:
-            if env.local_rank >= torch.cuda.device_count():
-                raise ConfigError(f"LOCAL_RANK={env.local_rank} but only {torch.cuda.device_count()} GPU(s) are "
-                                  "visible; start at most one process per GPU (torchrun --nproc-per-node)")
-            device = torch.device("cuda", env.local_rank)
-    return device
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    precision = resolve_precision_name(cfg.precision, device)
-    if precision == "bf16" and cfg.compile and device.type == "cpu":
-        # Measured with torch 2.14.1 on x86-64: one compiled bf16-autocast step of mobileclip-s0 aborts the
-        # process ("free(): invalid next size", SIGABRT) in Inductor's generated CPU code; an earlier torch gave
-        # NaN gradients on mobileclip-tiny. Eager bf16 and compiled fp32 are right. On CUDA the combination is
-        # allowed and compared with eager by tests/test_distill.py::test_compiled_bf16_step_matches_eager_on_gpu.
-        raise ConfigError("compile=true with precision=bf16 is not supported on CPU (torch.compile's CPU code "
-                          "for bf16 autocast aborts on mobileclip-s0 and gave NaN gradients on mobileclip-tiny); "
-                          "use precision=fp32 with compile, or compile=false with bf16")
-    return precision
-
-
-def build_source(cfg: TrainConfig):
-    d = cfg.data
-    if d.source == "synthetic":
-        return SyntheticPairs("train", d.size, d.image_size, cfg.seed, d.two_object_prob)
-    if d.source == "webdataset":
-        return WebDatasetPairs(d.path)
-    return CaptionPairs(d.path, d.image_root or None)
-
-
-def param_groups(modules: list, weight_decay: float) -> list:
-    """AdamW groups: no weight decay on norms, biases, scales and the logit scale (1-D params)."""
-    decay, no_decay = [], []
-    for m in modules:
-        for name, p in m.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "logit_scale" in name or "logit_bias" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to ``min_lr_ratio``."""
-    w = cfg.optim.warmup_steps
-    if step < w:
-        return (step + 1) / w
-    progress = (step - w) / max(1, cfg.steps - w)
-    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * cos
-
-
-UNPAIRED_PREFIXES = ("ui_", "ut_")   # image-only and text-only items in a batch (see data.UnpairedSamples)
-
-
-def _split(batch: dict, n: int) -> list:
-    """``n`` micro-batches; the paired rows and each unpaired part are split separately, in order."""
-    keys = [k for k in batch if k != "skipped"]
-    groups: dict = {}
-    for k in keys:
-        groups.setdefault(next((p for p in UNPAIRED_PREFIXES if k.startswith(p)), ""), []).append(k)
-    bounds = {g: [round(i * batch[ks[0]].shape[0] / n) for i in range(n + 1)] for g, ks in groups.items()}
-    chunks = []
-    for i in range(n):
-        if all(b[i + 1] == b[i] for b in bounds.values()):
-            continue
-        chunks.append({k: batch[k][bounds[g][i]:bounds[g][i + 1]] for g, ks in groups.items() for k in ks})
-    return chunks
-
-
-class Towers(torch.nn.Module):
-    """The student's image and text towers behind one ``forward``, the unit DDP wraps (DDP hooks the
-    module's ``forward``; the student itself is called through ``encode_image`` / ``encode_text``)."""
-
-    def __init__(self, student: torch.nn.Module, compile: bool = False) -> None:
-        super().__init__()
-        self.student = student
-        self._image = torch.compile(student.encode_image) if compile else student.encode_image
-        self._text = torch.compile(student.encode_text) if compile else student.encode_text
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple:
-        return self._image(images, normalize=True), self._text(tokens, normalize=True)
-
-
-# Student parameters used by the losses only, never in the towers' forward: kept out of DDP.
-HEAD_PARAMS = ("logit_scale", "logit_bias")
-
-
-class _KeepRunningStats:
-    """Restore BatchNorm running statistics on exit: GradCache's first, graph-free pass over the micro-batches
-    must not update them, or every micro-batch would count twice (the recomputed pass updates them)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.buffers = [b for m in model.modules()
-                        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
-                        for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-
-    def __enter__(self):
-        self.saved = [b.clone() for b in self.buffers]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for b, v in zip(self.buffers, self.saved):
-            b.copy_(v)
-
-
-RUN_MARKERS = ("train_config.yaml", "metrics.jsonl", "summary.json", "last", "student", "eval.jsonl",
-               "student_init.json")
-NOT_STARTED = {"train_config.yaml", "student_init.json"}   # what a run writes before its first step
-
-
-def check_run_dir(out: Path, resume: Optional[str], overwrite: bool, main: bool = True) -> None:
-    """Refuse to write a run into a directory that holds another one, unless resuming it or replacing it.
-
-    ``overwrite`` removes an existing *run* directory (one holding a run's files) before training; any
-    other non-empty directory is refused either way, so nothing that is not a run can be deleted.
-    """
-    if resume and overwrite:
-        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={str(out)!r} is a file; give a directory for the run")
-    if resume or not out.is_dir() or not any(out.iterdir()):
-        return
-    if {p.name for p in out.iterdir()} <= NOT_STARTED:   # a run that never reached its first step: nothing to resume
-        if main:
-            for name in NOT_STARTED:
-                (out / name).unlink(missing_ok=True)
-        return
-    markers = [m for m in RUN_MARKERS if (out / m).exists()]
-    if not markers:
-        raise ConfigError(f"out={str(out)!r} is a non-empty directory that holds no run; choose another out= "
-                          "(a run directory is never mixed with other files)")
-    if not overwrite:
-        raise ConfigError(f"out={str(out)!r} already holds a run ({', '.join(markers[:3])}); pass --resume "
-                          f"{out} to continue it, --overwrite to replace it, or choose another out=")
-    if main:
-        import shutil
-
-        shutil.rmtree(out)
-
-
-def _drop_rows_after(path: Path, step: int) -> None:
-    """Keep the rows of a JSONL log up to ``step`` (a resumed run rewrites what came after its checkpoint)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:   # a line cut by a crash
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
-            keep.append(line)
-    with atomic_write(path, "w") as f:
-        f.write("".join(ln + "\n" for ln in keep))
-
-
-def shm_free(path: str = "/dev/shm") -> Optional[int]:
-    """Bytes free in the shared-memory filesystem DataLoader workers pass batches through (None: none there)."""
-    try:
-        st = os.statvfs(path)
-    except (OSError, AttributeError):
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def shm_prefetch(batch_bytes: int, workers: int, want: int = 4, free: Optional[int] = None) -> int:
-    """The DataLoader prefetch factor whose batches in flight (``workers x prefetch``, each ``batch_bytes``, with
-    room for the rest of a sample) fit in half of ``/dev/shm``: ``want`` when they fit, fewer when not, and a
-    :class:`ConfigError` when not even one batch per worker does (a container's default 64 MB: "Bus error")."""
-    free = shm_free() if free is None else free
-    if free is None or batch_bytes <= 0:
-        return want
-    need = int(batch_bytes * 1.25)
-    fits = int(free / 2 // (need * workers)) if workers else want
-    if fits >= 1:
-        return min(want, fits)
-    raise ConfigError(f"data.workers={workers}: each worker passes batches of about {need / 1e6:.0f} MB through "
-                      f"/dev/shm, which has {free / 1e6:.0f} MB free; lower data.workers or batch_size, or give the "
-                      "container more shared memory (docker run --shm-size=8g)")
-
-
-def start_loader(loader):
-    """``iter(loader)``, with the interpreter's objects frozen while the workers fork (:func:`gc.freeze`, as
-    Python's documentation advises before a fork): a collection in a worker would otherwise write to every
-    object it inherited, and the kernel copy their pages into each worker."""
-    if not loader.num_workers:
-        return iter(loader)
-    gc.collect()
-    gc.freeze()
-    try:
-        return iter(loader)
-    finally:
-        gc.unfreeze()
-
-
-class Trainer:
+class Trainer(TrainerState):
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> None:
         from mobileclip.factory import load_teacher
 
@@ -375,7 +69,7 @@ class Trainer:
             find_resume_dir(Path(resume))   # a clear error before any model is built
         self.env = DistEnv()
         self.device = resolve_device(cfg, self.env)
-        self.precision = resolve_precision(cfg, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device, compile=cfg.compile)
         self.env.setup(self.device, cfg.dist_timeout_min)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
@@ -521,101 +215,6 @@ class Trainer:
         return model, preprocess, tokenizer, None
 
     # ------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        return {
-            "step": self.step, "bad_steps": self.bad_steps, "skipped_images": self.skipped_images,
-            "empty_steps": self.empty_steps, "model": unwrap(self.student).state_dict(), "losses": self.losses.state_dict(),
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "rank_rng": self.rank_rng if self.rank_rng is not None else [self._rng_state()],
-        }
-
-    def _rng_state(self) -> dict:
-        """This rank's random state: the CPU generator and its own GPU's."""
-        cuda = self.device.type == "cuda"
-        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if cuda else None}
-
-    def gather_rng(self) -> None:
-        """Every rank's random state, collected on rank 0 for the next :meth:`save_state` (a collective: all
-        ranks call it). Dropout and drop-path draw from each rank's own generator, so exact resume needs all."""
-        state = self._rng_state()
-        if self.env.world == 1:
-            self.rank_rng = [state]
-            return
-        cpu = {k: (v.cpu() if v is not None else None) for k, v in state.items()}
-        states = [None] * self.env.world
-        dist.all_gather_object(states, cpu)
-        self.rank_rng = states
-
-    def save_state(self, name: str = "last") -> Path:
-        """Atomically replace ``out/<name>/`` with the full training state."""
-        tmp = temp_dir_for(self.out / name)
-        try:
-            torch.save(self.state_dict(), tmp / "train_state.pt")
-            save_checkpoint(self.student, tmp / "student")
-            (tmp / "train_config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-            return replace_dir(tmp, self.out / name)
-        except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)   # a full disk or an interrupt leaves no temporary
-            err = disk_full(e, self.out / name)
-            if err is not e:
-                raise err from e
-            raise
-
-    def load_state(self, path: Path) -> None:
-        path = find_resume_dir(path)
-        f = path / "train_state.pt"
-        try:
-            state = torch.load(f, map_location=self.device, weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise TrainingError(f"cannot resume: {str(f)!r} holds Python objects other than tensors and numbers, "
-                                "so it was not loaded (it was not written by this trainer)") from e
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise TrainingError(f"cannot resume: {str(f)!r} is truncated or damaged ({str(e).splitlines()[0][:120]}); "
-                                "resume from an intact copy or start a new run") from e
-        keys = ("step", "bad_steps", "skipped_images", "model", "losses", "optimizer", "scheduler", "scaler",
-                "torch_rng", "cuda_rng")
-        if not isinstance(state, dict) or any(k not in state for k in keys):
-            raise TrainingError(f"cannot resume: {str(f)!r} is not a training state of this trainer (missing "
-                                f"{[k for k in keys if not isinstance(state, dict) or k not in state][:4]})")
-        try:
-            unwrap(self.student).load_state_dict(state["model"])
-            self.losses.load_state_dict(state["losses"])
-            self.opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise TrainingError(f"cannot resume: the state in {str(f)!r} does not fit this run's student, losses or "
-                                f"optimizer ({str(e).splitlines()[0][:160]}); resume with the run's own config") from e
-        self.sched.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        ranks = state.get("rank_rng")   # absent in states saved before per-rank random states were kept
-        if isinstance(ranks, list) and not all(isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor)
-                                               for r in ranks):
-            raise TrainingError(f"cannot resume: the per-rank random states in {str(f)!r} are damaged (rank_rng "
-                                "holds something other than each rank's generator state); resume from an intact copy")
-        if isinstance(ranks, list) and len(ranks) == self.env.world:
-            mine = ranks[self.env.rank]
-            torch.set_rng_state(mine["torch"].cpu())
-            if mine.get("cuda") is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(mine["cuda"].cpu(), self.device)
-        elif self.env.world == 1 or not isinstance(ranks, list):
-            torch.set_rng_state(state["torch_rng"].cpu())
-            if state["cuda_rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        if isinstance(ranks, list) and len(ranks) != self.env.world and self.env.main:
-            # the data of every step is the same whatever the number of processes; dropout's draws are not
-            print(f"resuming on {self.env.world} process(es) a run saved by {len(ranks)}: every step sees the same "
-                  "data, but dropout and drop-path draw from other random streams than the run would have "
-                  "(resume on the same number of processes for an exact replay)")
-        self.step, self.bad_steps = int(state["step"]), int(state["bad_steps"])
-        # The learning rate follows this config's schedule (it may extend the run's `steps`).
-        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
-            group["lr"] = base * lr_factor(self.step, self.cfg)
-        self.skipped_images = list(state["skipped_images"])
-        self.empty_steps = int(state.get("empty_steps", 0))   # absent in states saved before it was counted
-        if self.env.main:
-            print(f"resumed from {path} at step {self.step}")
-
     # ------------------------------------------------------------ one step
     def autocast(self):
         return autocast(self.precision, self.device)
@@ -709,7 +308,7 @@ class Trainer:
 
     def train_step(self, batch: dict) -> dict:
         A = self.cfg.accum_steps
-        chunks = _split(batch, A)
+        chunks = split_batch(batch, A)
         self.opt.zero_grad(set_to_none=True)
         teacher = [self.teacher_features(c) for c in chunks]
         t_all = None
@@ -726,7 +325,7 @@ class Trainer:
             rng = []
             parts = []
             cuda = self.device.type == "cuda"
-            with torch.no_grad(), _KeepRunningStats(self.student):
+            with torch.no_grad(), KeepRunningStats(self.student):
                 for c in chunks:
                     rng.append((torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None))
                     parts.append(self.student_features(c))
@@ -815,7 +414,7 @@ class Trainer:
                 atomic_write_json(self.out / "student_init.json", self.init_report.to_dict())
         if env.main and self.step:   # resumed: the logs hold no step twice
             for name in ("metrics.jsonl", "eval.jsonl"):
-                _drop_rows_after(self.out / name, self.step)
+                drop_rows_after(self.out / name, self.step)
         if self.unpaired:
             sampler = MixedStepBatches([(len(self.source), cfg.batch_size, "the paired dataset")]
                                        + [(len(p["source"]), p["per_step"], f"the {p['kind']} without "
@@ -923,21 +522,6 @@ def check_view(cache: TeacherCache, preprocess, key: str) -> None:
         raise CacheError(f"{key} ({str(cache.root)!r}): its teachers embedded {seen.get(have, have)} (view {have}), but "
                          f"this student (resize_mode {mode}) sees {seen[want]}; rebuild the cache with "
                          f"`mobileclip cache-teacher --view {want}`")
-
-
-def find_resume_dir(path: Path) -> Path:
-    """The directory holding a run's ``train_state.pt``: the run's out dir, its ``last/``, or what a crash
-    between the two renames of ``save_state`` left behind."""
-    path = Path(path)
-    if path.is_dir() and not (path / "train_state.pt").is_file() and (path / "last").is_dir():
-        path = path / "last"
-    if not (path / "train_state.pt").is_file():
-        old = old_dir_for(path)
-        if (old / "train_state.pt").is_file():
-            return old
-        raise TrainingError(f"cannot resume: {str(path)!r} holds no train_state.pt "
-                            "(pass a run's out dir or its last/ checkpoint)")
-    return path
 
 
 def dataclass_dict(x) -> dict:

@@ -35,3 +35,7 @@ class DatasetError(MobileCLIPError):
 
 class TeacherError(MobileCLIPError):
     """A teacher spec cannot be resolved or loaded."""
+
+
+class TrainingError(MobileCLIPError):
+    """Training cannot go on (too many non-finite steps, a run directory that cannot be resumed, ...)."""

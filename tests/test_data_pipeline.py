@@ -614,7 +614,7 @@ def test_workers_start_with_the_parents_objects_frozen():
     inherited objects, and their pages, alone); the parent is unfrozen again right after."""
     import gc
 
-    from mobileclip.distill.train import start_loader
+    from mobileclip.distill.loader import start_loader
 
     loader = torch.utils.data.DataLoader(_FreezeCount(), batch_size=2, num_workers=1)
     it = start_loader(loader)

@@ -15,7 +15,7 @@ from mobileclip.distill import TeacherCache, Trainer, build_cache, load_config, 
 from mobileclip.distill.augment import apply_aug, sample_aug
 from mobileclip.distill.sources import SyntheticPairs
 from mobileclip.distill.cache import CacheError
-from mobileclip.distill.train import TrainingError
+from mobileclip.errors import TrainingError
 from mobileclip.errors import ConfigError
 from mobileclip.views import teacher_view
 
@@ -131,7 +131,9 @@ def test_each_rank_resumes_its_own_random_state(tmp_path, capsys):
 
 def test_device_and_precision_resolution():
     """``cuda`` means the rank's own GPU; a missing GPU and compile+bf16 on the CPU are clear errors."""
-    from mobileclip.distill.train import DistEnv, resolve_device, resolve_precision
+    from mobileclip.distill.blocks import resolve_device
+    from mobileclip.distill.distributed import DistEnv
+    from mobileclip.precision import resolve_precision
 
     env = DistEnv()
     env.local_rank = 3
@@ -144,8 +146,11 @@ def test_device_and_precision_resolution():
     with pytest.raises(ConfigError, match=r"data.image_dtype: 'int8' is not one of \['uint8', 'float32'\]"):
         load_config(None, ["data.image_dtype=int8"])
     with pytest.raises(ConfigError, match="compile=true with precision=bf16 is not supported on CPU"):
-        resolve_precision(load_config(None, ["precision=bf16", "compile=true"]), torch.device("cpu"))
-    assert resolve_precision(load_config(None, ["precision=bf16"]), torch.device("cpu")) == "bf16"
+        resolve_precision("bf16", torch.device("cpu"), compile=True)
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(ConfigError, match="precision 'fp64' is not one of auto, fp32, bf16, fp16"):
+        resolve_precision("fp64", torch.device("cpu"))
 
 
 def test_teacher_cache_round_trip(tmp_path):
@@ -244,7 +249,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
 
 
 def test_nan_loss_skips_then_aborts(tmp_path, monkeypatch):
-    from mobileclip.distill.train import TrainingError
+    from mobileclip.errors import TrainingError
 
     cfg = _cfg(tmp_path, "steps=5", "max_bad_steps=2")
     tr = Trainer(cfg)
@@ -524,7 +529,7 @@ def _gather_worker(rank, world, port, result):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch.distributed as dist
 
-    from mobileclip.distill.train import gather
+    from mobileclip.distill.distributed import gather
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     x = torch.full((2 + rank, 3), float(rank + 1), requires_grad=True)  # rank 0: 2 rows, rank 1: 3 rows
@@ -552,7 +557,7 @@ def test_fp32_on_cuda_means_ieee_fp32_in_cache_teacher_and_the_trainer(tf32_ever
     """Issue 21: cache-teacher's (and the trainer's) fp32 on CUDA runs convolutions and matmuls in IEEE fp32 —
     cuDNN's default would run fp32 convolutions in TF32 — and restores the settings after; bf16 is autocast, and
     the CPU is left alone."""
-    from mobileclip.distill.cache import autocast
+    from mobileclip.precision import autocast
 
     conv, matmul = tf32_everywhere
     with autocast("fp32", torch.device("cuda")):
@@ -567,7 +572,7 @@ def test_worker_batches_are_sized_to_the_shared_memory(monkeypatch):
     """Issue 21: DataLoader workers pass batches through /dev/shm (a container's default is 64 MB: "Bus error"
     mid-run); the prefetch factor is lowered until workers x prefetch batches fit in half of it, and a batch too
     large for even one per worker is refused before training, naming the fix."""
-    from mobileclip.distill.train import shm_free, shm_prefetch
+    from mobileclip.distill.loader import shm_free, shm_prefetch
 
     mb = 1_000_000
     assert shm_prefetch(10 * mb, workers=2, free=1000 * mb) == 4          # 2 x 4 x 12.5 MB in 500 MB: all 4
@@ -575,10 +580,9 @@ def test_worker_batches_are_sized_to_the_shared_memory(monkeypatch):
     with pytest.raises(ConfigError, match=r"data.workers=8: each worker passes batches of about 62 MB through "
                                           r"/dev/shm, which has 64 MB free; .*--shm-size"):
         shm_prefetch(50 * mb, workers=8, free=64 * mb)
-    import importlib
+    import mobileclip.distill.loader as loader
 
-    T = importlib.import_module("mobileclip.distill.train")   # the module (the package exports a train function)
-    monkeypatch.setattr(T, "shm_free", lambda path="/dev/shm": None)   # no /dev/shm (macOS): as asked
+    monkeypatch.setattr(loader, "shm_free", lambda path="/dev/shm": None)   # no /dev/shm (macOS): as asked
     assert shm_prefetch(50 * mb, workers=8) == 4
     monkeypatch.undo()
     assert shm_free() is None or shm_free() > 0

@@ -153,3 +153,18 @@ def test_every_docs_page_has_a_title_and_is_in_the_index():
         if page.name != "README.md":
             assert f"]({page.name})" in index, f"docs/README.md does not list {page.name}"
             assert f"](docs/{page.name})" in README.read_text(), f"README.md does not link docs/{page.name}"
+
+
+def test_every_public_name_of_the_documented_packages_imports():
+    """What a package lists in ``__all__`` (what the docs may tell users to import from it) exists; the distill
+    package holds the sources its documented ``build_cache(teachers, source, ...)`` needs."""
+    import importlib
+
+    for name in ("mobileclip", "mobileclip.distill", "mobileclip.export", "mobileclip.runtime"):
+        mod = importlib.import_module(name)
+        missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+        assert not missing, (name, missing)
+    import mobileclip.distill as distill
+
+    assert {"build_cache", "CaptionPairs", "WebDatasetPairs", "SyntheticPairs", "ImageFiles", "TextLines"} <= set(
+        distill.__all__)
