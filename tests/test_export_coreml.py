@@ -19,7 +19,7 @@ from conftest import randomize_batchnorm  # noqa: E402
 
 from mobileclip.config import OPENAI_MEAN, OPENAI_STD, PreprocessConfig  # noqa: E402
 from mobileclip.errors import ConfigError, MobileCLIPError  # noqa: E402
-from mobileclip.backends import coreml  # noqa: E402
+from mobileclip.backends import coreml, coreml_checks, coreml_compress  # noqa: E402
 from mobileclip.backends.coreml import (  # noqa: E402
     COMPRESSIONS, IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, CoreMLExportError, NormalizedImageInput, check_spec,
     coreml_predictor, export_coreml, fp16_overflow_check, normalized_to_pixels,
@@ -58,7 +58,7 @@ def exported(tiny, tmp_path_factory):
 
 
 def _ops(path: Path) -> list:
-    return coreml._main_ops(ct.utils.load_spec(str(path)))
+    return coreml_checks._main_ops(ct.utils.load_spec(str(path)))
 
 
 def _weights_bytes(path: Path) -> int:
@@ -222,7 +222,7 @@ def test_compressed_export(tiny, exported, tmp_path, compress, op):
         assert _weights_bytes(path) < 0.75 * _weights_bytes(plain_dir / entry["file"])
     if compress.startswith("palettize"):
         cfg = entries["image"]["compression_config"]
-        assert cfg["nbits"] == 8 and cfg["mode"] == ("kmeans" if coreml._has_kmeans() else "uniform")
+        assert cfg["nbits"] == 8 and cfg["mode"] == ("kmeans" if coreml_compress._has_kmeans() else "uniform")
 
 
 class TwoLinears(nn.Module):
@@ -243,8 +243,8 @@ def test_compression_keeps_weights_it_would_break(compress):
     """coremltools 9.0 quantizes fp16 weights with fp16 scales: ~1e-6 weights come back as zeros
     (int8) or garbage (LUT). Those stay uncompressed; ordinary weights are compressed."""
     mlmodel = mlmodel_of(TwoLinears(1e-5))
-    compressed, record = coreml._compress(mlmodel, compress)
-    if compress.startswith("palettize") and coreml._has_kmeans() and "kept_uncompressed" not in record:
+    compressed, record = coreml.compress_weights(mlmodel, compress)
+    if compress.startswith("palettize") and coreml_compress._has_kmeans() and "kept_uncompressed" not in record:
         # scikit-learn's k-means (installed with the executorch extra) sometimes fits a table to the tiny
         # weights too (its result varies between runs): then both are compressed, and both within the limit
         assert record["weights_compressed"] == 2 and record["max_weight_error"] < record["weight_error_limit"]
@@ -255,13 +255,13 @@ def test_compression_keeps_weights_it_would_break(compress):
     const_names = {op.name for op in compressed._mil_program.functions["main"].find_ops(op_type="const")}
     assert "small_weight_to_fp16" in const_names and "big_weight_to_fp16" not in const_names
 
-    healthy = coreml._compress(mlmodel_of(TwoLinears(1.0)), compress)[1]
+    healthy = coreml.compress_weights(mlmodel_of(TwoLinears(1.0)), compress)[1]
     assert "kept_uncompressed" not in healthy and healthy["weights_compressed"] == 2
 
 
 def mlmodel_of(module: nn.Module):
-    traced = coreml._trace(module, (torch.randn(2, 64),))
-    with coreml._frozen(module):
+    traced = coreml.trace(module, (torch.randn(2, 64),))
+    with coreml.frozen(module):
         return coreml._convert(ct, traced, [ct.TensorType(name="x", shape=(2, 64))], "y", "fp16")
 
 

@@ -43,8 +43,6 @@ program). :func:`coreml_predictor` runs real predictions on macOS only.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import sys
 import warnings
@@ -58,16 +56,13 @@ from torch import nn
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .base import Backend, BackendUnavailable, Runner
+from .coreml_checks import check_spec
+from .coreml_compress import compress_weights
+from .coreml_format import (COMPRESSIONS, COMPUTE_UNITS, DEPLOYMENT_TARGET, FILES, IMAGE_IN, IMAGE_OUT, INPUT_SCALE,
+                             PRECISIONS, SPECIFICATION_VERSION, TEXT_IN, TEXT_OUT, require_coremltools)
+from .coreml_fp16 import fp16_check, fp16_overflow_check, frozen, mil_constant_scan, trace
 
-IMAGE_IN, TEXT_IN = "image", "tokens"
-IMAGE_OUT, TEXT_OUT = "image_embedding", "text_embedding"
-COMPRESSIONS = ("none", "palettize4", "palettize6", "palettize8", "int8")
-PRECISIONS = ("fp16", "fp32")
-DEPLOYMENT_TARGET = "iOS17"
-SPECIFICATION_VERSION = 8  # Core ML's model specification version for iOS 17 / macOS 14
-FILES = {"image": "image.mlpackage", "text": "text.mlpackage"}
-INPUT_SCALE = 1.0 / 255.0
-FP16_MAX = 65504.0  # the largest finite float16; anything beyond becomes +-inf in half
+
 
 # ONNX op (the ONNX backend's FP32_OPS) -> the MIL ops coremltools lowers it to.
 # GELU is one fused ``gelu`` op in MIL (ONNX spells it with Erf); it stays in fp16 because
@@ -87,13 +82,6 @@ ONNX_TO_MIL_FP32 = {
 }
 FP32_MIL_OPS = tuple(sorted({op for ops in ONNX_TO_MIL_FP32.values() for op in ops}))
 
-# The op a compression leaves in the ML program (iOS 17 opset).
-COMPRESSED_OPS = {"palettize": "constexpr_lut_to_dense", "int8": "constexpr_affine_dequantize"}
-WEIGHT_THRESHOLD = 2048  # weights with fewer elements stay uncompressed (coremltools' default)
-# Relative L2 error above which a compressed weight is broken rather than just quantized:
-# healthy int8 stays below ~1% (~3% with a few tiny channels), 8/6/4-bit LUTs below ~2/5/30%.
-MAX_WEIGHT_ERROR = {"int8": 0.05, "palettize8": 0.05, "palettize6": 0.1, "palettize4": 0.35}
-COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
 
 
 class CoreMLExportError(MobileCLIPError):
@@ -102,21 +90,6 @@ class CoreMLExportError(MobileCLIPError):
     def __init__(self, message: str, report: Optional[dict] = None) -> None:
         super().__init__(message)
         self.report = report or {}
-
-
-def require_coremltools():
-    """Import coremltools, or raise a :class:`ConfigError` that says how to install it."""
-    try:
-        import coremltools as ct
-    except ImportError as e:
-        raise ConfigError(f"Core ML export needs coremltools ({e}); install it with: "
-                          f"pip install 'mobileclip-toolkit[coreml]'") from e
-    ct_major = int(ct.__version__.split(".")[0])
-    np_version = tuple(int(p) for p in np.__version__.split(".")[:2])
-    if ct_major <= 9 and np_version >= (2, 4):
-        raise ConfigError(f"coremltools {ct.__version__} cannot convert with numpy {np.__version__} "
-                          f"(every traced conversion fails); install numpy<2.4: pip install 'numpy<2.4'")
-    return ct
 
 
 class NormalizedImageInput(nn.Module):
@@ -145,238 +118,6 @@ def _check_normalization(mean, std) -> tuple[list, list]:
     if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
         raise ConfigError(f"mean must be finite and std finite and > 0; got mean={mean}, std={std}")
     return mean, std
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module):
-    """Eval mode and ``requires_grad=False`` for tracing with grad enabled, restored after.
-
-    Tracing under ``torch.no_grad`` lets PyTorch pick the fused
-    ``_native_multi_head_attention`` kernel, which coremltools cannot convert.
-    """
-    training = {m: m.training for m in module.modules()}
-    grads = {p: p.requires_grad for p in module.parameters()}
-    module.eval()
-    for p in grads:
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield module
-    finally:
-        for p, g in grads.items():
-            p.requires_grad_(g)
-        for m, t in training.items():
-            m.training = t
-
-
-def _as_tuple(example_inputs) -> tuple:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-
-
-def _scan_tensor(name: str, t: torch.Tensor, masks: list, overflow: list) -> None:
-    if not (t.is_floating_point() and t.numel()):
-        return
-    t = t.detach().float()
-    if bool((t <= -FP16_MAX).any()):  # -inf and finfo(float32).min included
-        masks.append(name)
-    elif bool((~torch.isfinite(t)).any() | (t.abs() > FP16_MAX).any()):
-        overflow.append(name)
-
-
-def _scan_module(tower: nn.Module, masks: list, overflow: list, used: Optional[set] = None) -> None:
-    """Parameters, buffers and plain tensor attributes; only those in ``used`` when given
-    (a tower that wraps a whole CLIP model must not be blamed for the other tower's mask)."""
-    named = list(tower.named_parameters()) + list(tower.named_buffers())
-    for mod_name, mod in tower.named_modules():
-        named += [(f"{mod_name}.{attr}" if mod_name else attr, value) for attr, value in vars(mod).items()
-                  if isinstance(value, torch.Tensor) and not attr.startswith("_")]
-    for name, t in named:
-        if used is None or name in used:
-            _scan_tensor(name, t, masks, overflow)
-
-
-def _graph_nodes(block):
-    for node in block.nodes():
-        yield node
-        for inner in node.blocks():
-            yield from _graph_nodes(inner)
-
-
-def _used_attributes(traced) -> set:
-    """Dotted names of the module attributes the traced graph reads (``prim::GetAttr`` chains)."""
-    graph = traced.inlined_graph
-    names = {next(graph.inputs()).unique(): ""}  # the first input is the module itself
-    for node in _graph_nodes(graph):
-        if node.kind() == "prim::GetAttr":
-            parent = names.get(node.input().unique())
-            if parent is not None:
-                names[node.output().unique()] = f"{parent}.{node.s('name')}" if parent else node.s("name")
-    return set(names.values())
-
-
-def _scan_traced_graph(traced, masks: list, overflow: list) -> None:
-    """Constants created in ``forward`` (``masked_fill(-inf)``, ``torch.full(finfo.min)``)."""
-    for node in _graph_nodes(traced.inlined_graph):
-        if node.kind() != "prim::Constant" or len(list(node.outputs())) != 1 \
-                or node.output().type().kind() not in ("FloatType", "TensorType"):
-            continue
-        value = node.output().toIValue()
-        where = f"graph constant {node.output().debugName()} ({node.sourceRange().strip().splitlines()[0][:80]})" \
-            if node.sourceRange().strip() else f"graph constant {node.output().debugName()}"
-        if isinstance(value, float):
-            if value <= -FP16_MAX:
-                masks.append(where)
-            elif not math.isfinite(value) or abs(value) > FP16_MAX:
-                overflow.append(where)
-        elif isinstance(value, torch.Tensor):
-            _scan_tensor(where, value, masks, overflow)
-
-
-def _trace(module: nn.Module, inputs: tuple):
-    with _frozen(module):
-        return torch.jit.trace(module, inputs, check_trace=False)
-
-
-def fp16_overflow_check(tower: nn.Module, example_inputs) -> dict:
-    """Run ``tower`` in PyTorch in float16 against float32, and scan it for fp16 hazards.
-
-    Floating inputs are cast to half, integer inputs (tokens) are kept. ``masks`` names the
-    tensors and graph constants holding ``-inf`` or values ``<= -65504`` (``finfo.min``
-    masks, which become ``-inf`` in half and then NaN); ``overflow_constants`` names those
-    with other values beyond float16's range. When CPU half kernels are missing, ``supported``
-    is False and ``error`` says why; the scans still run. ``passed`` is True when nothing
-    was flagged and the half run (if it ran) is finite.
-    """
-    inputs = _as_tuple(example_inputs)
-    try:
-        traced = _trace(tower, inputs)
-    except Exception as e:  # noqa: BLE001 - a trace failure is reported; the other checks still run
-        return _fp16_check(tower, inputs, None, f"{type(e).__name__}: {e}")
-    return _fp16_check(tower, inputs, traced)
-
-
-def _fp16_check(tower: nn.Module, inputs: tuple, traced, trace_error: Optional[str] = None) -> dict:
-    masks: list = []
-    overflow: list = []
-    report: dict = {"device": "cpu", "dtype": "float16"}
-    if traced is None:
-        report["graph_scan_error"] = trace_error
-        _scan_module(tower, masks, overflow)  # every tensor: the graph is unknown
-    else:
-        _scan_module(tower, masks, overflow, used=_used_attributes(traced))
-        _scan_traced_graph(traced, masks, overflow)
-    with _frozen(tower), torch.no_grad():
-        ref = (traced if traced is not None else tower)(*inputs).float()
-        try:
-            half = copy.deepcopy(tower).half()
-            got = half(*(x.half() if x.is_floating_point() else x for x in inputs)).float()
-        except RuntimeError as e:  # also missing kernels (NotImplementedError is a RuntimeError)
-            report.update(supported=False, finite=None, min_cosine=None, max_abs_diff=None,
-                          error=f"float16 is not supported on the CPU for this tower: {e}")
-        else:
-            finite = bool(torch.isfinite(got).all())
-            cos = nn.functional.cosine_similarity(ref.double().flatten(1), got.double().flatten(1), dim=1)
-            report.update(supported=True, finite=finite,
-                          min_cosine=float(cos.min()) if finite else None,
-                          max_abs_diff=float((ref - got).abs().max()) if finite else None)
-    report["masks"] = sorted(set(masks))
-    report["overflow_constants"] = sorted(set(overflow))
-    report["passed"] = bool(report["finite"] is not False and not report["masks"]
-                            and not report["overflow_constants"])
-    return report
-
-
-def mil_constant_scan(mlmodel) -> dict:
-    """``-inf`` / ``<= -65504`` constants (``masks``) and other out-of-fp16-range constants
-    in the converted ML program: the graph that ships, after coremltools' constant folding."""
-    prog = getattr(mlmodel, "_mil_program", None)
-    if prog is None:
-        return {"scanned": False, "reason": "the converted model carries no MIL program"}
-    masks, overflow = [], []
-    for fname, func in prog.functions.items():
-        for op in func.find_ops(op_type="const"):
-            val = op.outputs[0].val
-            arr = np.asarray(val) if isinstance(val, (np.ndarray, float, np.floating)) else None
-            if arr is None or arr.dtype.kind != "f" or arr.size == 0:
-                continue
-            arr = arr.astype(np.float64)
-            if (arr <= -FP16_MAX).any():
-                masks.append(f"{fname}/{op.name}")
-            elif (~np.isfinite(arr)).any() or (np.abs(arr) > FP16_MAX).any():
-                overflow.append(f"{fname}/{op.name}")
-    return {"scanned": True, "masks": sorted(masks), "overflow_constants": sorted(overflow)}
-
-
-def _compression_config(compress: str) -> tuple[Callable, object, dict]:
-    import coremltools.optimize.coreml as cto
-
-    if compress == "int8":
-        record = {"method": "linear_quantize", "mode": "linear_symmetric", "dtype": "int8",
-                  "granularity": "per_channel"}
-        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                                         weight_threshold=WEIGHT_THRESHOLD)
-        return cto.linear_quantize_weights, op, record
-    nbits = int(compress[len("palettize"):])
-    # k-means palettization needs scikit-learn (or kmeans1d); without them the LUT is uniform.
-    mode = "kmeans" if _has_kmeans() else "uniform"
-    record = {"method": "palettize", "mode": mode, "nbits": nbits, "granularity": "per_tensor"}
-    if mode == "uniform":
-        record["note"] = "scikit-learn is not installed: uniform LUT instead of k-means (pip install scikit-learn)"
-        warnings.warn(f"{compress}: {record['note']}", stacklevel=4)
-    op = cto.OpPalettizerConfig(mode=mode, nbits=nbits, granularity="per_tensor", weight_threshold=WEIGHT_THRESHOLD)
-    return cto.palettize_weights, op, record
-
-
-def _compress(mlmodel, compress: str) -> tuple[object, dict]:
-    """Compress the weights, then measure each weight's error and keep the broken ones in fp16.
-
-    coremltools 9.0 quantizes an fp16 model's weights with fp16 scales: a channel whose
-    largest weight is below ~7.6e-6 gets scale 0 (numpy warns of 0/0 and x/0) and comes back
-    as zeros. Such weights (e.g. folded 1e-5 layer scales) are left uncompressed.
-    """
-    import coremltools.optimize.coreml as cto
-
-    fn, op_config, record = _compression_config(compress)
-    original = {n: m.val for n, m in cto.get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items()}
-    with np.errstate(all="ignore"):  # the 0-scale divisions above; their damage is measured below
-        compressed = fn(mlmodel, cto.OptimizationConfig(global_config=op_config))
-    errors = _weight_errors(cto, compressed, original)
-    limit = MAX_WEIGHT_ERROR[compress]
-    broken = sorted(n for n, e in errors.items() if e > limit)
-    if broken:
-        with np.errstate(all="ignore"):
-            compressed = fn(mlmodel, cto.OptimizationConfig(global_config=op_config,
-                                                            op_name_configs={n: None for n in broken}))
-        record["kept_uncompressed"] = {n: round(errors[n], 4) for n in broken}
-    kept = [e for n, e in errors.items() if n not in broken]
-    record["weights_compressed"] = len(kept)
-    record["max_weight_error"] = round(max(kept), 6) if kept else None
-    record["weight_error_limit"] = limit
-    return compressed, record
-
-
-def _weight_errors(cto, compressed, original: dict) -> dict:
-    """Relative L2 error ``|w - decompressed(w)| / |w|`` of every compressed weight."""
-    import re
-
-    restored = cto.get_weights_metadata(cto.decompress_weights(compressed), weight_threshold=WEIGHT_THRESHOLD)
-    errors = {}
-    for name, meta in restored.items():
-        base = re.sub(r"_(quantized|palettized)$", "", name)
-        if base == name or base not in original:
-            continue
-        w = np.asarray(original[base], dtype=np.float64)
-        norm = np.linalg.norm(w)
-        diff = np.linalg.norm(w - np.asarray(meta.val, dtype=np.float64))
-        errors[base] = float(diff / norm) if norm > 0 else float(diff > 0)
-    return errors
-
-
-def _has_kmeans() -> bool:
-    import importlib.util
-
-    return any(importlib.util.find_spec(m) is not None for m in ("sklearn", "kmeans1d"))
 
 
 def _convert(ct, traced, inputs: list, output: str, precision: str):
@@ -430,14 +171,14 @@ def export_coreml(image_tower: nn.Module, text_tower: nn.Module, out_dir: Path, 
     }
     entries = {}
     for kind, (module, example, inputs, output) in jobs.items():
-        traced = _trace(module, (example,))
+        traced = trace(module, (example,))
         if precision == "fp16":
-            fp16 = _fp16_check(module, (example,), traced)
+            fp16 = fp16_check(module, (example,), traced)
             if not fp16["passed"]:
                 raise CoreMLExportError(_overflow_message(kind, fp16), fp16)
         else:
             fp16 = {"ran": False, "reason": "fp32 export"}
-        with _frozen(module):  # coremltools reads the weights as numpy: no grad-tracking tensors
+        with frozen(module):  # coremltools reads the weights as numpy: no grad-tracking tensors
             with torch.no_grad():
                 embed_dim = int(traced(example).shape[-1])
             mlmodel = _convert(ct, traced, inputs, output, precision)
@@ -447,7 +188,7 @@ def export_coreml(image_tower: nn.Module, text_tower: nn.Module, out_dir: Path, 
         entry = _entry(kind, ct, precision, compress, image_size, mean, std, context_length, max_batch, embed_dim)
         entry["fp16_check"] = fp16
         if compress != "none":
-            mlmodel, entry["compression_config"] = _compress(mlmodel, compress)
+            mlmodel, entry["compression_config"] = compress_weights(mlmodel, compress)
         _describe(mlmodel, kind, entry)
         path = out_dir / FILES[kind]
         mlmodel.save(str(path))
@@ -528,208 +269,6 @@ def _describe(mlmodel, kind: str, entry: dict) -> None:
                                               f"{inp['batch_range'][0]}..{inp['batch_range'][1]}")
 
 
-def _main_ops(spec) -> list:
-    func = spec.mlProgram.functions["main"]
-    block = func.block_specializations[func.opset]
-    ops = []
-
-    def walk(b):
-        for op in b.operations:
-            ops.append(op)
-            for inner in op.blocks:
-                walk(inner)
-
-    walk(block)
-    return ops
-
-
-def _tensor_dims(value_type) -> Optional[list]:
-    """MIL tensor dims: ints, or None for an unknown (flexible) dim."""
-    if value_type.WhichOneof("type") != "tensorType":
-        return None
-    return [d.constant.size if d.WhichOneof("dimension") == "constant" else None
-            for d in value_type.tensorType.dimensions]
-
-
-def _dims_match(got: list, want: list) -> bool:
-    return len(got) == len(want) and all((g is None) if isinstance(w, str) else (g == w) for g, w in zip(got, want))
-
-
-def check_spec(path: Path, expected: dict) -> list:
-    """Mismatches between the ``.mlpackage`` at ``path`` and its artifact entry; ``[]`` = ok.
-
-    Reads the spec only (works on Linux): model type and specification version, input and
-    output names, the image input (RGB, size), token inputs (dtype, context length, batch
-    range), output dtype and shape ``[B, D]`` in the ML program, the compression ops, the
-    compute precision, and the normalization recorded in the metadata.
-    """
-    ct = require_coremltools()
-    from coremltools.proto import FeatureTypes_pb2
-
-    path = Path(path)
-    if not (path / "Manifest.json").is_file():
-        return [f"{path} is not an .mlpackage (no Manifest.json)"]
-    try:
-        spec = ct.utils.load_spec(str(path))
-    except Exception as e:  # noqa: BLE001 - an unreadable package is reported as a mismatch
-        return [f"{path}: cannot read the Core ML spec: {type(e).__name__}: {e}"]
-    misses = []
-    if spec.WhichOneof("Type") != "mlProgram":
-        return [f"model type is {spec.WhichOneof('Type')!r}, expected 'mlProgram'"]
-    want_version = expected.get("specification_version", SPECIFICATION_VERSION)
-    if spec.specificationVersion != want_version:
-        misses.append(f"specification version {spec.specificationVersion} != {want_version} "
-                      f"({expected.get('minimum_deployment_target', DEPLOYMENT_TARGET)})")
-    func = spec.mlProgram.functions["main"]
-    mil_inputs = {i.name: _tensor_dims(i.type) for i in func.inputs}
-    ops = _main_ops(spec)
-    mil_outputs = {o.name: o.type for op in ops for o in op.outputs}
-
-    got_in = [i.name for i in spec.description.input]
-    want_in = [i["name"] for i in expected["inputs"]]
-    if got_in != want_in:
-        misses.append(f"inputs {got_in} != {want_in}")
-    features = {i.name: i for i in spec.description.input}
-    for want in expected["inputs"]:
-        feat = features.get(want["name"])
-        if feat is None:
-            continue
-        name, shape = want["name"], want["shape"]
-        kind = feat.type.WhichOneof("Type")
-        if want.get("type") == "image":
-            if kind != "imageType":
-                misses.append(f"input {name!r} is {kind}, expected an image")
-                continue
-            img = feat.type.imageType
-            space = FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(img.colorSpace)
-            if space != want.get("color_layout", "RGB"):
-                misses.append(f"input {name!r} color space {space} != {want.get('color_layout', 'RGB')}")
-            if (img.height, img.width) != (shape[-2], shape[-1]):
-                misses.append(f"input {name!r} size {img.height}x{img.width} != {shape[-2]}x{shape[-1]}")
-        else:
-            if kind != "multiArrayType":
-                misses.append(f"input {name!r} is {kind}, expected a multi-array")
-                continue
-            arr = feat.type.multiArrayType
-            dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType)
-            if dtype != want["dtype"].upper():
-                misses.append(f"input {name!r} dtype {dtype} != {want['dtype'].upper()}")
-            ranges = [(r.lowerBound, r.upperBound) for r in arr.shapeRange.sizeRanges]
-            for axis, dim in enumerate(shape):
-                if isinstance(dim, int):
-                    got_dim = ranges[axis] if ranges else (arr.shape[axis],) * 2 if axis < len(arr.shape) else None
-                    if got_dim != (dim, dim):
-                        misses.append(f"input {name!r} axis {axis} is {got_dim}, expected fixed {dim}")
-            if "batch_range" in want:
-                want_range = tuple(want["batch_range"])
-                if not ranges or ranges[0] != want_range:
-                    misses.append(f"input {name!r} batch range {ranges[0] if ranges else 'fixed'} != {want_range}")
-        got_dims = mil_inputs.get(name)
-        want_dims = [None if isinstance(d, str) else d for d in shape]
-        if got_dims is not None and got_dims != want_dims:
-            misses.append(f"input {name!r} program shape {got_dims} != {want_dims}")
-
-    got_out = [o.name for o in spec.description.output]
-    want_out = [o["name"] for o in expected["outputs"]]
-    if got_out != want_out:
-        misses.append(f"outputs {got_out} != {want_out}")
-    for want in expected["outputs"]:
-        feat = next((o for o in spec.description.output if o.name == want["name"]), None)
-        if feat is None:
-            continue
-        dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(feat.type.multiArrayType.dataType)
-        if dtype != want["dtype"].upper():
-            misses.append(f"output {want['name']!r} dtype {dtype} != {want['dtype'].upper()}")
-        value_type = mil_outputs.get(want["name"])
-        dims = _tensor_dims(value_type) if value_type is not None else None
-        if dims is None or not _dims_match(dims, want["shape"]):
-            misses.append(f"output {want['name']!r} program shape {dims} != {want['shape']}")
-
-    op_types = {op.type for op in ops}
-    compress = expected.get("compression", "none")
-    constexpr = sorted(t for t in op_types if t.startswith("constexpr_"))
-    if compress == "none" and constexpr:
-        misses.append(f"uncompressed model holds compressed weights ({constexpr})")
-    elif compress != "none":
-        want_op = COMPRESSED_OPS["int8" if compress == "int8" else "palettize"]
-        if want_op not in op_types:
-            misses.append(f"compression {compress!r}: no {want_op} op in the program (found {constexpr or 'none'})")
-    fp16_ops = any(o.type.WhichOneof("type") == "tensorType" and o.type.tensorType.dataType == _mil_fp16()
-                   for op in ops for o in op.outputs if op.type != "const")
-    precision = expected.get("precision")
-    if precision == "fp16" and not fp16_ops:
-        misses.append("precision fp16, but no op computes in float16")
-    if precision == "fp32" and fp16_ops:
-        misses.append("precision fp32, but some ops compute in float16")
-
-    meta = dict(spec.description.metadata.userDefined)
-    if "normalization" in expected:
-        norm = expected["normalization"]
-        got = {k: meta.get(f"mobileclip.{k}") for k in ("mean", "std", "input_scale")}
-        want = {"mean": ",".join(repr(float(v)) for v in norm["mean"]),
-                "std": ",".join(repr(float(v)) for v in norm["std"]),
-                "input_scale": repr(float(expected.get("input_scale", INPUT_SCALE)))}
-        if got != want:
-            misses.append(f"normalization metadata {got} != {want}")
-    return misses + weight_misses(path, spec)
-
-
-_BLOB_READERS = {"FLOAT16": "read_fp16_data", "FLOAT32": "read_float_data", "INT8": "read_int8_data",
-                 "UINT8": "read_uint8_data", "INT16": "read_int16_data", "UINT16": "read_uint16_data",
-                 "INT32": "read_int32_data", "UINT32": "read_uint32_data", "INT4": "read_int4_data",
-                 "UINT4": "read_uint4_data", "UINT2": "read_uint2_data", "UINT1": "read_uint1_data",
-                 "UINT3": "read_uint3_data", "UINT6": "read_uint6_data"}
-
-
-def _values(block):
-    for op in block.operations:
-        yield from op.attributes.values()
-        for inner in op.blocks:
-            yield from _values(inner)
-
-
-def weight_misses(path: Path, spec) -> list:
-    """Every weight blob the ML program refers to, read from its weight file by coremltools' own blob reader (no
-    macOS needed): a file cut short, a blob at an offset past its end or holding fewer values than the tensor's
-    shape is a miss. Checksums say the bundle's files are those listed; this says the package can be loaded."""
-    from coremltools.libmilstoragepython import _BlobStorageReader
-    from coremltools.proto import MIL_pb2
-
-    names = {v: k for k, v in MIL_pb2.DataType.items()}
-    readers, count = {}, 0
-    for func in spec.mlProgram.functions.values():
-        for block in func.block_specializations.values():
-            for v in _values(block):
-                if v.WhichOneof("value") != "blobFileValue":
-                    continue
-                blob, dtype = v.blobFileValue, names.get(v.type.tensorType.dataType, "?")
-                rel = blob.fileName.replace("@model_path/", "", 1)
-                file = path / "Data" / "com.apple.CoreML" / rel
-                where = f"the weight at offset {blob.offset} of {rel}"
-                if not file.is_file():
-                    return [f"{where}: the file is missing"]
-                try:
-                    reader = readers.setdefault(rel, _BlobStorageReader(str(file)))
-                    data = getattr(reader, _BLOB_READERS[dtype])(blob.offset)
-                except KeyError:
-                    return [f"{where} has data type {dtype}, which this check does not know"]
-                except Exception as e:   # noqa: BLE001 - the reader raises ValueError/RuntimeError on a bad file
-                    return [f"{where} cannot be read ({type(e).__name__}: {e}): the package is damaged"]
-                dims = [d.constant.size for d in v.type.tensorType.dimensions]
-                if dtype in ("FLOAT16", "FLOAT32", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32") and \
-                        all(d.WhichOneof("dimension") == "constant" for d in v.type.tensorType.dimensions) and \
-                        len(data) != int(np.prod(dims)):
-                    return [f"{where} holds {len(data)} values, its tensor {dims} needs {int(np.prod(dims))}"]
-                count += 1
-    return []
-
-
-def _mil_fp16() -> int:
-    from coremltools.proto import MIL_pb2
-
-    return MIL_pb2.DataType.Value("FLOAT16")
-
-
 def normalized_to_pixels(x: np.ndarray, mean: Sequence[float], std: Sequence[float], tol: float = 1e-2) -> np.ndarray:
     """Undo ``(pixel / 255 - mean) / std`` on a float ``[B, 3, S, S]`` array → ``uint8 [B, S, S, 3]``.
 
@@ -807,8 +346,6 @@ def coreml_predictor(path: Path, kind: Optional[str] = None, *, compute_units: s
 
     return predict_text
 
-
-# ------------------------------------------------------------------ the backend
 
 def export_backend(src, out_dir: Path, options) -> dict:
     """Both towers as ``.mlpackage`` ML programs (int8 = int8 weight compression unless --compress says)."""
