@@ -81,8 +81,8 @@ def test_wheel_holds_every_package_and_its_data(wheel):
             "mobileclip.distill", "mobileclip.benchmarks"} <= want
     missing = sorted(p for p in want if p.replace(".", "/") + "/__init__.py" not in names)
     assert not missing, f"packages left out of the wheel: {missing}"
-    for f in ("mobileclip/runtime/core.py", "mobileclip/runtime/commands.py", "mobileclip/export/api.py", "mobileclip/distill/samples.py",
-              "mobileclip/open_clip_params.json"):
+    for f in ("mobileclip/runtime/core.py", "mobileclip/runtime/commands.py", "mobileclip/export/api.py",
+              "mobileclip/distill/samples.py", "mobileclip/open_clip_params.json"):
         assert f in names, f
     # Only the `mobileclip` package: no generic top-level export/, distill/ or tests/ in site-packages.
     assert {n.split("/")[0] for n in names} == {"mobileclip", f"{DIST.replace('-', '_')}-0.1.0.dist-info"}
