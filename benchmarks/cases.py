@@ -15,7 +15,7 @@ from mobileclip import spec as specs
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .runtimes import (BACKEND_RUNTIME, PROMPTS, RUNTIMES, TORCH_PRECISIONS, TOWERS, BundleRuntime, Runtime, Skip,
-                       TorchRuntime, bundle_tokenizer)
+                       TorchRuntime)
 from .stats import Case, MemoryProbe, error_reason, gap, latency_stats, limit_ms, throughput, time_cases
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -384,10 +384,6 @@ def _parity_cosines(path: Path) -> dict:
         return {}
 
 
-def _bundle_runtime(path: Path, manifest: dict, cfg: BenchConfig, tokenizer) -> Runtime:
-    return BundleRuntime(path, manifest, cfg.device, cfg.threads, tokenizer)
-
-
 def run_group(g: _Group, cfg: BenchConfig, sources: Sources, probe: MemoryProbe, peak: dict) -> list:
     """Prepare, time (interleaved) and report every case of one model."""
     rows, cases, runtimes = [], [], []
@@ -428,12 +424,12 @@ def run_group(g: _Group, cfg: BenchConfig, sources: Sources, probe: MemoryProbe,
         runtime_name = BACKEND_RUNTIME.get(manifest["artifacts"]["image"]["backend"], "?")
         if runtime_name not in cfg.runtimes:
             continue
-        try:
-            tokenizer = bundle_tokenizer(path, manifest) if "text" in cfg.towers else None
-            tok_error = None
-        except (MobileCLIPError, OSError, KeyError, ValueError) as e:
-            tokenizer, tok_error = None, f"the bundle's tokenizer could not be loaded: {error_reason(e)}"
-        rt = _bundle_runtime(path, manifest, cfg, tokenizer)
+        from mobileclip.runtime.core import open_bundle
+
+        opened = open_bundle(path, cfg.device, cfg.threads, strict=False, manifest=manifest,
+                             hf_tokenizer=True if "text" in cfg.towers else None)
+        tok_error = opened.problems.get("tokenizer")
+        rt = BundleRuntime(opened)
         runtimes.append(rt)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
         cosine = _parity_cosines(path)

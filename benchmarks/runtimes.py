@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -133,19 +132,16 @@ class TorchRuntime(Runtime):
             torch.cuda.synchronize(self.dev)
 
 
-def _token_dtype(manifest: dict):
-    return np.int64 if manifest.get("tokenizer", {}).get("token_dtype") == "int64" else np.int32
-
-
 class BundleRuntime(Runtime):
-    """A bundle's towers through their backend's runners (``mobileclip.backends``): the runtime the
-    backend names (onnxruntime with ``--threads`` intra-op threads and one inter-op thread, TensorRT,
-    Core ML, ...). A runner that cannot run here is a :class:`Skip` with its reason."""
+    """A bundle's towers through their backend's runners, opened as users open it
+    (:func:`mobileclip.runtime.open_bundle`): the runtime the backend names (onnxruntime with ``--threads``
+    intra-op threads and one inter-op thread, TensorRT, Core ML, ...) and the bundle's own tokenizer. A runner
+    that cannot run here is a :class:`Skip` with its reason."""
 
-    def __init__(self, directory: Path, manifest: dict, device: str, threads: int, tokenizer=None) -> None:
-        super().__init__(device)
-        self.dir, self.manifest, self._tokenizer, self.threads = directory, manifest, tokenizer, threads
-        backend = backends.get(manifest["artifacts"]["image"]["backend"])
+    def __init__(self, opened) -> None:
+        super().__init__(opened.runners["image"].device)
+        self.opened, self.dir, self.manifest = opened, opened.directory, opened.manifest
+        backend = backends.get(self.manifest["artifacts"]["image"]["backend"])
         self.name, self.io = backend.runtime, backend.io
         self._runners: dict = {}
 
@@ -157,7 +153,7 @@ class BundleRuntime(Runtime):
 
     def runner(self, tower: str):
         if tower not in self._runners:
-            r = backends.runner_for(self.dir, self.entry(tower), self.device, self.threads)
+            r = self.opened.runners[tower]
             if hasattr(r, "inter_threads"):
                 r.inter_threads = 1
             if hasattr(r, "probe_placement"):   # ONNX Runtime: which providers really run the nodes (first call)
@@ -179,9 +175,9 @@ class BundleRuntime(Runtime):
         m = self.manifest
         if tower == "image":
             return _image_batch(batch, int(m["image_size"]), m["mean"], m["std"])
-        if self._tokenizer is None:
+        if self.opened.tokenizer is None:
             raise Skip("the bundle's tokenizer could not be loaded (see the bundle row's reason)")
-        return np.ascontiguousarray(np.asarray(self._tokenizer(_prompts(batch))).astype(_token_dtype(m)))
+        return self.opened.tokens(_prompts(batch))
 
     def prepare(self, tower: str, batch: int) -> Callable[[], object]:
         x = self.inputs(tower, batch)
@@ -202,18 +198,3 @@ class BundleRuntime(Runtime):
         for r in self._runners.values():
             r.deactivate()
         self._runners.clear()
-
-
-def bundle_tokenizer(directory: Path, manifest: dict):
-    """A tokenizer for the bundle's text inputs, from the files the bundle ships."""
-    info = manifest.get("tokenizer", {})
-    if info.get("name") == "clip-bpe":   # the runtime's: its files checked against each other and the tower
-        from mobileclip.runtime.hf_tokenizer import load_bundle_tokenizer
-
-        return load_bundle_tokenizer(directory, info)
-    from transformers import AutoTokenizer  # a transformers CLIP bundle ships its tokenizer files
-
-    tok = AutoTokenizer.from_pretrained(str(directory))
-    ctx = int(info["context_length"])
-    return lambda texts: tok(list(texts), padding="max_length", max_length=ctx, truncation=True,
-                             return_tensors="np")["input_ids"]

@@ -145,27 +145,6 @@ def _parity_summary(report: dict) -> dict:
     return {k: report[k] for k in ("passed", "misses", "top1_agreement", "mode") if k in report}
 
 
-def _bundle_inputs(directory: Path, manifest: dict) -> tuple:
-    """The preprocessing and tokenizer the runtime builds from this manifest (None: it has none or they
-    cannot be built), and the misses that explain a None."""
-    from mobileclip.runtime.core import Preprocessor
-    from mobileclip.runtime.hf_tokenizer import load_bundle_tokenizer
-
-    pre = tok = None
-    misses = []
-    try:
-        pre = Preprocessor.from_manifest(manifest)
-    except (MobileCLIPError, TypeError, ValueError) as e:
-        misses.append(f"the bundle's preprocessing cannot be built from its manifest: {e}")
-    info = manifest.get("tokenizer") or {}
-    if info.get("name") != "hf":   # the runtime has no HF tokenizer: the text side then gets the source's ids
-        try:
-            tok = load_bundle_tokenizer(directory, info)   # what the runtime will use: tokenizer.json when it can
-        except (MobileCLIPError, OSError, TypeError, ValueError) as e:
-            misses.append(f"the bundle's tokenizer cannot be built from its manifest: {e}")
-    return pre, tok, misses
-
-
 def _manifest_checks(directory: Path, manifest: dict, src: ExportSource) -> list:
     """The manifest's own numbers against the source and the artifacts: embed dim, image size, logit
     scale, context length, token dtype, and each artifact's inputs and outputs (read back from an ONNX
@@ -209,14 +188,19 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images)
 
     arts = manifest["artifacts"]
     precision = {t: arts[t]["precision"] for t in ("image", "text")}
-    bundle_pre, bundle_tok, build_misses = _bundle_inputs(directory, manifest)
+    backend = backends.get(arts["image"]["backend"])
+    # The bundle as the runtime and bench open it (mobileclip.runtime.open_bundle): what cannot be built from the
+    # manifest is a miss; a Hugging Face tokenizer is left out (the runtime has none): the text side then gets
+    # the source's ids.
+    from mobileclip.runtime.core import open_bundle
+
+    opened = open_bundle(directory, device=backend.parity_device, strict=False, manifest=manifest, hf_tokenizer=None)
+    bundle_pre, bundle_tok, build_misses = opened.preprocess, opened.tokenizer, list(opened.problems.values())
     pil = (images or [])[:6] + synthetic_images(6)   # the synthetic ones include non-square pictures
     inputs = check_inputs(pil, parity_prompts(src.tokenizer, 8), src.preprocess, src.tokenizer, bundle_pre,
                           bundle_tok)
     inputs["misses"] = build_misses + _manifest_checks(directory, manifest, src) + inputs["misses"]
-    backend = backends.get(arts["image"]["backend"])
-    runners = {t: backends.runner_for(directory, arts[t], device=backends.get(arts[t]["backend"]).parity_device)
-               for t in ("image", "text")}
+    runners = opened.runners
     why = backend.unavailable()
     if why and backend.static_parity is None:
         raise BackendUnavailable(f"cannot check the {backend.name} bundle here: {why}")

@@ -336,9 +336,9 @@ def test_runtime_load_with_cuda_providers_refuses_the_fallback(ort_fallback, tin
 
 def test_bench_never_times_a_cpu_fallback_as_cuda(ort_fallback, tiny_bundle):
     from mobileclip.benchmarks.runtimes import BundleRuntime, Skip
+    from mobileclip.runtime.core import open_bundle
 
-    m = json.loads((tiny_bundle / "manifest.json").read_text())
-    rt = BundleRuntime(tiny_bundle, m, "cuda", 1)
+    rt = BundleRuntime(open_bundle(tiny_bundle, "cuda", 1))
     with pytest.raises(Skip, match=f"did not create {CUDA}"):   # bench records the case as skipped, with why
         rt.prepare("image", 1)
     rt.close()

@@ -543,3 +543,41 @@ def test_cli_index_and_search(bundle, other_bundle, photos, tmp_path, capsys):
         _cli(["search", out, "a red circle", "--bundle", other_bundle])
     with pytest.raises(runtime.IndexMismatchError):
         _cli(["index", other_bundle, photos, "--out", out, "--no-progress"])
+
+
+def test_open_bundle_is_the_one_way_a_bundle_is_opened(tiny_bundle, tmp_path):
+    """open_bundle gives the checked manifest, the preprocessing and tokenizer the bundle ships and a runner per
+    tower; the runtime, export's parity check and bench all open bundles through it. A backend the caller does not
+    run is refused before its module is imported; with strict=False what cannot be built is a named problem."""
+    from mobileclip.runtime import OpenedBundle, open_bundle
+
+    ob = open_bundle(tiny_bundle)
+    assert isinstance(ob, OpenedBundle) and ob.problems == {} and set(ob.runners) == {"image", "text"}
+    ids = ob.tokens(["a photo of a dog"])
+    assert ids.dtype == ob.token_dtype and ids.shape == (1, ob.manifest["tokenizer"]["context_length"])
+    m = runtime.load(tiny_bundle)
+    assert np.array_equal(ids, np.asarray(m.tokenizer(["a photo of a dog"])).astype(ids.dtype))
+    x = ob.preprocess(np.zeros((40, 30, 3), np.uint8))[None]
+    assert np.allclose(ob.runners["image"].infer(x), m.image_tower.infer(x))
+    ob.close()
+    # a Core ML bundle is refused by a caller that runs ONNX Runtime only, without importing the Core ML backend
+    code = ("import json, shutil, sys; from pathlib import Path; from mobileclip.runtime import open_bundle, "
+            "RuntimeBackendError; d = Path(sys.argv[1]); m = json.loads((d / 'manifest.json').read_text()); "
+            "m['artifacts']['image']['backend'] = 'coreml'\n"
+            "try:\n    open_bundle(d, manifest=m, backends_allowed=('onnx',))\n"
+            "except RuntimeBackendError as e:\n    print('refused:', 'coreml' in str(e))\n"
+            "print('torch' in sys.modules, 'mobileclip.backends.coreml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_bundle)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["refused:", "True", "False", "False"], out.stderr
+    # strict=False: a tokenizer that cannot be built is a problem, the rest still opens
+    broken = tmp_path / "b"
+    shutil.copytree(tiny_bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["tokenizer"]["vocab_file"] = "missing.txt.gz"
+    ob = open_bundle(broken, manifest=manifest, strict=False)
+    assert ob.tokenizer is None and ob.preprocess is not None and set(ob.problems) == {"tokenizer"}
+    assert ob.problems["tokenizer"].startswith("the bundle's tokenizer cannot be built from its manifest")
+    with pytest.raises(BundleError, match="tokenizer cannot be built"):
+        ob.tokens(["x"])
+    with pytest.raises(MobileCLIPError):
+        open_bundle(broken, manifest=manifest)   # strict: raised, as the runtime needs it

@@ -14,13 +14,15 @@ from mobileclip.backends.bundle import BundleError
 from mobileclip.errors import RuntimeInputError
 from mobileclip.templates import DEFAULT_TEMPLATES
 
-from .core import ImageReadError, Preprocessor, RuntimeBackendError, RuntimeModel, bundle_fingerprint, load, read_image
+from .core import (ImageReadError, OpenedBundle, Preprocessor, RuntimeBackendError, RuntimeModel, bundle_fingerprint,
+                   load, open_bundle, read_image)
 from .index import IMAGE_EXTENSIONS, ImageIndex, ImageIndexError, IndexMismatchError, build_index, load_index, \
     scan_images
 from .hf_tokenizer import HFTokenizer, load_bundle_tokenizer
 from .tokenizer import ClipBPE, TokenizerError, tokenizer_from_manifest
 
 __all__ = [
+    "OpenedBundle", "open_bundle",
     "BundleError", "ClipBPE", "DEFAULT_TEMPLATES", "IMAGE_EXTENSIONS", "ImageIndex", "ImageIndexError",
     "ImageReadError", "IndexMismatchError", "Preprocessor", "RuntimeBackendError", "RuntimeInputError",
     "RuntimeModel", "TokenizerError", "build_index", "bundle_fingerprint", "load", "load_index", "read_image",

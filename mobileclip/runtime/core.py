@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from mobileclip.config import PreprocessConfig
-from mobileclip.backends import names as backend_names, runtime_name
+from mobileclip.backends import names as backend_names, runner_for, runtime_name
 from mobileclip.backends.bundle import BundleError, load_manifest, signature_misses
 from mobileclip.backends.onnx import OrtRunner
 from mobileclip.errors import MobileCLIPError, RuntimeInputError
@@ -151,20 +151,14 @@ class Preprocessor:
 RUNTIME_BACKENDS = tuple(n for n in backend_names() if runtime_name(n).startswith("onnxruntime"))
 
 
-def check_backend(directory: Path, role: str, entry: dict) -> None:
+def check_backend(directory: Path, role: str, entry: dict, allowed: Sequence[str] = RUNTIME_BACKENDS) -> None:
     backend = entry.get("backend") if isinstance(entry, dict) else None
-    if backend not in RUNTIME_BACKENDS:
+    if backend not in allowed:
         raise RuntimeBackendError(
             f"the {role} tower of bundle {str(directory)!r} is a {backend!r} artifact; mobileclip.runtime "
             f"runs ONNX Runtime bundles only ({', '.join(RUNTIME_BACKENDS)}). Export an ONNX bundle of the same model with "
             "`mobileclip export <model> --format onnx --out <dir>`, or use `mobileclip bench` for "
             f"{backend} artifacts")
-
-
-def _tower(directory: Path, role: str, entry: dict, providers, threads: int) -> OrtRunner:
-    """One tower's ONNX Runtime runner, activated (the graph's signature checked against the manifest)."""
-    check_backend(directory, role, entry)   # the manifest's schema was checked when it was loaded
-    return OrtRunner(directory, entry, threads=threads, providers=providers).activate()
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -231,14 +225,17 @@ class RuntimeModel:
             raise RuntimeInputError(f"batch_size must be >= 1, got {batch_size}")
         self.token_dtype = np.dtype(token_dtype)
         self.fingerprint = bundle_fingerprint(manifest)
-        self.preprocess = Preprocessor.from_manifest(manifest)
+        # The one way every consumer opens a bundle (bench and export's parity too); backends are checked for
+        # both towers before any runner exists, and the towers run on ONNX Runtime with the given providers.
+        opened = open_bundle(self.directory, threads=threads, manifest=manifest, backends_allowed=RUNTIME_BACKENDS,
+                             hf_tokenizer=False)
+        self.preprocess = opened.preprocess
         # tokenizer.json through the `tokenizers` library when it is installed, else our pure-Python BPE
-        self.tokenizer: Union[ClipBPE, HFTokenizer] = load_bundle_tokenizer(self.directory, manifest["tokenizer"])
-        # Backends are checked for both towers before any session is created.
-        for role, entry in entries.items():
-            check_backend(self.directory, role, entry)
-        self.image_tower = _tower(self.directory, "image", entries["image"], providers, threads)
-        self.text_tower = _tower(self.directory, "text", entries["text"], providers, threads)
+        self.tokenizer: Union[ClipBPE, HFTokenizer] = opened.tokenizer
+        for runner in opened.runners.values():
+            runner.providers = providers
+        self.image_tower = opened.runners["image"].activate()
+        self.text_tower = opened.runners["text"].activate()
         misses = signature_misses(manifest)   # the graphs' own signatures were checked against these entries
         if misses:
             raise BundleError(f"bundle {str(self.directory)!r}: {'; '.join(misses)}; re-export the bundle")
@@ -356,6 +353,89 @@ class RuntimeModel:
     def __repr__(self) -> str:
         return (f"RuntimeModel({self.name!r}, bundle={str(self.directory)!r}, embed_dim={self.embed_dim}, "
                 f"image_size={self.image_size}, context_length={self.context_length})")
+
+
+TOWERS = ("image", "text")
+
+
+def bundle_tokenizer(directory: Path, info: dict, hf_tokenizer: bool = True):
+    """The tokenizer a bundle ships, as apps build it: CLIP's BPE (``tokenizer.json`` through the ``tokenizers``
+    library when installed, else the pure-Python BPE; the two checked against each other), or, with
+    ``hf_tokenizer``, a transformers CLIP tokenizer from the files a Hugging Face bundle ships (``transformers``
+    needed; without it such a bundle is refused with the runtime's reason). Returns ``texts -> ids``."""
+    if info.get("name") != "hf" or not hf_tokenizer:
+        return load_bundle_tokenizer(directory, info)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    ctx = int(info["context_length"])
+    return lambda texts: tok(list(texts), padding="max_length", max_length=ctx, truncation=True,
+                             return_tensors="np")["input_ids"]
+
+
+class OpenedBundle:
+    """A bundle opened by :func:`open_bundle`: its checked ``manifest``, the ``preprocess`` and ``tokenizer`` built
+    from it, one not-yet-activated runner per tower (``runners``), and the ``problems`` that kept a part from
+    being built (``strict=False`` only)."""
+
+    def __init__(self, directory: Path, manifest: dict, preprocess, tokenizer, runners: dict,
+                 problems: dict) -> None:
+        self.directory, self.manifest, self.preprocess, self.tokenizer = directory, manifest, preprocess, tokenizer
+        self.runners, self.problems = runners, problems
+
+    @property
+    def token_dtype(self) -> np.dtype:
+        return np.dtype(self.manifest["tokenizer"].get("token_dtype", "int32"))
+
+    def tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """``texts`` through the bundle's tokenizer, in the dtype its text tower takes."""
+        if self.tokenizer is None:
+            raise BundleError(self.problems.get("tokenizer") or f"{str(self.directory)!r} has no tokenizer")
+        return np.ascontiguousarray(np.asarray(self.tokenizer(list(texts))).astype(self.token_dtype))
+
+    def close(self) -> None:
+        for r in self.runners.values():
+            r.deactivate()
+
+
+def open_bundle(bundle_dir: Union[str, Path], device: str = "cpu", threads: int = 0, *, verify: bool = True,
+                strict: bool = True, manifest: Optional[dict] = None,
+                backends_allowed: Optional[Sequence[str]] = None, hf_tokenizer: Optional[bool] = True) -> OpenedBundle:
+    """Open a bundle the one way every consumer does (the runtime, export's parity check, ``mobileclip bench``):
+    the manifest (its schema, and every file's sha256 with ``verify``; or ``manifest`` already loaded), the
+    preprocessing and the tokenizer it ships, and a runner per tower from its backend (``device``, ``threads``;
+    not activated). ``backends_allowed`` refuses other backends before any of their modules is imported.
+    ``strict=False`` records a preprocessing or tokenizer that cannot be built in ``problems`` (``{"preprocess":
+    reason, "tokenizer": reason}``) instead of raising. ``hf_tokenizer``: a Hugging Face tokenizer through
+    transformers (True), refused as the runtime refuses it (False), or not built at all (None: parity then feeds
+    the source's ids)."""
+    directory = Path(bundle_dir).expanduser()
+    if manifest is None:
+        manifest = load_manifest(directory, verify=verify)
+    try:
+        entries = {t: manifest["artifacts"][t] for t in TOWERS}
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"the manifest of {str(directory)!r} lacks {e!r}; re-export the bundle") from e
+    if backends_allowed is not None:
+        for role, entry in entries.items():
+            check_backend(directory, role, entry, backends_allowed)
+    problems, preprocess, tokenizer = {}, None, None
+    try:
+        preprocess = Preprocessor.from_manifest(manifest)
+    except (MobileCLIPError, TypeError, ValueError, KeyError) as e:
+        if strict:
+            raise
+        problems["preprocess"] = f"the bundle's preprocessing cannot be built from its manifest: {e}"
+    info = manifest.get("tokenizer") or {}
+    try:
+        if not (hf_tokenizer is None and info.get("name") == "hf"):
+            tokenizer = bundle_tokenizer(directory, info, bool(hf_tokenizer))
+    except (MobileCLIPError, OSError, TypeError, ValueError, KeyError, ImportError) as e:
+        if strict:
+            raise
+        problems["tokenizer"] = f"the bundle's tokenizer cannot be built from its manifest: {e}"
+    runners = {t: runner_for(directory, entry, device=device, threads=threads) for t, entry in entries.items()}
+    return OpenedBundle(directory, manifest, preprocess, tokenizer, runners, problems)
 
 
 def load(bundle_dir: Union[str, Path], providers: Optional[Sequence[str]] = None, threads: int = 0,
