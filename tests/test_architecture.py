@@ -216,3 +216,11 @@ def test_modules_hold_one_idea():
     long = {name for name, n in sizes.items() if n > MAX_LINES}
     assert not long - LONG_MODULES, {name: sizes[name] for name in long - LONG_MODULES}
     assert not LONG_MODULES - long, f"now within {MAX_LINES} lines: remove from LONG_MODULES: {LONG_MODULES - long}"
+
+
+def test_the_bundle_contract_names_its_tensors_once():
+    """The towers' tensor names are the bundle contract's (backends/bundle.py): no other module spells them."""
+    names = {"image_embedding", "text_embedding"}
+    where = sorted({name for name, tree in TREES.items() for n in ast.walk(tree)
+                    if isinstance(n, ast.Constant) and n.value in names and id(n) not in _docstrings(tree)})
+    assert where == ["mobileclip.backends.bundle"], where

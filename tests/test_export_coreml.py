@@ -24,7 +24,7 @@ from mobileclip.backends.coreml import (  # noqa: E402
     COMPRESSIONS, IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, CoreMLExportError, NormalizedImageInput, check_spec,
     coreml_predictor, export_coreml, fp16_overflow_check, normalized_to_pixels,
 )
-from mobileclip.backends.onnx_graph import ImageTower, TextTower  # noqa: E402
+from mobileclip.backends.towers import ImageTower, TextTower  # noqa: E402
 from mobileclip.transforms import preprocess_array  # noqa: E402
 
 MAX_BATCH = 4

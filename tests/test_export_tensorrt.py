@@ -35,7 +35,8 @@ def tiny():
 @pytest.fixture(scope="module")
 def onnx_dir(tiny, tmp_path_factory):
     """image.onnx / text.onnx with a dynamic batch (the default exporter) and a fixed-batch image.onnx."""
-    from mobileclip.backends.onnx_graph import ImageTower, TextTower, export_tower
+    from mobileclip.backends.onnx_graph import export_tower
+    from mobileclip.backends.towers import ImageTower, TextTower
 
     model, tokenizer = tiny
     d = tmp_path_factory.mktemp("trt_onnx")

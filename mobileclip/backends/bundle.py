@@ -28,6 +28,11 @@ from pathlib import Path, PurePosixPath
 from typing import Union
 
 from mobileclip.errors import MobileCLIPError
+
+# The bundle contract's tensor names: every backend's towers take and give these (and the manifest says so).
+IMAGE_IN, TEXT_IN = "image", "tokens"
+IMAGE_OUT, TEXT_OUT = "image_embedding", "text_embedding"
+TENSOR_NAMES = {"image": (IMAGE_IN, IMAGE_OUT), "text": (TEXT_IN, TEXT_OUT)}
 from mobileclip.hashing import sha256_file
 
 from . import REGISTRY

@@ -137,7 +137,7 @@ def export_coreml(image_tower: nn.Module, text_tower: nn.Module, out_dir: Path, 
     """Write ``out_dir/image.mlpackage`` and ``out_dir/text.mlpackage``; return their artifact entries.
 
     ``image_tower`` takes normalized float images ``[B, 3, S, S]`` and ``text_tower`` int tokens
-    ``[B, L]`` (both return L2-normalized embeddings), e.g. :class:`mobileclip.backends.onnx_graph.ImageTower`
+    ``[B, L]`` (both return L2-normalized embeddings), e.g. :class:`mobileclip.backends.towers.ImageTower`
     on a reparameterized model. Raises :class:`ConfigError` on a bad argument (before any work)
     and :class:`CoreMLExportError` when an fp16 export would overflow or a saved package does not
     match its entry.
@@ -349,7 +349,7 @@ def coreml_predictor(path: Path, kind: Optional[str] = None, *, compute_units: s
 
 def export_backend(src, out_dir: Path, options) -> dict:
     """Both towers as ``.mlpackage`` ML programs (int8 = int8 weight compression unless --compress says)."""
-    from .onnx_graph import ImageTower, TextTower
+    from .towers import ImageTower, TextTower
 
     require_coremltools()
     compress = options.compress
@@ -400,7 +400,7 @@ BACKEND = Backend(
 def static_parity(directory: Path, manifest: dict, model, images, tokens, fp16_min_cosine: float) -> dict:
     """Off macOS Core ML cannot predict: check each package's spec against its manifest entry, and run
     the towers' graphs in fp16 in PyTorch on ``images`` (preprocessed) and ``tokens``."""
-    from .onnx_graph import ImageTower, TextTower
+    from .towers import ImageTower, TextTower
 
     arts = manifest["artifacts"]
     misses = []

@@ -6,8 +6,8 @@ import numpy as np
 
 from mobileclip.errors import ConfigError
 
-IMAGE_IN, TEXT_IN = "image", "tokens"
-IMAGE_OUT, TEXT_OUT = "image_embedding", "text_embedding"
+from .bundle import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT  # noqa: F401  (the bundle contract's tensor names)
+
 COMPRESSIONS = ("none", "palettize4", "palettize6", "palettize8", "int8")
 PRECISIONS = ("fp16", "fp32")
 DEPLOYMENT_TARGET = "iOS17"

@@ -75,15 +75,13 @@ def export_executorch(src, out_dir: Path, options: ExportOptions) -> dict:
     """Both towers as ExecuTorch programs (XNNPACK delegate) in ``out_dir``; returns their manifest entries."""
     import torch
 
-    from .onnx_graph import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower
+    from .towers import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, example_inputs
 
     o = options
     b = o.fixed_batch or 1
-    s = src.image_size
-    image_example = torch.rand(b, 3, s, s)
-    tokens = src.tokenizer(["a photo of a dog", "a cat"] * b)[:b].to(getattr(torch, o.token_dtype))
-    towers = {"image": (ImageTower(src.model).eval(), image_example, IMAGE_IN, IMAGE_OUT),
-              "text": (TextTower(src.model).eval(), tokens, TEXT_IN, TEXT_OUT)}
+    example = example_inputs(src, b, o.token_dtype, seed=None)
+    towers = {"image": (ImageTower(src.model).eval(), example["image"], IMAGE_IN, IMAGE_OUT),
+              "text": (TextTower(src.model).eval(), example["text"], TEXT_IN, TEXT_OUT)}
     versions = _versions(o.precision == "int8")
     info = {}
     for role, (tower, example, name_in, name_out) in towers.items():

@@ -33,13 +33,13 @@ import numpy as np
 from mobileclip.errors import ConfigError, MobileCLIPError
 
 from .base import Backend, BackendUnavailable, ExportOptions, Runner
-from .bundle import BundleError
+from .bundle import TENSOR_NAMES, BundleError
 from .base import installed_versions
 from .onnx import check_options as check_int8_options
 
 INSTALL = "pip install 'mobileclip-toolkit[litert]'"
 SIGNATURE = "serving_default"
-NAMES = {"image": ("image", "image_embedding"), "text": ("tokens", "text_embedding")}   # as the ONNX towers
+NAMES = TENSOR_NAMES   # the bundle contract's, as every backend's towers
 EXPORT_PLATFORMS = (("Linux", "x86_64"), ("Darwin", "arm64"))
 FIXED_BATCH_REASON = ("LiteRT graphs have a fixed batch (litert-torch cannot export a dynamic one): a dynamic "
                       "batch was asked for, batch 1 was exported; runners split larger batches")
@@ -333,13 +333,14 @@ def export_litert(src, out_dir: Path, options: ExportOptions) -> dict:
     """Both towers as .tflite files in ``out_dir``; returns their manifest entries."""
     import torch
 
+    from .towers import example_inputs
+
     prepare_export()
     o = options
     b = o.fixed_batch or 1
-    s = src.image_size
     image_tower, text_tower = _towers(src.model)
-    x = torch.rand(b, 3, s, s, generator=torch.Generator().manual_seed(o.seed))
-    tok = src.tokenizer(["a photo of a dog", "a cat"] * b)[:b].to(torch.int32)
+    example = example_inputs(src, b, "int32", seed=o.seed)
+    x, tok = example["image"], example["text"]
     static = o.precision == "int8" and (o.quant == "static" or (o.quant == "auto" and bool(o.calib)))
     tools = installed_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer")
     info = {}

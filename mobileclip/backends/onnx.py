@@ -25,16 +25,15 @@ def export_onnx(src, out_dir: Path, options: ExportOptions, qdq_for_tensorrt: bo
     """Both towers as ONNX files in ``out_dir``; returns their manifest entries."""
     import torch
 
-    from .onnx_graph import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, export_tower, io_spec, \
-        optimize_offline, to_fp16
+    from .onnx_graph import export_tower, io_spec, optimize_offline, to_fp16
+    from .towers import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, example_inputs
 
     o = options
     b = o.fixed_batch or 2
-    s = src.image_size
-    export_tower(ImageTower(src.model), torch.rand(b, 3, s, s), out_dir / "image.onnx", IMAGE_IN, IMAGE_OUT,
+    example = example_inputs(src, b, o.token_dtype)
+    export_tower(ImageTower(src.model), example["image"], out_dir / "image.onnx", IMAGE_IN, IMAGE_OUT,
                  dynamic_batch=not o.fixed_batch, exporter=o.exporter)
-    tok = src.tokenizer(["a photo of a dog", "a cat"] * b)[:b].to(getattr(torch, o.token_dtype))
-    export_tower(TextTower(src.model), tok, out_dir / "text.onnx", TEXT_IN, TEXT_OUT,
+    export_tower(TextTower(src.model), example["text"], out_dir / "text.onnx", TEXT_IN, TEXT_OUT,
                  dynamic_batch=not o.fixed_batch, exporter=o.exporter)
     info = {t: {"file": f"{t}.onnx", "backend": "onnx", "precision": o.precision, "exporter": o.exporter}
             for t in ("image", "text")}
@@ -59,7 +58,8 @@ def _quantize(src, out_dir: Path, info: dict, o: ExportOptions, qdq_for_tensorrt
     including the depthwise ones, int8 symmetric activations, float biases: ``quantize.TARGETS``)
     and the text tower is fp16.
     """
-    from .onnx_graph import IMAGE_IN, to_fp16
+    from .bundle import IMAGE_IN
+    from .onnx_graph import to_fp16
     from .quantize import calibration_images, quantize_dynamic_onnx, quantize_static_onnx
 
     method = "static" if o.quant == "static" or (o.quant == "auto" and o.calib) else "dynamic"

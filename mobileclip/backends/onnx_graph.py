@@ -16,26 +16,6 @@ from torch import nn
 # Opset 20 has a native Gelu op. At opset 18 the dynamo exporter spells GELU as Div/Erf/Mul/Add
 # in an order ONNX Runtime does not re-fuse: MobileCLIP-S0's image tower ran 15% slower.
 OPSET = 20
-IMAGE_IN, TEXT_IN = "image", "tokens"
-IMAGE_OUT, TEXT_OUT = "image_embedding", "text_embedding"
-
-
-class ImageTower(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(image, normalize=True)
-
-
-class TextTower(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens.long(), normalize=True)
 
 
 def export_tower(tower: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
