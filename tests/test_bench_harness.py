@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from mobileclip.app import bench as B
 from mobileclip.benchmarks import harness as H
 from mobileclip.errors import ConfigError
 
@@ -208,7 +209,7 @@ def test_model_label_and_source_accuracy(tmp_path, monkeypatch):
     (["--model", "open_clip:ViT-Q-99"], "no architecture 'ViT-Q-99'"),
 ])
 def test_bad_inputs_fail_with_a_clear_message(argv, message, capsys, tmp_path):
-    assert H.main(argv + ["--out", str(tmp_path / "o")]) == 2
+    assert B.main(argv + ["--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -223,10 +224,10 @@ def test_export_without_model_and_missing_bundle_raise_config_error(tmp_path):
 def test_add_commands_wires_the_bench_subcommand():
     p = argparse.ArgumentParser(prog="mobileclip")
     sub = p.add_subparsers(dest="command", required=True)
-    H.add_commands(sub)
+    B.add_commands(sub)
     args = p.parse_args(["bench", "b1", "b2", "--model", "m", "--model", "open_clip:ViT-B-32", "--batch", "1,8"])
-    assert args.func is H.cmd_bench and args.bundles == ["b1", "b2"]
-    cfg = H.config_from_args(args)
+    assert args.func is B.cmd_bench and args.bundles == ["b1", "b2"]
+    cfg = B.config_from_args(args)
     assert cfg.models == ["m", "open_clip:ViT-B-32"] and cfg.batches == [1, 8]
     assert cfg.command == "mobileclip bench b1 b2 --model m --model open_clip:ViT-B-32"  # 1,8 is the default
     bad = p.parse_args(["bench", "--model", "m", "--batch", "1,x"])
@@ -246,7 +247,7 @@ def _png_size(path):
 def e2e(tiny_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench-run")
     out = root / "out"
-    code = H.main([str(tiny_bundle), "--model", "mobileclip-tiny", "--export", "int8", "--export-dir",
+    code = B.main([str(tiny_bundle), "--model", "mobileclip-tiny", "--export", "int8", "--export-dir",
                    str(root / "exports"), "--accuracy", "mobileclip-tiny=0.27", "--accuracy",
                    "mobileclip-tiny/int8=0.25", "--out", str(out)] + QUICK)
     return code, out, json.loads((out / "bench.json").read_text()), root
@@ -329,7 +330,7 @@ def test_bench_end_to_end_markdown_and_plots(e2e):
 def test_export_dir_bundles_are_reused(e2e, tmp_path):
     """A second run finds the bundle --export wrote and times it again without exporting."""
     _, _, _, root = e2e
-    res = H.run_bench(H.config_from_args(_args(["--model", "mobileclip-tiny", "--export", "int8", "--export-dir",
+    res = H.run_bench(B.config_from_args(_args(["--model", "mobileclip-tiny", "--export", "int8", "--export-dir",
                                                 str(root / "exports"), "--runtime", "onnxruntime", "--towers",
                                                 "text", "--out", str(tmp_path)] + QUICK)))
     assert [(r["runtime"], r["precision"], r["batch"], r["status"]) for r in res["rows"]] == [
@@ -340,7 +341,7 @@ def test_export_dir_bundles_are_reused(e2e, tmp_path):
 
 def _args(argv):
     p = argparse.ArgumentParser()
-    H.add_arguments(p)
+    B.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -362,7 +363,7 @@ def test_cases_that_cannot_run_are_skipped_with_a_reason(tiny_bundle, tmp_path):
     trt = _fake_bundle(tiny_bundle, tmp_path / "trt", backend="tensorrt")
     cml = _fake_bundle(tiny_bundle, tmp_path / "cml", backend="coreml")
     fixed = _fake_bundle(tiny_bundle, tmp_path / "fixed", fixed=1)
-    code = H.main([str(trt), str(cml), str(fixed), "--towers", "image", "--out", str(tmp_path / "o")] + QUICK)
+    code = B.main([str(trt), str(cml), str(fixed), "--towers", "image", "--out", str(tmp_path / "o")] + QUICK)
     assert code == 0  # skipped is not failed
     rows = json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]
     by = {(r["runtime"], r["bundle"], r["batch"]): r for r in rows}
@@ -386,7 +387,7 @@ def test_runtime_filter_and_compile_failure_recorded_as_skipped(tmp_path, monkey
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    res = H.run_bench(H.config_from_args(_args(["--model", "mobileclip-tiny", "--runtime", "torch", "--towers", "text",
+    res = H.run_bench(B.config_from_args(_args(["--model", "mobileclip-tiny", "--runtime", "torch", "--towers", "text",
                                                 "--compile", "--out", str(tmp_path)] + QUICK)))
     status = {(r["runtime"], r["batch"]): (r["status"], r["reason"]) for r in res["rows"]}
     assert status[("torch", 1)] == ("ok", None) and status[("torch", 2)] == ("ok", None)
@@ -411,7 +412,7 @@ def test_a_failed_export_precision_loses_neither_the_torch_rows_nor_the_other_pr
         return real(name, d, precision=precision, **kw)
 
     monkeypatch.setattr(export_mod, "export", export)
-    code = H.main(["--model", "mobileclip-tiny", "--export", "fp32,fp16", "--export-dir", str(tmp_path / "x"),
+    code = B.main(["--model", "mobileclip-tiny", "--export", "fp32,fp16", "--export-dir", str(tmp_path / "x"),
                    "--towers", "text", "--out", str(tmp_path / "o")] + QUICK)
     assert code == 2
     rows = json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]

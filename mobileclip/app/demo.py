@@ -273,7 +273,7 @@ def runtime_table(rows: dict) -> list:
 
 def latency_step(out: Path, quick: bool = False) -> list:
     """``mobileclip bench`` over the bundles this machine can run and the PyTorch student; its table for the report."""
-    from ..benchmarks.harness import main as bench
+    from .bench import main as bench
 
     runs = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1"] if quick else [
         "--min-runs", "20", "--min-seconds", "1"]
