@@ -816,25 +816,9 @@ def test_training_with_device_decoding_equals_decoding_in_the_workers(photos, tm
     torch's resize) and one leaving the JPEGs to the training device (and keeping its pre-tokenized captions in
     data.token_cache): on the CPU the batches are bit-equal, so the losses are too."""
     pytest.importorskip("torchvision")
-    import json
-
-    from mobileclip.benchmarks.data_throughput import make_jpeg
-    from mobileclip.distill import load_config, train
-
-    rng = np.random.default_rng(3)
-    rows = ["image,caption"]
-    for i in range(8):
-        (tmp_path / f"{i}.jpg").write_bytes(make_jpeg(photos[i % len(photos)], rng, size=(160, 120)))
-        rows.append(f"{i}.jpg,photo number {i}")
-    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
-    base = ["student=mobileclip-tiny", "batch_size=4", "steps=2", "log_every=1", "progress=false", "eval.every=0",
-            "data.source=captions", f"data.path={tmp_path / 'pairs.csv'}", "data.workers=1", "optim.warmup_steps=1"]
-    losses = {}
-    for name, opts in (("workers", ["data.decoder=torchvision", "data.resize=torch"]),
-                       ("device", ["data.decoder=device", f"data.token_cache={tmp_path / 'tokens'}"])):
-        summary = train(load_config(None, base + opts + [f"out={tmp_path / name}"]))
-        assert summary["steps"] == 2 and summary["skipped_images"] == 0
-        losses[name] = [json.loads(ln)["loss"] for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    losses = _losses_of_short_runs(photos, tmp_path, 3, 1, (
+        ("workers", ["data.decoder=torchvision", "data.resize=torch"]),
+        ("device", ["data.decoder=device", f"data.token_cache={tmp_path / 'tokens'}"])))
     assert losses["device"] == losses["workers"] and len(losses["device"]) == 2
     assert len(list((tmp_path / "tokens").glob("tokens-*/tokens.npy"))) == 1  # data.token_cache stored the table
 
@@ -864,26 +848,35 @@ def test_device_decoder_on_cuda_is_close_to_the_cpu(jpegs, pp, tok):
 def test_default_pipeline_is_the_fastest_exact_path(photos, tmp_path):
     """data.* defaults to its fastest exact levers (uint8 batches, pre-tokenized captions, simplejpeg): a short run
     with them gives the same losses as the old path (float32 batches, captions tokenized per sample, Pillow)."""
-    import json
-
-    from mobileclip.benchmarks.data_throughput import make_jpeg
-    from mobileclip.distill import load_config, train
     from mobileclip.distill.config import DataConfig
 
     d = DataConfig()
     assert (d.image_dtype, d.pretokenize, d.decoder, d.resize, d.draft) == ("uint8", True, "simplejpeg", "pil", False)
-    rng = np.random.default_rng(5)
+    losses = _losses_of_short_runs(photos, tmp_path, 5, 0, (
+        ("default", []), ("old", ["data.image_dtype=float32", "data.pretokenize=false", "data.decoder=pil"])))
+    assert losses["default"] == losses["old"] and len(losses["old"]) == 2
+
+
+def _losses_of_short_runs(photos, tmp_path, seed: int, workers: int, variants) -> dict:
+    """``{name: [loss per step]}`` of two-step CPU runs of mobileclip-tiny on one caption file of 8 photo JPEGs,
+    one run per ``(name, extra config options)`` in ``variants``; each must run both steps and skip no image."""
+    import json
+
+    from mobileclip.benchmarks.data_throughput import make_jpeg
+    from mobileclip.distill import load_config, train
+
+    rng = np.random.default_rng(seed)
     rows = ["image,caption"]
     for i in range(8):
         (tmp_path / f"{i}.jpg").write_bytes(make_jpeg(photos[i % len(photos)], rng, size=(160, 120)))
-        rows.append(f"{i}.jpg,a photo numbered {i}")
+        rows.append(f"{i}.jpg,photo number {i}")
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
     base = ["student=mobileclip-tiny", "batch_size=4", "steps=2", "log_every=1", "progress=false", "eval.every=0",
-            "data.source=captions", f"data.path={tmp_path / 'pairs.csv'}", "data.workers=0", "optim.warmup_steps=1"]
+            "data.source=captions", f"data.path={tmp_path / 'pairs.csv'}", f"data.workers={workers}",
+            "optim.warmup_steps=1"]
     losses = {}
-    for name, opts in (("default", []), ("old", ["data.image_dtype=float32", "data.pretokenize=false",
-                                                 "data.decoder=pil"])):
-        summary = train(load_config(None, base + opts + [f"out={tmp_path / name}"]))
+    for name, opts in variants:
+        summary = train(load_config(None, base + list(opts) + [f"out={tmp_path / name}"]))
         assert summary["steps"] == 2 and summary["skipped_images"] == 0
         losses[name] = [json.loads(ln)["loss"] for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    assert losses["default"] == losses["old"] and len(losses["old"]) == 2
+    return losses
