@@ -112,7 +112,8 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
 def _portable_tokenizer(directory: Path, info: dict) -> None:
     """A CLIP BPE bundle also carries ``tokenizer.json`` (Hugging Face ``tokenizers`` format) for apps
     in Swift, Kotlin or JS; the vocabulary file stays for the pure-Python tokenizer."""
-    from mobileclip.runtime.hf_tokenizer import MANIFEST_KEY, TOKENIZER_JSON, write_tokenizer_json
+    from mobileclip.runtime.hf_tokenizer import MANIFEST_KEY, TOKENIZER_JSON
+    from mobileclip.runtime.tokenizer_json import write_tokenizer_json
 
     if info.get("name") != "clip-bpe":
         return

@@ -13,6 +13,7 @@ from open_clip.tokenizer import SimpleTokenizer, default_bpe  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from mobileclip.runtime import hf_tokenizer as H  # noqa: E402
+from mobileclip.runtime import tokenizer_json as TJ  # noqa: E402
 from mobileclip.runtime.tokenizer import ClipBPE, TokenizerError  # noqa: E402
 
 VOCAB = default_bpe()
@@ -61,7 +62,7 @@ def _json_ids(path, texts):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
-    return {c: H.write_tokenizer_json(VOCAB, c, d / f"tokenizer-{c}.json") for c in (77, 16, 5)}
+    return {c: TJ.write_tokenizer_json(VOCAB, c, d / f"tokenizer-{c}.json") for c in (77, 16, 5)}
 
 
 @pytest.mark.parametrize("context", [77, 16, 5])
@@ -93,7 +94,7 @@ def test_json_fuzz_only_documented_gaps(files):
     got, want = _json_ids(files[77], texts), _ref(texts, 77)
     import ftfy
 
-    covered = set(H._numeric_codepoints())
+    covered = set(TJ._numeric_codepoints())
 
     def explained(t):
         if ftfy.fix_text(t) != ftfy.fix_text(t, fix_encoding=False):
@@ -118,12 +119,12 @@ def test_documented_gaps_are_real_and_python_cleaning_closes_them(files):
 
 
 def test_written_file_is_byte_stable(tmp_path):
-    a = H.write_tokenizer_json(VOCAB, 77, tmp_path / "a.json").read_bytes()
-    b = H.write_tokenizer_json(VOCAB, 77, tmp_path / "b.json").read_bytes()
-    assert a == b == H.dumps(H.tokenizer_json(VOCAB, 77))
-    assert a.endswith(b"\n") and json.loads(a) == H.tokenizer_json(VOCAB, 77)
+    a = TJ.write_tokenizer_json(VOCAB, 77, tmp_path / "a.json").read_bytes()
+    b = TJ.write_tokenizer_json(VOCAB, 77, tmp_path / "b.json").read_bytes()
+    assert a == b == TJ.dumps(TJ.tokenizer_json(VOCAB, 77))
+    assert a.endswith(b"\n") and json.loads(a) == TJ.tokenizer_json(VOCAB, 77)
     assert not list(tmp_path.glob("*.tmp"))
-    c = json.loads(H.write_tokenizer_json(VOCAB, 16, tmp_path / "c.json").read_bytes())
+    c = json.loads(TJ.write_tokenizer_json(VOCAB, 16, tmp_path / "c.json").read_bytes())
     d = json.loads(a)
     assert c["padding"]["strategy"] == {"Fixed": 16} and c["truncation"]["max_length"] == 16
     assert {k: v for k, v in c.items() if k not in ("padding", "truncation")} == \
@@ -209,7 +210,7 @@ def test_hf_tokenizer_equals_clipbpe(files):
 
 def _bundle(tmp_path, **extra):
     (tmp_path / "bpe_simple_vocab_16e6.txt.gz").write_bytes(open(VOCAB, "rb").read())
-    H.write_tokenizer_json(VOCAB, 16, tmp_path / H.TOKENIZER_JSON)
+    TJ.write_tokenizer_json(VOCAB, 16, tmp_path / H.TOKENIZER_JSON)
     info = {"name": "clip-bpe", "vocab_file": "bpe_simple_vocab_16e6.txt.gz", "context_length": 16, "pad_id": 0}
     info.update(extra)
     return tmp_path, info
@@ -244,20 +245,20 @@ def test_load_bundle_tokenizer_prefers_tokenizers_and_falls_back(tmp_path, monke
 
 def test_tokenizer_json_errors(tmp_path):
     with pytest.raises(TokenizerError, match="does not exist"):
-        H.tokenizer_json(tmp_path / "none.txt.gz", 77)
+        TJ.tokenizer_json(tmp_path / "none.txt.gz", 77)
     (tmp_path / "bad.txt.gz").write_bytes(b"not gzip")
     with pytest.raises(TokenizerError, match="cannot be read"):
-        H.tokenizer_json(tmp_path / "bad.txt.gz", 77)
+        TJ.tokenizer_json(tmp_path / "bad.txt.gz", 77)
     for bad in (1, "77", True):
         with pytest.raises(TokenizerError, match="context length"):
-            H.tokenizer_json(VOCAB, bad)
+            TJ.tokenizer_json(VOCAB, bad)
     with pytest.raises(TokenizerError, match="pad id"):
-        H.tokenizer_json(VOCAB, 77, pad_id=49408)
+        TJ.tokenizer_json(VOCAB, 77, pad_id=49408)
 
 
 def test_case_keeping_variant_matches_clean_whitespace(tmp_path):
     """lowercase=False is open_clip's clean='whitespace' (and ClipBPE(lowercase=False))."""
-    path = H.write_tokenizer_json(VOCAB, 32, tmp_path / "t.json", lowercase=False)
+    path = TJ.write_tokenizer_json(VOCAB, 32, tmp_path / "t.json", lowercase=False)
     texts = ["A PHOTO OF A CAT", "IT'S 'ſ ΟΔΟΣ", "<START_OF_TEXT> x <start_of_text>",
              "MiXeD &Eacute; &eacute; Ｆｕｌｌ"]
     want = SimpleTokenizer(context_length=32, clean="whitespace")(texts).numpy()
