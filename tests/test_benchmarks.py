@@ -219,15 +219,15 @@ def test_distill_real_splits_are_fixed_by_item_and_missing_parts_are_named(tmp_p
     (make distill-real-deps); what runs here: the split function, and the one-line refusal."""
     from collections import Counter
 
-    from mobileclip.benchmarks import distill_real
+    from mobileclip.benchmarks import distill_real, distill_real_data
 
     ids = [f"clipart:{i:016x}" for i in range(20000)]
-    splits = [distill_real.split_of(i) for i in ids]
-    assert splits == [distill_real.split_of(i) for i in ids]   # a function of the item alone
+    splits = [distill_real_data.split_of(i) for i in ids]
+    assert splits == [distill_real_data.split_of(i) for i in ids]   # a function of the item alone
     counts = Counter(splits)
-    for name, frac in distill_real.SPLITS:
+    for name, frac in distill_real_data.SPLITS:
         assert abs(counts[name] / len(ids) - frac) < 0.01, (name, counts[name])
-    monkeypatch.setattr(distill_real, "OPENCLIPART", tmp_path / "nowhere")
+    monkeypatch.setattr(distill_real_data, "OPENCLIPART", tmp_path / "nowhere")
     assert distill_real.main(["--work", str(tmp_path / "w"), "--prepare-only"]) == 2
     assert "apt-get install openclipart-png openclipart-svg" in capsys.readouterr().err
     results = [{"config": m, "seed": s, "train_s": 1.0, "params": 8,

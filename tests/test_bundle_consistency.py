@@ -25,7 +25,7 @@ from mobileclip.runtime.tokenizer import TokenizerError  # noqa: E402
 
 def _edit_json(d, fn):
     """Edit the bundle's tokenizer.json with ``fn(config)`` and re-sign the manifest (checksums pass)."""
-    from mobileclip.benchmarks.robustness import edit_tokenizer_json
+    from mobileclip.benchmarks.robustness_cases import edit_tokenizer_json
 
     edit_tokenizer_json(d, fn)
 
