@@ -224,3 +224,17 @@ def test_the_bundle_contract_names_its_tensors_once():
     where = sorted({name for name, tree in TREES.items() for n in ast.walk(tree)
                     if isinstance(n, ast.Constant) and n.value in names and id(n) not in _docstrings(tree)})
     assert where == ["mobileclip.backends.bundle"], where
+
+
+BENCH_PRODUCT = {"mobileclip.benchmarks.harness", "mobileclip.benchmarks.cases", "mobileclip.benchmarks.runtimes",
+                 "mobileclip.benchmarks.stats", "mobileclip.benchmarks.report", "mobileclip.benchmarks.plots",
+                 "mobileclip.benchmarks.common", "mobileclip.benchmarks"}
+
+
+def test_the_bench_product_never_imports_a_measurement_script():
+    """benchmarks/ holds the `mobileclip bench` product and one-off measurement scripts (docs/layout.md): the product
+    imports only itself and the layers below, so a script can change or go without touching `mobileclip bench`."""
+    bad = [f"{v} imports {w}" for v in BENCH_PRODUCT for w in GRAPH[v]
+           if w.startswith("mobileclip.benchmarks.") and w not in BENCH_PRODUCT]
+    assert not bad, bad
+    assert {"mobileclip.app.bench"} <= {v for v, ws in GRAPH.items() if "mobileclip.benchmarks.harness" in ws}
