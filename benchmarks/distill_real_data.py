@@ -57,7 +57,7 @@ CONFIGS = {
 
 
 class MissingPart(RuntimeError):
-    pass
+    """A package or file the benchmark needs (data, teacher weights) is not installed here."""
 
 
 def _clean(s: str) -> str:

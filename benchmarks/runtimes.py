@@ -143,7 +143,11 @@ class BundleRuntime(Runtime):
         self.opened, self.dir, self.manifest = opened, opened.directory, opened.manifest
         backend = backends.get(self.manifest["artifacts"]["image"]["backend"])
         self.name, self.io = backend.runtime, backend.io
-        self._runners: dict = {}
+        for r in opened.runners.values():
+            if hasattr(r, "inter_threads"):
+                r.inter_threads = 1
+            if hasattr(r, "probe_placement"):   # ONNX Runtime: which providers really run the nodes (first call)
+                r.probe_placement = True
 
     def entry(self, tower: str) -> dict:
         return self.manifest["artifacts"][tower]
@@ -152,20 +156,12 @@ class BundleRuntime(Runtime):
         return self.entry(tower)["precision"]
 
     def runner(self, tower: str):
-        if tower not in self._runners:
-            r = self.opened.runners[tower]
-            if hasattr(r, "inter_threads"):
-                r.inter_threads = 1
-            if hasattr(r, "probe_placement"):   # ONNX Runtime: which providers really run the nodes (first call)
-                r.probe_placement = True
-            self._runners[tower] = r
-        return self._runners[tower]
+        return self.opened.runners[tower]
 
     def placement(self, tower: str) -> Optional[dict]:
         """``{"providers": [...], "nodes": {provider: count}}`` the tower's session really used, once it has run
         (ONNX Runtime runners); None where the backend cannot say."""
-        r = self._runners.get(tower)
-        return getattr(r, "placement", None) if r is not None else None
+        return getattr(self.opened.runners[tower], "placement", None)
 
     def inputs(self, tower: str, batch: int) -> np.ndarray:
         fixed = self.runner(tower).fixed_batch
@@ -195,6 +191,4 @@ class BundleRuntime(Runtime):
         return lambda: r.infer(x)
 
     def close(self) -> None:
-        for r in self._runners.values():
-            r.deactivate()
-        self._runners.clear()
+        self.opened.close()

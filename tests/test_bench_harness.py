@@ -433,7 +433,7 @@ def test_a_gpu_row_with_nodes_on_the_cpu_says_so():
 
     class Placed(BundleRuntime):
         def __init__(self):
-            pass
+            """No bundle behind it: only placement() is asked."""
 
         def placement(self, tower):
             return {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],

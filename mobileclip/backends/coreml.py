@@ -58,8 +58,9 @@ from mobileclip.errors import ConfigError, MobileCLIPError
 from .base import Backend, BackendUnavailable, Runner
 from .coreml_checks import check_spec
 from .coreml_compress import compress_weights
-from .coreml_format import (COMPRESSIONS, COMPUTE_UNITS, DEPLOYMENT_TARGET, FILES, IMAGE_IN, IMAGE_OUT, INPUT_SCALE,
-                             PRECISIONS, SPECIFICATION_VERSION, TEXT_IN, TEXT_OUT, require_coremltools)
+from .bundle import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT
+from .coreml_format import (COMPRESSIONS, COMPUTE_UNITS, DEPLOYMENT_TARGET, FILES, INPUT_SCALE, PRECISIONS,
+                            SPECIFICATION_VERSION, require_coremltools)
 from .coreml_fp16 import fp16_check, fp16_overflow_check, frozen, mil_constant_scan, trace
 
 

@@ -1,12 +1,10 @@
-"""The Core ML bundle format: tensor names, files, precisions, compressions, the deployment target, compute units,
+"""The Core ML bundle format: files, precisions, compressions, the deployment target, compute units,
 and coremltools itself (imported, with the versions that convert, or refused with how to install it)."""
 from __future__ import annotations
 
 import numpy as np
 
 from mobileclip.errors import ConfigError
-
-from .bundle import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT  # noqa: F401  (the bundle contract's tensor names)
 
 COMPRESSIONS = ("none", "palettize4", "palettize6", "palettize8", "int8")
 PRECISIONS = ("fp16", "fp32")

@@ -75,7 +75,8 @@ def export_executorch(src, out_dir: Path, options: ExportOptions) -> dict:
     """Both towers as ExecuTorch programs (XNNPACK delegate) in ``out_dir``; returns their manifest entries."""
     import torch
 
-    from .towers import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, example_inputs
+    from .bundle import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT
+    from .towers import ImageTower, TextTower, example_inputs
 
     o = options
     b = o.fixed_batch or 1

@@ -26,7 +26,8 @@ def export_onnx(src, out_dir: Path, options: ExportOptions, qdq_for_tensorrt: bo
     import torch
 
     from .onnx_graph import export_tower, io_spec, optimize_offline, to_fp16
-    from .towers import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT, ImageTower, TextTower, example_inputs
+    from .bundle import IMAGE_IN, IMAGE_OUT, TEXT_IN, TEXT_OUT
+    from .towers import ImageTower, TextTower, example_inputs
 
     o = options
     b = o.fixed_batch or 2

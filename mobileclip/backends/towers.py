@@ -8,8 +8,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .bundle import IMAGE_IN, IMAGE_OUT, TENSOR_NAMES, TEXT_IN, TEXT_OUT  # noqa: F401  (the names they carry)
-
 EXAMPLE_PROMPTS = ("a photo of a dog", "a cat")
 
 

@@ -211,8 +211,6 @@ class RuntimeModel:
         self.directory = Path(directory)
         self.manifest = manifest
         try:
-            arts = manifest["artifacts"]
-            entries = {t: arts[t] for t in ("image", "text")}
             self.name = str(manifest["model"])
             self.embed_dim = int(manifest["embed_dim"])
             self.logit_scale = float(manifest["logit_scale"])
