@@ -107,6 +107,26 @@ def test_validate_detects_a_mismatch(bundle, tmp_path):
     assert not report["passed"]
 
 
+def test_allow_mismatch_exits_0_and_says_where_the_miss_is(bundle, tmp_path, capsys, monkeypatch):
+    from mobileclip.app.cli import main
+    from mobileclip.export import parity
+
+    # A threshold no export can meet: parity fails for certain, so both exit paths are exercised.
+    monkeypatch.setitem(parity.THRESHOLDS["fp32"], "min_cosine", 1.5)
+    out = tmp_path / "miss"
+    assert main(["export", "mobileclip-tiny", "--out", str(out), "--max-batch", "2"]) == 2   # a ParityError
+    assert "parity check failed: image batch 1: min cosine" in capsys.readouterr().err
+    assert load_manifest(out)["parity"]["passed"] is False   # the bundle is kept, its miss recorded
+    assert main(["export", "mobileclip-tiny", "--out", str(out), "--max-batch", "2", "--overwrite",
+                 "--allow-mismatch"]) == 0
+    said = capsys.readouterr().out
+    assert "parity FAILED" in said and "--allow-mismatch: exit status 0" in said and "manifest.json" in said
+    assert load_manifest(out)["parity"]["passed"] is False   # the miss is recorded in the bundle
+    assert main(["validate", str(out), "--max-batch", "2"]) == 1
+    assert main(["validate", str(out), "--max-batch", "2", "--allow-mismatch"]) == 0
+    assert "--allow-mismatch: exit status 0" in capsys.readouterr().out
+
+
 def test_cli_export_validate_and_errors(tmp_path, capsys, synth_folder):
     from mobileclip.app.cli import main
 
@@ -183,10 +203,13 @@ def test_int8_static_bundle_calibrated_on_real_images(tmp_path, synth_folder, ca
     from mobileclip.backends.quantize import op_counts
 
     out = tmp_path / "st"
-    main(["export", "mobileclip-tiny", "--out", str(out), "--precision", "int8", "--calib", str(synth_folder),
-          "--calib-size", "16", "--max-batch", "8", "--data", str(synth_folder), "--allow-mismatch"])
+    rc = main(["export", "mobileclip-tiny", "--out", str(out), "--precision", "int8", "--calib", str(synth_folder),
+               "--calib-size", "16", "--max-batch", "8", "--data", str(synth_folder), "--allow-mismatch"])
+    assert rc == 0   # --allow-mismatch: exit 0 whatever parity says
     m = load_manifest(out)
     _only_top1_misses(m["parity"])
+    if not m["parity"]["passed"]:   # a miss is said and recorded, not hidden
+        assert "--allow-mismatch: exit status 0 although parity failed" in capsys.readouterr().out
     q = m["artifacts"]["image"]["quantization"]
     assert q["method"] == "static" and q["format"] == "QDQ" and q["calibration_images"] == 16
     assert q["kept_fp32_grouped_convs"] > 0  # depthwise convs stay fp32 (ORT's int8 ones are slower)

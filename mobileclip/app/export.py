@@ -40,7 +40,7 @@ def cmd_export(args) -> int:
                               f"pip install '{DISTRIBUTION}[{extra}]' ({e})") from e
     print(f"wrote {args.out}: {', '.join(a['file'] for a in m['artifacts'].values())}; parity "
           + _parity_line(m["parity"]))
-    return 0 if m["parity"]["passed"] else 1
+    return _exit_status(m["parity"]["passed"], args.allow_mismatch, "manifest.json and parity.json")
 
 
 def cmd_validate(args) -> int:
@@ -52,9 +52,18 @@ def cmd_validate(args) -> int:
             print(f"{tower:5} batch {row['batch']:4}: min cosine {row['min_cosine']:.7f}  "
                   f"mean {row['mean_cosine']:.7f}  max-abs {row['max_abs_diff']:.2e}")
     print("parity " + _parity_line(r) + f"; report: {r['report_path']} (the bundle is not modified)")
-    if not r["passed"] and args.allow_mismatch:
+    return _exit_status(r["passed"], args.allow_mismatch, r["report_path"])
+
+
+def _exit_status(passed: bool, allow_mismatch: bool, where: str) -> int:
+    """0 when parity passed, or when it failed under ``--allow-mismatch`` (the miss is recorded in
+    ``where`` and said here); 1 otherwise."""
+    if passed:
         return 0
-    return 0 if r["passed"] else 1
+    if allow_mismatch:
+        print(f"--allow-mismatch: exit status 0 although parity failed; the misses are recorded in {where}")
+        return 0
+    return 1
 
 
 def cmd_convert(args) -> int:
