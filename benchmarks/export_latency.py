@@ -34,7 +34,7 @@ import torch
 from mobileclip import spec as specs
 
 
-def _session(path: Path, threads: int):
+def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -45,7 +45,7 @@ def _session(path: Path, threads: int):
 
 
 def ort_case(path: Path, feeds: dict, threads: int):
-    sess = _session(path, threads)
+    sess = ort_session(path, threads)
     return lambda: sess.run(None, feeds)
 
 

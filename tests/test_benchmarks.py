@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -311,3 +312,25 @@ def test_data_throughput_writes_results_with_the_device_row(tmp_path, monkeypatc
     assert rows["captions", "device"]["w0_device_ms_per_sample"] > 0
     md = (tmp_path / "data_throughput.md").read_text()
     assert "timed apart on this CPU" in md and "none, in every configuration" in md
+
+
+@pytest.mark.parametrize("gather", ["Gather", "GatherElements"])
+def test_int8_levers_gelu_lookup_is_exact(tmp_path, gather):
+    """The GELU lookup that int8_levers times changes nothing but speed: outputs equal the int8 recipe's."""
+    import onnxruntime as ort
+
+    from mobileclip.backends.quantize import op_counts, quantize_static_onnx
+    from mobileclip.benchmarks.int8_levers import gelu_lookup
+    from mobileclip.export import export
+
+    m = export("mobileclip-tiny", tmp_path / "b", max_batch=2, allow_mismatch=True)
+    size = m["image_size"]
+    x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)
+    recipe, lookup = tmp_path / "recipe.onnx", tmp_path / "lookup.onnx"
+    quantize_static_onnx(tmp_path / "b" / "image.onnx", recipe, "image", x)
+    n = gelu_lookup(recipe, lookup, gather=gather)
+    before, after = op_counts(recipe), op_counts(lookup)
+    assert n > 0 and after.get("Gelu", 0) == before["Gelu"] - n and after[gather] == n
+    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+           for p in (recipe, lookup)}
+    assert np.array_equal(run[recipe], run[lookup])

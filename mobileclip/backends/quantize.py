@@ -104,13 +104,15 @@ def grouped_convs(path: Path) -> list:
 
 def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndarray,
                          calibration: str = "minmax", op_types: Sequence[str] = STATIC_OPS,
-                         target: str = "onnxruntime") -> dict:
+                         target: str = "onnxruntime", keep_fp32: Optional[Sequence[str]] = None) -> dict:
     """QDQ int8 with activation ranges calibrated on ``samples`` (real inputs, first axis = batch).
 
     Only ``op_types`` (Conv/MatMul/Gemm) are quantized: Q/DQ pairs around element-wise ops
     cost more than they save. ``target`` picks the recipe of :data:`TARGETS`: ``onnxruntime``
     (uint8 activations, depthwise convolutions kept fp32) or ``tensorrt`` (int8 symmetric
     activations, every convolution quantized including depthwise ones, float biases).
+    ``keep_fp32`` names the nodes left in float instead of the recipe's choice (measurements of other
+    choices: ``benchmarks/int8_levers.py``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -131,14 +133,17 @@ def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndar
     with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
         prepare(Path(src), pre)
-        excluded = [] if recipe["quantize_grouped_convs"] else grouped_convs(pre)
+        grouped = grouped_convs(pre)
+        excluded = (list(keep_fp32) if keep_fp32 is not None
+                    else [] if recipe["quantize_grouped_convs"] else grouped)
         quantize_static(str(pre), str(dst), _Reader(input_name, samples), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(op_types), nodes_to_exclude=excluded, per_channel=True,
                         activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
                         extra_options=extra)
     return {"quantization": {"method": "static", "format": "QDQ", "target": target, "calibration": calibration,
                              "calibration_samples": int(len(samples)), "op_types": list(op_types),
-                             "kept_fp32_grouped_convs": len(excluded), "weights": "int8 symmetric per-channel",
+                             "kept_fp32_grouped_convs": len(set(grouped) & set(excluded)),
+                             "kept_fp32_nodes": len(excluded), "weights": "int8 symmetric per-channel",
                              "activations": "int8 symmetric" if symmetric else "uint8",
                              "biases": "int32" if recipe["quantize_bias"] else "float"}}
 

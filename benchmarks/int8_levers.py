@@ -1,0 +1,222 @@
+"""MobileCLIP-S0's image tower in int8 on ONNX Runtime: each lever against fp32, side by side in one run.
+
+    .venv/bin/python -m mobileclip.benchmarks.int8_levers      (no options: batch 1, 2 threads)
+
+Issue 23 asks for S0's int8 image tower at <= 0.6x fp32 latency. A per-op profile of the recipe
+(static QDQ, uint8 activations, depthwise convolutions kept fp32) puts GELU, evaluated in fp32 between a
+DequantizeLinear and a QuantizeLinear, and the depthwise convolutions among the largest costs. Cases, timed in
+interleaved rounds (drift on a shared machine hits them alike), batch 1, 2 intra-op threads:
+
+* ``fp32`` twice: the two copies' difference is this machine's noise;
+* ``int8 recipe``: what ``mobileclip export --precision int8`` writes;
+* ``+ GELU lookup``: the recipe with each DequantizeLinear -> Gelu -> QuantizeLinear replaced by a 256-entry
+  table on the quantized values (``Cast`` + ``Gather``, standard ONNX ops). It is exact for a per-tensor
+  scale: the run checks that its outputs equal the recipe's;
+* ``+ GELU lookup (GatherElements)``: the same table through ``GatherElements`` on the flattened tensor;
+* ``3x3 depthwise int8``: the recipe with the 3x3 depthwise convolutions quantized too (7x7 kept fp32);
+* ``all depthwise int8``: every depthwise convolution quantized.
+
+Also the per-op-type profile (ONNX Runtime's profiler) of fp32 and of the recipe. Random weights: speed does
+not depend on them. Writes ``int8_levers.json`` and ``.md`` to ``benchmarks/results``.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .export_latency import ort_session, time_interleaved
+
+THREADS = 2
+OUT = Path("benchmarks/results")
+GOAL = 0.6
+
+
+def gelu_lookup(src: Path, dst: Path, gather: str = "Gather") -> int:
+    """Rewrite every ``DequantizeLinear -> Gelu -> QuantizeLinear`` (per-tensor uint8 scales) of ``src`` as a
+    256-entry lookup on the quantized values; returns how many were rewritten. The table holds exactly what the
+    float path computes for each of the 256 inputs, so the outputs are unchanged."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    users = collections.defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            users[i].append(n)
+    drop, after, count = set(), {}, 0
+    for n in g.node:
+        dq = producer.get(n.input[0]) if n.op_type == "Gelu" else None
+        q = users[n.output[0]][0] if n.op_type == "Gelu" and len(users[n.output[0]]) == 1 else None
+        if dq is None or q is None or dq.op_type != "DequantizeLinear" or q.op_type != "QuantizeLinear":
+            continue
+        s_in, s_out = inits.get(dq.input[1]), inits.get(q.input[1])
+        z_in = inits.get(dq.input[2]) if len(dq.input) > 2 else None
+        z_out = inits.get(q.input[2]) if len(q.input) > 2 else None
+        if (s_in is None or s_out is None or s_in.size != 1 or s_out.size != 1
+                or any(z is None or z.dtype != np.uint8 for z in (z_in, z_out))):
+            continue
+        x = ((np.arange(256) - int(z_in)) * np.float32(s_in)).astype(np.float64)
+        y = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x], dtype=np.float32)
+        table = np.clip(np.rint(y / np.float32(s_out)) + int(z_out), 0, 255).astype(np.uint8)
+        name = f"gelu_lookup_{count}"
+        g.initializer.append(numpy_helper.from_array(table, name + "_table"))
+        if gather == "Gather":
+            nodes = [helper.make_node("Cast", [dq.input[0]], [name + "_i"], to=TensorProto.INT32),
+                     helper.make_node("Gather", [name + "_table", name + "_i"], [q.output[0]], axis=0)]
+        else:
+            g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), name + "_flat"))
+            nodes = [helper.make_node("Shape", [dq.input[0]], [name + "_shape"]),
+                     helper.make_node("Reshape", [dq.input[0], name + "_flat"], [name + "_x"]),
+                     helper.make_node("Cast", [name + "_x"], [name + "_i"], to=TensorProto.INT32),
+                     helper.make_node("GatherElements", [name + "_table", name + "_i"], [name + "_y"], axis=0),
+                     helper.make_node("Reshape", [name + "_y", name + "_shape"], [q.output[0]])]
+        drop |= {id(n), id(q)} | ({id(dq)} if len(users[dq.output[0]]) == 1 else set())
+        after[id(dq)] = nodes
+        count += 1
+    kept = []
+    for n in g.node:
+        if id(n) not in drop:
+            kept.append(n)
+        kept.extend(after.get(id(n), []))
+    del g.node[:]
+    g.node.extend(kept)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return count
+
+
+def depthwise(path: Path, kernels: set) -> list:
+    """Names of the depthwise (grouped) convolutions of ``path`` whose kernel is in ``kernels``."""
+    import onnx
+
+    m = onnx.load(str(path))
+    dims = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    return [n.name for n in m.graph.node if n.op_type == "Conv" and dims.get(n.input[1], ())[2:] in kernels
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def op_profile(path: Path, feeds: dict, runs: int = 20) -> dict:
+    """ms per call by op type, from ONNX Runtime's profiler over ``runs`` + 3 calls."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = THREADS, 1, 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.with_suffix("")) + "_profile"
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, feeds)
+    for _ in range(runs):
+        sess.run(None, feeds)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per = collections.Counter()
+    nodes = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per[e["args"]["op_name"]] += e["dur"]
+            nodes[e["args"]["op_name"]] += 1
+    calls = runs + 3   # the profile holds the untimed calls too
+    return {op: {"ms": us / calls / 1000, "nodes": nodes[op] // calls} for op, us in per.most_common()}
+
+
+def main() -> None:
+    import onnxruntime
+    import torch
+
+    from mobileclip.backends.quantize import calibration_images, op_counts, quantize_static_onnx
+    from mobileclip.data import write_synthetic
+    from mobileclip.export import export
+    from mobileclip.export.source import load_source
+
+    from .common import environment
+
+    torch.set_num_threads(THREADS)
+    work = Path(tempfile.mkdtemp(prefix="int8_levers_"))
+    write_synthetic(work / "calib", 64, split="train", image_size=256)
+    print("exporting mobileclip-s0 (fp32) and quantizing its image tower five ways")
+    export("mobileclip-s0", work / "fp32", max_batch=2, allow_mismatch=True)
+    src = load_source({"model": "mobileclip-s0", "seed": 0})
+    samples, _ = calibration_images(str(work / "calib"), src.preprocess, 64, 0)
+    fp32 = work / "fp32" / "image.onnx"
+    files = {"int8 recipe": work / "recipe.onnx", "3x3 depthwise int8": work / "dw3.onnx",
+             "all depthwise int8": work / "dwall.onnx"}
+    quantize_static_onnx(fp32, files["int8 recipe"], "image", samples)
+    quantize_static_onnx(fp32, files["3x3 depthwise int8"], "image", samples,
+                         keep_fp32=depthwise(fp32, {(7, 7)}))
+    quantize_static_onnx(fp32, files["all depthwise int8"], "image", samples, keep_fp32=[])
+    files["+ GELU lookup"] = work / "lookup.onnx"
+    files["+ GELU lookup (GatherElements)"] = work / "lookup_ge.onnx"
+    rewritten = gelu_lookup(files["int8 recipe"], files["+ GELU lookup"])
+    gelu_lookup(files["int8 recipe"], files["+ GELU lookup (GatherElements)"], gather="GatherElements")
+    gelus = op_counts(files["int8 recipe"]).get("Gelu", 0)
+
+    x = samples[:1]
+    sessions = {"fp32": ort_session(fp32, THREADS), "fp32 (second copy)": ort_session(fp32, THREADS)}
+    sessions.update({k: ort_session(p, THREADS) for k, p in files.items()})
+    reference = sessions["fp32"].run(None, {"image": samples[:8]})[0]
+    recipe = sessions["int8 recipe"].run(None, {"image": samples[:8]})[0]
+    rows = {}
+    for k, s in sessions.items():
+        y = s.run(None, {"image": samples[:8]})[0]
+        cos = (y * reference).sum(1) / np.linalg.norm(y, axis=1) / np.linalg.norm(reference, axis=1)
+        rows[k] = {"min_cosine_vs_fp32": float(cos.min()), "max_abs_vs_recipe": float(np.abs(y - recipe).max()),
+                   "mb": (fp32 if k.startswith("fp32") else files[k]).stat().st_size / 1e6}
+    print("timing (interleaved rounds)")
+    lat = time_interleaved({k: (lambda s=s: s.run(None, {"image": x})) for k, s in sessions.items()},
+                           rounds=10, iters=10)
+    base = lat["fp32"]["p50"]
+    for k in rows:
+        rows[k].update(p50_ms=lat[k]["p50"], p90_ms=lat[k]["p90"], ratio=lat[k]["p50"] / base, n=lat[k]["n"])
+    profiles = {"fp32": op_profile(fp32, {"image": x}), "int8 recipe": op_profile(files["int8 recipe"], {"image": x})}
+    command = "python -m mobileclip.benchmarks.int8_levers"
+    result = {"command": command, "environment": environment(threads=THREADS, torch=torch.__version__,
+                                                              onnxruntime=onnxruntime.__version__),
+              "gelus_in_recipe": gelus, "gelus_rewritten": rewritten, "rows": rows, "profiles": profiles,
+              "goal": GOAL}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "int8_levers.json").write_text(json.dumps(result, indent=2) + "\n")
+    (OUT / "int8_levers.md").write_text(report(result))
+    print(report(result))
+
+
+def report(r: dict) -> str:
+    e = r["environment"]
+    best = min((v["ratio"], k) for k, v in r["rows"].items() if not k.startswith("fp32"))
+    lines = [
+        "# MobileCLIP-S0 image tower, int8 levers on ONNX Runtime (batch 1)", "",
+        f"Command: `{r['command']}`  ", f"Machine: {e['cpu']}, {e['cores']} cores, {e['threads']} threads, "
+        f"ONNX Runtime {e['onnxruntime']}, torch {e['torch']}  ", f"Date: {e['date']}", "",
+        "Random weights (speed does not depend on them); every case timed in the same interleaved rounds. "
+        "`max-abs vs recipe` compares the outputs with the int8 recipe's on 8 images: 0 means the lever "
+        "changes nothing but speed.", "",
+        "| case | size MB | p50 ms | p90 ms | p50 / fp32 | min cosine vs fp32 | max-abs vs recipe |",
+        "|---|---:|---:|---:|---:|---:|---:|"]
+    for k, v in r["rows"].items():
+        lines.append(f"| {k} | {v['mb']:.1f} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['ratio']:.3f} | "
+                     f"{v['min_cosine_vs_fp32']:.5f} | {v['max_abs_vs_recipe']:.1e} |")
+    lines += ["", f"GELUs in the recipe: {r['gelus_in_recipe']}, of which {r['gelus_rewritten']} sit between a "
+              "DequantizeLinear and a QuantizeLinear and became lookups (the others follow a float depthwise "
+              "convolution).", "",
+              f"Best int8 case: {best[1]} at {best[0]:.3f}x fp32; the goal (<= {r['goal']}x) is "
+              + ("**met**." if best[0] <= r["goal"] else "**not met**."), "",
+              "Per-op-type profile (ONNX Runtime's profiler, ms per call; the profiler adds its own overhead):", "",
+              "| op | fp32 ms | fp32 nodes | int8 recipe ms | int8 recipe nodes |", "|---|---:|---:|---:|---:|"]
+    f, q = r["profiles"]["fp32"], r["profiles"]["int8 recipe"]
+    for op in sorted(set(f) | set(q), key=lambda o: -max(f.get(o, {}).get("ms", 0), q.get(o, {}).get("ms", 0))):
+        a, b = f.get(op, {}), q.get(op, {})
+        lines.append(f"| {op} | {a.get('ms', 0):.2f} | {a.get('nodes', 0)} | {b.get('ms', 0):.2f} | "
+                     f"{b.get('nodes', 0)} |")
+    lines.append(f"| total | {sum(v['ms'] for v in f.values()):.2f} | | {sum(v['ms'] for v in q.values()):.2f} | |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
