@@ -259,6 +259,31 @@ def test_compression_keeps_weights_it_would_break(compress):
     assert "kept_uncompressed" not in healthy and healthy["weights_compressed"] == 2
 
 
+@pytest.mark.skipif(not coreml_compress._has_kmeans(), reason="k-means palettization needs scikit-learn "
+                    "(installed with the executorch extra); without it the table is uniform, deterministic anyway")
+def test_palettized_weights_are_byte_equal_at_any_thread_count(tmp_path):
+    """scikit-learn's k-means (coremltools uses it for weights under 10,000 elements) gives different tables at
+    different OpenMP thread counts; the export holds it to one thread, so two exports write the same bytes."""
+    from threadpoolctl import threadpool_limits
+
+    torch.manual_seed(0)
+    convs = nn.Sequential(*[nn.Conv2d(64, 64, 7, groups=64, padding=3) for _ in range(4)]).eval()
+    with torch.no_grad():
+        for c in convs:
+            c.weight.normal_(0, 0.05)   # 3,136-element depthwise kernels: scikit-learn's range
+    traced = coreml.trace(convs, (torch.randn(1, 64, 8, 8),))
+    with coreml.frozen(convs):
+        mlmodel = coreml._convert(ct, traced, [ct.TensorType(name="x", shape=(1, 64, 8, 8))], "y", "fp16")
+    weights = {}
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="openmp"):   # as on machines with 1 and 2 cores
+            compressed, record = coreml.compress_weights(mlmodel, "palettize8")
+        assert record["mode"] == "kmeans" and record["kmeans_threads"] == 1 and record["weights_compressed"] == 4
+        compressed.save(str(tmp_path / f"{threads}.mlpackage"))
+        weights[threads] = [p.read_bytes() for p in sorted((tmp_path / f"{threads}.mlpackage").rglob("weight.bin"))]
+    assert weights[1] and weights[1] == weights[2]
+
+
 def mlmodel_of(module: nn.Module):
     traced = coreml.trace(module, (torch.randn(2, 64),))
     with coreml.frozen(module):

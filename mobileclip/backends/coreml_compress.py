@@ -45,13 +45,13 @@ def compress_weights(mlmodel, compress: str) -> tuple[object, dict]:
 
     fn, op_config, record = _compression_config(compress)
     original = {n: m.val for n, m in cto.get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items()}
-    with np.errstate(all="ignore"):  # the 0-scale divisions above; their damage is measured below
+    with np.errstate(all="ignore"), _one_thread(record):  # 0-scale divisions: their damage is measured below
         compressed = fn(mlmodel, cto.OptimizationConfig(global_config=op_config))
     errors = _weight_errors(cto, compressed, original)
     limit = MAX_WEIGHT_ERROR[compress]
     broken = sorted(n for n, e in errors.items() if e > limit)
     if broken:
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), _one_thread(record):
             compressed = fn(mlmodel, cto.OptimizationConfig(global_config=op_config,
                                                             op_name_configs={n: None for n in broken}))
         record["kept_uncompressed"] = {n: round(errors[n], 4) for n in broken}
@@ -60,6 +60,23 @@ def compress_weights(mlmodel, compress: str) -> tuple[object, dict]:
     record["max_weight_error"] = round(max(kept), 6) if kept else None
     record["weight_error_limit"] = limit
     return compressed, record
+
+
+def _one_thread(record: dict):
+    """Reproducible look-up tables: coremltools clusters weights of 10,000 elements or more with its own
+    exact 1-D k-means (deterministic), smaller ones with scikit-learn's ``KMeans(random_state=0)``, whose
+    OpenMP reductions give different tables at different thread counts (measured: 3,136-element depthwise
+    kernels, 1 thread against 2). Its OpenMP pool is held to one thread while compressing, so the same
+    export writes the same bytes on any machine. Only the small weights are clustered by scikit-learn, so
+    this costs little."""
+    import contextlib
+
+    if record.get("mode") != "kmeans":
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
+
+    record["kmeans_threads"] = 1
+    return threadpool_limits(limits=1, user_api="openmp")
 
 
 def _weight_errors(cto, compressed, original: dict) -> dict:
