@@ -14,6 +14,7 @@ from typing import Optional
 from mobileclip import spec as specs
 from mobileclip.errors import ConfigError, MobileCLIPError
 
+from .accuracy import against, check_eval_dir, evaluate_bundle, evaluate_source
 from .runtimes import (BACKEND_RUNTIME, PROMPTS, RUNTIMES, TORCH_PRECISIONS, TOWERS, BundleRuntime, Runtime, Skip,
                        TorchRuntime)
 from .stats import Case, MemoryProbe, error_reason, gap, latency_stats, limit_ms, throughput, time_cases
@@ -25,7 +26,9 @@ ROW_KEYS = ("model", "runtime", "precision", "quant", "compile", "device", "towe
             "bundle", "io", "threads", "n_runs", "timed_s", "mean_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms",
             "throughput_sps", "peak_rss_mb", "run_rss_mb", "load_rss_mb", "peak_cuda_mb", "artifact_mb",
             "bundle_mb", "params", "gflops_per_sample", "limit_ms", "gap", "accuracy", "accuracy_source",
-            "min_cosine", "providers", "nodes_by_provider")
+            "min_cosine", "providers", "nodes_by_provider", "eval_zeroshot_top1", "eval_text_to_image_R@1",
+            "eval_image_to_text_R@1", "eval_delta_zeroshot_top1", "eval_delta_text_to_image_R@1",
+            "eval_delta_image_to_text_R@1", "eval_top1_agreement", "eval_images", "eval_captions")
 
 
 # =========================================================================== model facts
@@ -144,6 +147,7 @@ class BenchConfig:
     export_dir: Optional[str] = None
     int8_quant: str = "auto"
     accuracy: dict = field(default_factory=dict)
+    eval: Optional[str] = None             # an evaluation folder: accuracy of every bundle against its source
     peak_seconds: float = 1.0
     out: str = "bench"
     command: str = ""
@@ -184,6 +188,7 @@ class BenchConfig:
             raise ConfigError("--export writes ONNX bundles, which --runtime leaves out: add onnxruntime")
         if self.int8_quant not in ("auto", "static", "dynamic"):
             raise ConfigError(f"--int8-quant {self.int8_quant!r}: choose auto, static or dynamic")
+        check_eval_dir(self.eval)
 
 
 def _check_model_name(name: str) -> None:
@@ -455,9 +460,41 @@ def run_group(g: _Group, cfg: BenchConfig, sources: Sources, probe: MemoryProbe,
                                                  else ""))
     time_cases(cases, cfg.warmup, cfg.min_runs, cfg.min_seconds, probe, cuda=cfg.device == "cuda")
     out = [_placed(_fill(row, case, facts, peak, cfg, spec), rt) for row, case, rt in rows]
+    if cfg.eval:
+        _evaluate(g, cfg, sources, src, [(row, rt) for row, _, rt in rows])
     for rt in runtimes:
         rt.close()
     return out
+
+
+def _evaluate(g: _Group, cfg: BenchConfig, sources: Sources, src, rows: list) -> None:
+    """``--eval``: the fp32 PyTorch source and every bundle of the group on the evaluation folder; each row gets its
+    artifact's metrics, their change from the source (points) and the zero-shot top-1 agreement."""
+    folder = check_eval_dir(cfg.eval)
+    try:
+        reference = evaluate_source(src if src is not None else sources.load(g.spec), folder)
+    except (MobileCLIPError, OSError, KeyError, ValueError, RuntimeError) as e:
+        for row, _ in rows:
+            row["reason"] = "; ".join(filter(None, [row["reason"], f"--eval: the source could not be evaluated: "
+                                                                   f"{error_reason(e)}"]))
+        return
+    results: dict = {}
+    for row, rt in rows:
+        key = id(rt)
+        if key not in results:
+            try:
+                results[key] = (against(reference, reference) if isinstance(rt, TorchRuntime) and
+                                rt.precision("image") == "fp32" and not rt.compile else
+                                against(reference, evaluate_bundle(rt.opened, folder))
+                                if isinstance(rt, BundleRuntime) else None)
+            except Exception as e:   # one artifact's failure is its rows' reason, not the run's end
+                results[key] = f"--eval failed: {error_reason(e)}"
+        res = results[key]
+        if isinstance(res, str):
+            row["reason"] = "; ".join(filter(None, [row["reason"], res]))
+        elif res is not None:
+            row.update({f"eval_{k}": v for k, v in res.items()})
+            row["accuracy"], row["accuracy_source"] = res["zeroshot_top1"], f"--eval {cfg.eval}"
 
 
 def _placed(row: dict, rt: Runtime) -> dict:

@@ -16,6 +16,9 @@ DEFINITIONS = {
     "artifact_mb": "size of the tower's exported file (sum of files for a directory such as a .mlpackage)",
     "nodes_by_provider": "ONNX Runtime rows: how many of the graph's nodes each execution provider ran, read from "
                          "ONNX Runtime's profiler on the first call (providers: the session's own list)",
+    "eval": "with --eval DIR: zero-shot top-1 over DIR's class folders, R@1 both ways over DIR/captions.csv, each bundle "
+            "run as users run it (its manifest's preprocessing, its own tokenizer) and the fp32 PyTorch source "
+            "through its own transform and tokenizer, both through mobileclip.zeroshot's evaluators",
     "min_cosine": "a bundle tower's minimum cosine to its PyTorch source in the bundle's parity report (parity.json, "
                   "written by export)",
 }
@@ -66,12 +69,39 @@ def markdown(result: dict) -> str:
         lines += ["", "Notes on timed rows:", ""]
         lines += [f"- {r['model']} {r['runtime']} {r['precision']} {r['tower']} batch {r['batch']}: {r['reason']}"
                   for r in notes]
-    acc = {(r["model"], r["precision"]): r for r in rows if r["accuracy"] is not None}
+    lines += eval_table(rows)
+    acc = {(r["model"], r["precision"]): r for r in rows if r["accuracy"] is not None and r["eval_images"] is None}
     if acc:
         lines += ["", "| model | precision | zero-shot top-1 | source |", "|---|---|---:|---|"]
         lines += [f"| {m} | {pr} | {100 * r['accuracy']:.1f}% | {r['accuracy_source']} |" for (m, pr), r in acc.items()]
     lines += ["", "Definitions:", ""] + [f"- `{k}`: {v}" for k, v in result["definitions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def eval_table(rows: list) -> list:
+    """``--eval``: one line per artifact (both towers), its metrics and their change from the fp32 PyTorch source."""
+    seen: dict = {}
+    for r in rows:
+        if r.get("eval_images") is not None:
+            seen.setdefault((r["model"], r["runtime"], r["bundle"]), {})[r["tower"]] = r
+    if not seen:
+        return []
+    first = next(iter(next(iter(seen.values())).values()))
+    lines = ["", f"Accuracy on the evaluation folder ({first['eval_images']} images"
+             + (f", {first['eval_captions']} captions" if first["eval_captions"] else "")
+             + "): each artifact against its fp32 PyTorch source (change in points; agreement: the share of images "
+               "whose zero-shot top-1 class is the source's).", "",
+             "| model | runtime | precision | bundle | size MB | zero-shot top-1 | Δ top-1 | Δ text→image R@1 "
+             "| Δ image→text R@1 | top-1 agreement |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (model, runtime, bundle), towers in seen.items():
+        r = towers.get("image") or next(iter(towers.values()))
+        prec = "/".join(dict.fromkeys(t["precision"] + (f" ({t['quant']})" if t["quant"] else "")
+                                      for t in towers.values()))
+        lines.append(f"| {model} | {runtime} | {prec} | {bundle or '—'} | {_f(r['bundle_mb'], '.1f')} | "
+                     f"{_f(100 * r['eval_zeroshot_top1'], '.1f')}% | {_f(r['eval_delta_zeroshot_top1'], '+.1f')} | "
+                     f"{_f(r['eval_delta_text_to_image_R@1'], '+.1f')} | {_f(r['eval_delta_image_to_text_R@1'], '+.1f')} "
+                     f"| {_f(100 * r['eval_top1_agreement'] if r['eval_top1_agreement'] is not None else None, '.1f')}% |")
+    return lines
 
 
 def write_reports(result: dict, out: Path) -> dict:

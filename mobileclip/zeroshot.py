@@ -88,10 +88,10 @@ def evaluate_zeroshot(model, tokenizer: Callable, dataset, classnames: Optional[
     skipped: list[str] = []
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate_skip)
-    n, correct = 0, {1: 0, 5: 0}
+    n, correct, predictions = 0, {1: 0, 5: 0}, {}
     per_class_total = torch.zeros(len(classnames))
     per_class_hit = torch.zeros(len(classnames))
-    for images, labels, _, bad in tqdm(loader, desc="zero-shot", disable=not progress, leave=False):
+    for images, labels, keys, bad in tqdm(loader, desc="zero-shot", disable=not progress, leave=False):
         skipped.extend(bad)
         if images is None:
             continue
@@ -100,6 +100,7 @@ def evaluate_zeroshot(model, tokenizer: Callable, dataset, classnames: Optional[
         labels = labels.to(device)
         for k, v in topk_correct(logits, labels, (1, 5)).items():
             correct[k] += v
+        predictions.update(zip(keys, logits.argmax(dim=1).tolist()))
         hit = (logits.argmax(dim=1) == labels).float().cpu()
         per_class_total.index_add_(0, labels.cpu(), torch.ones_like(hit))
         per_class_hit.index_add_(0, labels.cpu(), hit)
@@ -108,6 +109,7 @@ def evaluate_zeroshot(model, tokenizer: Callable, dataset, classnames: Optional[
         raise DatasetError(f"no readable images to evaluate ({len(skipped)} could not be decoded)")
     return {
         "top1": correct[1] / n, "top5": correct[5] / n, "n": n, "classes": len(classnames),
+        "predictions": predictions,   # image key -> predicted class index (top-1 agreement between two models)
         "skipped": len(skipped), "skipped_files": skipped[:100],
         "per_class_top1": {c: (float(h / t) if t else None) for c, h, t in
                            zip(classnames, per_class_hit.tolist(), per_class_total.tolist())},

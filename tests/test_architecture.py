@@ -228,7 +228,7 @@ def test_the_bundle_contract_names_its_tensors_once():
 
 BENCH_PRODUCT = {"mobileclip.benchmarks.harness", "mobileclip.benchmarks.cases", "mobileclip.benchmarks.runtimes",
                  "mobileclip.benchmarks.stats", "mobileclip.benchmarks.report", "mobileclip.benchmarks.plots",
-                 "mobileclip.benchmarks.common", "mobileclip.benchmarks"}
+                 "mobileclip.benchmarks.common", "mobileclip.benchmarks.accuracy", "mobileclip.benchmarks"}
 
 
 def test_the_bench_product_never_imports_a_measurement_script():

@@ -207,6 +207,7 @@ def test_model_label_and_source_accuracy(tmp_path, monkeypatch):
     (["--export", "fp32"], "nothing to benchmark"),
     (["--model", "mobileclip-s9"], "unknown model 'mobileclip-s9'"),
     (["--model", "open_clip:ViT-Q-99"], "no architecture 'ViT-Q-99'"),
+    (["--model", "mobileclip-tiny", "--eval", "no/such/folder"], "--eval 'no/such/folder' is not a folder"),
 ])
 def test_bad_inputs_fail_with_a_clear_message(argv, message, capsys, tmp_path):
     assert B.main(argv + ["--out", str(tmp_path / "o")]) == 2
@@ -446,3 +447,48 @@ def test_a_gpu_row_with_nodes_on_the_cpu_says_so():
     assert row["reason"].startswith("3 of 100 nodes ran on the CPU") and row["status"] == "ok"
     cpu_row = dict(row, device="cpu", reason=None)
     assert _placed(cpu_row, Placed())["reason"] is None   # on the CPU, the CPU is where they belong
+
+
+def test_eval_folder_without_classes_is_refused(tmp_path, capsys):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"not read")
+    assert B.main(["--model", "mobileclip-tiny", "--eval", str(tmp_path / "flat"), "--out", str(tmp_path / "o")]) == 2
+    assert "has no class sub-folders" in capsys.readouterr().err
+
+
+def test_bench_eval_gives_each_artifact_its_accuracy_change(e2e, tiny_bundle, tmp_path):
+    """--eval: the fp32 bundle agrees with its source on every image (no change in any metric); an int8 bundle gets
+    its own numbers; the bundle side's top-1 equals what the torch-free runtime's classify gives on the same
+    images with the same prompts (an independent path through the bundle)."""
+    from mobileclip import runtime
+    from mobileclip.data import write_synthetic
+    from mobileclip.data.datasets import ImageFolderDataset
+    from mobileclip.zeroshot import TEMPLATES
+
+    folder = tmp_path / "eval"
+    write_synthetic(folder, 24, split="val", seed=3)
+    int8 = next(p.parent for p in (e2e[3] / "exports").rglob("manifest.json"))
+    out = tmp_path / "out"
+    code = B.main([str(tiny_bundle), str(int8), "--model", "mobileclip-tiny", "--eval", str(folder),
+                   "--runtime", "torch,onnxruntime", "--out", str(out)] + QUICK)
+    assert code == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    by = {}
+    for r in rows:
+        by.setdefault((r["runtime"], r["bundle"] and r["bundle"].split(" ")[0]), r)
+    src, fp32, q = by[("torch", None)], by[("onnxruntime", str(tiny_bundle))], by[("onnxruntime", str(int8))]
+    for r in (src, fp32, q):
+        assert r["eval_images"] == 24 and r["eval_captions"] == 24
+        assert 0 <= r["eval_zeroshot_top1"] <= 1 and 0 <= r["eval_text_to_image_R@1"] <= 1
+    assert src["eval_top1_agreement"] == fp32["eval_top1_agreement"] == 1.0
+    assert all(abs(fp32[f"eval_delta_{k}"]) < 1e-9 for k in ("zeroshot_top1", "text_to_image_R@1",
+                                                             "image_to_text_R@1"))
+    assert 0 <= q["eval_top1_agreement"] <= 1 and q["accuracy"] == q["eval_zeroshot_top1"]
+    # the bundle side, again through the runtime's own classify
+    ds = ImageFolderDataset(folder)
+    model = runtime.load(int8)
+    got = model.classify([p for p, _ in ds.samples], ds.classnames, templates=TEMPLATES, top=1)
+    top1 = sum(g[0][0] == ds.classnames[label] for g, (_, label) in zip(got, ds.samples)) / len(ds.samples)
+    assert q["eval_zeroshot_top1"] == pytest.approx(top1)
+    md = (out / "bench.md").read_text()
+    assert "Accuracy on the evaluation folder (24 images, 24 captions)" in md and str(int8) in md

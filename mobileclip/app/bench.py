@@ -47,6 +47,9 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                         "FLOPs are mostly convolutions, else dynamic")
     s.add_argument("--accuracy", action="append", default=[], metavar="LABEL=VALUE",
                    help="zero-shot top-1 (0..1) of a model (row label) or model/precision, for the accuracy plot")
+    s.add_argument("--eval", default=None, metavar="DIR",
+                   help="an evaluation folder (DIR/<class>/<image>, DIR/captions.csv for retrieval): zero-shot top-1, "
+                        "R@1 both ways and top-1 agreement of every bundle against its fp32 PyTorch source")
     s.add_argument("--peak-seconds", type=float, default=1.0, help="how long to time the peak matmul (default 1)")
     s.add_argument("--out", default="bench", help="output directory (default bench/)")
 
@@ -59,7 +62,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         warmup=args.warmup, min_runs=args.min_runs, min_seconds=args.min_seconds, compile=args.compile,
         torch_precisions=parse_choices(args.torch_precision, TORCH_PRECISIONS, "--torch-precision"),
         export=parse_choices(args.export, EXPORT_PRECISIONS, "--export") if args.export else [],
-        export_dir=args.export_dir, int8_quant=args.int8_quant, accuracy=parse_accuracy(args.accuracy),
+        export_dir=args.export_dir, int8_quant=args.int8_quant, accuracy=parse_accuracy(args.accuracy), eval=args.eval,
         peak_seconds=args.peak_seconds, out=args.out, command=command_line(args))
 
 
@@ -72,7 +75,7 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--accuracy", a]
     defaults = {"batch": "1,8", "runtime": ",".join(RUNTIMES), "towers": "image,text", "threads": 0, "device": "cpu",
                 "warmup": 3, "min_runs": 20, "min_seconds": 1.0, "torch_precision": "fp32", "export": "",
-                "export_dir": None, "int8_quant": "auto", "peak_seconds": 1.0, "out": "bench"}
+                "export_dir": None, "int8_quant": "auto", "eval": None, "peak_seconds": 1.0, "out": "bench"}
     for k, d in defaults.items():
         v = getattr(args, k)
         if v != d:
