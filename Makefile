@@ -7,7 +7,7 @@ PIP     := $(VPY) -m pip
 # (a newer unpinned torch would pull a multi-GB CUDA build). Override: make TORCH_PINS=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-slow install clean distill-real-deps distill-real gpu-wheels gpu-check
+.PHONY: demo test test-slow install clean distill-real-deps distill-real gpu-wheels gpu-check precision-table
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,12 @@ distill-real-deps: $(VENV)/.installed-$(EXTRAS)
 distill-real: distill-real-deps
 	$(VPY) -m mobileclip.benchmarks.distill_real --split test --steps 1200 --seeds 0 1 2 \
 	    --configs clip readme+unpaired --best readme+unpaired --baseline-steps 400
+
+# The precision table (issue 23): make demo's trained student and teacher exported to every backend x precision,
+# each timed and evaluated against its fp32 source on 720 held-out images (`mobileclip bench --eval`). Run make demo first.
+precision-table: $(VENV)/.installed-$(EXTRAS)
+	bash benchmarks/precision_table.sh runs/demo/distilled/student benchmarks/results/precision/demo-student runs/precision/student
+	bash benchmarks/precision_table.sh runs/demo/teacher/student benchmarks/results/precision/demo-teacher runs/precision/teacher
 
 # The GPU check (benchmarks/gpu_check.sh) on a machine whose Python has a CUDA torch. gpu-wheels downloads
 # into .whl/ every non-torch package the check's steps import that the device image lacks (its package list:

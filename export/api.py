@@ -56,6 +56,10 @@ def _check_args(fmt: str, o: ExportOptions, out: Path, overwrite: bool) -> None:
         raise ConfigError(f"token dtype {o.token_dtype!r}: choose int32 or int64")
     if o.max_batch < 1 or o.fixed_batch < 0:
         raise ConfigError("--max-batch must be >= 1 and --fixed-batch >= 0")
+    if o.precision == "int8" and backend.int8_refused and not o.accept_int8_loss:
+        raise ConfigError(f"{backend.label or fmt} int8 is refused by default: {backend.int8_refused}; pass "
+                          "--accept-int8-loss to export it anyway (then measure it on your data: `mobileclip bench "
+                          "BUNDLE --model SOURCE --eval DIR`), or use --precision fp16")
     backend.check_options(o)
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
@@ -70,7 +74,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
            calib: Optional[str] = None, calib_size: int = 64, quant: str = "auto", compress: str = "none",
            overwrite: bool = False, allow_mismatch: bool = False, seed: int = 0,
            workspace_gb: float = 4.0, timing_cache: Optional[str] = None,
-           pretrained: Optional[str] = None) -> dict:
+           pretrained: Optional[str] = None, accept_int8_loss: bool = False) -> dict:
     """Export ``model`` to a bundle in ``out`` and check it against PyTorch.
 
     ``model``: a registry name (random weights at ``seed``, or ``pretrained=`` weights: one of our
@@ -80,7 +84,8 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
     out = Path(out)
     options = ExportOptions(precision=precision, fixed_batch=fixed_batch, max_batch=max_batch, exporter=exporter,
                             token_dtype=token_dtype, calib=calib, calib_size=calib_size, quant=quant,
-                            compress=compress, seed=seed, workspace_gb=workspace_gb, timing_cache=timing_cache)
+                            compress=compress, seed=seed, workspace_gb=workspace_gb, timing_cache=timing_cache,
+                            accept_int8_loss=accept_int8_loss)
     _check_args(fmt, options, out, overwrite)
     backend = backends.get(fmt)
     backend.prepare_export()   # a clear error where the format's tools (or a GPU) are missing, before any work

@@ -48,6 +48,7 @@ def test_int8_bundle_passes_parity_and_records_how_it_was_made(int8_bundle):
     qi, qt = img["quantization"], txt["quantization"]
     assert qi["method"] == "static" and qi["calibration_images"] == 16 and qi["calibration_samples"] == 16
     assert qi["kept_fp32"]["final_projection"].endswith("head.fc") and qi["kept_fp32"]["depthwise_convs"] > 0
+    assert qi["kept_fp32"]["input_convs"] == 1   # the stem: the image itself is not quantized
     assert qt["method"] == "dynamic" and "calibration_images" not in qt and "token_embedding" in qt["kept_fp32"]
     assert "batch_norms_not_folded" not in qi   # fastvit_t8 has no attention stage: every batch norm is folded
     for entry in (img, txt):

@@ -219,6 +219,12 @@ def test_int8_static_bundle_calibrated_on_real_images(tmp_path, synth_folder, ca
     q = m["artifacts"]["image"]["quantization"]
     assert q["method"] == "static" and q["format"] == "QDQ" and q["calibration_images"] == 16
     assert q["kept_fp32_grouped_convs"] > 0  # depthwise convs stay fp32 (ORT's int8 ones are slower)
+    # the stem stays fp32: the image itself is not quantized (the recipe's largest loss on a trained student)
+    assert q["kept_fp32_input_convs"] >= 1
+    import onnx
+
+    g = onnx.load(str(out / "image.onnx")).graph
+    assert {n.op_type for n in g.node if "image" in n.input} - {"Shape"} == {"Conv"}   # no QuantizeLinear
     ops = op_counts(out / "image.onnx")
     assert ops["QuantizeLinear"] > 10 and ops["DequantizeLinear"] > 10
     parity = json.loads((out / "parity.json").read_text())

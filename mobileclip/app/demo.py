@@ -205,7 +205,9 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
     calib = {"calib": str(data / "calib")}
     jobs = [("onnx", "fp32", {}), ("onnx", "int8", calib), ("coreml", "fp16", {})]
     if not quick:   # the on-device formats for Android (and ORT Mobile apps); the quick run keeps to the above
-        jobs += [("ort", "int8", calib), ("litert", "fp32", {}), ("litert", "int8", {"quant": "dynamic"}),
+        # LiteRT int8 is refused by default (it keeps < 98 % of top-1s on trained students): shown with its miss
+        jobs += [("ort", "int8", calib), ("litert", "fp32", {}),
+                 ("litert", "int8", {"quant": "dynamic", "accept_int8_loss": True}),
                  ("executorch", "fp32", {}), ("executorch", "int8", calib)]
     ready = []
     for fmt, precision, extra in jobs:

@@ -29,7 +29,8 @@ def cmd_export(args) -> int:
                    exporter=args.exporter, token_dtype=args.token_dtype, max_batch=args.max_batch, data=args.data,
                    calib=args.calib, calib_size=args.calib_size, quant=args.quant, compress=args.compress,
                    overwrite=args.overwrite, allow_mismatch=args.allow_mismatch, seed=args.seed,
-                   workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, pretrained=args.pretrained)
+                   workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, pretrained=args.pretrained,
+                   accept_int8_loss=args.accept_int8_loss)
     except ModuleNotFoundError as e:
         from ..version import DISTRIBUTION
 
@@ -38,6 +39,9 @@ def cmd_export(args) -> int:
         extra = "train" if EXTRA_OF.get(top) == "train" else backends.get(args.format).extra
         raise MobileCLIPError(f"export --format {args.format} needs the {extra} extra: "
                               f"pip install '{DISTRIBUTION}[{extra}]' ({e})") from e
+    refused = backends.get(args.format).int8_refused
+    if args.accept_int8_loss and args.precision == "int8" and refused:
+        print(f"--accept-int8-loss: exported although {refused}")
     print(f"wrote {args.out}: {', '.join(a['file'] for a in m['artifacts'].values())}; parity "
           + _parity_line(m["parity"]))
     return _exit_status(m["parity"]["passed"], args.allow_mismatch, "manifest.json and parity.json")
@@ -117,6 +121,9 @@ def register(sub) -> None:
     s.add_argument("--timing-cache", default=None, help="TensorRT timing cache file, reused across builds")
     s.add_argument("--data", default=None, help="image folder for the parity check (default: synthetic images)")
     s.add_argument("--allow-mismatch", action="store_true", help="exit 0 even when parity fails")
+    s.add_argument("--accept-int8-loss", action="store_true",
+                   help="export an int8 recipe the format refuses by default (LiteRT: it lost more than the 98 %% "
+                        "top-1 agreement a default recipe must keep on trained students)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_export)
 

@@ -18,6 +18,8 @@ int8 (PT2E with the XNNPACK quantizer, ``torchao.quantization.pt2e``)
       are the convolutions and linear layers (as the ONNX backend's Conv/MatMul/Gemm);
     * image tower without ``--calib`` (or ``--quant dynamic``), and the text tower always:
       dynamic int8 (per-channel int8 weights, activation scales computed per call);
+    * kept in fp32 in static mode: the convolutions that read the image itself (the stem; on make demo's
+      trained student its int8 version cost the most top-1 agreement, see backends/quantize.py);
     * kept in fp32 in every case: the last linear layer (the embedding projection; on
       ``mobileclip-tiny`` quantizing it alone takes the image cosine from 0.9985 to 0.948),
       and, in static mode, depthwise convolutions (measured on ``mobileclip-tiny``, static
@@ -214,7 +216,10 @@ def _quantize(role: str, tower, example, src, o: ExportOptions):
     linears = [n for n in graph.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
     keep_fp32 = {n.name for n in linears[-1:]}   # the embedding projection
     depthwise = [n.name for n in graph.graph.nodes if _is_depthwise_conv(n)] if static else []
-    keep_fp32.update(depthwise)
+    # static: the stem (convolutions reading the image itself) too, as the ONNX recipe does (backends/quantize.py)
+    stem = [n.name for n in graph.graph.nodes if static and _is_conv(n) and n.args
+            and getattr(n.args[0], "op", None) == "placeholder"]
+    keep_fp32.update(depthwise, stem)
     quantizer = XNNPACKQuantizer()
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=not static)
     if static:   # the weight ops only: int8 element-wise ops and pooling cost more accuracy than they save
@@ -229,7 +234,7 @@ def _quantize(role: str, tower, example, src, o: ExportOptions):
                               else "int8, scale computed per call"),
               "op_types": ["conv", "linear"],
               "kept_fp32": {"final_projection": _module_path(linears[-1]) if linears else None,
-                            "depthwise_convs": len(depthwise)}}
+                            "depthwise_convs": len(depthwise), "input_convs": len(stem)}}
     if unfolded:
         record["batch_norms_not_folded"] = {"modules": unfolded, "why": _UNFOLDED_WHY}
     if role == "text":
