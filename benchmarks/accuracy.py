@@ -96,7 +96,7 @@ def evaluate(model, preprocess, tokenizer, folder: Path) -> dict:
     if (folder / CAPTIONS).is_file():
         r = evaluate_retrieval(model, tokenizer, CaptionDataset(folder / CAPTIONS, transform=preprocess),
                                batch_size=32, progress=False, ks=(1,))
-        out.update({k: r[k] for k in ("text_to_image_R@1", "image_to_text_R@1")}, captions=r["texts"])
+        out.update({k: r[k] for k in ("text_to_image_R@1", "image_to_text_R@1")}, captions=r["texts"], hits=r["hits"])
     return out
 
 
@@ -122,5 +122,10 @@ def against(reference: dict, got: dict) -> dict:
     shared = [k for k in reference["predictions"] if k in got["predictions"]]
     out["top1_agreement"] = (sum(reference["predictions"][k] == got["predictions"][k] for k in shared) / len(shared)
                              if shared else None)
+    for way in ("text_to_image", "image_to_text"):   # paired: which queries the change moved, each way
+        ref_hits, got_hits = (reference.get("hits") or {}).get(f"{way}@1"), (got.get("hits") or {}).get(f"{way}@1")
+        if ref_hits is not None and got_hits is not None and len(ref_hits) == len(got_hits):
+            out[f"{way}_lost"] = sum(r and not g for r, g in zip(ref_hits, got_hits))
+            out[f"{way}_gained"] = sum(g and not r for r, g in zip(ref_hits, got_hits))
     out["images"], out["captions"] = got["images"], got.get("captions")
     return out

@@ -28,7 +28,9 @@ ROW_KEYS = ("model", "runtime", "precision", "quant", "compile", "device", "towe
             "bundle_mb", "params", "gflops_per_sample", "limit_ms", "gap", "accuracy", "accuracy_source",
             "min_cosine", "providers", "nodes_by_provider", "eval_zeroshot_top1", "eval_text_to_image_R@1",
             "eval_image_to_text_R@1", "eval_delta_zeroshot_top1", "eval_delta_text_to_image_R@1",
-            "eval_delta_image_to_text_R@1", "eval_top1_agreement", "eval_images", "eval_captions")
+            "eval_delta_image_to_text_R@1", "eval_top1_agreement", "eval_images", "eval_captions",
+            "eval_text_to_image_lost", "eval_text_to_image_gained", "eval_image_to_text_lost",
+            "eval_image_to_text_gained")
 
 
 # =========================================================================== model facts

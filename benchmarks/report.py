@@ -78,6 +78,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _moved(r: dict, way: str) -> str:
+    """`` (lost L, gained G)``: the queries the artifact missed that the source hit, and the reverse."""
+    lost, gained = r.get(f"eval_{way}_lost"), r.get(f"eval_{way}_gained")
+    return "" if lost is None or gained is None or not (lost or gained) else f" ({lost}↓ {gained}↑)"
+
+
 def eval_table(rows: list) -> list:
     """``--eval``: one line per artifact (both towers), its metrics and their change from the fp32 PyTorch source."""
     seen: dict = {}
@@ -90,7 +96,7 @@ def eval_table(rows: list) -> list:
     lines = ["", f"Accuracy on the evaluation folder ({first['eval_images']} images"
              + (f", {first['eval_captions']} captions" if first["eval_captions"] else "")
              + "): each artifact against its fp32 PyTorch source (change in points; agreement: the share of images "
-               "whose zero-shot top-1 class is the source's).", "",
+               "whose zero-shot top-1 class is the source's; L↓ G↑: the queries it lost and gained against the source).", "",
              "| model | runtime | precision | bundle | size MB | zero-shot top-1 | Δ top-1 | Δ text→image R@1 "
              "| Δ image→text R@1 | top-1 agreement |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for (model, runtime, bundle), towers in seen.items():
@@ -99,7 +105,8 @@ def eval_table(rows: list) -> list:
                                       for t in towers.values()))
         lines.append(f"| {model} | {runtime} | {prec} | {bundle or '—'} | {_f(r['bundle_mb'], '.1f')} | "
                      f"{_f(100 * r['eval_zeroshot_top1'], '.1f')}% | {_f(r['eval_delta_zeroshot_top1'], '+.1f')} | "
-                     f"{_f(r['eval_delta_text_to_image_R@1'], '+.1f')} | {_f(r['eval_delta_image_to_text_R@1'], '+.1f')} "
+                     f"{_f(r['eval_delta_text_to_image_R@1'], '+.1f')}{_moved(r, 'text_to_image')} | "
+                     f"{_f(r['eval_delta_image_to_text_R@1'], '+.1f')}{_moved(r, 'image_to_text')} "
                      f"| {_f(100 * r['eval_top1_agreement'] if r['eval_top1_agreement'] is not None else None, '.1f')}% |")
     return lines
 

@@ -191,8 +191,11 @@ def evaluate_retrieval(model, tokenizer: Callable, dataset, batch_size: int = 64
     sim = img_feats @ txt_feats.T
     i2t = recall_at_k(sim, pos, ks)
     t2i = recall_at_k(sim.T, pos.T, ks)
+    # each query's own top-1 hit (images and captions in dataset order), to compare two models query by query
+    hits = {"image_to_text@1": pos[torch.arange(len(pos)), sim.argmax(dim=1)].tolist(),
+            "text_to_image@1": pos.T[torch.arange(pos.shape[1]), sim.T.argmax(dim=1)].tolist()}
     out = {"images": len(img_keys), "texts": len(rows), "duplicate_captions": dup, "skipped": len(skipped),
-           "skipped_files": skipped[:100]}
+           "skipped_files": skipped[:100], "hits": hits}
     out.update({f"image_to_text_R@{k}": v for k, v in i2t.items()})
     out.update({f"text_to_image_R@{k}": v for k, v in t2i.items()})
     out["mean_R@1"] = (i2t[ks[0]] + t2i[ks[0]]) / 2 if ks else math.nan

@@ -470,7 +470,7 @@ def test_bench_eval_gives_each_artifact_its_accuracy_change(e2e, tiny_bundle, tm
     int8 = next(p.parent for p in (e2e[3] / "exports").rglob("manifest.json"))
     out = tmp_path / "out"
     code = B.main([str(tiny_bundle), str(int8), "--model", "mobileclip-tiny", "--eval", str(folder),
-                   "--runtime", "torch,onnxruntime", "--out", str(out)] + QUICK)
+                   "--runtime", "torch,onnxruntime", "--out", str(out)] + QUICK + ["--batch", "1"])
     assert code == 0
     rows = json.loads((out / "bench.json").read_text())["rows"]
     by = {}
@@ -484,6 +484,10 @@ def test_bench_eval_gives_each_artifact_its_accuracy_change(e2e, tiny_bundle, tm
     assert all(abs(fp32[f"eval_delta_{k}"]) < 1e-9 for k in ("zeroshot_top1", "text_to_image_R@1",
                                                              "image_to_text_R@1"))
     assert 0 <= q["eval_top1_agreement"] <= 1 and q["accuracy"] == q["eval_zeroshot_top1"]
+    # the paired counts: none moved for fp32; for int8 they account for the change in R@1 exactly
+    assert all(fp32[f"eval_{w}_{c}"] == 0 for w in ("text_to_image", "image_to_text") for c in ("lost", "gained"))
+    for way, n in (("text_to_image", q["eval_captions"]), ("image_to_text", q["eval_images"])):
+        assert q[f"eval_delta_{way}_R@1"] == pytest.approx(100 * (q[f"eval_{way}_gained"] - q[f"eval_{way}_lost"]) / n)
     # the bundle side, again through the runtime's own classify
     ds = ImageFolderDataset(folder)
     model = runtime.load(int8)
