@@ -100,10 +100,12 @@ def depthwise(path: Path, kernels: set) -> list:
     """Names of the depthwise (grouped) convolutions of ``path`` whose kernel is in ``kernels``."""
     import onnx
 
+    from mobileclip.backends.quantize import grouped_convs
+
+    grouped = set(grouped_convs(path))
     m = onnx.load(str(path))
     dims = {i.name: tuple(i.dims) for i in m.graph.initializer}
-    return [n.name for n in m.graph.node if n.op_type == "Conv" and dims.get(n.input[1], ())[2:] in kernels
-            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    return [n.name for n in m.graph.node if n.name in grouped and dims.get(n.input[1], ())[2:] in kernels]
 
 
 def op_profile(path: Path, feeds: dict, runs: int = 20) -> dict:

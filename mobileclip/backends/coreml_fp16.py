@@ -141,7 +141,7 @@ def fp16_check(tower: nn.Module, inputs: tuple, traced, trace_error: Optional[st
         try:
             half = copy.deepcopy(tower).half()
             got = half(*(x.half() if x.is_floating_point() else x for x in inputs)).float()
-        except RuntimeError as e:  # a float16 kernel the CPU lacks raises NotImplementedError, a RuntimeError
+        except RuntimeError as e:  # also a float16 kernel the CPU lacks (that error subclasses RuntimeError)
             report.update(supported=False, finite=None, min_cosine=None, max_abs_diff=None,
                           error=f"float16 is not supported on the CPU for this tower: {e}")
         else:

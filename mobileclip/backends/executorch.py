@@ -217,8 +217,8 @@ def _quantize(role: str, tower, example, src, o: ExportOptions):
     keep_fp32 = {n.name for n in linears[-1:]}   # the embedding projection
     depthwise = [n.name for n in graph.graph.nodes if _is_depthwise_conv(n)] if static else []
     # static: the stem (convolutions reading the image itself) too, as the ONNX recipe does (backends/quantize.py)
-    stem = [n.name for n in graph.graph.nodes if static and _is_conv(n) and n.args
-            and getattr(n.args[0], "op", None) == "placeholder"]
+    stem = [n.name for n in graph.graph.nodes
+            if _is_conv(n) and n.args and getattr(n.args[0], "op", None) == "placeholder"] if static else []
     keep_fp32.update(depthwise, stem)
     quantizer = XNNPACKQuantizer()
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=not static)
