@@ -191,19 +191,30 @@ def _dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def build_caches(teacher, work: Path, augs: int, log=print, pool_augs: int = 3) -> dict:
-    """The teacher caches: ``pairs``, ``images`` (the image-only split), ``texts`` (the text-only split and the ImageNet
-    names) and ``pool`` (the image-only split and the icons, :func:`prepare_icons`)."""
+def caches_for(configs) -> tuple:
+    """The caches that ``configs`` read: ``pairs`` always; ``images`` or ``pool`` and ``texts`` for unpaired losses."""
+    names = {"pairs"}
+    for c in configs:
+        if any(o.startswith("losses.unpaired_") for o in CONFIGS[c]):
+            names |= {"texts", "pool" if ICONS in CONFIGS[c] else "images"}
+    return tuple(n for n in ("pairs", "images", "texts", "pool") if n in names)
+
+
+def build_caches(teacher, work: Path, augs: int, log=print, pool_augs: int = 3,
+                 names=("pairs", "images", "texts", "pool")) -> dict:
+    """The teacher caches among ``names``: ``pairs``, ``images`` (the image-only split), ``texts`` (the text-only split
+    and the ImageNet names) and ``pool`` (the image-only split and the icons, :func:`prepare_icons`)."""
     from mobileclip.distill import build_cache
     from mobileclip.distill.sources import CaptionPairs, ImageFiles, TextLines
 
     out = {}
     data = work / "data"
-    jobs = (("pairs", CaptionPairs(str(data / "paired.csv")), augs),
-            ("images", ImageFiles(str(data / "unpaired_images")), augs),
-            ("texts", TextLines(str(data / "unpaired_texts.txt")), 1),
-            ("pool", ImageFiles(str(data / "unpaired_pool")), pool_augs))
-    for name, source, k in jobs:
+    jobs = (("pairs", lambda: CaptionPairs(str(data / "paired.csv")), augs),
+            ("images", lambda: ImageFiles(str(data / "unpaired_images")), augs),
+            ("texts", lambda: TextLines(str(data / "unpaired_texts.txt")), 1),
+            ("pool", lambda: ImageFiles(str(data / "unpaired_pool")), pool_augs))
+    for name, make, k in (j for j in jobs if j[0] in names):   # a source is opened only when its cache is asked for
+        source = make()
         path = work / "cache" / name
         t0 = time.time()
         if not (path / "done.json").is_file():
@@ -405,10 +416,12 @@ def main(argv=None) -> int:
         t0 = time.time()
         data = prepare_data(work)
         ensure_val_zeroshot(work)
-        data["icons"] = prepare_icons(work)
+        names = ("pairs", "images", "texts", "pool") if args.prepare_only else caches_for(args.configs)
+        if "pool" in names:
+            data["icons"] = prepare_icons(work)
         print(f"data: {data['counts']} ({time.time() - t0:.0f} s)")
         teacher, heads = build_teacher(work)
-        caches = build_caches(teacher, work, args.augs)
+        caches = build_caches(teacher, work, args.augs, names=names)
     except MissingPart as e:
         print(f"distill_real: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,12 @@ from .parity import ParityError, check, run_parity
 
 # ------------------------------------------------------------------ inputs
 
-def _images(data: Optional[str], n: int):
+# --data images read for top-1 agreement at most (its steps are then 1 / the number read).
+AGREEMENT_IMAGES = 1000
+
+
+def _images(data: Optional[str], limit: int = AGREEMENT_IMAGES) -> Optional[dict]:
+    """The readable images of ``data`` (an image folder), at most ``limit``, with the folder's class names."""
     if not data:
         return None
     from mobileclip.data import ImageFolderDataset
@@ -33,13 +38,13 @@ def _images(data: Optional[str], n: int):
     ds = ImageFolderDataset(data)
     out = []
     for p, _ in ds.samples:
-        if len(out) >= n:
+        if len(out) >= limit:
             break
         try:
             out.append(load_image(p))
         except IMAGE_READ_ERRORS:  # unreadable image: skipped
             continue
-    return out or None
+    return {"images": out, "classnames": list(ds.classnames)} if out else None
 
 
 def _batches(fixed: int, max_batch: int) -> tuple:
@@ -102,7 +107,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
             shutil.copy(f, tmp / Path(f).name)
         manifest = _manifest(src, arts, token_dtype, time.time() - t0)
         _portable_tokenizer(tmp, manifest["tokenizer"])
-        report = _parity(tmp, manifest, src, _batches(fixed_batch, max_batch), _images(data, max_batch))
+        report = _parity(tmp, manifest, src, _batches(fixed_batch, max_batch), _images(data))
         (tmp / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
         manifest["parity"] = _parity_summary(report)
         write_manifest(tmp, manifest)
@@ -188,7 +193,7 @@ def _manifest_checks(directory: Path, manifest: dict, src: ExportSource) -> list
     return misses + signature_misses(manifest)
 
 
-def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images) -> dict:
+def _parity(directory: Path, manifest: dict, src: ExportSource, batches, data: Optional[dict]) -> dict:
     """The parity report of the bundle in ``directory`` (written nowhere: the caller decides where)."""
     from .parity import check_inputs, parity_prompts, synthetic_images
 
@@ -202,6 +207,7 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images)
 
     opened = open_bundle(directory, device=backend.parity_device, strict=False, manifest=manifest, hf_tokenizer=None)
     bundle_pre, bundle_tok, build_misses = opened.preprocess, opened.tokenizer, list(opened.problems.values())
+    images = data["images"] if data else None
     pil = (images or [])[:6] + synthetic_images(6)   # the synthetic ones include non-square pictures
     inputs = check_inputs(pil, parity_prompts(src.tokenizer, 8), src.preprocess, src.tokenizer, bundle_pre,
                           bundle_tok)
@@ -225,6 +231,7 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, images)
         try:
             report = run_parity(src.model, src.preprocess, src.tokenizer, runners["image"], runners["text"],
                                 batches=batches, images=images, token_dtype=dtype,
+                                classnames=data["classnames"] if data else None,
                                 bundle_preprocess=bundle_pre if ok else None,
                                 bundle_tokenizer=bundle_tok if ok else None)
         finally:
@@ -268,7 +275,7 @@ def validate(bundle: Union[str, Path], data: Optional[str] = None, allow_mismatc
     manifest = load_manifest(bundle)
     src = load_source(manifest["source"])
     fixed = backends.runner_for(bundle, manifest["artifacts"]["image"]).fixed_batch
-    result = _parity(bundle, manifest, src, _batches(fixed, max_batch), _images(data, max_batch))
+    result = _parity(bundle, manifest, src, _batches(fixed, max_batch), _images(data))
     result["bundle"] = str(bundle)
     atomic_write_json(out, result)
     result["report_path"] = str(out)

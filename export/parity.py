@@ -72,7 +72,9 @@ def check(report: dict, precision, thresholds: Optional[dict] = None) -> list:
         hint = "" if misses else (
             " (the embeddings pass their cosine thresholds: with untrained or random weights the class scores are "
             "near-ties and argmax flips; check a trained checkpoint, or pass --allow-mismatch)")
-        misses.append(f"zero-shot top-1 agreement {report['top1_agreement']:.4f} < {th['top1_agreement']}{hint}")
+        over = report.get("agreement", {}).get("images")
+        misses.append(f"zero-shot top-1 agreement {report['top1_agreement']:.4f} < {th['top1_agreement']}"
+                      + (f" over {over} images" if over else "") + hint)
     return misses
 
 
@@ -141,7 +143,7 @@ def check_inputs(pil: list, prompts: list, preprocess, tokenizer, bundle_preproc
 
 @torch.no_grad()
 def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 32), images=None,
-               token_dtype=np.int32, bundle_preprocess=None, bundle_tokenizer=None) -> dict:
+               token_dtype=np.int32, bundle_preprocess=None, bundle_tokenizer=None, classnames=None) -> dict:
     """Compare ``image_fn`` / ``text_fn`` (numpy in, numpy out) with the PyTorch model.
 
     The reference is the model on the source's own ``preprocess`` and ``tokenizer``. The bundle
@@ -149,14 +151,19 @@ def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 3
     ``bundle_tokenizer`` (texts -> ids): the runtime's, built from the manifest under test, so a
     wrong mean/std, resize rule or context length in the manifest cannot pass. Without them the
     bundle side gets the reference inputs (towers only).
+
+    Embeddings are compared at each batch size in ``batches`` on the first ``max(batches)`` images
+    (repeated when there are fewer). Zero-shot top-1 agreement reads *every* image in ``images``
+    (a dataset's: ``--data``), in chunks of ``max(batches)``, against ``classnames`` (the dataset's
+    classes; the synthetic classes by default), so its steps are 1 / len(images), not 1 / max(batches).
     """
-    from mobileclip.data.synthetic import classnames
+    from mobileclip.data.synthetic import classnames as synthetic_classnames
 
     n = max(batches)
-    pil = images if images is not None else synthetic_images(n)
-    pil = (pil * ((n + len(pil) - 1) // len(pil)))[:n]
-    x = torch.stack([preprocess(im) for im in pil])
-    xb = np.stack([bundle_preprocess(im) for im in pil]).astype(np.float32) if bundle_preprocess else x.numpy()
+    pil = images if images else synthetic_images(n)
+    first = (pil * ((n + len(pil) - 1) // len(pil)))[:n]
+    x = torch.stack([preprocess(im) for im in first])
+    xb = np.stack([bundle_preprocess(im) for im in first]).astype(np.float32) if bundle_preprocess else x.numpy()
     prompts = parity_prompts(tokenizer, n)
     tokens = tokenizer(prompts)
 
@@ -170,15 +177,24 @@ def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 3
         report["image"].append({"batch": b, **compare(ref, image_fn(xb[:b]))})
         ref_t = model.encode_text(_repeat(tokens, b)).numpy()
         report["text"].append({"batch": b, **compare(ref_t, text_fn(_repeat(tokens_b, b).astype(token_dtype)))})
-    # zero-shot top-1 agreement on the synthetic classes
-    names = classnames()
-    cls_text = [f"a photo of a {c}." for c in names]
-    cls_tok = tokenizer(cls_text)
-    ref_cls = model.encode_text(cls_tok).numpy()
-    got_cls = text_fn(bundle_tokens(cls_text, cls_tok).astype(token_dtype))
-    ref_img = model.encode_image(x).numpy()
-    got_img = image_fn(xb)
-    agree = (ref_img @ ref_cls.T).argmax(1) == (got_img @ got_cls.T).argmax(1)
+    # zero-shot top-1 agreement on every image, against the dataset's classes (or the synthetic ones)
+    names = list(classnames) if classnames else synthetic_classnames()
+    ref_cls, got_cls = [], []
+    for s in range(0, len(names), n):
+        cls_text = [f"a photo of a {c}." for c in names[s:s + n]]
+        cls_tok = tokenizer(cls_text)
+        ref_cls.append(model.encode_text(cls_tok).numpy())
+        got_cls.append(text_fn(bundle_tokens(cls_text, cls_tok).astype(token_dtype)))
+    ref_cls, got_cls = np.concatenate(ref_cls), np.concatenate(got_cls)
+    agree = []
+    for s in range(0, len(pil), n):
+        chunk = pil[s:s + n]
+        xs = torch.stack([preprocess(im) for im in chunk])
+        xsb = np.stack([bundle_preprocess(im) for im in chunk]).astype(np.float32) if bundle_preprocess else xs.numpy()
+        agree.append((model.encode_image(xs).numpy() @ ref_cls.T).argmax(1) == (image_fn(xsb) @ got_cls.T).argmax(1))
+    agree = np.concatenate(agree)
     report["top1_agreement"] = float(agree.mean())
     report["images"] = n
+    report["agreement"] = {"images": int(agree.size), "classes": len(names),
+                           "classes_from": "the --data folder" if classnames else "the synthetic classes"}
     return report

@@ -231,6 +231,10 @@ def test_distill_real_splits_are_fixed_by_item_and_missing_parts_are_named(tmp_p
     monkeypatch.setattr(distill_real_data, "OPENCLIPART", tmp_path / "nowhere")
     assert distill_real.main(["--work", str(tmp_path / "w"), "--prepare-only"]) == 2
     assert "apt-get install openclipart-png openclipart-svg" in capsys.readouterr().err
+    # only the caches a run's configs read are built (the icon pool alone took 31 min here)
+    assert distill_real.caches_for(["clip"]) == ("pairs",)
+    assert distill_real.caches_for(["clip", "readme+unpaired"]) == ("pairs", "images", "texts")
+    assert distill_real.caches_for(["fd+unpaired+icons"]) == ("pairs", "texts", "pool")
     results = [{"config": m, "seed": s, "train_s": 1.0, "params": 8,
                 "test": {"text_to_image_R@1": v, "image_to_text_R@1": v + d, "test_images": 10}}
                for m, vals, d in (("clip", (0.10, 0.11, 0.12), 0.0), ("fd", (0.20, 0.21, 0.22), 0.0),

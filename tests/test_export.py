@@ -142,7 +142,14 @@ def test_cli_export_validate_and_errors(tmp_path, capsys, synth_folder):
     assert main(["validate", str(out)]) == 0
     assert "parity passed" in capsys.readouterr().out
     assert main(["validate", str(out), "--data", str(synth_folder)]) == 0  # real image files
-    assert json.loads((out / "parity.json").read_text())["images"] == 4
+    assert json.loads((out / "parity.json").read_text())["images"] == 4   # the export's cosine rows: the fixed batch
+    rep = json.loads((tmp_path / "bundle.validate.json").read_text())   # validate's, with --data
+    assert rep["images"] == 4
+    # top-1 agreement reads every image of --data, against the folder's own classes
+    from mobileclip.data import ImageFolderDataset
+    folder = ImageFolderDataset(str(synth_folder))
+    assert rep["agreement"] == {"images": len(folder.samples), "classes": len(folder.classnames),
+                                "classes_from": "the --data folder"}
     assert main(["validate", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -285,6 +292,36 @@ def test_third_party_models_export_with_fp32_parity(spec, tmp_path, hf_clip_dir)
     assert m["tokenizer"]["name"] == "clip-bpe" and (tmp_path / "b" / m["tokenizer"]["vocab_file"]).is_file()
     report = validate(tmp_path / "b", max_batch=2)  # re-creates the same random model from the seed
     assert report["passed"] and min(r["min_cosine"] for r in report["image"] + report["text"]) >= 0.99999
+
+
+def test_parity_agreement_reads_every_data_image(synth_folder):
+    """One image past the cosine batches answers wrong: agreement is (N-1)/N over the folder, not 1.0 over the
+    first max-batch images (steps of 1/8 in make demo before)."""
+    from mobileclip.data import ImageFolderDataset
+    from mobileclip.export.parity import run_parity
+    from mobileclip.transforms import load_image
+
+    model, pre, tok = mobileclip.create_model("mobileclip-tiny")
+    model.eval()
+    folder = ImageFolderDataset(str(synth_folder))
+    images = [load_image(p) for p, _ in folder.samples]
+    wrong = pre(images[-1]).numpy()
+
+    def image_fn(x):   # the model, except on the last image, whose embedding is negated (argmax -> argmin)
+        out = model.encode_image(torch.from_numpy(x)).numpy()
+        hit = np.array([np.array_equal(r, wrong) for r in x])
+        out[hit] *= -1
+        return out
+
+    def text_fn(t):
+        return model.encode_text(torch.from_numpy(t)).numpy()
+
+    with torch.no_grad():
+        r = run_parity(model, pre, tok, image_fn, text_fn, batches=(1, 8), images=images,
+                       classnames=folder.classnames)
+    assert r["images"] == 8 and all(row["min_cosine"] > 0.9999 for row in r["image"])   # the wrong one is not among them
+    assert r["agreement"]["images"] == len(images) == 72 and r["agreement"]["classes"] == len(folder.classnames)
+    assert r["top1_agreement"] == pytest.approx((len(images) - 1) / len(images))
 
 
 def test_parity_thresholds_per_precision_and_tower():
