@@ -141,6 +141,13 @@ def check_inputs(pil: list, prompts: list, preprocess, tokenizer, bundle_preproc
     return out
 
 
+def _class_means(prompt_emb: np.ndarray, classes: int) -> np.ndarray:
+    """``[C * T, D]`` prompt embeddings (class-major) -> ``[C, D]``: each normalized, averaged, renormalized."""
+    e = prompt_emb / np.linalg.norm(prompt_emb, axis=1, keepdims=True)
+    e = e.reshape(classes, -1, e.shape[1]).mean(1)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
 @torch.no_grad()
 def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 32), images=None,
                token_dtype=np.int32, bundle_preprocess=None, bundle_tokenizer=None, classnames=None) -> dict:
@@ -155,9 +162,11 @@ def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 3
     Embeddings are compared at each batch size in ``batches`` on the first ``max(batches)`` images
     (repeated when there are fewer). Zero-shot top-1 agreement reads *every* image in ``images``
     (a dataset's: ``--data``), in chunks of ``max(batches)``, against ``classnames`` (the dataset's
-    classes; the synthetic classes by default), so its steps are 1 / len(images), not 1 / max(batches).
+    classes; the synthetic classes by default) prompted with :data:`mobileclip.zeroshot.TEMPLATES`, as
+    zero-shot classification runs; its steps are 1 / len(images), not 1 / max(batches).
     """
     from mobileclip.data.synthetic import classnames as synthetic_classnames
+    from mobileclip.zeroshot import TEMPLATES
 
     n = max(batches)
     pil = images if images else synthetic_images(n)
@@ -177,21 +186,25 @@ def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 3
         report["image"].append({"batch": b, **compare(ref, image_fn(xb[:b]))})
         ref_t = model.encode_text(_repeat(tokens, b)).numpy()
         report["text"].append({"batch": b, **compare(ref_t, text_fn(_repeat(tokens_b, b).astype(token_dtype)))})
-    # zero-shot top-1 agreement on every image, against the dataset's classes (or the synthetic ones)
+    # zero-shot top-1 agreement on every image, against the dataset's classes (or the synthetic ones), each class
+    # the renormalized mean of its TEMPLATES prompts: what `mobileclip zeroshot`, bench --eval and the runtime's
+    # classify use
     names = list(classnames) if classnames else synthetic_classnames()
-    ref_cls, got_cls = [], []
-    for s in range(0, len(names), n):
-        cls_text = [f"a photo of a {c}." for c in names[s:s + n]]
-        cls_tok = tokenizer(cls_text)
-        ref_cls.append(model.encode_text(cls_tok).numpy())
-        got_cls.append(text_fn(bundle_tokens(cls_text, cls_tok).astype(token_dtype)))
-    ref_cls, got_cls = np.concatenate(ref_cls), np.concatenate(got_cls)
+    prompts_all = [t.format(c) for c in names for t in TEMPLATES]
+    # the reference in large batches (its cost), the bundle in batches of max(batches) (what it takes)
+    all_tok = tokenizer(prompts_all)
+    all_tok_b = bundle_tokens(prompts_all, all_tok).astype(token_dtype)
+    ref_cls = _class_means(np.concatenate([model.encode_text(all_tok[s:s + 256]).numpy()
+                                           for s in range(0, len(prompts_all), 256)]), len(names))
+    got_cls = _class_means(np.concatenate([text_fn(all_tok_b[s:s + n]) for s in range(0, len(prompts_all), n)]),
+                           len(names))
     agree = []
-    for s in range(0, len(pil), n):
-        chunk = pil[s:s + n]
+    for s in range(0, len(pil), 64):   # 64 images in memory at a time
+        chunk = pil[s:s + 64]
         xs = torch.stack([preprocess(im) for im in chunk])
         xsb = np.stack([bundle_preprocess(im) for im in chunk]).astype(np.float32) if bundle_preprocess else xs.numpy()
-        agree.append((model.encode_image(xs).numpy() @ ref_cls.T).argmax(1) == (image_fn(xsb) @ got_cls.T).argmax(1))
+        got = np.concatenate([image_fn(xsb[i:i + n]) for i in range(0, len(chunk), n)])
+        agree.append((model.encode_image(xs).numpy() @ ref_cls.T).argmax(1) == (got @ got_cls.T).argmax(1))
     agree = np.concatenate(agree)
     report["top1_agreement"] = float(agree.mean())
     report["images"] = n
