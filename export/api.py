@@ -61,10 +61,15 @@ def _check_args(fmt: str, o: ExportOptions, out: Path, overwrite: bool) -> None:
         raise ConfigError(f"token dtype {o.token_dtype!r}: choose int32 or int64")
     if o.max_batch < 1 or o.fixed_batch < 0:
         raise ConfigError("--max-batch must be >= 1 and --fixed-batch >= 0")
-    if o.precision == "int8" and backend.int8_refused and not o.accept_int8_loss:
-        raise ConfigError(f"{backend.label or fmt} int8 is refused by default: {backend.int8_refused}; pass "
+    why = backend.int8_refusal(o)
+    if why:
+        method = backend.int8_method(o)
+        other = [m for m in backend.int8_methods if m != method and m not in backend.int8_refused]
+        instead = (f"--quant {other[0]}" + (" (without --calib)" if other[0] == "dynamic" else " --calib DIR")
+                   if other else "--precision fp16")
+        raise ConfigError(f"{backend.label or fmt} {method} int8 is refused by default: {why}; pass "
                           "--accept-int8-loss to export it anyway (then measure it on your data: `mobileclip bench "
-                          "BUNDLE --model SOURCE --eval DIR`), or use --precision fp16")
+                          f"BUNDLE --model SOURCE --eval DIR`), or use {instead}")
     backend.check_options(o)
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")

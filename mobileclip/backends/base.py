@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 
@@ -34,6 +34,12 @@ class ExportOptions:
     accept_int8_loss: bool = False    # export an int8 recipe the backend refuses by default (Backend.int8_refused)
 
 
+def int8_method(o: ExportOptions) -> str:
+    """The int8 method the options pick: ``static`` when asked (``--quant static``) or when ``--quant auto`` is
+    given calibration images (``--calib``); ``dynamic`` otherwise."""
+    return "static" if o.quant == "static" or (o.quant == "auto" and bool(o.calib)) else "dynamic"
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -56,10 +62,19 @@ class Backend:
     # The device export and validate run its artifacts on for parity ("cuda" for TensorRT engines, which
     # run nowhere else); bench and the runtime pass the device they were asked for.
     parity_device: str = "cpu"
-    # Why its int8 is refused by default (measured on trained students: a default recipe must keep >= 98 % of the
-    # fp32 source's zero-shot top-1s and lose <= 1 point of R@1); None where int8 passes. --accept-int8-loss
-    # exports it anyway.
-    int8_refused: Optional[str] = None
+    # Why each int8 method ("static", "dynamic") is refused by default, where it is: measured on trained models
+    # (benchmarks/results/precision/summary.md: a default recipe must keep >= 98 % of the fp32 source's zero-shot
+    # top-1s and lose <= 1 point of R@1). --accept-int8-loss exports it anyway.
+    int8_refused: Mapping[str, str] = field(default_factory=dict)
+    # The int8 methods it has, and the one an export's options pick (TensorRT's int8 is static only).
+    int8_methods: tuple = ("static", "dynamic")
+    int8_method: Callable[[ExportOptions], str] = int8_method
+
+    def int8_refusal(self, o: ExportOptions) -> Optional[str]:
+        """Why these options' int8 recipe is refused by default, or None (not int8, accepted, or it passes)."""
+        if o.precision != "int8" or o.accept_int8_loss:
+            return None
+        return self.int8_refused.get(self.int8_method(o))
 
 
 def cuda_index(device) -> Optional[int]:

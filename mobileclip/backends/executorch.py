@@ -52,7 +52,7 @@ import numpy as np
 
 from mobileclip.errors import ConfigError, MobileCLIPError
 
-from .base import Backend, BackendUnavailable, ExportOptions, Runner
+from .base import Backend, BackendUnavailable, ExportOptions, Runner, int8_method
 from .bundle import BundleError
 from .base import installed_versions
 from .onnx import check_options as check_int8_options
@@ -209,7 +209,7 @@ def _quantize(role: str, tower, example, src, o: ExportOptions):
         raise BackendUnavailable(f"int8 ExecuTorch export needs torchao's PT2E quantization and the XNNPACK "
                                  f"quantizer ({e}): {INSTALL_HINT}") from e
 
-    static = role == "image" and (o.quant == "static" or (o.quant == "auto" and bool(o.calib)))
+    static = role == "image" and int8_method(o) == "static"
     b = example.shape[0]
     graph = _capture(role, tower, example).module()
     unfolded = _shield_shared_conv_batch_norms(graph)

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .base import Backend, BackendUnavailable, ExportOptions, Runner, cuda_index
+from .base import Backend, BackendUnavailable, ExportOptions, Runner, cuda_index, int8_method
 from .bundle import BundleError
 
 QUANT_METHODS = ("auto", "dynamic", "static")
@@ -63,7 +63,7 @@ def _quantize(src, out_dir: Path, info: dict, o: ExportOptions, qdq_for_tensorrt
     from .onnx_graph import to_fp16
     from .quantize import calibration_images, quantize_dynamic_onnx, quantize_static_onnx
 
-    method = "static" if o.quant == "static" or (o.quant == "auto" and o.calib) else "dynamic"
+    method = int8_method(o)
     fp32 = out_dir / "image.fp32.onnx"
     shutil.move(out_dir / "image.onnx", fp32)
     if method == "static":

@@ -550,4 +550,9 @@ BACKEND = Backend(
     io="host numpy arrays in and out (host/device copies included)",
     summary="TensorRT engines built from the ONNX towers (NVIDIA GPUs)",
     export=export_tensorrt, runner=EngineRunner, unavailable=_unavailable, check_options=_check_tensorrt_options,
-    prepare_export=lambda: require_tensorrt(), parity_device="cuda")
+    prepare_export=lambda: require_tensorrt(), parity_device="cuda", int8_methods=("static",),
+    int8_method=lambda options: "static",
+    int8_refused={"static": "it has not been measured on trained models (TensorRT needs an NVIDIA GPU, which none of "
+                            "this project's measuring machines had), and its recipe quantizes what the ONNX Runtime "
+                            "recipe keeps in fp32 because it cost top-1 agreement (the stem; depthwise convolutions); "
+                            "fp16 keeps 100 % on every other backend"})
