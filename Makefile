@@ -7,7 +7,8 @@ PIP     := $(VPY) -m pip
 # (a newer unpinned torch would pull a multi-GB CUDA build). Override: make TORCH_PINS=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-slow install clean distill-real-deps distill-real gpu-wheels gpu-check precision-table
+.PHONY: demo test test-slow install clean distill-real-deps distill-real gpu-wheels gpu-check precision-table \
+        precision-table-real
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -64,6 +65,15 @@ distill-real: distill-real-deps
 precision-table: $(VENV)/.installed-$(EXTRAS)
 	bash benchmarks/precision_table.sh runs/demo/distilled/student benchmarks/results/precision/demo-student runs/precision/student
 	bash benchmarks/precision_table.sh runs/demo/teacher/student benchmarks/results/precision/demo-teacher runs/precision/teacher
+
+# The same table on a student of the real-data benchmark (make distill-real first; REAL_WORK is its --work): its
+# test split is the evaluation folder (one draw), 64 images of its paired split calibrate.
+REAL_WORK ?= runs/distill_real
+REAL_STUDENT ?= readme+unpaired-s1200-seed0
+precision-table-real: $(VENV)/.installed-$(EXTRAS)
+	$(VPY) -m mobileclip.benchmarks.distill_real --work $(REAL_WORK) --eval-folder runs/precision/real-data
+	EVAL_DIR=runs/precision/real-data/eval CALIB_DIR=runs/precision/real-data/calib bash benchmarks/precision_table.sh \
+	    $(REAL_WORK)/runs/$(REAL_STUDENT)/student benchmarks/results/precision/real-student runs/precision/real-data
 
 # The GPU check (benchmarks/gpu_check.sh) on a machine whose Python has a CUDA torch. gpu-wheels downloads
 # into .whl/ every non-torch package the check's steps import that the device image lacks (its package list:

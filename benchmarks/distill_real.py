@@ -243,6 +243,36 @@ def evaluate(model, preprocess, tokenizer, work: Path) -> dict:
             "zeroshot_balanced_top1": balanced_top1(z), "test_images": r["images"]}
 
 
+def eval_folder(work: Path, out: Path, calib: int = 64) -> dict:
+    """``out/eval``: the zero-shot folders of the test split (links) and ``captions.csv`` with every test pair
+    (absolute paths); ``out/calib``: ``calib`` images of the paired (training) split, drawn with seed 0."""
+    import csv
+    import random
+    import shutil
+
+    data = work / "data"
+    for d in ("eval", "calib"):
+        shutil.rmtree(out / d, ignore_errors=True)
+        (out / d).mkdir(parents=True)
+    images = 0
+    for c in sorted(p for p in (data / "zeroshot").iterdir() if p.is_dir()):
+        (out / "eval" / c.name).mkdir()
+        for f in sorted(c.iterdir()):
+            (out / "eval" / c.name / f.name).symlink_to(f.resolve())
+            images += 1
+    rows = list(csv.DictReader(open(data / "test.csv", newline="")))
+    with open(out / "eval" / "captions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "caption"])
+        w.writerows([str((data / r["filepath"]).resolve()), r["caption"]] for r in rows)
+    pairs = list(csv.DictReader(open(data / "paired.csv", newline="")))
+    random.Random(0).shuffle(pairs)
+    for r in pairs[:calib]:
+        f = (data / r["filepath"]).resolve()
+        (out / "calib" / f.name).symlink_to(f)
+    return {"eval_images": images, "captions": len(rows), "calib_images": min(calib, len(pairs))}
+
+
 def run_student(name: str, seed: int, work: Path, args) -> dict:
     """Train config ``name`` with ``seed``; evaluate on val during training (the learning curve) and at the end;
     on the test split only when ``args.split == "test"``. Reused when it ran with these very settings."""
@@ -406,12 +436,22 @@ def main(argv=None) -> int:
     p.add_argument("--curve-points", type=int, default=8, help="val evaluations during each run (the learning curve)")
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     p.add_argument("--prepare-only", action="store_true", help="data, teacher and caches; no student runs")
+    p.add_argument("--eval-folder", default=None, metavar="DIR",
+                   help="no training: write DIR/eval (the test split as `mobileclip bench --eval` reads it: the "
+                        "zero-shot folders and captions.csv) and DIR/calib (64 images of the paired split), for "
+                        "benchmarks/precision_table.sh on a student of this benchmark")
     p.add_argument("--diagnose", nargs="+", default=None, metavar="RUN",
                    help="no training: for these finished runs (folder names under WORK/runs), which tower holds the "
                         "student back, on val (distill_real_towers.*)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
+    if args.eval_folder:
+        if not (work / "data" / "test.csv").is_file():
+            print(f"distill_real: no prepared data under {work} (run with --prepare-only first)", file=sys.stderr)
+            return 2
+        print(eval_folder(work, Path(args.eval_folder)))
+        return 0
     try:
         t0 = time.time()
         data = prepare_data(work)

@@ -231,6 +231,22 @@ def test_distill_real_splits_are_fixed_by_item_and_missing_parts_are_named(tmp_p
     monkeypatch.setattr(distill_real_data, "OPENCLIPART", tmp_path / "nowhere")
     assert distill_real.main(["--work", str(tmp_path / "w"), "--prepare-only"]) == 2
     assert "apt-get install openclipart-png openclipart-svg" in capsys.readouterr().err
+    # --eval-folder: the test split as bench --eval reads it, and calibration images from the paired split
+    data = tmp_path / "w2" / "data"
+    for cls in ("animals", "food"):
+        (data / "zeroshot" / cls).mkdir(parents=True)
+        (data / "zeroshot" / cls / f"{cls}.png").write_bytes(b"png")
+    (data / "images").mkdir()
+    for i in range(3):
+        (data / "images" / f"p{i}.png").write_bytes(b"png")
+    (data / "test.csv").write_text('filepath,caption\nimages/p0.png,"a cat, sitting"\n')
+    (data / "paired.csv").write_text("filepath,caption\n" + "".join(f"images/p{i}.png,x\n" for i in range(3)))
+    assert distill_real.main(["--work", str(tmp_path / "w2"), "--eval-folder", str(tmp_path / "ev")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ev" / "eval").iterdir()) == ["animals", "captions.csv", "food"]
+    assert (tmp_path / "ev" / "eval" / "captions.csv").read_text().splitlines() == [
+        "image,caption", f'{(data / "images" / "p0.png").resolve()},"a cat, sitting"']
+    assert sorted(p.name for p in (tmp_path / "ev" / "calib").iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert distill_real.main(["--work", str(tmp_path / "nothing"), "--eval-folder", str(tmp_path / "ev")]) == 2
     # only the caches a run's configs read are built (the icon pool alone took 31 min here)
     assert distill_real.caches_for(["clip"]) == ("pairs",)
     assert distill_real.caches_for(["clip", "readme+unpaired"]) == ("pairs", "images", "texts")
