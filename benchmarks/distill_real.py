@@ -245,7 +245,7 @@ def evaluate(model, preprocess, tokenizer, work: Path) -> dict:
 
 def eval_folder(work: Path, out: Path, calib: int = 64) -> dict:
     """``out/eval``: the zero-shot folders of the test split (links) and ``captions.csv`` with every test pair
-    (absolute paths); ``out/calib``: ``calib`` images of the paired (training) split, drawn with seed 0."""
+    (absolute paths); ``out/calib/paired/``: ``calib`` images of the paired (training) split, drawn with seed 0."""
     import csv
     import random
     import shutil
@@ -253,6 +253,7 @@ def eval_folder(work: Path, out: Path, calib: int = 64) -> dict:
     data = work / "data"
     for d in ("eval", "calib"):
         shutil.rmtree(out / d, ignore_errors=True)
+    for d in ("eval", "calib/paired"):   # an image folder has class sub-folders
         (out / d).mkdir(parents=True)
     images = 0
     for c in sorted(p for p in (data / "zeroshot").iterdir() if p.is_dir()):
@@ -269,7 +270,7 @@ def eval_folder(work: Path, out: Path, calib: int = 64) -> dict:
     random.Random(0).shuffle(pairs)
     for r in pairs[:calib]:
         f = (data / r["filepath"]).resolve()
-        (out / "calib" / f.name).symlink_to(f)
+        (out / "calib" / "paired" / f.name).symlink_to(f)
     return {"eval_images": images, "captions": len(rows), "calib_images": min(calib, len(pairs))}
 
 
@@ -438,7 +439,7 @@ def main(argv=None) -> int:
     p.add_argument("--prepare-only", action="store_true", help="data, teacher and caches; no student runs")
     p.add_argument("--eval-folder", default=None, metavar="DIR",
                    help="no training: write DIR/eval (the test split as `mobileclip bench --eval` reads it: the "
-                        "zero-shot folders and captions.csv) and DIR/calib (64 images of the paired split), for "
+                        "zero-shot folders and captions.csv) and DIR/calib/paired (64 images of the paired split), for "
                         "benchmarks/precision_table.sh on a student of this benchmark")
     p.add_argument("--diagnose", nargs="+", default=None, metavar="RUN",
                    help="no training: for these finished runs (folder names under WORK/runs), which tower holds the "

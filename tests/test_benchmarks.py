@@ -245,7 +245,7 @@ def test_distill_real_splits_are_fixed_by_item_and_missing_parts_are_named(tmp_p
     assert sorted(p.name for p in (tmp_path / "ev" / "eval").iterdir()) == ["animals", "captions.csv", "food"]
     assert (tmp_path / "ev" / "eval" / "captions.csv").read_text().splitlines() == [
         "image,caption", f'{(data / "images" / "p0.png").resolve()},"a cat, sitting"']
-    assert sorted(p.name for p in (tmp_path / "ev" / "calib").iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert sorted(p.name for p in (tmp_path / "ev" / "calib" / "paired").iterdir()) == ["p0.png", "p1.png", "p2.png"]
     assert distill_real.main(["--work", str(tmp_path / "nothing"), "--eval-folder", str(tmp_path / "ev")]) == 2
     # only the caches a run's configs read are built (the icon pool alone took 31 min here)
     assert distill_real.caches_for(["clip"]) == ("pairs",)
