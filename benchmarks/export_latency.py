@@ -91,7 +91,8 @@ def main() -> None:
     calib = work / "calib"
     write_synthetic(calib, 64, split="train", image_size=256)
     t0 = time.time()
-    kw = dict(max_batch=4, allow_mismatch=True)  # random weights: int8 top-1 agreement is not meaningful
+    # random weights: int8 top-1 agreement is not meaningful; speed is measured whatever the default policy
+    kw = dict(max_batch=4, allow_mismatch=True, accept_int8_loss=True)
     print("exporting mobileclip-s0 (fp32, int8 static, int8 dynamic) and open_clip ViT-B-32 (fp32, int8)")
     b = {
         "s0-fp32": export("mobileclip-s0", work / "s0-fp32", **kw),

@@ -178,7 +178,8 @@ def test_int8_dynamic_bundle(tmp_path, caplog):
     # Random weights: the 36 class prompts score as near-ties, so zero-shot argmax agreement is
     # not meaningful here (the demo checks it on a trained student); the cosines must pass.
     with caplog.at_level("WARNING"):
-        m = export("mobileclip-tiny", tmp_path / "dyn", precision="int8", max_batch=8, allow_mismatch=True)
+        m = export("mobileclip-tiny", tmp_path / "dyn", precision="int8", max_batch=8, allow_mismatch=True,
+                   accept_int8_loss=True)
     # the graphs went through ONNX Runtime's pre-processing, so its quantizer does not ask for it
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
     img, txt = m["artifacts"]["image"], m["artifacts"]["text"]
@@ -216,7 +217,7 @@ def test_int8_static_bundle_calibrated_on_real_images(tmp_path, synth_folder, ca
     with caplog.at_level("WARNING"):
         rc = main(["export", "mobileclip-tiny", "--out", str(out), "--precision", "int8", "--calib",
                    str(synth_folder), "--calib-size", "16", "--max-batch", "8", "--data", str(synth_folder),
-                   "--allow-mismatch"])
+                   "--allow-mismatch", "--accept-int8-loss"])
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
     assert rc == 0   # --allow-mismatch: exit 0 whatever parity says
     m = load_manifest(out)

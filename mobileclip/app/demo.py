@@ -17,12 +17,13 @@ No pretrained CLIP can be downloaded here, so the demo makes its own teacher:
    alone (the baseline);
 5. evaluates all three on held-out images, on held-out colour–shape pairs, and for
    retrieval;
-6. exports the distilled student to ONNX fp32, ONNX int8 (static QDQ image tower
-   calibrated on training images, dynamic int8 text tower), Core ML fp16, and the
-   Android/mobile formats — ONNX Runtime Mobile (.ort) int8, LiteRT fp32 and int8
-   (dynamic range), ExecuTorch fp32 and int8 (PT2E, calibrated) — each where its tools
-   are installed (skipped with the reason otherwise), and checks each against PyTorch on
-   held-out images;
+6. exports the distilled student to ONNX fp32 and int8, Core ML fp16, and the
+   Android/mobile formats — ONNX Runtime Mobile (.ort) int8, LiteRT fp32 and int8,
+   ExecuTorch fp32 and int8 — each where its tools are installed (skipped with the reason
+   otherwise), and checks each against PyTorch on held-out images. Each int8 bundle is the
+   recipe its format ships by default (:func:`int8_recipe`); where every int8 recipe is
+   refused by default (benchmarks/results/precision/summary.md), the dynamic one is
+   exported with ``accept_int8_loss`` and shown as refused, with its parity;
 7. with the torch-free runtime and the int8 bundle, classifies a few held-out images and
    runs a text search over an index of the held-out images; times every bundle this
    machine can run, side by side with the PyTorch student (``mobileclip bench``), and writes ``runs/demo/report.md`` and
@@ -188,6 +189,20 @@ def distillation_verdict(rows: list) -> str:
                             "(the real-data benchmark measures seeds: benchmarks/results/distill_real.md).")
 
 
+def int8_recipe(fmt: str, calib: dict) -> dict:
+    """The export options of the int8 recipe a user of ``fmt`` gets by default: static (calibrated on ``calib``)
+    where it is not refused, else dynamic; where both are refused (benchmarks/results/precision/summary.md), the
+    dynamic one with ``accept_int8_loss``, so the demo shows its miss."""
+    from .. import backends
+
+    refused = backends.get(fmt).int8_refused
+    if "static" not in refused:
+        return dict(calib, quant="static")
+    if "dynamic" not in refused:
+        return {"quant": "dynamic"}
+    return {"quant": "dynamic", "accept_int8_loss": True}
+
+
 def export_student(student: Path, out: Path, quick: bool = False) -> list:
     """Export ``student`` to the demo's bundles and check each against PyTorch on held-out images.
 
@@ -203,12 +218,11 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
     write_synthetic(data / "heldout", 16 if quick else 64, split="val", seed=1, overwrite=True)
     write_synthetic(data / "calib", 16 if quick else 64, split="train", seed=2, overwrite=True)
     calib = {"calib": str(data / "calib")}
-    jobs = [("onnx", "fp32", {}), ("onnx", "int8", calib), ("coreml", "fp16", {})]
+    jobs = [("onnx", "fp32", {}), ("onnx", "int8", int8_recipe("onnx", calib)), ("coreml", "fp16", {})]
     if not quick:   # the on-device formats for Android (and ORT Mobile apps); the quick run keeps to the above
-        # LiteRT int8 is refused by default (it keeps < 98 % of top-1s on trained students): shown with its miss
-        jobs += [("ort", "int8", calib), ("litert", "fp32", {}),
-                 ("litert", "int8", {"quant": "dynamic", "accept_int8_loss": True}),
-                 ("executorch", "fp32", {}), ("executorch", "int8", calib)]
+        jobs += [("ort", "int8", int8_recipe("ort", calib)), ("litert", "fp32", {}),
+                 ("litert", "int8", int8_recipe("litert", calib)),
+                 ("executorch", "fp32", {}), ("executorch", "int8", int8_recipe("executorch", calib))]
     ready = []
     for fmt, precision, extra in jobs:
         try:
@@ -226,11 +240,14 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
         parity = json.loads((dest / "parity.json").read_text())
         size = sum(_size(dest / a["file"]) for a in m["artifacts"].values())
         cos = {t: min((r["min_cosine"] for r in parity[t]), default=None) for t in ("image", "text")}
-        rows.append({"bundle": str(dest), "format": label, "precision": precision, "mb": size / 1e6,
+        recipe = (extra["quant"] + (", refused by default" if extra.get("accept_int8_loss") else "")
+                  if extra.get("quant") else None)
+        shown = precision + (f" ({recipe})" if recipe else "")
+        rows.append({"bundle": str(dest), "format": label, "precision": precision, "recipe": recipe, "mb": size / 1e6,
                      "passed": parity["passed"], "misses": parity["misses"], "mode": parity.get("mode"),
                      "image_min_cosine": cos["image"], "text_min_cosine": cos["text"],
                      "top1_agreement": parity.get("top1_agreement")})
-        print(f"  {label} {precision}: {size / 1e6:.1f} MB, parity " + ("passed" if parity["passed"] else
+        print(f"  {label} {shown}: {size / 1e6:.1f} MB, parity " + ("passed" if parity["passed"] else
                                                                           "FAILED: " + "; ".join(parity["misses"])))
     return rows
 
@@ -308,7 +325,8 @@ def export_table(rows: list, seconds: float) -> list:
           "cannot run off macOS: there the check is the model spec plus the same graph run in fp16 in PyTorch.", "",
           "| bundle | precision | size | image min cosine | text min cosine | zero-shot top-1 agreement | parity |",
           "|---|---|---:|---:|---:|---:|---|"]
-    md += [f"| {r['format']} | {r['precision']} | {r['mb']:.1f} MB | {num(r['image_min_cosine'], '.5f')} | "
+    md += [f"| {r['format']} | {r['precision']}" + (f" ({r['recipe']})" if r.get("recipe") else "")
+           + f" | {r['mb']:.1f} MB | {num(r['image_min_cosine'], '.5f')} | "
            f"{num(r['text_min_cosine'], '.5f')} | "
            + (f"{100 * r['top1_agreement']:.1f}%" if r["top1_agreement"] is not None else "—") + " | "
            + ("passed" if r["passed"] else "FAILED: " + "; ".join(r["misses"]))

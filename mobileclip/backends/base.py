@@ -34,6 +34,14 @@ class ExportOptions:
     accept_int8_loss: bool = False    # export an int8 recipe the backend refuses by default (Backend.int8_refused)
 
 
+def int8_refusal_reason(student: float, teacher: float, real: float) -> str:
+    """Why an int8 recipe is refused by default, from its zero-shot top-1 agreement (%) with the fp32 source on the
+    trained models of benchmarks/results/precision/summary.md (tests/test_precision_policy.py checks the numbers)."""
+    return (f"it keeps {student:.1f} % of the fp32 source's zero-shot top-1s on make demo's trained student, "
+            f"{teacher:.1f} % on its teacher and {real:.1f} % on a student trained on real data, where a default "
+            "recipe must keep >= 98 % on each (benchmarks/results/precision/summary.md); fp16 keeps >= 99.6 %")
+
+
 def int8_method(o: ExportOptions) -> str:
     """The int8 method the options pick: ``static`` when asked (``--quant static``) or when ``--quant auto`` is
     given calibration images (``--calib``); ``dynamic`` otherwise."""

@@ -52,7 +52,7 @@ import numpy as np
 
 from mobileclip.errors import ConfigError, MobileCLIPError
 
-from .base import Backend, BackendUnavailable, ExportOptions, Runner, int8_method
+from .base import Backend, BackendUnavailable, ExportOptions, Runner, int8_method, int8_refusal_reason
 from .bundle import BundleError
 from .base import installed_versions
 from .onnx import check_options as check_int8_options
@@ -476,4 +476,6 @@ BACKEND = Backend(
     export=export_executorch, runner=ExecuTorchRunner, unavailable=_unavailable, check_options=check_options,
     prepare_export=_prepare_export,
     read_io=lambda directory, entry: read_io(Path(directory) / entry["file"], entry["inputs"][0]["name"],
-                                             entry["outputs"][0]["name"]))
+                                             entry["outputs"][0]["name"]),
+    int8_refused={"static": int8_refusal_reason(98.1, 97.9, 88.8),
+                  "dynamic": int8_refusal_reason(98.1, 98.5, 90.5)})

@@ -32,7 +32,7 @@ import numpy as np
 
 from mobileclip.errors import ConfigError, MobileCLIPError
 
-from .base import Backend, BackendUnavailable, ExportOptions, Runner, int8_method
+from .base import Backend, BackendUnavailable, ExportOptions, Runner, int8_method, int8_refusal_reason
 from .bundle import TENSOR_NAMES, BundleError
 from .base import installed_versions
 from .onnx import check_options as check_int8_options
@@ -509,10 +509,6 @@ class LiteRTRunner(Runner):
         self.interpreter = self._in = self._out = None
 
 
-_INT8_REFUSED = ("on trained students it keeps fewer than the 98 % of zero-shot top-1s a default recipe must keep: "
-                 "dynamic int8 97.6 % (make demo's student; 98.5 % on its teacher), static int8 95.8 % and 62.9 % "
-                 "(720 held-out images, benchmarks/results/precision/); fp16 keeps 100 %")
-
 BACKEND = Backend(
     label="LiteRT", name="litert", precisions=("fp32", "fp16", "int8"), runtime="litert", extra="litert",
     io="host numpy arrays in and out",
@@ -520,4 +516,5 @@ BACKEND = Backend(
             "a fixed batch)",
     export=export_litert, runner=LiteRTRunner, unavailable=_unavailable, check_options=check_options,
     prepare_export=prepare_export, read_io=lambda directory, entry: tflite_io(Path(directory) / entry["file"]),
-    int8_refused={m: _INT8_REFUSED for m in ("static", "dynamic")})
+    int8_refused={"static": int8_refusal_reason(96.0, 62.7, 81.3),
+                  "dynamic": int8_refusal_reason(98.2, 98.3, 91.7)})

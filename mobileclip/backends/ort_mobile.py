@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from .base import Backend, ExportOptions
+from .base import Backend, ExportOptions, int8_refusal_reason
 from .bundle import BundleError
 from .onnx import OrtRunner, check_options, export_onnx, read_io_session
 
@@ -93,4 +93,6 @@ BACKEND = Backend(
     io="host numpy arrays in and out",
     summary="ORT-format files (+ reduced-operator config) for ONNX Runtime Mobile builds on Android/iOS",
     export=export_ort, runner=OrtRunner, unavailable=_unavailable, check_options=check_options,
-    prepare_export=_prepare_export, read_io=read_io_session)
+    prepare_export=_prepare_export, read_io=read_io_session,
+    int8_refused={"static": int8_refusal_reason(97.6, 97.7, 89.5),
+                  "dynamic": int8_refusal_reason(99.2, 99.4, 97.0)})
