@@ -61,6 +61,7 @@ def _check_args(fmt: str, o: ExportOptions, out: Path, overwrite: bool) -> None:
         raise ConfigError(f"token dtype {o.token_dtype!r}: choose int32 or int64")
     if o.max_batch < 1 or o.fixed_batch < 0:
         raise ConfigError("--max-batch must be >= 1 and --fixed-batch >= 0")
+    backend.check_options(o)   # a wrong option first: it is wrong whatever the policy
     why = backend.int8_refusal(o)
     if why:
         method = backend.int8_method(o)
@@ -70,7 +71,6 @@ def _check_args(fmt: str, o: ExportOptions, out: Path, overwrite: bool) -> None:
         raise ConfigError(f"{backend.label or fmt} {method} int8 is refused by default: {why}; pass "
                           "--accept-int8-loss to export it anyway (then measure it on your data: `mobileclip bench "
                           f"BUNDLE --model SOURCE --eval DIR`), or use {instead}")
-    backend.check_options(o)
     if out.exists() and not overwrite:
         raise ConfigError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
     if out.exists() and not (out.is_dir() and ((out / "manifest.json").is_file() or not any(out.iterdir()))):

@@ -250,7 +250,7 @@ def test_export_argument_errors(tmp_path, bundle):
     with pytest.raises(ConfigError, match="needs calibration images: pass --calib"):
         export("mobileclip-tiny", tmp_path / "a", precision="int8", quant="static")
     with pytest.raises(ConfigError, match="calibration folder .* does not exist"):
-        export("mobileclip-tiny", tmp_path / "a", precision="int8", calib=str(tmp_path / "nope"))
+        export("mobileclip-tiny", tmp_path / "a", precision="int8", calib=str(tmp_path / "nope"), accept_int8_loss=True)
     before = sorted(p.name for p in bundle.iterdir())
     with pytest.raises(ConfigError, match="already exists; pass --overwrite"):
         export("mobileclip-tiny", bundle)
