@@ -147,9 +147,10 @@ def test_cli_export_validate_and_errors(tmp_path, capsys, synth_folder):
     assert rep["images"] == 4
     # top-1 agreement reads every image of --data, against the folder's own classes
     from mobileclip.data import ImageFolderDataset
+    from mobileclip.zeroshot import TEMPLATES
     folder = ImageFolderDataset(str(synth_folder))
     assert rep["agreement"] == {"images": len(folder.samples), "classes": len(folder.classnames),
-                                "classes_from": "the --data folder"}
+                                "prompts_per_class": len(TEMPLATES), "classes_from": "the --data folder"}
     assert main(["validate", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
