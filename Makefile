@@ -7,7 +7,7 @@ PIP     := $(VPY) -m pip
 # (a newer unpinned torch would pull a multi-GB CUDA build). Override: make TORCH_PINS=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-slow install clean distill-real-deps distill-real gpu-wheels gpu-check precision-table \
+.PHONY: demo test test-slow install web-deps clean distill-real-deps distill-real gpu-wheels gpu-check precision-table \
         precision-table-real
 
 $(VPY):
@@ -26,17 +26,29 @@ $(VENV)/.installed-%: pyproject.toml setup.py | $(VPY)
 
 # The extras `make demo` and `make test` install (tensorrt never: it is not on PyPI).
 # `train` is PyTorch and the libraries built on it; the base install is torch-free.
-EXTRAS ?= dev,train,onnx,coreml,runtime,bench,litert,executorch
+EXTRAS ?= dev,train,onnx,coreml,runtime,bench,litert,executorch,web
 
 install: $(VENV)/.installed-$(EXTRAS)
 
-demo: $(VENV)/.installed-$(EXTRAS)
+# The browser side of web bundles (export --format web): Debian's Chromium and ChromeDriver (apt-get needs root;
+# where they cannot be installed the browser checks skip and say why) and the web app's JS libraries at the
+# versions web_app/package-lock.json pins (npm ci, once, into mobileclip's cache).
+WEB_DEBS ?= chromium chromium-driver
+web-deps: $(VENV)/.installed-$(EXTRAS)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	    apt-get install -y --no-install-recommends $(WEB_DEBS) || \
+	    (apt-get update && apt-get install -y --no-install-recommends $(WEB_DEBS)) || \
+	    echo "mobileclip: could not install $(WEB_DEBS): the browser checks will skip"; fi
+	@$(VPY) -c "from mobileclip.backends.web import ensure_js_deps; ensure_js_deps()" || \
+	    echo "mobileclip: the web app's JS libraries are not installed: web exports and their tests will skip"
+
+demo: $(VENV)/.installed-$(EXTRAS) web-deps
 	$(VENV)/bin/mobileclip demo
 
-test: $(VENV)/.installed-$(EXTRAS)
+test: $(VENV)/.installed-$(EXTRAS) web-deps
 	$(VPY) -m pytest -q
 
-test-slow: $(VENV)/.installed-$(EXTRAS)
+test-slow: $(VENV)/.installed-$(EXTRAS) web-deps
 	$(VPY) -m pytest -q -m slow
 
 # The real-teacher benchmark (python -m mobileclip.benchmarks.distill_real), not part of make test:

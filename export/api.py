@@ -112,6 +112,8 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
             shutil.copy(f, tmp / Path(f).name)
         manifest = _manifest(src, arts, token_dtype, time.time() - t0)
         _portable_tokenizer(tmp, manifest["tokenizer"])
+        if fmt == "web":   # the page reads the manifest's sha256s: sign the bundle before the browser opens it
+            write_manifest(tmp, manifest)
         report = _parity(tmp, manifest, src, _batches(fixed_batch, max_batch), _images(data))
         (tmp / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
         manifest["parity"] = _parity_summary(report)
@@ -158,7 +160,15 @@ def _manifest(src: ExportSource, arts: dict, token_dtype: str, seconds: float) -
 # ------------------------------------------------------------------ parity
 
 def _parity_summary(report: dict) -> dict:
-    return {k: report[k] for k in ("passed", "misses", "top1_agreement", "mode") if k in report}
+    out = {k: report[k] for k in ("passed", "misses", "top1_agreement", "mode") if k in report}
+    if "browser" in report:
+        b = report["browser"]
+        out["browser"] = {"skipped": b["skipped"]} if "skipped" in b else {
+            k: b[k] for k in ("chromium", "onnxruntime_web", "tokens_equal", "top1_agreement") if k in b}
+        for t in ("image", "text"):
+            if t in b:
+                out["browser"][f"{t}_min_cosine"] = b[t]["min_cosine"]
+    return out
 
 
 def _manifest_checks(directory: Path, manifest: dict, src: ExportSource) -> list:
@@ -252,6 +262,11 @@ def _parity(directory: Path, manifest: dict, src: ExportSource, batches, data: O
         "the manifest's preprocessing and tokenizer (as the runtime builds them)" if bundle_tok is not None else
         "the manifest's preprocessing; the source's token ids (the runtime has no HF tokenizer)")
     report["misses"] = inputs["misses"] + report["misses"]
+    if arts["image"]["backend"] == "web":   # the bundle's own app in headless Chromium (skipped where there is none)
+        from .browser import browser_parity
+
+        report["browser"] = browser_parity(directory, manifest, src, data)
+        report["misses"] += report["browser"]["misses"]
     report["passed"] = not report["misses"]
     report["precision"] = precision
     return report

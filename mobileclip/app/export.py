@@ -13,7 +13,22 @@ def _parity_line(p: dict) -> str:
     agree = p.get("top1_agreement")
     return (("passed" if p["passed"] else "FAILED: " + "; ".join(p["misses"]))
             + (f" (zero-shot top-1 agreement {100 * agree:.1f}%)" if agree is not None else "")
-            + (f" [{p['mode']}]" if p.get("mode") and p["mode"] != "predictions" else ""))
+            + (f" [{p['mode']}]" if p.get("mode") and p["mode"] != "predictions" else "")
+            + _browser_line(p.get("browser")))
+
+
+def _browser_line(b) -> str:
+    """The web bundle's browser parity, in the export line (validate's report has it as ``browser``)."""
+    if b is None:
+        return ""
+    if "skipped" in b:
+        return f"; browser parity SKIPPED: {b['skipped']}"
+    def cos(t):   # the manifest's summary has {t}_min_cosine, validate's full report {t: {min_cosine}}
+        return b.get(f"{t}_min_cosine", (b.get(t) or {}).get("min_cosine", float("nan")))
+
+    return (f"; in Chromium {b.get('chromium', '?')} (onnxruntime-web {b.get('onnxruntime_web', '?')}): token ids "
+            f"{'equal' if b.get('tokens_equal') else 'DIFFER'}, min cosine image {cos('image'):.6f} / "
+            f"text {cos('text'):.6f}, top-1 agreement {100 * b.get('top1_agreement', 0):.1f}%")
 
 
 def cmd_export(args) -> int:

@@ -28,6 +28,7 @@ REGISTRY = {
     "ort": ("mobileclip.backends.ort_mobile", ("fp32", "fp16", "int8"), "onnxruntime-mobile"),
     "litert": ("mobileclip.backends.litert", ("fp32", "fp16", "int8"), "litert"),
     "executorch": ("mobileclip.backends.executorch", ("fp32", "int8"), "executorch"),
+    "web": ("mobileclip.backends.web", ("fp32", "fp16", "int8"), "onnxruntime"),
 }
 
 
