@@ -1,6 +1,5 @@
 """The bundle's portable tokenizer.json: ids equal open_clip's, stable bytes, standard components, fallback."""
 import json
-import random
 import re
 import sys
 
@@ -18,38 +17,7 @@ from mobileclip.runtime.tokenizer import ClipBPE, TokenizerError  # noqa: E402
 
 VOCAB = default_bpe()
 
-from tokenizer_corpus import CORPUS  # noqa: E402  (the hard corpus, shared with test_runtime.py)
-# What the JSON's normalizer cannot do (module docstring of hf_tokenizer): ftfy's mojibake repair.
-JSON_GAPS = {"mojibake cafÃ© and ﬁ ligature"}
-
-# Each of ftfy's / html.unescape's / str.lower's rules the normalizer claims to reproduce.
-EXTRA = [
-    "it’s “quoted” ‘single’ ‚low‛ „double‟ ʼn ŉ",                          # uncurl_quotes, ligature ŉ
-    "it&rsquo;s &ldquo;smart&rdquo; &#8217; &#x2019; &#146; &#0146; &lsquo;",  # decoded then uncurled
-    "<b>it&rsquo;s</b> &ldquo;stays curly&rdquo; &#8217;",                  # a '<' line: html.unescape only
-    "one &rsquo; &amp;amp;lt;\n<b> two &rsquo;\nthree &rsquo; &amp;amp;amp;lt;",   # the '<' rule is sticky
-    "&amp;amp;amp;lt; deep &amp;amp;quot; &AMP;amp; &#38;amp;",              # ftfy loops until stable
-    "<i> &amp;amp;amp;lt; &amp;amp;lt; &#38;#38;lt;",                      # exactly two passes
-    "&copy &copy; &notit; &not; &notin; &lt3 &gt= &amp &ampx &eacute &Eacute;",   # legacy names
-    "&#39; &#039; &#0039; &#x27; &#X27; &#x00027; &#39 &#39x &#x27x &apos; &#65;&#97;&#x6A;",
-    "&nbsp;&#160;&#xa0; &ensp;&emsp;&thinsp; &#8203; &#xFEFF;bom &hellip; &mdash;&#8211;",
-    "&#0; &#1; &#128; &#x80; &#x9F; &#13;&#10;x &#9; &#127;",
-    "ＡＢＣ ｄｅｆ １２３ ！？ ｶﾞｷﾞ ﾊﾟ ￥ 　space",                            # fix_character_width + NFC
-    "ﬁﬂﬀﬃﬄﬅﬆ Ĳĳ ǅǆ Ǳǳ",                                                   # fix_latin_ligatures
-    "\x1b[1;31mred\x1b[0m \x00nul\x07bell\x7f \u206a \ufff9 \x0bvt",           # escapes, control chars
-    "e\u0301 A\u030a \u212b \u2126 \u212a",                                  # NFC
-    "ΟΔΟΣ ΣΟΦΙΑΣ. Σ ΑΣ'Α ΑʰΣ ΣΣ ΟΔΟΣ\u0345—",                                # final sigma
-    "IT'S IT'ſ it'ſ 'S 'RE 'LL",                                              # IGNORECASE contractions
-    "a\u0345b \u0345 ᾳ \u0399\u0345",                                         # U+0345
-    "sep\x1carated\x1d\x1e\x1f and \u2028 \u2029 \u3000 \xa0 \u202f \x85",    # whitespace sets
-    "&lt;start_of_text&gt; a <start_of_text> b c <end_of_text> d",
-    "İstanbul ǅ ß ẞ ΐ",                                                       # str.lower
-    "tab\tnew\nline\r\nreturn\rcr",
-    "$5 &dollar; &#36; \\ &bsol; &#92; &#x5C;",                               # template characters
-    "x" * 300, "&amp;" * 50, "’" * 30,
-]
-
-
+from tokenizer_corpus import CORPUS, EXTRA, JSON_GAPS, fuzz_texts, gap_explained  # noqa: E402  (shared with test_runtime.py, test_web.py)
 def _ref(texts, context):
     return SimpleTokenizer(context_length=context)(texts, context_length=context).numpy()
 
@@ -83,29 +51,9 @@ def test_json_ids_equal_open_clip_and_clipbpe(files, context):
 
 def test_json_fuzz_only_documented_gaps(files):
     """Random mixes of the hard fragments: every difference is one the module docstring names."""
-    frags = ["a", "B", "cat", " ", "  ", "\t", "\n", "'", "’", "“", "'s", "'S", "&", "&amp;", "&amp;amp;", "&lt;",
-             "<", ">", "&quot;", "&#39;", "&#x27;", "&rsquo;", "&nbsp;", "&copy", "&eacute;", "&#8217;", "&#146;",
-             "&not", "&notit;", "&lt", "ＡＢＣ", "１２３", "　", "ｶﾞ", "ﬁ", "Ĳ", "\x85", "\x93", "\x1b[31m", "\x00",
-             "\x1c", "\ufeff", "\u200b", "é", "e\u0301", "Å", "ΟΔΟΣ", "Σ", "ſ", "'ſ", "\u0345", "東京", "🐶",
-             "½", "3.14", " <start_of_text> ", " <end_of_text> ", "!", "?!", "İ", "ß", "ǅ", "&#38;", "&#38;lt;",
-             "&#0;", "&#65;", "&#X41;", "&dollar;", "&bsol;", "$", "\\"]
-    rng = random.Random(0)
-    texts = ["".join(rng.choice(frags) for _ in range(rng.randint(1, 10))) for _ in range(800)]
+    texts = fuzz_texts()
     got, want = _json_ids(files[77], texts), _ref(texts, 77)
-    import ftfy
-
-    covered = set(TJ._numeric_codepoints())
-
-    def explained(t):
-        if ftfy.fix_text(t) != ftfy.fix_text(t, fix_encoding=False):
-            return True                                   # mojibake heuristics
-        for m in re.finditer(r"&#([xX][0-9a-fA-F]+|[0-9]+)", ftfy.fix_text(t, fix_encoding=False)):
-            g = m.group(1)
-            if (int(g[1:], 16) if g[0] in "xX" else int(g)) not in covered:
-                return True                               # a reference (e.g. built by '&#106' + '１２３') not covered
-        return False
-
-    bad = [t for t, g, w in zip(texts, got, want) if not np.array_equal(g, w) and not explained(t)]
+    bad = [t for t, g, w in zip(texts, got, want) if not np.array_equal(g, w) and not gap_explained(t)]
     assert not bad, bad[:5]
 
 

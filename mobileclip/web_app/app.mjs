@@ -479,6 +479,14 @@ window.mobileclip = {
   rank,
   bench,
   reads: () => state.reads,
+  // The resize and center crop alone, on raw RGB (base64, w x h): base64 RGB of the size x size crop.
+  resample: (rgb, w, h, size, mode, interpolation) => {
+    const src = Uint8Array.from(atob(rgb), (c) => c.charCodeAt(0)), plan = resizePlan(w, h, size, mode);
+    const out = resampleWindow(src, w, h, plan.nw, plan.nh, interpolation, plan.x0, plan.y0, size, size,
+                               parseInt(state.web.pillow, 10));
+    let s = ""; for (let i = 0; i < out.length; i += 0x8000) s += String.fromCharCode(...out.subarray(i, i + 0x8000));
+    return btoa(s);
+  },
   messages: () => Array.from($("messages").children, (p) => p.textContent),
 };
 
