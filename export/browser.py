@@ -56,7 +56,7 @@ def write_images(folder: Path, data: Optional[dict], image_size: int) -> list:
     return paths + [folder / "transparent.png", folder / "rotated.jpg"]
 
 
-def _native_latency(directory: Path, manifest: dict, threads: int, runs: int) -> dict:
+def native_latency(directory: Path, manifest: dict, threads: int, runs: int) -> dict:
     """p50 ms of each tower in native ONNX Runtime, on the inputs the page's bench uses."""
     from mobileclip.backends import runner_for
 
@@ -113,7 +113,7 @@ def browser_parity(directory: Path, manifest: dict, src, data: Optional[dict], t
             report["latency"] = {"browser": {r: {"p50_ms": v["p50_ms"], "runs": v["runs"]} for r, v in
                                              b.call("mobileclip.bench({runs: args[0]})", bench_runs).items()}}
             requests = server.requests
-        report["latency"]["native_onnxruntime"] = _native_latency(directory, manifest, threads, bench_runs)
+        report["latency"]["native_onnxruntime"] = native_latency(directory, manifest, threads, bench_runs)
         misses += [f"browser: the page refused an image: {m}" for m in refused]
         names = [f.name for f in files if f.name in shown]
         S = manifest["image_size"]

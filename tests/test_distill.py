@@ -363,6 +363,13 @@ def test_demo_pipeline_quick(tmp_path):
     assert ex[("ONNX", "int8")]["image_min_cosine"] >= 0.99 and ex[("ONNX", "int8")]["mb"] < ex[("ONNX", "fp32")]["mb"]
     assert (tmp_path / "bundles" / "onnx-int8" / "manifest.json").is_file()
     md = (tmp_path / "report.md").read_text()
+    from mobileclip.backends.web_browser import browser_unavailable
+
+    if ("Web", "fp32") in ex:   # exported where the web app's JS libraries are installed
+        web = ex[("Web", "fp32")]
+        assert web["passed"] and "## In the browser (web bundle)" in md
+        if browser_unavailable() is None:
+            assert not web["browser"]["misses"] and "| image |" in md and "Parity passed." in md
     assert "## The distilled student, exported" in md and "## The torch-free runtime" in md and "## Latency" in md
     assert "clip-only student on zero-shot and retrieval**" in md
     rt = report["runtime"]

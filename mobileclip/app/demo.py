@@ -17,8 +17,8 @@ No pretrained CLIP can be downloaded here, so the demo makes its own teacher:
    alone (the baseline);
 5. evaluates all three on held-out images, on held-out colour–shape pairs, and for
    retrieval;
-6. exports the distilled student to ONNX fp32 and int8, Core ML fp16, and the
-   Android/mobile formats — ONNX Runtime Mobile (.ort) int8, LiteRT fp32 and int8,
+6. exports the distilled student to ONNX fp32 and int8, Core ML fp16, a web bundle (checked in headless
+   Chromium where it is installed: browser parity and WASM latency), and the Android/mobile formats — ONNX Runtime Mobile (.ort) int8, LiteRT fp32 and int8,
    ExecuTorch fp32 and int8 — each where its tools are installed (skipped with the reason
    otherwise), and checks each against PyTorch on held-out images. Each int8 bundle is the
    recipe its format ships by default (:func:`int8_recipe`); where every int8 recipe is
@@ -128,7 +128,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         rows.append({"model": label, "arch": arch, "params_m": p["total"] / 1e6, "train_s": times[key],
                      "zeroshot_top1": ev["zeroshot_top1"], "zeroshot_novel_top1": ev["zeroshot_novel_top1"],
                      "retrieval_R@1": ev["retrieval_R@1"]})
-    print("[5/5] exporting the distilled student (ONNX, Core ML, ORT Mobile, LiteRT, ExecuTorch) and checking parity")
+    print("[5/5] exporting the distilled student (ONNX, Core ML, web, ORT Mobile, LiteRT, ExecuTorch) and checking parity")
     t = time.time()
     exports = export_student(out / "distilled" / "student", out, quick)
     times_export = time.time() - t
@@ -161,7 +161,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     md += ["", distillation_verdict(rows), "",
            f"Chance: {100 / 36:.1f}% top-1. Cache build: {times['cache']:.0f} s. Training part in all: "
            f"{report['training_total_s']:.0f} s.", ""]
-    md += export_table(exports, times_export)
+    md += export_table(exports, times_export) + browser_table(exports)
     md += runtime_table(runtime_rows) + latency_md
     with atomic_write(out / "report.md", "w") as f:
         f.write("\n".join(md))
@@ -218,7 +218,8 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
     write_synthetic(data / "heldout", 16 if quick else 64, split="val", seed=1, overwrite=True)
     write_synthetic(data / "calib", 16 if quick else 64, split="train", seed=2, overwrite=True)
     calib = {"calib": str(data / "calib")}
-    jobs = [("onnx", "fp32", {}), ("onnx", "int8", int8_recipe("onnx", calib)), ("coreml", "fp16", {})]
+    jobs = [("onnx", "fp32", {}), ("onnx", "int8", int8_recipe("onnx", calib)), ("coreml", "fp16", {}),
+            ("web", "fp32", {})]
     if not quick:   # the on-device formats for Android (and ORT Mobile apps); the quick run keeps to the above
         jobs += [("ort", "int8", int8_recipe("ort", calib)), ("litert", "fp32", {}),
                  ("litert", "int8", int8_recipe("litert", calib)),
@@ -246,7 +247,7 @@ def export_student(student: Path, out: Path, quick: bool = False) -> list:
         rows.append({"bundle": str(dest), "format": label, "precision": precision, "recipe": recipe, "mb": size / 1e6,
                      "passed": parity["passed"], "misses": parity["misses"], "mode": parity.get("mode"),
                      "image_min_cosine": cos["image"], "text_min_cosine": cos["text"],
-                     "top1_agreement": parity.get("top1_agreement")})
+                     "top1_agreement": parity.get("top1_agreement"), "browser": parity.get("browser")})
         print(f"  {label} {shown}: {size / 1e6:.1f} MB, parity " + ("passed" if parity["passed"] else
                                                                           "FAILED: " + "; ".join(parity["misses"])))
     return rows
@@ -333,6 +334,32 @@ def export_table(rows: list, seconds: float) -> list:
            + (" (spec + PyTorch fp16 check; Core ML predictions need macOS)"
               if r["mode"] and r["mode"].startswith("spec") else "") + " |" for r in rows]
     return md + [""]
+
+
+def browser_table(rows: list) -> list:
+    """The web bundle in headless Chromium: its parity and each tower's latency beside native ONNX Runtime."""
+    web = [r for r in rows if r.get("browser") is not None]
+    if not web:
+        return []
+    b = web[0]["browser"]
+    md = ["## In the browser (web bundle)", ""]
+    if "skipped" in b:
+        return md + [f"Browser parity skipped: {b['skipped']}.", ""]
+    px = b["pixels"]
+    md += [f"The bundle's own page (`mobileclip serve {web[0]['bundle']}`) in headless Chromium {b['chromium']}, "
+           f"onnxruntime-web {b['onnxruntime_web']} (WASM, {b['threads']} threads), on {len(px['files'])} image files "
+           f"(PNG, JPEG, transparent, EXIF-rotated): token ids {'equal' if b['tokens_equal'] else 'DIFFER'} to the "
+           f"source's; image min cosine {b['image']['min_cosine']:.6f}, text {b['text']['min_cosine']:.6f}; zero-shot "
+           f"top-1 agreement {100 * b['top1_agreement']:.1f}%; the JS preprocessing gave the runtime's pixels exactly "
+           f"on {px['png_exact']} of {px['png']} PNGs (largest difference on any file {px['max_abs_vs_runtime']:.2g}); "
+           f"files fetched from outside the bundle: {len(b['requests']['outside_bundle'])}. "
+           + ("Parity passed." if not b["misses"] else "Parity FAILED: " + "; ".join(b["misses"])), "",
+           "| tower | Chromium WASM p50 | native ONNX Runtime p50 | ratio |", "|---|---:|---:|---:|"]
+    lat = b["latency"]
+    for t in ("image", "text"):
+        w, n = lat["browser"][t]["p50_ms"], lat["native_onnxruntime"][t]["p50_ms"]
+        md.append(f"| {t} | {w:.2f} ms | {n:.2f} ms | {w / n:.1f}x |")
+    return md + ["", f"Batch 1, {b['threads']} threads on both sides, {lat['browser']['image']['runs']} runs each.", ""]
 
 
 def cmd_demo(args) -> int:
