@@ -317,6 +317,17 @@ def test_threads_need_isolation_and_a_sane_count(bundle):
         assert browser.call("mobileclip.info()")["threads"] == 1
 
 
+def _type_and_click(browser, field: str, text: str, button: str, done: str) -> None:
+    """Type ``text`` into the page's ``field``, click ``button`` and wait until the status line starts with ``done``."""
+    from selenium.webdriver.common.by import By
+
+    browser.driver.find_element(By.ID, field).clear()
+    browser.driver.find_element(By.ID, field).send_keys(text)
+    browser.driver.find_element(By.ID, button).click()
+    browser.call("new Promise((ok) => { const t = setInterval(() => { if (document.getElementById('status')"
+                 ".textContent.startsWith(args[0])) { clearInterval(t); ok(true); } }, 20); })", done)
+
+
 @needs_browser
 def test_classify_and_search_through_the_page_with_a_screenshot(page, tmp_path):
     from selenium.webdriver.common.by import By
@@ -331,11 +342,7 @@ def test_classify_and_search_through_the_page_with_a_screenshot(page, tmp_path):
         files.append(tmp_path / f"pic{i}.png")
     browser.choose_files(files)
     d = browser.driver
-    d.find_element(By.ID, "labels").clear()
-    d.find_element(By.ID, "labels").send_keys("red circle\nblue square\ngreen star")
-    d.find_element(By.ID, "classify").click()
-    browser.call("new Promise((ok) => { const t = setInterval(() => { if (document.getElementById('status')"
-                 ".textContent.startsWith('Classified')) { clearInterval(t); ok(true); } }, 20); })")
+    _type_and_click(browser, "labels", "red circle\nblue square\ngreen star", "classify", "Classified")
     api = browser.call("mobileclip.classify(['red circle', 'blue square', 'green star'])")
     cards = d.find_elements(By.CSS_SELECTOR, "#images .card")
     assert len(cards) == 4
@@ -350,11 +357,7 @@ def test_classify_and_search_through_the_page_with_a_screenshot(page, tmp_path):
     r = cards[0].rect
     crop = shot[int(r["y"]):int(r["y"] + r["height"]), int(r["x"]):int(r["x"] + r["width"])]
     assert crop.size and crop.std() > 20                    # the thumbnail and its scores are drawn there
-    d.find_element(By.ID, "query").clear()
-    d.find_element(By.ID, "query").send_keys("a red circle")
-    d.find_element(By.ID, "search").click()
-    browser.call("new Promise((ok) => { const t = setInterval(() => { if (document.getElementById('status')"
-                 ".textContent.startsWith('Ranked')) { clearInterval(t); ok(true); } }, 20); })")
+    _type_and_click(browser, "query", "a red circle", "search", "Ranked")
     ranked = browser.call("mobileclip.rank('a red circle')")
     names = [c.find_element(By.CLASS_NAME, "name").text for c in d.find_elements(By.CSS_SELECTOR, "#images .card")]
     assert names == [r["name"] for r in ranked]               # the cards are shown in ranked order
