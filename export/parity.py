@@ -141,7 +141,7 @@ def check_inputs(pil: list, prompts: list, preprocess, tokenizer, bundle_preproc
     return out
 
 
-def _class_means(prompt_emb: np.ndarray, classes: int) -> np.ndarray:
+def class_means(prompt_emb: np.ndarray, classes: int) -> np.ndarray:
     """``[C * T, D]`` prompt embeddings (class-major) -> ``[C, D]``: each normalized, averaged, renormalized."""
     e = prompt_emb / np.linalg.norm(prompt_emb, axis=1, keepdims=True)
     e = e.reshape(classes, -1, e.shape[1]).mean(1)
@@ -195,7 +195,7 @@ def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 3
     # 256 prompts and 64 images a call (the runners cut them to what each artifact takes)
     all_tok = tokenizer(prompts_all)
     all_tok_b = bundle_tokens(prompts_all, all_tok).astype(token_dtype)
-    ref_cls, got_cls = (_class_means(np.concatenate([f(all_tok[s:s + 256]) for s in range(0, len(prompts_all), 256)]),
+    ref_cls, got_cls = (class_means(np.concatenate([f(all_tok[s:s + 256]) for s in range(0, len(prompts_all), 256)]),
                                      len(names))
                         for f, all_tok in ((lambda t: model.encode_text(t).numpy(), all_tok),
                                            (text_fn, all_tok_b)))

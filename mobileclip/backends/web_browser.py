@@ -22,6 +22,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from mobileclip.errors import ConfigError
+
+from .base import BackendUnavailable
 from .bundle import BundleError, load_manifest
 
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
@@ -70,8 +73,6 @@ class BundleServer:
     def __init__(self, directory: Union[str, Path], port: int = 0, verify: bool = True, verbose: bool = False) -> None:
         self.directory = Path(directory)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-            from mobileclip.errors import ConfigError
-
             raise ConfigError(f"--port {port!r} is not a TCP port: give 1-65535, or 0 for any free port")
         manifest = load_manifest(self.directory, verify=verify)
         if web_info(manifest) is None:
@@ -81,8 +82,6 @@ class BundleServer:
         try:
             self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         except OSError as e:
-            from mobileclip.errors import ConfigError
-
             raise ConfigError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); choose another --port") from None
         self.httpd.requests, self.httpd.verbose = [], verbose
         self.httpd.daemon_threads = True
@@ -149,8 +148,6 @@ class Browser:
     def __init__(self) -> None:
         why = browser_unavailable()
         if why:
-            from .base import BackendUnavailable
-
             raise BackendUnavailable(f"cannot run the browser check: {why}")
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service

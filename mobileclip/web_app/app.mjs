@@ -437,7 +437,7 @@ async function onSearch() {
 
 // ------------------------------------------------------------------ API for tests and scripts
 
-const b64 = (f32) => { const u = new Uint8Array(f32.buffer, f32.byteOffset, f32.byteLength); let s = ""; for (let i = 0; i < u.length; i += 0x8000) s += String.fromCharCode(...u.subarray(i, i + 0x8000)); return btoa(s); };
+const b64 = (typed) => { const u = new Uint8Array(typed.buffer, typed.byteOffset, typed.byteLength); let s = ""; for (let i = 0; i < u.length; i += 0x8000) s += String.fromCharCode(...u.subarray(i, i + 0x8000)); return btoa(s); };
 const concat = (arrs) => { const n = arrs.reduce((a, x) => a + x.length, 0), o = new Float32Array(n); let p = 0; for (const a of arrs) { o.set(a, p); p += a.length; } return o; };
 
 async function bench({ runs = 20, warmup = 3 } = {}) {
@@ -482,10 +482,8 @@ window.mobileclip = {
   // The resize and center crop alone, on raw RGB (base64, w x h): base64 RGB of the size x size crop.
   resample: (rgb, w, h, size, mode, interpolation) => {
     const src = Uint8Array.from(atob(rgb), (c) => c.charCodeAt(0)), plan = resizePlan(w, h, size, mode);
-    const out = resampleWindow(src, w, h, plan.nw, plan.nh, interpolation, plan.x0, plan.y0, size, size,
-                               parseInt(state.web.pillow, 10));
-    let s = ""; for (let i = 0; i < out.length; i += 0x8000) s += String.fromCharCode(...out.subarray(i, i + 0x8000));
-    return btoa(s);
+    return b64(resampleWindow(src, w, h, plan.nw, plan.nh, interpolation, plan.x0, plan.y0, size, size,
+                              parseInt(state.web.pillow, 10)));
   },
   messages: () => Array.from($("messages").children, (p) => p.textContent),
 };
