@@ -404,3 +404,44 @@ def test_mobileclip_s0_web_bundle_passes_browser_parity(tmp_path):
         got = np.asarray(browser.call("mobileclip.tokenize(args[0])", texts))
     want = SimpleTokenizer(context_length=77)(texts, context_length=77).numpy()
     assert {t for t, g, w in zip(texts, got, want) if not np.array_equal(g, w)} == JSON_GAPS
+
+
+@needs_browser
+def test_any_static_host_works_single_threaded_and_a_broken_manifest_is_a_message(bundle, tmp_path):
+    """A plain static server (no isolation headers, no checks of its own): the page runs on 1 thread, and a
+    manifest that is not JSON, or not a web bundle's, is a visible message."""
+    import functools
+    import http.server
+    import threading
+
+    site = tmp_path / "site"
+    shutil.copytree(bundle, site)
+
+    def serve():
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+        handler.log_message = lambda *a: None
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        return httpd
+
+    httpd = serve()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    manifest = json.loads((site / "manifest.json").read_text())
+    try:
+        with WB.Browser() as browser:
+            assert browser.open(url)
+            info = browser.call("mobileclip.info()")
+            assert info["threads"] == 1 and info["crossOriginIsolated"] is False
+            assert browser.open(url + "?threads=2") is False
+            assert "needs a cross-origin isolated page" in browser.call("mobileclip.messages()")[0]
+            (site / "manifest.json").write_text('{"format_version": 1, "artifacts": ')
+            assert browser.open(url) is False
+            assert browser.call("mobileclip.messages()") == ["manifest.json is not valid JSON; re-export the bundle"]
+            for role in ("image", "text"):
+                del manifest["artifacts"][role]["web"]
+            (site / "manifest.json").write_text(json.dumps(manifest))
+            assert browser.open(url) is False
+            assert "has no web app entry" in browser.call("mobileclip.messages()")[0]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
