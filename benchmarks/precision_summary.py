@@ -23,10 +23,12 @@ DIRECTIONS = ("text_to_image", "image_to_text")
 
 
 def recipe_of(bundle: str) -> dict:
-    """``onnx-int8-static`` -> format, precision and int8 method (the job names of precision_table.sh)."""
-    parts = Path(bundle).name.split("-")
+    """``onnx-int8-static`` -> format, precision and int8 method (the job names of precision_table.sh); a
+    ``+option`` suffix (``onnx-int8-static+exactgelu``) is a variant of that recipe, exported with that option."""
+    name, _, variant = Path(bundle).name.partition("+")
+    parts = name.split("-")
     return {"recipe": Path(bundle).name, "format": parts[0], "precision": parts[1],
-            "quant": parts[2] if len(parts) > 2 and parts[1] == "int8" else None}
+            "quant": parts[2] if len(parts) > 2 and parts[1] == "int8" else None, "variant": variant or None}
 
 
 def draws(model_dir: Path) -> list:
@@ -74,12 +76,16 @@ def summarize(root: Path = ROOT) -> dict:
     rows = [r for d in sorted(p for p in root.iterdir() if (p / "bench.json").is_file()) for r in summarize_model(d)]
     verdict = {}
     for r in rows:
-        v = verdict.setdefault(r["recipe"], {**{k: r[k] for k in ("format", "precision", "quant")}, "misses": []})
+        v = verdict.setdefault(r["recipe"], {**{k: r[k] for k in ("format", "precision", "quant", "variant")},
+                                             "misses": []})
         v["misses"] += [f"{r['model']}: {m}" for m in r["misses"]]
-    for v in verdict.values():
+    models = sorted({r["model"] for r in rows})
+    for name, v in verdict.items():   # a recipe some model's table lacks has not passed there
+        measured = {r["model"] for r in rows if r["recipe"] == name}
+        v["misses"] += [f"{m}: not measured" for m in models if m not in measured]
         v["passes"] = not v["misses"]
     return {"rule": {"min_agreement": MIN_AGREEMENT, "max_R@1_loss_points": MAX_R1_LOSS, "on": "the mean over draws"},
-            "models": sorted({r["model"] for r in rows}), "rows": rows, "recipes": verdict}
+            "models": models, "rows": rows, "recipes": verdict}
 
 
 def _pm(x: dict, scale: float = 1.0, signed: bool = True) -> str:

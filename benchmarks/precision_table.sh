@@ -15,6 +15,7 @@
 # so the synthetic evaluation is drawn EVAL_SEEDS times (default 7 8 9; 720 held-out images each): the first draw's
 # bench (latency and accuracy) goes to OUT/, each further one's (accuracy; short timing) to OUT/eval-SEED/.
 # `python -m mobileclip.benchmarks.precision_summary` then gives each recipe's mean +- std over the draws.
+# ONLY="job job ..." runs those jobs alone (e.g. the int8 GELU comparison of benchmarks/results/precision_gelu/).
 set -u
 STUDENT=${1:?usage: precision_table.sh STUDENT OUT [WORK]}
 OUT=${2:?usage: precision_table.sh STUDENT OUT [WORK]}
@@ -34,6 +35,7 @@ JOBS=(
   "onnx-fp32|onnx|fp32|"
   "onnx-fp16|onnx|fp16|"
   "onnx-int8-static|onnx|int8|--quant static ${CALIB[*]} --accept-int8-loss"
+  "onnx-int8-static+exactgelu|onnx|int8|--quant static ${CALIB[*]} --exact-gelu --accept-int8-loss"
   "onnx-int8-dynamic|onnx|int8|--quant dynamic --accept-int8-loss"
   "ort-int8-static|ort|int8|--quant static ${CALIB[*]} --accept-int8-loss"
   "ort-int8-dynamic|ort|int8|--quant dynamic --accept-int8-loss"
@@ -51,6 +53,7 @@ JOBS=(
 BUNDLES=()
 for job in "${JOBS[@]}"; do
   IFS='|' read -r name fmt precision extra <<< "$job"
+  [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $name "* ]] || continue
   echo "== export $name"
   # shellcheck disable=SC2086  # extra holds several arguments
   if $MC export "$STUDENT" --format "$fmt" --precision "$precision" $extra --out "$WORK/$name" --overwrite \

@@ -62,6 +62,10 @@ def _check_args(fmt: str, o: ExportOptions, out: Path, overwrite: bool) -> None:
     if o.max_batch < 1 or o.fixed_batch < 0:
         raise ConfigError("--max-batch must be >= 1 and --fixed-batch >= 0")
     backend.check_options(o)   # a wrong option first: it is wrong whatever the policy
+    if o.exact_gelu and not (fmt in ("onnx", "ort", "web") and o.precision == "int8"
+                             and backend.int8_method(o) == "static"):
+        raise ConfigError("--exact-gelu applies to static int8 for ONNX Runtime only (--format onnx, ort or web with "
+                          "--precision int8 --calib DIR): the other recipes have no int8 GELU to keep in float")
     why = backend.int8_refusal(o)
     if why:
         method = backend.int8_method(o)
@@ -84,7 +88,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
            calib: Optional[str] = None, calib_size: int = 64, quant: str = "auto", compress: str = "none",
            overwrite: bool = False, allow_mismatch: bool = False, seed: int = 0,
            workspace_gb: float = 4.0, timing_cache: Optional[str] = None,
-           pretrained: Optional[str] = None, accept_int8_loss: bool = False) -> dict:
+           pretrained: Optional[str] = None, accept_int8_loss: bool = False, exact_gelu: bool = False) -> dict:
     """Export ``model`` to a bundle in ``out`` and check it against PyTorch.
 
     ``model``: a registry name (random weights at ``seed``, or ``pretrained=`` weights: one of our
@@ -95,7 +99,7 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
     options = ExportOptions(precision=precision, fixed_batch=fixed_batch, max_batch=max_batch, exporter=exporter,
                             token_dtype=token_dtype, calib=calib, calib_size=calib_size, quant=quant,
                             compress=compress, seed=seed, workspace_gb=workspace_gb, timing_cache=timing_cache,
-                            accept_int8_loss=accept_int8_loss)
+                            accept_int8_loss=accept_int8_loss, exact_gelu=exact_gelu)
     _check_args(fmt, options, out, overwrite)
     backend = backends.get(fmt)
     backend.prepare_export()   # a clear error where the format's tools (or a GPU) are missing, before any work

@@ -230,6 +230,8 @@ def test_int8_static_bundle_calibrated_on_real_images(tmp_path, synth_folder, ca
     assert q["kept_fp32_grouped_convs"] > 0  # depthwise convs stay fp32 (ORT's int8 ones are slower)
     # the stem stays fp32: the image itself is not quantized (the recipe's largest loss on a trained student)
     assert q["kept_fp32_input_convs"] >= 1
+    # GELUs between quantized ops run in int8 as x * sigmoid(1.702 x) (tests/test_int8_gelu.py)
+    assert q["gelu"] == "int8, as x * sigmoid(1.702 x)" and 0 < q["gelus_in_int8"] <= q["gelus"]
     import onnx
 
     g = onnx.load(str(out / "image.onnx")).graph
@@ -250,6 +252,10 @@ def test_export_argument_errors(tmp_path, bundle):
         export("mobileclip-tiny", tmp_path / "a", precision="int4")
     with pytest.raises(ConfigError, match="needs calibration images: pass --calib"):
         export("mobileclip-tiny", tmp_path / "a", precision="int8", quant="static")
+    for kw in ({}, {"precision": "int8", "quant": "dynamic"}, {"fmt": "litert", "precision": "int8",
+                                                              "calib": str(tmp_path), "accept_int8_loss": True}):
+        with pytest.raises(ConfigError, match="--exact-gelu applies to static int8 for ONNX Runtime only"):
+            export("mobileclip-tiny", tmp_path / "a", exact_gelu=True, **kw)
     with pytest.raises(ConfigError, match="calibration folder .* does not exist"):
         export("mobileclip-tiny", tmp_path / "a", precision="int8", calib=str(tmp_path / "nope"), accept_int8_loss=True)
     before = sorted(p.name for p in bundle.iterdir())

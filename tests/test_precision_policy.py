@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "precisi
 SUMMARY = json.loads((ROOT / "summary.json").read_text())
 
 
-def _options(quant, **kw):
-    return ExportOptions(precision="int8", quant=quant, calib="calib/" if quant == "static" else None, **kw)
+def _options(quant, variant=None, **kw):
+    assert variant in (None, "exactgelu"), variant   # the variants precision_table.sh exports
+    return ExportOptions(precision="int8", quant=quant, calib="calib/" if quant == "static" else None,
+                         exact_gelu=variant == "exactgelu", **kw)
 
 
 def test_the_summary_is_what_the_committed_tables_say():
@@ -24,7 +26,8 @@ def test_the_summary_is_what_the_committed_tables_say():
 
 
 def test_the_summary_covers_every_int8_method_of_the_cpu_backends_on_three_trained_models():
-    int8 = {(v["format"], v["quant"]) for v in SUMMARY["recipes"].values() if v["precision"] == "int8"}
+    int8 = {(v["format"], v["quant"]) for v in SUMMARY["recipes"].values() if v["precision"] == "int8"
+            and not v["variant"]}
     assert int8 == {(f, q) for f in ("onnx", "ort", "litert", "executorch") for q in ("static", "dynamic")}
     assert len(SUMMARY["models"]) >= 3 and any(m.startswith("real") for m in SUMMARY["models"])
 
@@ -33,10 +36,11 @@ def test_the_summary_covers_every_int8_method_of_the_cpu_backends_on_three_train
 def test_a_recipe_is_refused_by_default_exactly_when_it_fails_the_rule(name):
     v = SUMMARY["recipes"][name]
     backend = backends.get(v["format"])
-    why = backend.int8_refusal(_options(v["quant"]))
+    why = backend.int8_refusal(_options(v["quant"], v["variant"]))
     assert (why is None) == v["passes"], (name, why, v["misses"])
-    assert backend.int8_refusal(_options(v["quant"], accept_int8_loss=True)) is None
-    if why:   # the reason quotes the committed agreements, model by model
+    assert backend.int8_refusal(_options(v["quant"], v["variant"], accept_int8_loss=True)) is None
+    if why and not v["variant"]:   # the reason quotes the committed agreements, model by model (a variant's
+        # refusal is its recipe's, which it quotes)
         rows = {r["model"]: r for r in SUMMARY["rows"] if r["recipe"] == name}
         quoted = [f"{100 * rows[m]['agreement']['mean']:.1f} %" for m in ("demo-student", "demo-teacher", "real-student")]
         assert all(q in why for q in quoted), (why, quoted)
@@ -70,3 +74,27 @@ def test_tensorrt_int8_is_refused_until_measured(tmp_path):
     with pytest.raises(ConfigError, match="TensorRT static int8 is refused by default: it has not been measured") as e:
         export("mobileclip-tiny", tmp_path / "t", fmt="tensorrt", precision="int8", calib=str(tmp_path))
     assert "or use --precision fp16" in str(e.value) and not (tmp_path / "t").exists()
+
+
+def test_the_rule_on_made_up_tables(tmp_path):
+    """Agreement below 98 % or an R@1 loss past 1 point fails; a recipe one model's table lacks has not passed on
+    that model; ``+option`` names a variant of a recipe."""
+    from mobileclip.benchmarks.precision_summary import summarize
+
+    def row(bundle, agreement, r1=0.0):
+        return {"bundle": f"runs/{bundle}", "eval_top1_agreement": agreement, "eval_images": 720,
+                "eval_delta_zeroshot_top1": 0.0, "eval_delta_text_to_image_R@1": r1, "eval_text_to_image_lost": 1,
+                "eval_text_to_image_gained": 0, "eval_delta_image_to_text_R@1": 0.0, "eval_image_to_text_lost": 0,
+                "eval_image_to_text_gained": 0}
+
+    tables = {"a": [row("onnx-int8-dynamic", 0.99), row("onnx-int8-static", 0.985, r1=-1.5),
+                    row("onnx-int8-static+exactgelu", 0.99)],
+              "b": [row("onnx-int8-dynamic", 0.981), row("onnx-int8-static", 0.97)]}
+    for model, rows in tables.items():
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "bench.json").write_text(json.dumps({"rows": rows}))
+    v = summarize(tmp_path)["recipes"]
+    assert v["onnx-int8-dynamic"]["passes"] and v["onnx-int8-dynamic"]["variant"] is None
+    assert v["onnx-int8-static"]["misses"] == ["a: text to image R@1 -1.5 points", "b: agreement 97.0 % < 98 %"]
+    gelu = v["onnx-int8-static+exactgelu"]
+    assert (gelu["quant"], gelu["variant"], gelu["misses"]) == ("static", "exactgelu", ["b: not measured"])

@@ -45,7 +45,7 @@ def cmd_export(args) -> int:
                    calib=args.calib, calib_size=args.calib_size, quant=args.quant, compress=args.compress,
                    overwrite=args.overwrite, allow_mismatch=args.allow_mismatch, seed=args.seed,
                    workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, pretrained=args.pretrained,
-                   accept_int8_loss=args.accept_int8_loss)
+                   accept_int8_loss=args.accept_int8_loss, exact_gelu=args.exact_gelu)
     except ModuleNotFoundError as e:
         from ..version import DISTRIBUTION
 
@@ -140,6 +140,9 @@ def register(sub) -> None:
     s.add_argument("--accept-int8-loss", action="store_true",
                    help="export an int8 recipe the format refuses by default (LiteRT: it lost more than the 98 %% "
                         "top-1 agreement a default recipe must keep on trained students)")
+    s.add_argument("--exact-gelu", action="store_true",
+                   help="static int8 for ONNX Runtime: keep GELU exact, in float between dequantize and quantize "
+                        "(slower), instead of x*sigmoid(1.702x) in int8")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_export)
 

@@ -32,6 +32,7 @@ class ExportOptions:
     workspace_gb: float = 4.0         # TensorRT
     timing_cache: Optional[str] = None
     accept_int8_loss: bool = False    # export an int8 recipe the backend refuses by default (Backend.int8_refused)
+    exact_gelu: bool = False          # static int8 for ONNX Runtime: keep GELU in float (quantize.gelu_in_int8)
 
 
 def int8_refusal_reason(student: float, teacher: float, real: float) -> str:

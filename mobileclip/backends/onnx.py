@@ -69,7 +69,8 @@ def _quantize(src, out_dir: Path, info: dict, o: ExportOptions, qdq_for_tensorrt
     if method == "static":
         samples, meta = calibration_images(o.calib, src.preprocess, o.calib_size, o.seed)
         q = quantize_static_onnx(fp32, out_dir / "image.onnx", IMAGE_IN, samples,
-                                 target="tensorrt" if qdq_for_tensorrt else "onnxruntime")
+                                 target="tensorrt" if qdq_for_tensorrt else "onnxruntime",
+                                 int8_gelu=False if o.exact_gelu else None)
         q["quantization"].update(meta)
     else:
         q = quantize_dynamic_onnx(fp32, out_dir / "image.onnx")
@@ -323,5 +324,7 @@ BACKEND = Backend(
     summary="ONNX files run by ONNX Runtime (CPU, CUDA; Android/iOS apps that bundle ORT)",
     export=export_onnx, runner=OrtRunner, unavailable=_unavailable, check_options=check_options,
     read_io=read_io_file,
-    int8_refused={"static": int8_refusal_reason(97.6, 97.7, 89.7),
+    # static: the real-data student's 89.7 % was measured with the exact GELU (--exact-gelu, then the only recipe);
+    # the int8 GELU moved the demo models' agreement by -0.2 points on average (docs/precision.md)
+    int8_refused={"static": int8_refusal_reason(97.6, 97.3, 89.7),
                   "dynamic": int8_refusal_reason(99.2, 99.4, 97.0)})

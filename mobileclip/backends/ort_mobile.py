@@ -94,5 +94,5 @@ BACKEND = Backend(
     summary="ORT-format files (+ reduced-operator config) for ONNX Runtime Mobile builds on Android/iOS",
     export=export_ort, runner=OrtRunner, unavailable=_unavailable, check_options=check_options,
     prepare_export=_prepare_export, read_io=read_io_session,
-    int8_refused={"static": int8_refusal_reason(97.6, 97.7, 89.5),
+    int8_refused={"static": int8_refusal_reason(97.6, 97.3, 89.5),   # real-data: exact GELU (onnx.py)
                   "dynamic": int8_refusal_reason(99.2, 99.4, 97.0)})

@@ -102,12 +102,20 @@ STATIC_OPS = ("Conv", "MatMul", "Gemm")
 # held-out images, image tower alone against fp32: zero-shot top-1 agreement 96.7 % with the stem in int8, 98.5 %
 # with it in fp32 (keeping the last Gemm instead: 96.9 %; percentile or entropy calibration: 96.5 / 96.7 %); the S0
 # image tower's int8 latency does not change measurably (benchmarks/results/precision/).
+#
+# ``onnxruntime`` also runs GELU in int8 where it sits between two quantized ops (``int8_gelu``,
+# :func:`gelu_in_int8`): ONNX Runtime has no int8 GELU kernel, so GELU would run in float between a
+# DequantizeLinear and a QuantizeLinear, about a fifth of the S0 image tower's int8 time
+# (benchmarks/results/int8_levers.md).
 TARGETS = {
     "onnxruntime": {"activations": "uint8", "quantize_grouped_convs": False, "quantize_bias": True,
-                    "quantize_input_convs": False},
+                    "quantize_input_convs": False, "int8_gelu": True},
     "tensorrt": {"activations": "int8", "quantize_grouped_convs": True, "quantize_bias": False,
-                 "quantize_input_convs": True},
+                 "quantize_input_convs": True, "int8_gelu": False},
 }
+# GELU(x) ~= x * sigmoid(1.702 x): the sigmoid approximation of Hendrycks & Gimpel's GELU paper (OpenAI CLIP's
+# QuickGELU); the largest difference from the exact GELU is 0.021, at |x| ~= 2.4.
+QUICK_GELU = 1.702
 
 
 def grouped_convs(path: Path) -> list:
@@ -129,7 +137,8 @@ def input_convs(path: Path) -> list:
 
 def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndarray,
                          calibration: str = "minmax", op_types: Sequence[str] = STATIC_OPS,
-                         target: str = "onnxruntime", keep_fp32: Optional[Sequence[str]] = None) -> dict:
+                         target: str = "onnxruntime", keep_fp32: Optional[Sequence[str]] = None,
+                         int8_gelu: Optional[bool] = None) -> dict:
     """QDQ int8 with activation ranges calibrated on ``samples`` (real inputs, first axis = batch).
 
     Only ``op_types`` (Conv/MatMul/Gemm) are quantized: Q/DQ pairs around element-wise ops
@@ -137,7 +146,9 @@ def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndar
     (uint8 activations, depthwise convolutions and the stem kept fp32) or ``tensorrt`` (int8 symmetric
     activations, every convolution quantized including depthwise ones, float biases).
     ``keep_fp32`` names the nodes left in float instead of the recipe's choice (measurements of other
-    choices: ``benchmarks/int8_levers.py``).
+    choices: ``benchmarks/int8_levers.py``). ``int8_gelu`` (default: the recipe's) runs the GELUs between
+    quantized ops in int8 as ``x * sigmoid(1.702 x)`` (:func:`gelu_in_int8`); ``False`` keeps the exact GELU in
+    float.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -166,13 +177,71 @@ def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndar
                         op_types_to_quantize=list(op_types), nodes_to_exclude=excluded, per_channel=True,
                         activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
                         extra_options=extra)
+    gelu = (gelu_in_int8(Path(dst)) if (recipe["int8_gelu"] if int8_gelu is None else int8_gelu) else
+            {"gelu": "float", "gelus_in_int8": 0, "gelus": op_counts(Path(dst)).get("Gelu", 0)})
     return {"quantization": {"method": "static", "format": "QDQ", "target": target, "calibration": calibration,
                              "calibration_samples": int(len(samples)), "op_types": list(op_types),
                              "kept_fp32_grouped_convs": len(set(grouped) & set(excluded)),
                              "kept_fp32_input_convs": len(set(stem) & set(excluded)),
                              "kept_fp32_nodes": len(excluded), "weights": "int8 symmetric per-channel",
                              "activations": "int8 symmetric" if symmetric else "uint8",
-                             "biases": "int32" if recipe["quantize_bias"] else "float"}}
+                             "biases": "int32" if recipe["quantize_bias"] else "float", **gelu}}
+
+
+def gelu_in_int8(path: Path) -> dict:
+    """Rewrite, in place, every ``DequantizeLinear -> Gelu -> QuantizeLinear`` of ``path`` whose scales are
+    per-tensor with uint8 zero points as ``x * sigmoid(1.702 x)`` in QDQ form, standard ONNX ops only::
+
+        x_q -> DequantizeLinear(scale * 1.702) -> Sigmoid -> QuantizeLinear(1/255, 0) -> DequantizeLinear --+
+        x_q -> DequantizeLinear(scale) -------------------------------------------------------------------> Mul -> QuantizeLinear
+
+    ONNX Runtime fuses the two halves into its int8 kernels ``QLinearSigmoid`` (a 256-entry table) and
+    ``QLinearMul``; a runtime without those fusions computes the same function in float. This is an
+    approximation of GELU (:data:`QUICK_GELU`), not GELU: parity against the float source judges it, as it
+    judges every int8 recipe. Returns what was done, for the manifest."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    users: dict = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+
+    def per_tensor_u8(node) -> bool:
+        scale, zero = (inits.get(node.input[k]) if len(node.input) > k else None for k in (1, 2))
+        return (scale is not None and zero is not None and len(scale.dims) == 0
+                and zero.data_type == onnx.TensorProto.UINT8)
+
+    gelus = [n for n in g.node if n.op_type == "Gelu"]
+    replace: dict = {}
+    for n in gelus:
+        dq, after = producer.get(n.input[0]), users.get(n.output[0], [])
+        if (dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 or after[0].op_type != "QuantizeLinear"
+                or not per_tensor_u8(dq) or not per_tensor_u8(after[0])):
+            continue
+        q, k = after[0], f"int8_gelu_{len(replace)}"
+        scale = numpy_helper.to_array(inits[dq.input[1]])
+        g.initializer.extend([numpy_helper.from_array(np.asarray(scale * QUICK_GELU, np.float32), k + "_scale"),
+                              numpy_helper.from_array(np.asarray(1 / 255, np.float32), k + "_sig_scale"),
+                              numpy_helper.from_array(np.asarray(0, np.uint8), k + "_sig_zero")])
+        x_q, zero, sig = dq.input[0], dq.input[2], [k + "_sig_scale", k + "_sig_zero"]
+        replace[id(n)] = [
+            helper.make_node("DequantizeLinear", [x_q, k + "_scale", zero], [k + "_x_scaled"], name=k + "_dq_scaled"),
+            helper.make_node("Sigmoid", [k + "_x_scaled"], [k + "_sig_f"], name=k + "_sigmoid"),
+            helper.make_node("QuantizeLinear", [k + "_sig_f", *sig], [k + "_sig_q"], name=k + "_q_sig"),
+            helper.make_node("DequantizeLinear", [k + "_sig_q", *sig], [k + "_sig"], name=k + "_dq_sig"),
+            helper.make_node("Mul", [n.input[0], k + "_sig"], [n.output[0]], name=k + "_mul")]
+    nodes = [m for n in g.node for m in replace.get(id(n), [n])]
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return {"gelu": f"int8, as x * sigmoid({QUICK_GELU} x)" if replace else "float",
+            "gelus_in_int8": len(replace), "gelus": len(gelus)}
 
 
 def calibration_images(folder: str, preprocess, n: int = 64, seed: int = 0) -> tuple[np.ndarray, dict]:
