@@ -342,12 +342,14 @@ def _md(path: Path) -> str:
 
 
 # What the steps run at: on the GPU, and in a CPU rehearsal (GPU_CHECK_REHEARSAL=1: the same commands on the CPU,
-# at toy sizes, with a small student and no compile, so that a flag a script no longer takes is found here, not
-# in a rare GPU session).
-FULL = {"device": "cuda", "student": "mobileclip-s0", "batch": 256, "steps": 20, "workers": 8, "cache_size": 4096,
+# at toy sizes, with a small student and teacher and no compile, so that a flag a script no longer takes is found
+# here, not in a rare GPU session).
+FULL = {"device": "cuda", "student": "mobileclip-s0", "teacher": "open_clip:ViT-B-32", "batch": 256, "steps": 20,
+        "workers": 8, "cache_size": 4096,
         "cache_image": 64, "distill_steps": 200, "distill_workers": 12, "log_every": 5, "eval_size": 256, "bench_batch": "1,8,64",
         "min_seconds": 0.3, "data": ["--images", "256", "--samples", "512", "--batch", "128"], "precision": "bf16"}
-REHEARSAL = {"device": "cpu", "student": "mobileclip-tiny", "batch": 8, "steps": 1, "workers": 0, "cache_size": 32,
+REHEARSAL = {"device": "cpu", "student": "mobileclip-tiny", "teacher": "clip-vit-tiny", "batch": 8, "steps": 1,
+             "workers": 0, "cache_size": 32,
              "cache_image": 32, "distill_steps": 10, "distill_workers": 0, "log_every": 1, "eval_size": 16, "bench_batch": "1",
              "min_seconds": 0.0, "data": ["--images", "8", "--samples", "16", "--batch", "8"], "precision": "fp32"}
 
@@ -387,8 +389,8 @@ def run_steps(check: GpuCheck, project_ok: bool, z: dict = FULL) -> None:
         check.write_summary()
 
     # 3. a bf16 teacher cache, then 200 distillation steps from it (loss falls? share of time waiting for data)
-    ok = check.run(f"cache-teacher (ViT-B-32, {z['precision']})",
-                   [py, "-m", "mobileclip", "cache-teacher", "--teacher", "open_clip:ViT-B-32", "--data", "synthetic",
+    ok = check.run(f"cache-teacher ({z['teacher']}, {z['precision']})",
+                   [py, "-m", "mobileclip", "cache-teacher", "--teacher", z["teacher"], "--data", "synthetic",
                     "--size", z["cache_size"], "--image-size", z["cache_image"], "--augs", "2", "--batch-size",
                     z["batch"], "--workers", z["workers"], "--device", dev, "--precision", z["precision"],
                     "--out", w / "cache"], LIMITS["cache-teacher"], base)

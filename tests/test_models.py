@@ -1,4 +1,6 @@
 """Every registered model: shapes, finiteness, gradients, parameter counts, reparameterization."""
+import copy
+
 import pytest
 import torch
 
@@ -15,6 +17,21 @@ MODELS = mobileclip.list_models()
 HEAVY = [pytest.param(n, marks=pytest.mark.slow) if n.startswith("mobileclip2-") else n for n in MODELS]
 
 
+@pytest.fixture(scope="module", params=HEAVY)
+def created(request):
+    """Each model built once for the tests below (pytest runs them model by model; the large ones take seconds to
+    build); each test changes its own deep copy."""
+    model, preprocess, tokenizer = mobileclip.create_model(request.param)
+    yield request.param, model, preprocess, tokenizer
+    del model
+
+
+@pytest.fixture
+def fresh(created):
+    name, model, preprocess, tokenizer = created
+    return name, copy.deepcopy(model), preprocess, tokenizer
+
+
 def _inputs(model, tokenizer, batch=2):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(batch, 3, model.image_size, model.image_size, generator=g)
@@ -26,9 +43,8 @@ def test_registry_has_the_published_students():
     assert {"mobileclip-s0", "mobileclip-s1", "mobileclip-s2", "mobileclip-b", "mobileclip-tiny"} <= set(MODELS)
 
 
-@pytest.mark.parametrize("name", HEAVY)
-def test_forward_backward(name):
-    model, preprocess, tokenizer = mobileclip.create_model(name)
+def test_forward_backward(fresh):
+    _, model, _, tokenizer = fresh
     model.train()
     images, tokens = _inputs(model, tokenizer)
     assert tokens.shape == (2, model.context_length)
@@ -64,9 +80,8 @@ def test_parameter_counts_match_published(name):
     assert counts["text"] / 1e6 == pytest.approx(text_m, rel=0.02)
 
 
-@pytest.mark.parametrize("name", HEAVY)
-def test_reparameterize_keeps_embeddings(name):
-    model, _, tokenizer = mobileclip.create_model(name)
+def test_reparameterize_keeps_embeddings(fresh):
+    _, model, _, tokenizer = fresh
     randomize_batchnorm(model)
     model.eval()
     images, tokens = _inputs(model, tokenizer)
