@@ -50,26 +50,15 @@ def gelu_lookup(src: Path, dst: Path, gather: str = "Gather") -> int:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from mobileclip.backends.quantize import quantized_gelus
+
     model = onnx.load(str(src))
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    users = collections.defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            users[i].append(n)
+    readers = collections.Counter(i for n in g.node for i in n.input)
     drop, after, count = set(), {}, 0
-    for n in g.node:
-        dq = producer.get(n.input[0]) if n.op_type == "Gelu" else None
-        q = users[n.output[0]][0] if n.op_type == "Gelu" and len(users[n.output[0]]) == 1 else None
-        if dq is None or q is None or dq.op_type != "DequantizeLinear" or q.op_type != "QuantizeLinear":
-            continue
-        s_in, s_out = inits.get(dq.input[1]), inits.get(q.input[1])
-        z_in = inits.get(dq.input[2]) if len(dq.input) > 2 else None
-        z_out = inits.get(q.input[2]) if len(q.input) > 2 else None
-        if (s_in is None or s_out is None or s_in.size != 1 or s_out.size != 1
-                or any(z is None or z.dtype != np.uint8 for z in (z_in, z_out))):
-            continue
+    for dq, n, q in quantized_gelus(g):
+        s_in, z_in, s_out, z_out = (inits[node.input[k]] for node in (dq, q) for k in (1, 2))
         x = ((np.arange(256) - int(z_in)) * np.float32(s_in)).astype(np.float64)
         y = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x], dtype=np.float32)
         table = np.clip(np.rint(y / np.float32(s_out)) + int(z_out), 0, 255).astype(np.uint8)
@@ -85,14 +74,15 @@ def gelu_lookup(src: Path, dst: Path, gather: str = "Gather") -> int:
                      helper.make_node("Cast", [name + "_x"], [name + "_i"], to=TensorProto.INT32),
                      helper.make_node("GatherElements", [name + "_table", name + "_i"], [name + "_y"], axis=0),
                      helper.make_node("Reshape", [name + "_y", name + "_shape"], [q.output[0]])]
-        drop |= {id(n), id(q)} | ({id(dq)} if len(users[dq.output[0]]) == 1 else set())
-        after[id(dq)] = nodes
+        # nodes by their output name: protobuf's node wrappers are not stable objects
+        drop |= {n.output[0], q.output[0]} | ({dq.output[0]} if readers[dq.output[0]] == 1 else set())
+        after[dq.output[0]] = nodes
         count += 1
     kept = []
     for n in g.node:
-        if id(n) not in drop:
+        if n.output[0] not in drop:
             kept.append(n)
-        kept.extend(after.get(id(n), []))
+        kept.extend(after.get(n.output[0], []))
     del g.node[:]
     g.node.extend(kept)
     onnx.checker.check_model(model)
@@ -176,12 +166,12 @@ def main() -> None:
     sessions = {"fp32": ort_session(fp32, THREADS), "fp32 (second copy)": ort_session(fp32, THREADS)}
     sessions.update({k: ort_session(p, THREADS) for k, p in files.items()})
     reference = sessions["fp32"].run(None, {"image": samples[:8]})[0]
-    recipe = sessions[exact].run(None, {"image": samples[:8]})[0]
+    exact_out = sessions[exact].run(None, {"image": samples[:8]})[0]
     rows = {}
     for k, s in sessions.items():
         y = s.run(None, {"image": samples[:8]})[0]
         cos = (y * reference).sum(1) / np.linalg.norm(y, axis=1) / np.linalg.norm(reference, axis=1)
-        rows[k] = {"min_cosine_vs_fp32": float(cos.min()), "max_abs_vs_exact": float(np.abs(y - recipe).max()),
+        rows[k] = {"min_cosine_vs_fp32": float(cos.min()), "max_abs_vs_exact": float(np.abs(y - exact_out).max()),
                    "mb": (fp32 if k.startswith("fp32") else files[k]).stat().st_size / 1e6}
     runs = []
     for rep in range(REPEATS):   # whole repeats: this shared machine's speed drifts between minutes, not only calls

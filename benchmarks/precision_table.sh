@@ -15,21 +15,19 @@
 # so the synthetic evaluation is drawn EVAL_SEEDS times (default 7 8 9; 720 held-out images each): the first draw's
 # bench (latency and accuracy) goes to OUT/, each further one's (accuracy; short timing) to OUT/eval-SEED/.
 # `python -m mobileclip.benchmarks.precision_summary` then gives each recipe's mean +- std over the draws.
-# ONLY="job job ..." runs those jobs alone (e.g. the int8 GELU comparison of benchmarks/results/precision_gelu/).
+# ONLY="job job ..." runs those jobs alone (e.g. ONLY="onnx-int8-static onnx-int8-static+exactgelu"); a name that is
+# not a job is an error.
 set -u
 STUDENT=${1:?usage: precision_table.sh STUDENT OUT [WORK]}
 OUT=${2:?usage: precision_table.sh STUDENT OUT [WORK]}
 WORK=${3:-runs/precision}
 MC=${MOBILECLIP:-.venv/bin/mobileclip}
-mkdir -p "$WORK" "$OUT"
 # Held-out images for evaluation (val split, a seed neither the students nor the demo's checks used: 20 per class)
 # and training-split images for calibration; EVAL_DIR and CALIB_DIR replace them (a real-data student: its test
 # split as DIR/<class>/<image> + DIR/captions.csv, and images from its training split).
 EVAL=${EVAL_DIR:-$WORK/eval}
 CALIBD=${CALIB_DIR:-$WORK/calib}
 read -r -a SEEDS <<< "${EVAL_SEEDS:-7 8 9}"
-[ -n "${EVAL_DIR:-}" ] || $MC synth --out "$EVAL" --n 720 --split val --seed "${SEEDS[0]}" >/dev/null
-[ -n "${CALIB_DIR:-}" ] || $MC synth --out "$CALIBD" --n 64 --split train --seed 2 >/dev/null
 CALIB=(--calib "$CALIBD")
 JOBS=(
   "onnx-fp32|onnx|fp32|"
@@ -49,6 +47,12 @@ JOBS=(
   "coreml-fp16|coreml|fp16|"
   "coreml-palettize8|coreml|fp16|--compress palettize8"
 )
+for only in ${ONLY:-}; do   # before anything is written
+  printf '%s\n' "${JOBS[@]}" | grep -q "^$only|" || { echo "precision_table.sh: ONLY names $only, which is not a job" >&2; exit 2; }
+done
+mkdir -p "$WORK" "$OUT"
+[ -n "${EVAL_DIR:-}" ] || $MC synth --out "$EVAL" --n 720 --split val --seed "${SEEDS[0]}" >/dev/null
+[ -n "${CALIB_DIR:-}" ] || $MC synth --out "$CALIBD" --n 64 --split train --seed 2 >/dev/null
 : > "$OUT/exports.txt"
 BUNDLES=()
 for job in "${JOBS[@]}"; do

@@ -21,9 +21,7 @@ HEAVY = [pytest.param(n, marks=pytest.mark.slow) if n.startswith("mobileclip2-")
 def created(request):
     """Each model built once for the tests below (pytest runs them model by model; the large ones take seconds to
     build); each test changes its own deep copy."""
-    model, preprocess, tokenizer = mobileclip.create_model(request.param)
-    yield request.param, model, preprocess, tokenizer
-    del model
+    return (request.param, *mobileclip.create_model(request.param))
 
 
 @pytest.fixture

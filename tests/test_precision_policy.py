@@ -98,3 +98,19 @@ def test_the_rule_on_made_up_tables(tmp_path):
     assert v["onnx-int8-static"]["misses"] == ["a: text to image R@1 -1.5 points", "b: agreement 97.0 % < 98 %"]
     gelu = v["onnx-int8-static+exactgelu"]
     assert (gelu["quant"], gelu["variant"], gelu["misses"]) == ("static", "exactgelu", ["b: not measured"])
+
+
+def test_precision_table_refuses_an_unknown_job_before_writing(tmp_path):
+    """``ONLY=`` with a name that is not a job of benchmarks/precision_table.sh: exit 2, naming it, and nothing
+    written (its OUT folder holds earlier tables)."""
+    import subprocess
+
+    script = ROOT.parents[1] / "precision_table.sh"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "exports.txt").write_text("an earlier run\n")
+    p = subprocess.run(["bash", str(script), "student", str(out), str(tmp_path / "work")], capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin", "ONLY": "onnx-int8-static onnx-int8-statik",
+                                       "MOBILECLIP": "false"})
+    assert p.returncode == 2 and "ONLY names onnx-int8-statik, which is not a job" in p.stderr
+    assert (out / "exports.txt").read_text() == "an earlier run\n" and not (tmp_path / "work").exists()

@@ -188,6 +188,33 @@ def quantize_static_onnx(src: Path, dst: Path, input_name: str, samples: np.ndar
                              "biases": "int32" if recipe["quantize_bias"] else "float", **gelu}}
 
 
+def quantized_gelus(graph) -> list:
+    """``(dequantize, gelu, quantize)`` for each ``DequantizeLinear -> Gelu -> QuantizeLinear`` of an ONNX graph
+    whose two scales are per-tensor with uint8 zero points (the GELU is the quantize's only input), in graph
+    order: the GELUs a static int8 graph computes in float between two quantized ops."""
+    import onnx
+
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    users: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+
+    def per_tensor_u8(node) -> bool:
+        scale, zero = (inits.get(node.input[k]) if len(node.input) > k else None for k in (1, 2))
+        return (scale is not None and zero is not None and len(scale.dims) == 0
+                and zero.data_type == onnx.TensorProto.UINT8)
+
+    sites = []
+    for n in graph.node:
+        dq, after = (producer.get(n.input[0]), users.get(n.output[0], [])) if n.op_type == "Gelu" else (None, [])
+        if (dq is not None and dq.op_type == "DequantizeLinear" and len(after) == 1
+                and after[0].op_type == "QuantizeLinear" and per_tensor_u8(dq) and per_tensor_u8(after[0])):
+            sites.append((dq, n, after[0]))
+    return sites
+
+
 def gelu_in_int8(path: Path) -> dict:
     """Rewrite, in place, every ``DequantizeLinear -> Gelu -> QuantizeLinear`` of ``path`` whose scales are
     per-tensor with uint8 zero points as ``x * sigmoid(1.702 x)`` in QDQ form, standard ONNX ops only::
@@ -205,43 +232,28 @@ def gelu_in_int8(path: Path) -> dict:
     model = onnx.load(str(path))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    users: dict = {}
-    for n in g.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
-
-    def per_tensor_u8(node) -> bool:
-        scale, zero = (inits.get(node.input[k]) if len(node.input) > k else None for k in (1, 2))
-        return (scale is not None and zero is not None and len(scale.dims) == 0
-                and zero.data_type == onnx.TensorProto.UINT8)
-
-    gelus = [n for n in g.node if n.op_type == "Gelu"]
+    gelus = sum(n.op_type == "Gelu" for n in g.node)
     replace: dict = {}
-    for n in gelus:
-        dq, after = producer.get(n.input[0]), users.get(n.output[0], [])
-        if (dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 or after[0].op_type != "QuantizeLinear"
-                or not per_tensor_u8(dq) or not per_tensor_u8(after[0])):
-            continue
-        q, k = after[0], f"int8_gelu_{len(replace)}"
+    for dq, n, _ in quantized_gelus(g):
+        k = f"int8_gelu_{len(replace)}"
         scale = numpy_helper.to_array(inits[dq.input[1]])
         g.initializer.extend([numpy_helper.from_array(np.asarray(scale * QUICK_GELU, np.float32), k + "_scale"),
                               numpy_helper.from_array(np.asarray(1 / 255, np.float32), k + "_sig_scale"),
                               numpy_helper.from_array(np.asarray(0, np.uint8), k + "_sig_zero")])
         x_q, zero, sig = dq.input[0], dq.input[2], [k + "_sig_scale", k + "_sig_zero"]
-        replace[id(n)] = [
+        replace[n.output[0]] = [   # keyed by output name: protobuf's node wrappers are not stable objects
             helper.make_node("DequantizeLinear", [x_q, k + "_scale", zero], [k + "_x_scaled"], name=k + "_dq_scaled"),
             helper.make_node("Sigmoid", [k + "_x_scaled"], [k + "_sig_f"], name=k + "_sigmoid"),
             helper.make_node("QuantizeLinear", [k + "_sig_f", *sig], [k + "_sig_q"], name=k + "_q_sig"),
             helper.make_node("DequantizeLinear", [k + "_sig_q", *sig], [k + "_sig"], name=k + "_dq_sig"),
             helper.make_node("Mul", [n.input[0], k + "_sig"], [n.output[0]], name=k + "_mul")]
-    nodes = [m for n in g.node for m in replace.get(id(n), [n])]
+    nodes = [m for n in g.node for m in replace.get(n.output[0], [n])]
     del g.node[:]
     g.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return {"gelu": f"int8, as x * sigmoid({QUICK_GELU} x)" if replace else "float",
-            "gelus_in_int8": len(replace), "gelus": len(gelus)}
+            "gelus_in_int8": len(replace), "gelus": gelus}
 
 
 def calibration_images(folder: str, preprocess, n: int = 64, seed: int = 0) -> tuple[np.ndarray, dict]:
