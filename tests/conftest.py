@@ -6,7 +6,15 @@ import torch
 # Tests never touch the network: model hubs are offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One set of CPU threads per core: under pytest-xdist each of N workers gets cores / N (at least 1), and so do the
+# processes the tests start (OMP_NUM_THREADS is inherited). Two workers with two OpenMP threads each on two cores
+# ran some tests 5-20x slower than alone (spinning threads wait on each other); see benchmarks/results/test_times.md.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+if "PYTEST_XDIST_WORKER" in os.environ:   # over what the controlling process (which set its own) passed down
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
