@@ -356,3 +356,19 @@ def test_int8_levers_gelu_lookup_is_exact(tiny_bundle, tmp_path):
         assert n > 0 and after.get("Gelu", 0) == before["Gelu"] - n and after[gather] == n
         got = ort.InferenceSession(str(lookup), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
         assert np.array_equal(want, got), gather
+
+
+def test_web_levers_table_divides_by_the_right_column():
+    """web_levers' table: each browser runtime over native ONNX Runtime (the goal's reference), LiteRT.js over native
+    LiteRT, and the browser's own WebNN answer, from made-up numbers."""
+    from mobileclip.benchmarks.web_levers import markdown
+
+    row = {"precision": "fp32", "tower": "image", "threads": 2, "onnxruntime_web_wasm_ms": 150.0,
+           "litertjs_wasm_ms": 90.0, "native_onnxruntime_ms": 30.0, "native_litert_ms": 45.0}
+    r = {"command": "c", "cpu": "cpu", "machine": "m", "date": "d", "chromium": "150", "onnxruntime_web": "1.31.1",
+         "litertjs": {"@litertjs/core": "2.5.3"}, "onnxruntime": "1.32.0", "ai_edge_litert": "2.3.0", "runs": 30,
+         "warmup": 5, "webnn": "WebNN is not supported on this platform.", "rows": [row],
+         "checks": [{"precision": "fp32", "image_cosine_litertjs_vs_native_litert": 0.9999996}]}
+    md = markdown(r)
+    assert "| fp32 | image | 2 | 150.0 ms | 90.0 ms | 30.0 ms | 45.0 ms | 5.00x | 3.00x | 2.00x |" in md
+    assert "WebNN is not supported on this platform." in md and "0.999999" not in md and "1.000000 (fp32)" in md

@@ -149,6 +149,19 @@ def test_server_refuses_what_is_not_an_intact_web_bundle(bundle, tiny_bundle, tm
             WB.BundleServer(bundle, port=port)
 
 
+def test_server_serves_a_plain_folder_only_when_asked(tiny_bundle, tmp_path):
+    """``bundle=False`` (benchmarks' own pages): any folder, the same isolation headers, no manifest; not a file."""
+    (tmp_path / "page.html").write_text("<p>x</p>")
+    with pytest.raises(BundleError):
+        WB.BundleServer(tmp_path)            # a folder with no manifest is not a bundle
+    with WB.BundleServer(tmp_path, bundle=False) as s:
+        status, headers, body = _get(s.url + "page.html")
+        assert status == 200 and body == b"<p>x</p>" and headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        assert _get(s.url)[0] == 404          # still no listing
+    with pytest.raises(ConfigError, match="not a folder"):
+        WB.BundleServer(tmp_path / "page.html", bundle=False)
+
+
 def test_serve_cli_errors_are_one_line_with_status_2(tiny_bundle):
     for args, msg in (([str(tiny_bundle)], "not a web bundle"), ([str(tiny_bundle), "--port", "99999"], "not a TCP port")):
         r = subprocess.run([sys.executable, "-m", "mobileclip", "serve", *args], capture_output=True, text=True,

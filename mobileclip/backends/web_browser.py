@@ -68,14 +68,18 @@ class BundleServer:
 
     ``verify`` (default) loads the manifest and checks every file's sha256 first, refusing a damaged bundle; the page
     checks the files it loads itself, so tests serve a damaged bundle with ``verify=False`` as any static host would.
+    ``bundle=False`` serves any folder the same way, with no manifest (benchmarks' own pages).
     """
 
-    def __init__(self, directory: Union[str, Path], port: int = 0, verify: bool = True, verbose: bool = False) -> None:
+    def __init__(self, directory: Union[str, Path], port: int = 0, verify: bool = True, verbose: bool = False,
+                 bundle: bool = True) -> None:
         self.directory = Path(directory)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"--port {port!r} is not a TCP port: give 1-65535, or 0 for any free port")
-        manifest = load_manifest(self.directory, verify=verify)
-        if web_info(manifest) is None:
+        if not bundle:
+            if not self.directory.is_dir():
+                raise ConfigError(f"{str(self.directory)!r} is not a folder to serve")
+        elif web_info(load_manifest(self.directory, verify=verify)) is None:
             raise BundleError(f"{str(self.directory)!r} is not a web bundle (its manifest has no web app); export "
                               "one with `mobileclip export MODEL --format web`")
         handler = lambda *a, **k: _Handler(*a, directory=str(self.directory), **k)   # noqa: E731
@@ -145,7 +149,7 @@ class PageError(BundleError):
 class Browser:
     """Headless Chromium driven by WebDriver: ``with Browser() as b: b.open(url); b.call("mobileclip.ready")``."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_flags: Sequence[str] = ()) -> None:
         why = browser_unavailable()
         if why:
             raise BackendUnavailable(f"cannot run the browser check: {why}")
@@ -156,7 +160,7 @@ class Browser:
         self._profile = tempfile.mkdtemp(prefix="mobileclip-chromium-")
         opts = webdriver.ChromeOptions()
         opts.binary_location = chromium
-        for flag in CHROMIUM_FLAGS + (f"--user-data-dir={self._profile}",):
+        for flag in CHROMIUM_FLAGS + tuple(extra_flags) + (f"--user-data-dir={self._profile}",):
             opts.add_argument(flag)
         opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         try:
