@@ -182,8 +182,8 @@ def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 3
     tokens_b = bundle_tokens(prompts, tokens)
     report = {"image": [], "text": []}
     for b in sorted(set(batches)):
-        ref = model.encode_image(x[:b]).numpy()
-        report["image"].append({"batch": b, **compare(ref, image_fn(xb[:b]))})
+        ref, got = model.encode_image(x[:b]).numpy(), image_fn(xb[:b])   # the last b is n: kept for the agreement
+        report["image"].append({"batch": b, **compare(ref, got)})
         ref_t = model.encode_text(_repeat(tokens, b)).numpy()
         report["text"].append({"batch": b, **compare(ref_t, text_fn(_repeat(tokens_b, b).astype(token_dtype)))})
     # zero-shot top-1 agreement on every image, against the dataset's classes, each class the renormalized mean
@@ -200,7 +200,9 @@ def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 3
                         for f, all_tok in ((lambda t: model.encode_text(t).numpy(), all_tok),
                                            (text_fn, all_tok_b)))
     agree = []
-    for s in range(0, len(pil), 64):   # 64 images in memory at a time
+    if len(pil) <= n:   # every image was just embedded, both sides, as the first rows of the batch of n
+        agree.append((ref[:len(pil)] @ ref_cls.T).argmax(1) == (got[:len(pil)] @ got_cls.T).argmax(1))
+    for s in range(0, len(pil) if len(pil) > n else 0, 64):   # 64 images in memory at a time
         chunk = pil[s:s + 64]
         xs = torch.stack([preprocess(im) for im in chunk])
         xsb = np.stack([bundle_preprocess(im) for im in chunk]).astype(np.float32) if bundle_preprocess else xs.numpy()

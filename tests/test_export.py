@@ -330,6 +330,11 @@ def test_parity_agreement_reads_every_data_image(synth_folder):
     assert r["images"] == 8 and all(row["min_cosine"] > 0.9999 for row in r["image"])   # the wrong one is not among them
     assert r["agreement"]["images"] == len(images) == 72 and r["agreement"]["classes"] == len(folder.classnames)
     assert r["top1_agreement"] == pytest.approx((len(images) - 1) / len(images))
+    # no more images than the largest batch: the agreement reuses that batch's embeddings, each image counted once
+    with torch.no_grad():
+        r = run_parity(model, pre, tok, image_fn, text_fn, batches=(1, 8), images=images[-5:],
+                       classnames=folder.classnames)
+    assert r["agreement"]["images"] == 5 and r["top1_agreement"] == pytest.approx(4 / 5)
 
 
 def test_parity_thresholds_per_precision_and_tower():
