@@ -225,7 +225,7 @@ def test_js_resampling_equals_pillow(page, interpolation):
 
 def _image_files(folder: Path) -> list:
     """Image files of every kind the runtime reads: RGB, grayscale, palette with transparency, RGBA, JPEG with each
-    EXIF orientation, odd sizes."""
+    EXIF orientation, CMYK JPEG, 16-bit grey and RGB PNG, odd sizes."""
     rng = np.random.default_rng(7)
     base = np.asarray(Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((200, 150),
                                                                                              Image.BICUBIC))
@@ -246,7 +246,26 @@ def _image_files(folder: Path) -> list:
         exif = Image.Exif()
         exif[0x0112] = o
         save(Image.fromarray(base), f"exif{o}.jpg", quality=92, exif=exif)
+    save(Image.fromarray(base).convert("CMYK"), "cmyk.jpg", quality=92)   # print workflows' JPEGs
+    wide = base.astype(np.uint16) * 257 + rng.integers(0, 257, base.shape, dtype=np.uint16)   # 16 bits per sample
+    save(Image.fromarray(wide[..., 0]), "gray16.png")
+    (folder / "rgb16.png").write_bytes(png16(wide))   # Pillow cannot write 48-bit PNGs
+    out.append(folder / "rgb16.png")
     return out
+
+
+def png16(rgb: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (colour type 2, bit depth 16), written by hand from the PNG specification."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = rgb.shape
+    rows = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(h))   # filter type 0 on each row
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
 @needs_browser
@@ -266,7 +285,9 @@ def test_js_preprocessing_equals_the_python_runtime_on_real_files(page, tmp_path
         assert im["name"] == f.name
         js = WB.floats(im["pixels"], 3 * S * S).reshape(3, S, S)
         levels = np.abs(js - pre(f)) * std * 255           # in 8-bit levels
-        if f.suffix == ".png" and f.name != "alpha.png":
+        if f.name == "gray16.png":   # the browser keeps the high byte (v >> 8), the runtime rounds v / 257
+            assert 0.5 < levels.max() <= 1 + 1e-3, float(levels.max())
+        elif f.suffix == ".png" and f.name != "alpha.png":   # rgb16.png too: Pillow also keeps the high byte there
             assert levels.max() < 1e-3, f.name                # lossless: exactly the runtime's pixels
         else:   # JPEG (the browser's decoder) and semi-transparent pixels (the canvas composites premultiplied)
             assert levels.max() <= 2.0 + 1e-3, (f.name, float(levels.max()))
