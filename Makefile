@@ -46,7 +46,8 @@ demo: $(VENV)/.installed-$(EXTRAS) web-deps
 	$(VENV)/bin/mobileclip demo
 
 # Both suites run on TEST_JOBS pytest-xdist workers, a test file per worker at a time (module fixtures are built
-# once). Measured on this project's 2-core machine: make test 13:28 -> 9:38, make test-slow 14:03 -> 11:07.
+# once), each with cores / workers torch threads (tests/conftest.py). On this project's 2-core machine, fresh clone:
+# make test 7:05, make test-slow 6:54 (benchmarks/results/test_times.md).
 # TEST_JOBS=0 runs them in one process.
 TEST_JOBS ?= 2
 PYTEST  := $(VPY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
