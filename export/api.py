@@ -6,6 +6,7 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -115,6 +116,8 @@ def export(model: str, out: Union[str, Path], fmt: str = "onnx", precision: str 
         for f in src.tokenizer_files:
             shutil.copy(f, tmp / Path(f).name)
         manifest = _manifest(src, arts, token_dtype, time.time() - t0)
+        if accept_int8_loss and (why := backend.int8_refusal(replace(options, accept_int8_loss=False))):
+            manifest["int8_loss_accepted"] = why   # exported past the default refusal: the bundle says so
         _portable_tokenizer(tmp, manifest["tokenizer"])
         if fmt == "web":   # the page reads the manifest's sha256s: sign the bundle before the browser opens it
             write_manifest(tmp, manifest)

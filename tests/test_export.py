@@ -185,6 +185,7 @@ def test_int8_dynamic_bundle(tmp_path, caplog):
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
     img, txt = m["artifacts"]["image"], m["artifacts"]["text"]
     assert img["quantization"]["method"] == txt["quantization"]["method"] == "dynamic"
+    assert "97.0" in m["int8_loss_accepted"]   # refused by default (the real-data student): the bundle says so
     _only_top1_misses(m["parity"])
     ops = op_counts(tmp_path / "dyn" / "text.onnx")
     assert ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) > 0  # weight MatMuls; QK^T stays
@@ -223,8 +224,11 @@ def test_int8_static_bundle_calibrated_on_real_images(tmp_path, synth_folder, ca
     assert rc == 0   # --allow-mismatch: exit 0 whatever parity says
     m = load_manifest(out)
     _only_top1_misses(m["parity"])
+    said = capsys.readouterr().out
     if not m["parity"]["passed"]:   # a miss is said and recorded, not hidden
-        assert "--allow-mismatch: exit status 0 although parity failed" in capsys.readouterr().out
+        assert "--allow-mismatch: exit status 0 although parity failed" in said
+    # static int8 is refused by default: the bundle records the refusal it was exported past, and the CLI says it
+    assert "97.6" in m["int8_loss_accepted"] and f"--accept-int8-loss: exported although {m['int8_loss_accepted']}" in said
     q = m["artifacts"]["image"]["quantization"]
     assert q["method"] == "static" and q["format"] == "QDQ" and q["calibration_images"] == 16
     assert q["kept_fp32_grouped_convs"] > 0  # depthwise convs stay fp32 (ORT's int8 ones are slower)
