@@ -265,7 +265,7 @@ def test_validate_runs_a_tensorrt_bundle_on_cuda_within_the_profile(fake_trt, ti
     assert [r["batch"] for r in report["image"]] == [1, 2, 4]
     sizes = {name: [n for t, n in fake_trt.calls if t == name] for name in ("image", "tokens")}
     assert sizes["tokens"] == [1, 2, 3, 1] + [3] * 12   # batches 1, 2, 4 (as 3 + 1), then the 36 class prompts
-    assert sizes["image"] == [1, 2, 3, 1, 3, 1]         # batches 1, 2, 4, then the 4 zero-shot images
+    assert sizes["image"] == [1, 2, 3, 1]   # batches 1, 2, 4; the zero-shot agreement reuses batch 4's embeddings
     assert ("image", 0) in fake_trt.reads and ("tokens", 0) in fake_trt.reads
 
 
