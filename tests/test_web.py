@@ -415,6 +415,44 @@ def test_fp16_and_int8_web_bundles_pass_browser_parity(tmp_path, precision):
     assert m["parity"]["browser"]["image_min_cosine"] == b["image"]["min_cosine"]
 
 
+@needs_browser
+def test_static_int8_web_bundle_runs_in_the_browser_as_natively(tmp_path, synth_folder):
+    """Static int8 (QDQ, its GELUs rewritten to run in int8: QLinearSigmoid/QLinearMul once fused) in onnxruntime-web
+    gives native ONNX Runtime's embeddings on the same pixels and tokens: the browser's int8 kernels, not the recipe,
+    are what this checks (against PyTorch, random weights' int8 error is the recipe's: docs/web.md)."""
+    from mobileclip.backends import runner_for
+    from mobileclip.export import export
+    from mobileclip.runtime.core import Preprocessor
+
+    out = tmp_path / "st"
+    try:
+        m = export("mobileclip-tiny", out, fmt="web", precision="int8", calib=str(synth_folder), calib_size=16,
+                   max_batch=2, accept_int8_loss=True, allow_mismatch=True)
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    q = m["artifacts"]["image"]["quantization"]
+    assert q["method"] == "static" and q["gelus_in_int8"] > 0
+    files = sorted(synth_folder.rglob("*.png"))[:6]
+    prompts = ["a red circle", "a photo of a small blue square on a striped background", ""]
+    with WB.BundleServer(out) as server, WB.Browser() as browser:
+        assert browser.open(f"{server.url}?threads=1"), browser.call("mobileclip.messages()")
+        browser.choose_files(files)
+        shown = browser.call("mobileclip.images()")
+        ids = np.asarray(browser.call("mobileclip.tokenize(args[0])", prompts))
+        text = WB.floats(browser.call("mobileclip.encodeTexts(args[0])", prompts), m["embed_dim"])
+    img = np.concatenate([WB.floats(im["embedding"], m["embed_dim"]) for im in shown])
+    pre = Preprocessor.from_manifest(m)
+    runners = {t: runner_for(out, m["artifacts"][t], threads=1) for t in ("image", "text")}
+    with runners["image"], runners["text"]:
+        want_img = runners["image"].infer(np.stack([pre(f) for f in files]))
+        want_txt = runners["text"].infer(ids.astype(m["artifacts"]["text"]["inputs"][0]["dtype"]))
+
+    def cos(a, b):
+        return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+    assert cos(img, want_img).min() > 0.9999 and cos(text.reshape(len(prompts), -1), want_txt).min() > 0.9999
+
+
 @pytest.mark.slow
 @needs_browser
 def test_mobileclip_s0_web_bundle_passes_browser_parity(tmp_path):
