@@ -43,7 +43,7 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>LiteRT.js timi
 import {loadLiteRt, loadAndCompile, Tensor} from "./node_modules/@litertjs/core/dist/index.js";
 const threads = Number(new URLSearchParams(location.search).get("threads") || "1");
 const ready = loadLiteRt("./node_modules/@litertjs/core/wasm/", {threads: true}).then(() => true);
-// The web app's bench inputs (mobileclip.export.browser.native_latency makes the same ones in numpy).
+// The web app's bench inputs (mobileclip.export.browser.bench_image makes the same ones in numpy).
 function input(shape, dtype) {
   const n = shape.reduce((a, b) => a * b, 1);
   if (dtype === "int32") return new Int32Array(n);
@@ -120,16 +120,12 @@ def exports() -> dict:
     return out
 
 
-def cosine(a, b) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def main() -> None:
     from mobileclip.backends import runner_for
     from mobileclip.backends.bundle import load_manifest
     from mobileclip.backends.web_browser import Browser, BundleServer
-    from mobileclip.export.browser import native_latency
+    from mobileclip.export.browser import bench_image, native_latency
+    from mobileclip.export.parity import compare
 
     modules = litertjs_modules()
     bundles = exports()
@@ -168,13 +164,12 @@ def main() -> None:
                 native_ort = native_latency(dirs["web"], load_manifest(dirs["web"]), threads, RUNS)
                 native_lrt = native_latency(dirs["litert"], m, threads, RUNS)
                 if threads == THREADS[0]:   # LiteRT.js ran the model: its image embedding is native LiteRT's
-                    s = m["image_size"]
-                    x = (((np.arange(3 * s * s, dtype=np.int64) * 2654435761) % 1000) / 1000 - 0.5).astype(np.float32)
                     runner = runner_for(dirs["litert"], m["artifacts"]["image"], threads=1)
                     with runner:
-                        ref = runner.infer(x.reshape(1, 3, s, s))
-                    checks.append({"precision": precision, "image_cosine_litertjs_vs_native_litert":
-                                   cosine(lrt["image"]["out"], ref)})
+                        ref = runner.infer(bench_image(m["image_size"]))
+                    got = np.asarray(lrt["image"]["out"], np.float32).reshape(ref.shape)
+                    checks.append({"precision": precision,
+                                   "image_cosine_litertjs_vs_native_litert": compare(ref, got)["min_cosine"]})
                     assert checks[-1]["image_cosine_litertjs_vs_native_litert"] > 0.999, checks[-1]
                 for role in ("image", "text"):
                     row = {"precision": precision, "tower": role, "threads": threads,

@@ -56,13 +56,18 @@ def write_images(folder: Path, data: Optional[dict], image_size: int) -> list:
     return paths + [folder / "transparent.png", folder / "rotated.jpg"]
 
 
+def bench_image(size: int) -> np.ndarray:
+    """``[1, 3, size, size]``: the fixed pseudo-random image the page's ``mobileclip.bench`` times (app.mjs)."""
+    img = ((np.arange(3 * size * size, dtype=np.int64) * 2654435761) % 1000) / 1000 - 0.5
+    return img.astype(np.float32).reshape(1, 3, size, size)
+
+
 def native_latency(directory: Path, manifest: dict, threads: int, runs: int) -> dict:
     """p50 ms of each tower in native ONNX Runtime, on the inputs the page's bench uses."""
     from mobileclip.backends import runner_for
 
-    s, out = manifest["image_size"], {}
-    img = (((np.arange(3 * s * s, dtype=np.int64) * 2654435761) % 1000) / 1000 - 0.5).astype(np.float32)
-    for role, x in (("image", img.reshape(1, 3, s, s)), ("text", None)):
+    out = {}
+    for role, x in (("image", bench_image(manifest["image_size"])), ("text", None)):
         entry = manifest["artifacts"][role]
         runner = runner_for(directory, entry, threads=threads)
         if x is None:

@@ -199,15 +199,18 @@ def run_parity(model, preprocess, tokenizer, image_fn, text_fn, batches=(1, 8, 3
                                      len(names))
                         for f, all_tok in ((lambda t: model.encode_text(t).numpy(), all_tok),
                                            (text_fn, all_tok_b)))
-    agree = []
     if len(pil) <= n:   # every image was just embedded, both sides, as the first rows of the batch of n
-        agree.append((ref[:len(pil)] @ ref_cls.T).argmax(1) == (got[:len(pil)] @ got_cls.T).argmax(1))
-    for s in range(0, len(pil) if len(pil) > n else 0, 64):   # 64 images in memory at a time
-        chunk = pil[s:s + 64]
-        xs = torch.stack([preprocess(im) for im in chunk])
-        xsb = np.stack([bundle_preprocess(im) for im in chunk]).astype(np.float32) if bundle_preprocess else xs.numpy()
-        agree.append((model.encode_image(xs).numpy() @ ref_cls.T).argmax(1) == (image_fn(xsb) @ got_cls.T).argmax(1))
-    agree = np.concatenate(agree)
+        agree = (ref[:len(pil)] @ ref_cls.T).argmax(1) == (got[:len(pil)] @ got_cls.T).argmax(1)
+    else:
+        agree = []
+        for s in range(0, len(pil), 64):   # 64 images in memory at a time
+            chunk = pil[s:s + 64]
+            xs = torch.stack([preprocess(im) for im in chunk])
+            xsb = (np.stack([bundle_preprocess(im) for im in chunk]).astype(np.float32) if bundle_preprocess
+                   else xs.numpy())
+            agree.append((model.encode_image(xs).numpy() @ ref_cls.T).argmax(1)
+                         == (image_fn(xsb) @ got_cls.T).argmax(1))
+        agree = np.concatenate(agree)
     report["top1_agreement"] = float(agree.mean())
     report["images"] = n
     report["agreement"] = {"images": int(agree.size), "classes": len(names), "prompts_per_class": len(templates),
